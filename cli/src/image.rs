@@ -1,0 +1,109 @@
+//! `blink-cli image ...`: the local OCI image store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use blink_sdk::image::ImageStore;
+use clap::Subcommand;
+
+use crate::output::{self, Context, Progress};
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List local images.
+    Ls,
+    /// Import an OCI archive or a `docker save` tarball.
+    Import {
+        file: PathBuf,
+        /// Name for an archive that carries none (e.g. myimage:1.0).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove an image and the blobs only it used.
+    Rm { reference: String },
+    /// Build the default image (busybox) now, or a Debian one.
+    Build {
+        /// Build a Debian minbase image with debootstrap (e.g. bookworm)
+        /// instead of the busybox default.
+        #[arg(long, value_name = "SUITE")]
+        debootstrap: Option<String>,
+    },
+}
+
+pub async fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    let dir = ctx.data_dir.join("images");
+    let store = ImageStore::open(&dir)?;
+    match cmd {
+        ImageCommand::Ls => {
+            let images = store.list()?;
+            if ctx.json {
+                output::print_json(&images)?;
+            } else if images.is_empty() {
+                println!(
+                    "no images (the default image is built on first use, or with 'blink-cli image build')"
+                );
+            } else {
+                println!("{:<40} {:<12} {:>7} DIGEST", "REFERENCE", "SIZE", "LAYERS");
+                for i in images {
+                    println!(
+                        "{:<40} {:<12} {:>7} {}",
+                        i.reference,
+                        human_size(i.size),
+                        i.layers,
+                        i.digest
+                    );
+                }
+            }
+        }
+        ImageCommand::Import { file, name } => {
+            let progress = Progress::start(ctx, &format!("importing {}", file.display()));
+            let imported =
+                tokio::task::spawn_blocking(move || store.import_archive(&file, name.as_deref()))
+                    .await?;
+            progress.finish();
+            let imported = imported?;
+            if ctx.json {
+                output::print_json(&imported)?;
+            } else {
+                for i in imported {
+                    println!("imported {} ({})", i.reference, i.digest);
+                }
+            }
+        }
+        ImageCommand::Rm { reference } => {
+            let removed = store.remove(&reference)?;
+            if ctx.json {
+                output::print_json(&removed)?;
+            } else {
+                println!("removed {}", removed.reference);
+            }
+        }
+        ImageCommand::Build { debootstrap } => {
+            let progress = Progress::start(ctx, "building image");
+            let built = tokio::task::spawn_blocking(move || match debootstrap {
+                Some(suite) => store.build_default_debootstrap(&suite),
+                None => store.ensure_default(),
+            })
+            .await?;
+            progress.finish();
+            let built = built?;
+            if ctx.json {
+                output::print_json(&built)?;
+            } else {
+                println!("built {} ({})", built.reference, built.digest);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}

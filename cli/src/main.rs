@@ -1,0 +1,107 @@
+//! blink-cli: local use and operations of Blink.
+//!
+//! Human output by default, `--json` for scripts. `run` and `session exec`
+//! exit with the sandbox command's exit code; Blink's own failures exit
+//! with 125 (like `docker run`), after a message naming the problem.
+
+mod doctor;
+mod image;
+mod output;
+mod run;
+mod session;
+mod terminal;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for Blink's own failures (not the sandboxed command's).
+const BLINK_FAILURE: u8 = 125;
+
+#[derive(Debug, Parser)]
+#[command(name = "blink-cli", version, about = "Blink: sandboxes for AI agents")]
+struct Cli {
+    /// Data directory (sessions, images, sandboxes). Default:
+    /// $BLINK_DATA_DIR, /var/lib/blink for root, else ~/.local/share/blink.
+    #[arg(long, global = true, env = "BLINK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of human output.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Log verbosity (-v info, -vv debug). Logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a host script or binary once in a fresh sandbox (pipe mode).
+    Run(run::RunArgs),
+    /// Named sessions with a persistent disk.
+    #[command(subcommand)]
+    Session(session::SessionCommand),
+    /// Local OCI images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Which runtime is usable here, and why.
+    Doctor,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("blink-cli: cannot start the async runtime: {e}");
+            return ExitCode::from(BLINK_FAILURE);
+        }
+    };
+    let ctx = output::Context {
+        data_dir: cli
+            .data_dir
+            .clone()
+            .unwrap_or_else(blink_sdk::manager::default_data_dir),
+        json: cli.json,
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(&ctx, args).await,
+            Command::Session(cmd) => session::dispatch(&ctx, cmd).await,
+            Command::Image(cmd) => image::dispatch(&ctx, cmd).await,
+            Command::Doctor => doctor::doctor(&ctx),
+        }
+    });
+    // Do not wait for lingering tasks (a stdin reader blocked on a terminal).
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            output::print_error(&ctx, &err);
+            ExitCode::from(BLINK_FAILURE)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BLINK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,81 @@
+//! Shared plumbing of the commands: context, manager opening, printing,
+//! progress, and exit codes.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blink_sdk::{Manager, ManagerConfig};
+use serde::Serialize;
+
+pub struct Context {
+    pub data_dir: PathBuf,
+    pub json: bool,
+}
+
+impl Context {
+    pub async fn manager(&self) -> anyhow::Result<Arc<Manager>> {
+        Ok(Manager::open(ManagerConfig::new(&self.data_dir)).await?)
+    }
+}
+
+/// Print a value as pretty JSON on stdout.
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Print an error: a JSON error body with --json, a line otherwise.
+pub fn print_error(ctx: &Context, err: &anyhow::Error) {
+    let (code, message) = match err.downcast_ref::<blink_sdk::Error>() {
+        Some(e) => (e.code().to_owned(), e.to_string()),
+        None => ("error".to_owned(), format!("{err:#}")),
+    };
+    if ctx.json {
+        let body = blink_sdk::types::ErrorBody {
+            error: blink_sdk::types::ErrorDetail { code, message },
+        };
+        let _ = print_json(&body);
+    } else {
+        eprintln!("blink-cli: {message}");
+    }
+}
+
+/// Exit code for a sandboxed command's status (0-255).
+pub fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+/// A spinner on stderr for long steps, shown only on a terminal and never
+/// with --json.
+pub struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    pub fn start(ctx: &Context, message: &str) -> Self {
+        if ctx.json || !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(message.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Self(Some(bar))
+    }
+
+    pub fn finish(self) {
+        if let Some(b) = self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// `KEY=VALUE` from the command line.
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}

@@ -1,0 +1,329 @@
+//! `blink-cli session ...`: named sessions with a persistent disk.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use blink_sdk::manager::{Stream, Target};
+use blink_sdk::types::SessionInfo;
+use blink_sdk::{OpenOptions, Program};
+use clap::{Args, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::output::{self, Context, Progress};
+use crate::run::{self, ExecOpts};
+use crate::terminal;
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// Session name: [a-z0-9][a-z0-9._-]{0,62}.
+    #[arg(long, short = 'n')]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Open a session, creating it (and its disk) if missing.
+    Open {
+        #[command(flatten)]
+        name: NameArg,
+        /// Keep the session running between runs.
+        #[arg(long)]
+        warm: bool,
+        /// Image for a new session (default: the built-in default image).
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Copy a host script or binary into the session and run it.
+    Run {
+        #[command(flatten)]
+        name: NameArg,
+        path: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+        #[command(flatten)]
+        opts: ExecOpts,
+    },
+    /// Run a command in the session (pipe mode).
+    Exec {
+        #[command(flatten)]
+        name: NameArg,
+        #[command(flatten)]
+        opts: ExecOpts,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Start a process you stay attached to; with --tty on a terminal.
+    Spawn {
+        #[command(flatten)]
+        name: NameArg,
+        /// Run on a terminal: the local terminal goes raw and follows
+        /// window size changes.
+        #[arg(long, short = 't')]
+        tty: bool,
+        #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = output::parse_env)]
+        env: Vec<(String, String)>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List sessions.
+    Ls,
+    /// Show one session.
+    Info {
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// Stop a session's sandbox; the disk is kept.
+    Stop {
+        #[command(flatten)]
+        name: NameArg,
+        /// Stop even if something runs in it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a session and its disk.
+    Rm {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<ExitCode> {
+    let manager = ctx.manager().await?;
+    match cmd {
+        SessionCommand::Open { name, warm, image } => {
+            let progress = Progress::start(ctx, "preparing session disk");
+            let opened = manager
+                .open_session(
+                    &name.name,
+                    OpenOptions {
+                        image,
+                        warm: warm.then_some(true),
+                    },
+                )
+                .await;
+            progress.finish();
+            let opened = opened?;
+            if ctx.json {
+                output::print_json(&opened)?;
+            } else {
+                let verb = if opened.created {
+                    "created"
+                } else {
+                    "opened existing"
+                };
+                let s = &opened.session;
+                println!(
+                    "{verb} session {} (box {}, image {}, {} isolation, {})",
+                    s.name,
+                    s.box_id,
+                    s.image,
+                    s.isolation,
+                    if s.warm { "warm" } else { "cold" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Run {
+            name,
+            path,
+            args,
+            opts,
+        } => {
+            let options = opts.options(args, None);
+            run::execute(
+                ctx,
+                &manager,
+                Target::Session(&name.name),
+                &Program::Script(path),
+                options,
+            )
+            .await
+        }
+        SessionCommand::Exec {
+            name,
+            opts,
+            command,
+        } => {
+            let options = opts.options(Vec::new(), None);
+            run::execute(
+                ctx,
+                &manager,
+                Target::Session(&name.name),
+                &Program::Command(command),
+                options,
+            )
+            .await
+        }
+        SessionCommand::Spawn {
+            name,
+            tty,
+            env,
+            command,
+        } => spawn(ctx, &manager, &name.name, tty, env, command).await,
+        SessionCommand::Ls => {
+            let sessions = manager.list_sessions();
+            if ctx.json {
+                output::print_json(&sessions)?;
+            } else {
+                print_table(&sessions);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Info { name } => {
+            let info = manager.session_info(&name.name)?;
+            if ctx.json {
+                output::print_json(&info)?;
+            } else {
+                print_info(&info);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Stop { name, force } => {
+            let info = manager.stop_session(&name.name, force).await?;
+            if ctx.json {
+                output::print_json(&info)?;
+            } else {
+                println!("stopped session {}", info.name);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Rm { name, force } => {
+            manager.remove_session(&name.name, force).await?;
+            if ctx.json {
+                output::print_json(&serde_json::json!({ "removed": name.name }))?;
+            } else {
+                println!("removed session {}", name.name);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_table(sessions: &[SessionInfo]) {
+    if sessions.is_empty() {
+        println!("no sessions");
+        return;
+    }
+    println!(
+        "{:<24} {:<8} {:<5} {:<10} {:<24} BOX",
+        "NAME", "STATE", "WARM", "ISOLATION", "IMAGE"
+    );
+    for s in sessions {
+        println!(
+            "{:<24} {:<8} {:<5} {:<10} {:<24} {}",
+            s.name,
+            s.state.to_string(),
+            if s.warm { "yes" } else { "no" },
+            s.isolation.to_string(),
+            s.image,
+            s.box_id
+        );
+    }
+}
+
+fn print_info(s: &SessionInfo) {
+    println!("name:       {}", s.name);
+    println!("box id:     {}", s.box_id);
+    println!("state:      {}", s.state);
+    println!("warm:       {}", s.warm);
+    println!("image:      {}", s.image);
+    println!("runtime:    {} ({} isolation)", s.runtime, s.isolation);
+    println!("created at: {}", s.created_at);
+    println!("last used:  {}", s.last_used_at);
+    println!("running:    {} execution(s)", s.active_executions);
+}
+
+/// Spawn and stay attached until the process ends.
+async fn spawn(
+    ctx: &Context,
+    manager: &blink_sdk::Manager,
+    name: &str,
+    tty: bool,
+    env: Vec<(String, String)>,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let size = if tty { Some(terminal::size()) } else { None };
+    let info = manager.spawn(name, command, env, size).await?;
+    if ctx.json && !tty {
+        // Scripts get the id; the process keeps running only as long as
+        // this process does, so stay attached below.
+        eprintln!("{}", serde_json::to_string(&info)?);
+    }
+    let mut attachment = manager.attach(name, &info.id)?;
+    let raw = if tty {
+        terminal::RawMode::enter()
+    } else {
+        None
+    };
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    for chunk in std::mem::take(&mut attachment.replay) {
+        write_chunk(&mut stdout, &mut stderr, chunk.stream, &chunk.data).await;
+    }
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 8192];
+    let mut stdin_open = true;
+    let control = attachment.spawn.control.clone();
+    let status = loop {
+        tokio::select! {
+            chunk = attachment.live.recv() => match chunk {
+                Ok(c) => write_chunk(&mut stdout, &mut stderr, c.stream, &c.data).await,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "output came faster than the terminal took it");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+            },
+            read = stdin.read(&mut buf), if stdin_open => match read {
+                Ok(0) | Err(_) => {
+                    stdin_open = false;
+                    if !tty {
+                        attachment.write(Vec::new()).await; // EOF
+                    }
+                }
+                Ok(n) => {
+                    attachment.write(buf[..n].to_vec()).await;
+                }
+            },
+            _ = winch.recv(), if tty => {
+                let _ = control.resize(terminal::size());
+            }
+            changed = attachment.exit.changed() => {
+                let status = *attachment.exit.borrow();
+                if let Some(status) = status {
+                    // Output before exit was pumped first; drain the rest.
+                    while let Ok(c) = attachment.live.try_recv() {
+                        write_chunk(&mut stdout, &mut stderr, c.stream, &c.data).await;
+                    }
+                    break status;
+                }
+                if changed.is_err() {
+                    break blink_sdk::types::ExitStatus { code: -1, signal: None };
+                }
+            }
+        }
+    };
+    let _ = stdout.flush().await;
+    drop(raw);
+    Ok(output::exit_code(status.code))
+}
+
+async fn write_chunk(
+    stdout: &mut tokio::io::Stdout,
+    stderr: &mut tokio::io::Stderr,
+    stream: Stream,
+    data: &[u8],
+) {
+    match stream {
+        Stream::Stdout => {
+            let _ = stdout.write_all(data).await;
+            let _ = stdout.flush().await;
+        }
+        Stream::Stderr => {
+            let _ = stderr.write_all(data).await;
+        }
+    }
+}

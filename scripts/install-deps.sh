@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install what Blink needs on a Debian machine, skipping what is present.
+#   bubblewrap      the local runtime's namespaces
+#   busybox-static  the default image's userland
+#   util-linux      nsenter (joining a running sandbox), script (PTY tests)
+#   openssh-client  ssh/sftp/scp for the gateway's end-to-end tests
+set -euo pipefail
+
+need=()
+for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}"
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi

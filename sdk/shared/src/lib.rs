@@ -1,0 +1,210 @@
+//! Wire types that Blink clients need: run results, session descriptions,
+//! runtime descriptions and the error body. No runtime, no I/O: a control
+//! plane can depend on this crate alone (published as `blinkvm-shared`).
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// How strongly a sandbox is isolated from its host. Shown everywhere a
+/// sandbox is described, so nobody mistakes namespaces for a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationClass {
+    /// Linux namespaces on the host kernel (the `local` runtime).
+    Namespace,
+    /// A micro-VM with its own kernel (the `boxlite` runtime).
+    Vm,
+}
+
+impl std::fmt::Display for IsolationClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Namespace => "namespace",
+            Self::Vm => "vm",
+        })
+    }
+}
+
+/// What a runtime is and how it enforces limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    /// `local` or `boxlite`.
+    pub name: String,
+    pub isolation: IsolationClass,
+    /// Mechanism behind each resource limit, e.g. `{"memory": "cgroup-v1"}`.
+    pub limits: std::collections::BTreeMap<String, String>,
+    /// Free-form facts worth showing an operator (versions, uid mapping).
+    pub details: std::collections::BTreeMap<String, String>,
+}
+
+/// Lifecycle of a session's sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    Running,
+    Stopped,
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+        })
+    }
+}
+
+/// A named session as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub name: String,
+    /// Stable sandbox id, the brief's `box_id`.
+    pub box_id: String,
+    pub image: String,
+    pub warm: bool,
+    pub state: SessionState,
+    pub runtime: String,
+    pub isolation: IsolationClass,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    pub last_used_at: u64,
+    /// Executions currently running in the session.
+    pub active_executions: u32,
+}
+
+/// Result of `open`: the session and whether this call created it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenedSession {
+    pub session: SessionInfo,
+    pub created: bool,
+}
+
+/// How captured bytes are carried in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// `data` is the bytes, which were valid UTF-8.
+    Utf8,
+    /// `data` is standard base64 of bytes that were not valid UTF-8.
+    Base64,
+}
+
+/// One captured output stream, capped at a configured size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedOutput {
+    pub data: String,
+    pub encoding: Encoding,
+    /// True when the stream produced more than the cap; `data` holds the
+    /// first `cap` bytes.
+    pub truncated: bool,
+    /// Bytes the stream produced in total, kept or not.
+    pub total_bytes: u64,
+}
+
+impl CapturedOutput {
+    /// Encode captured bytes: UTF-8 as text, anything else as base64.
+    pub fn from_bytes(bytes: &[u8], truncated: bool, total_bytes: u64) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self {
+                data: text.to_owned(),
+                encoding: Encoding::Utf8,
+                truncated,
+                total_bytes,
+            },
+            Err(_) => Self {
+                data: base64::engine::general_purpose::STANDARD.encode(bytes),
+                encoding: Encoding::Base64,
+                truncated,
+                total_bytes,
+            },
+        }
+    }
+
+    /// The captured bytes, decoded from their JSON form.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        match self.encoding {
+            Encoding::Utf8 => Ok(self.data.clone().into_bytes()),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD.decode(&self.data),
+        }
+    }
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code when the process exited; 128 + signal when a signal killed
+    /// it (as shells report it).
+    pub code: i32,
+    /// The signal that killed the process, if one did.
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == 0 && self.signal.is_none()
+    }
+}
+
+/// The outcome of a pipe-mode run: structured, stdout and stderr apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: CapturedOutput,
+    pub stderr: CapturedOutput,
+    pub duration_ms: u64,
+    /// Session the run happened in; `None` for an ephemeral run.
+    pub session: Option<String>,
+    pub box_id: String,
+    pub isolation: IsolationClass,
+}
+
+/// A local image as listed by the image store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// Reference name, e.g. `blink/default:latest`.
+    pub reference: String,
+    /// `sha256:` digest of the manifest.
+    pub digest: String,
+    /// Compressed size of the layers in bytes.
+    pub size: u64,
+    pub layers: usize,
+}
+
+/// Body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code such as `session_not_found`.
+    pub code: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captured_output_round_trips_text_and_binary() {
+        let text = CapturedOutput::from_bytes(b"hello\n", false, 6);
+        assert_eq!(text.encoding, Encoding::Utf8);
+        assert_eq!(text.to_bytes().unwrap(), b"hello\n");
+        let bin = CapturedOutput::from_bytes(&[0xff, 0x00, 0xfe], true, 10);
+        assert_eq!(bin.encoding, Encoding::Base64);
+        assert!(bin.truncated);
+        assert_eq!(bin.to_bytes().unwrap(), vec![0xff, 0x00, 0xfe]);
+    }
+
+    #[test]
+    fn isolation_serializes_lowercase() {
+        assert_eq!(
+            serde_json::to_string(&IsolationClass::Namespace).unwrap(),
+            "\"namespace\""
+        );
+    }
+}

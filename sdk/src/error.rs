@@ -1,0 +1,143 @@
+//! One error type for the SDK. Every variant names the thing that went wrong
+//! so that the CLI, REST and SSH surfaces can show it as it is; `code()` is
+//! the stable machine-readable name and `kind()` the class a surface maps to
+//! a status (HTTP status, exit code).
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Broad class of an error, for surfaces that map errors to statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The caller asked for something malformed (HTTP 400).
+    Invalid,
+    /// The named thing does not exist (HTTP 404).
+    NotFound,
+    /// The thing exists or is in use (HTTP 409).
+    Conflict,
+    /// Too large (HTTP 413).
+    TooLarge,
+    /// Well-formed but cannot be processed (HTTP 422).
+    Unprocessable,
+    /// Not available in this build or on this machine (HTTP 501).
+    Unsupported,
+    /// A fault on our side or in the sandbox runtime (HTTP 500).
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid session name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+
+    #[error("session {0:?} not found")]
+    SessionNotFound(String),
+
+    #[error("session {0:?} already exists")]
+    SessionExists(String),
+
+    #[error("session {name:?} is busy: {reason}")]
+    SessionBusy { name: String, reason: String },
+
+    #[error("execution {0:?} not found")]
+    ExecutionNotFound(String),
+
+    #[error("image {reference:?} not found: {hint}")]
+    ImageNotFound { reference: String, hint: String },
+
+    #[error("invalid image {what}: {reason}")]
+    InvalidImage { what: String, reason: String },
+
+    #[error("script {} not found", .0.display())]
+    ScriptNotFound(PathBuf),
+
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    #[error("path {path:?} is outside the sandbox: {reason}")]
+    PathOutsideSandbox { path: String, reason: String },
+
+    #[error("{what} is too large: {size} bytes, the limit is {limit}")]
+    TooLarge { what: String, size: u64, limit: u64 },
+
+    #[error("sandbox {id} is dead: {reason}")]
+    SandboxDead { id: String, reason: String },
+
+    #[error("runtime {runtime} is not usable here: {reason}")]
+    RuntimeUnavailable { runtime: String, reason: String },
+
+    #[error("data dir {} is in use by another Blink process ({holder}); stop it or choose another --data-dir", path.display())]
+    DataDirLocked { path: PathBuf, holder: String },
+
+    #[error("{0} is not supported by this runtime")]
+    Unsupported(String),
+
+    #[error("state file {} is corrupt: {reason}", path.display())]
+    CorruptState { path: PathBuf, reason: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("runtime error: {0}")]
+    Runtime(String),
+}
+
+impl Error {
+    /// Wrap an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Stable machine-readable code, used in JSON error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidName { .. } => "invalid_name",
+            Self::SessionNotFound(_) => "session_not_found",
+            Self::SessionExists(_) => "session_exists",
+            Self::SessionBusy { .. } => "session_busy",
+            Self::ExecutionNotFound(_) => "execution_not_found",
+            Self::ImageNotFound { .. } => "image_not_found",
+            Self::InvalidImage { .. } => "invalid_image",
+            Self::ScriptNotFound(_) => "script_not_found",
+            Self::InvalidArgument(_) => "invalid_argument",
+            Self::PathOutsideSandbox { .. } => "path_outside_sandbox",
+            Self::TooLarge { .. } => "too_large",
+            Self::SandboxDead { .. } => "sandbox_dead",
+            Self::RuntimeUnavailable { .. } => "runtime_unavailable",
+            Self::DataDirLocked { .. } => "data_dir_locked",
+            Self::Unsupported(_) => "unsupported",
+            Self::CorruptState { .. } => "corrupt_state",
+            Self::Io { .. } => "io_error",
+            Self::Runtime(_) => "runtime_error",
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidName { .. } | Self::InvalidArgument(_) => ErrorKind::Invalid,
+            Self::PathOutsideSandbox { .. } => ErrorKind::Invalid,
+            Self::SessionNotFound(_)
+            | Self::ExecutionNotFound(_)
+            | Self::ImageNotFound { .. }
+            | Self::ScriptNotFound(_) => ErrorKind::NotFound,
+            Self::SessionExists(_) | Self::SessionBusy { .. } | Self::DataDirLocked { .. } => {
+                ErrorKind::Conflict
+            }
+            Self::TooLarge { .. } => ErrorKind::TooLarge,
+            Self::InvalidImage { .. } => ErrorKind::Unprocessable,
+            Self::Unsupported(_) | Self::RuntimeUnavailable { .. } => ErrorKind::Unsupported,
+            Self::SandboxDead { .. }
+            | Self::CorruptState { .. }
+            | Self::Io { .. }
+            | Self::Runtime(_) => ErrorKind::Internal,
+        }
+    }
+}

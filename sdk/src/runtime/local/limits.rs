@@ -1,0 +1,225 @@
+//! Resource limits for local sandboxes: cgroup v2 where its controllers are
+//! delegated to us, cgroup v1 where its hierarchies are writable, rlimits
+//! otherwise. Which one applied is reported per resource.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use crate::runtime::Limits;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const GROUP: &str = "blink";
+
+/// The mechanism that enforces limits on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitBackend {
+    /// Unified hierarchy at the given mount with memory, pids and cpu.
+    CgroupV2(PathBuf),
+    /// Legacy per-controller hierarchies.
+    CgroupV1,
+    /// setrlimit on each process: memory as address space, pids as
+    /// RLIMIT_NPROC of the sandbox uid; no CPU quota.
+    Rlimit,
+}
+
+impl LimitBackend {
+    /// Find the best mechanism that works for this process.
+    pub fn detect() -> Self {
+        for unified in [
+            Path::new(CGROUP_ROOT),
+            &Path::new(CGROUP_ROOT).join("unified"),
+        ] {
+            if let Ok(controllers) = std::fs::read_to_string(unified.join("cgroup.controllers")) {
+                let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+                if has("memory") && has("pids") && probe_dir(&unified.join(GROUP)) {
+                    return Self::CgroupV2(unified.to_path_buf());
+                }
+            }
+        }
+        let v1 = ["memory", "pids", "cpu"]
+            .iter()
+            .all(|c| probe_dir(&Path::new(CGROUP_ROOT).join(c).join(GROUP)));
+        if v1 { Self::CgroupV1 } else { Self::Rlimit }
+    }
+
+    /// Mechanism name per resource, for reports.
+    pub fn describe(&self) -> std::collections::BTreeMap<String, String> {
+        let (memory, pids, cpu) = match self {
+            Self::CgroupV2(_) => ("cgroup-v2", "cgroup-v2", "cgroup-v2"),
+            Self::CgroupV1 => ("cgroup-v1", "cgroup-v1", "cgroup-v1"),
+            Self::Rlimit => ("rlimit-as", "rlimit-nproc", "none"),
+        };
+        [("memory", memory), ("pids", pids), ("cpu", cpu)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
+/// Can we create (and remove) a directory here?
+fn probe_dir(parent: &Path) -> bool {
+    if std::fs::create_dir_all(parent).is_err() {
+        return false;
+    }
+    let probe = parent.join(format!("probe-{}", std::process::id()));
+    let ok = std::fs::create_dir(&probe).is_ok();
+    let _ = std::fs::remove_dir(&probe);
+    ok
+}
+
+/// The cgroup(s) of one sandbox, removed when dropped.
+#[derive(Debug)]
+pub struct SandboxCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl SandboxCgroup {
+    /// Create the sandbox's cgroup and write its limits.
+    pub fn create(
+        backend: &LimitBackend,
+        id: &str,
+        limits: &Limits,
+    ) -> std::io::Result<Option<Self>> {
+        let dirs: Vec<PathBuf> = match backend {
+            LimitBackend::Rlimit => return Ok(None),
+            LimitBackend::CgroupV2(root) => {
+                let parent = root.join(GROUP);
+                // Delegate the controllers to children of our group.
+                let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids +cpu");
+                let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
+                vec![parent.join(id)]
+            }
+            LimitBackend::CgroupV1 => ["memory", "pids", "cpu"]
+                .iter()
+                .map(|c| Path::new(CGROUP_ROOT).join(c).join(GROUP).join(id))
+                .collect(),
+        };
+        for dir in &dirs {
+            match std::fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let group = Self { dirs };
+        group.apply(backend, limits)?;
+        Ok(Some(group))
+    }
+
+    fn apply(&self, backend: &LimitBackend, limits: &Limits) -> std::io::Result<()> {
+        let write = |file: &str, value: String| -> std::io::Result<()> {
+            for dir in &self.dirs {
+                let path = dir.join(file);
+                if path.exists() {
+                    std::fs::write(&path, &value)?;
+                }
+            }
+            Ok(())
+        };
+        match backend {
+            LimitBackend::CgroupV2(_) => {
+                let mem = limits
+                    .memory_mib
+                    .map_or("max".into(), |m| (m << 20).to_string());
+                write("memory.max", mem)?;
+                write("memory.swap.max", "0".into()).ok();
+                write(
+                    "pids.max",
+                    limits.pids.map_or("max".into(), |p| p.to_string()),
+                )?;
+                let cpu = limits.cpus.map_or("max 100000".into(), |c| {
+                    format!("{} 100000", (c * 100_000.0).round().max(1000.0) as u64)
+                });
+                write("cpu.max", cpu)?;
+            }
+            LimitBackend::CgroupV1 => {
+                let mem = limits
+                    .memory_mib
+                    .map_or("-1".into(), |m| (m << 20).to_string());
+                write("memory.limit_in_bytes", mem)?;
+                write(
+                    "pids.max",
+                    limits.pids.map_or("max".into(), |p| p.to_string()),
+                )?;
+                write("cpu.cfs_period_us", "100000".into())?;
+                let quota = limits.cpus.map_or("-1".into(), |c| {
+                    ((c * 100_000.0).round().max(1000.0) as u64).to_string()
+                });
+                write("cpu.cfs_quota_us", quota)?;
+            }
+            LimitBackend::Rlimit => {}
+        }
+        Ok(())
+    }
+
+    /// `cgroup.procs` paths, prepared before fork for `attach_self`.
+    pub fn procs_files(&self) -> Vec<CString> {
+        self.dirs
+            .iter()
+            .filter_map(|d| {
+                CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).ok()
+            })
+            .collect()
+    }
+
+    /// Remove the cgroup directories; processes must be gone.
+    pub fn remove(&self) {
+        for dir in &self.dirs {
+            for _ in 0..50 {
+                match std::fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+}
+
+/// Moves the calling process into the given cgroups. Runs between fork and
+/// exec, so it only makes raw syscalls on memory prepared before the fork.
+///
+/// # Safety
+/// Must only be called in a freshly forked child.
+pub unsafe fn attach_self(procs_files: &[CString]) -> std::io::Result<()> {
+    for file in procs_files {
+        // SAFETY: file is a valid NUL-terminated path; the buffer is static.
+        unsafe {
+            let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if written != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Apply rlimits between fork and exec (rlimit backend only).
+///
+/// # Safety
+/// Must only be called in a freshly forked child.
+pub unsafe fn apply_rlimits(limits: &Limits) -> std::io::Result<()> {
+    let set = |resource, value: u64| -> std::io::Result<()> {
+        let lim = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: plain syscall with a valid pointer.
+        if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if let Some(m) = limits.memory_mib {
+        set(libc::RLIMIT_AS, m << 20)?;
+    }
+    if let Some(p) = limits.pids {
+        set(libc::RLIMIT_NPROC, p)?;
+    }
+    Ok(())
+}

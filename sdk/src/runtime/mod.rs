@@ -1,0 +1,183 @@
+//! The sandbox runtime layer: one interface, two runtimes.
+//!
+//! A runtime knows nothing of session names, keys or policies: it makes a
+//! sandbox's disk from an image, starts and stops the sandbox with the disk
+//! kept, runs executions inside it and gives confined access to its files.
+//! The `local` runtime (Linux namespaces through bubblewrap) runs everywhere
+//! a Linux kernel allows user namespaces; the `boxlite` micro-VM runtime needs
+//! hardware virtualization (see docs/ARCHITECTURE.md).
+
+pub mod exec;
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+pub use crate::types::{IsolationClass, RuntimeInfo};
+pub use exec::{ExecSpec, Execution, PtySize};
+
+/// Resource limits for one sandbox. `None` leaves a resource unlimited.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub memory_mib: Option<u64>,
+    /// CPU quota in cores (1.5 = one and a half cores).
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+/// Everything a runtime needs to make a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Stable id; also the sandbox's directory name. `[a-z0-9-]` only.
+    pub id: String,
+    /// Image reference as the image store knows it.
+    pub image: String,
+    pub hostname: String,
+    pub limits: Limits,
+}
+
+/// A sandbox runtime. Every method names the sandbox by id; a missing id is
+/// an error naming it, never a panic.
+#[async_trait]
+pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
+    /// What this runtime is: name, isolation class, limit mechanisms.
+    fn info(&self) -> RuntimeInfo;
+
+    /// Make the sandbox's disk from its image. Leaves nothing behind on
+    /// failure.
+    async fn create(&self, spec: &SandboxSpec) -> Result<()>;
+
+    /// Whether a disk exists for this id.
+    fn exists(&self, id: &str) -> bool;
+
+    /// Boot the sandbox. Starting a running sandbox is a no-op.
+    async fn start(&self, spec: &SandboxSpec) -> Result<()>;
+
+    /// Whether the sandbox is running right now.
+    fn is_running(&self, id: &str) -> bool;
+
+    /// Stop the sandbox, killing what runs in it; the disk is kept.
+    async fn stop(&self, id: &str) -> Result<()>;
+
+    /// Stop if needed and delete the disk.
+    async fn remove(&self, id: &str) -> Result<()>;
+
+    /// Start a process in a running sandbox.
+    async fn exec(&self, id: &str, spec: ExecSpec) -> Result<Execution>;
+
+    /// Copy a host file into the sandbox at `dest` (a sandbox path), with
+    /// `mode`. Parent directories are created.
+    async fn copy_in(&self, id: &str, host_src: &Path, dest: &str, mode: u32) -> Result<()>;
+
+    /// Write bytes to a sandbox path (parents created).
+    async fn write_file(&self, id: &str, dest: &str, data: &[u8], mode: u32) -> Result<()>;
+
+    /// Delete a file in the sandbox; a missing file is not an error.
+    async fn remove_file(&self, id: &str, path: &str) -> Result<()>;
+
+    /// Read at most `limit` bytes of a sandbox file.
+    async fn read_file(&self, id: &str, path: &str, limit: u64) -> Result<Vec<u8>>;
+
+    /// Disk snapshot hooks: the checkpoint issue implements them.
+    async fn checkpoint(&self, _id: &str, _name: &str) -> Result<()> {
+        Err(Error::Unsupported("checkpoint".into()))
+    }
+
+    async fn restore(&self, _id: &str, _name: &str) -> Result<()> {
+        Err(Error::Unsupported("restore".into()))
+    }
+
+    async fn export(&self, _id: &str, _dest: &Path) -> Result<()> {
+        Err(Error::Unsupported("export".into()))
+    }
+
+    async fn import(&self, _archive: &Path, _id: &str) -> Result<()> {
+        Err(Error::Unsupported("import".into()))
+    }
+}
+
+/// Which runtime to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Local,
+    Boxlite,
+}
+
+impl std::str::FromStr for RuntimeKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "local" => Ok(Self::Local),
+            "boxlite" => Ok(Self::Boxlite),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown runtime {other:?}: expected local or boxlite"
+            ))),
+        }
+    }
+}
+
+/// One line of `doctor`: a check and its outcome.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What each runtime can do on this machine, and why.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Diagnosis {
+    pub runtime: String,
+    pub usable: bool,
+    pub checks: Vec<Check>,
+}
+
+/// Check both runtimes on this machine without starting anything lasting.
+pub fn diagnose() -> Vec<Diagnosis> {
+    vec![local::diagnose(), boxlite_diagnosis()]
+}
+
+/// The boxlite runtime is not built into this binary yet; say why it would
+/// not run here either way.
+fn boxlite_diagnosis() -> Diagnosis {
+    let mut checks = Vec::new();
+    let kvm = Path::new("/dev/kvm").exists();
+    checks.push(Check {
+        name: "/dev/kvm".into(),
+        ok: kvm,
+        detail: if kvm {
+            "present".into()
+        } else {
+            "missing".into()
+        },
+    });
+    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    if pvm {
+        checks.push(Check {
+            name: "hardware virtualization".into(),
+            ok: false,
+            detail: "/dev/kvm is kvm_pvm (emulated); it cannot boot a micro-VM".into(),
+        });
+    }
+    checks.push(Check {
+        name: "built in".into(),
+        ok: false,
+        detail: "this build has no boxlite runtime (a later release adds it)".into(),
+    });
+    Diagnosis {
+        runtime: "boxlite".into(),
+        usable: false,
+        checks,
+    }
+}
+
+pub(crate) fn details(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}

@@ -1,0 +1,354 @@
+//! Named sessions through `blink-cli session ...` on the real local runtime.
+
+use std::process::Command;
+
+use blink_e2e::{Blink, bin, local_runtime_available, texts};
+use rand::RngCore;
+
+#[test]
+fn open_reports_created_then_existing_and_lists_isolation() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let (code, v) = blink.json(&["session", "open", "--name", "my-agent"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["created"], true);
+    assert_eq!(v["session"]["isolation"], "namespace");
+    let box_id = v["session"]["box_id"].as_str().unwrap().to_owned();
+    let (_, again) = blink.json(&["session", "open", "--name", "my-agent"]);
+    assert_eq!(again["created"], false);
+    assert_eq!(again["session"]["box_id"], box_id.as_str());
+
+    let human = blink.ok(&["session", "ls"]);
+    assert!(
+        human.contains("my-agent") && human.contains("namespace"),
+        "{human}"
+    );
+    let (_, list) = blink.json(&["session", "ls"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (_, info) = blink.json(&["session", "info", "--name", "my-agent"]);
+    assert_eq!(info["box_id"], box_id.as_str());
+    assert_eq!(info["state"], "stopped");
+}
+
+#[test]
+fn files_survive_stop_and_new_processes() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    blink.ok(&["session", "open", "--name", "keeper"]);
+    blink.ok(&[
+        "session",
+        "exec",
+        "--name",
+        "keeper",
+        "--",
+        "sh",
+        "-c",
+        "echo remembered > /var/blink/memory/note",
+    ]);
+    blink.ok(&["session", "stop", "--name", "keeper"]);
+    // Every CLI call is a new process: the disk outlives them all.
+    let out = blink.ok(&[
+        "session",
+        "exec",
+        "--name",
+        "keeper",
+        "--",
+        "cat",
+        "/var/blink/memory/note",
+    ]);
+    assert_eq!(out, "remembered\n");
+}
+
+#[test]
+fn session_run_copies_a_host_script_and_exec_passes_exit_codes() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    blink.ok(&["session", "open", "--name", "runner"]);
+    let script = blink.script("s.sh", "#!/bin/sh\necho \"in $(hostname)\"\nexit 42\n");
+    let out = blink.run(&[
+        "session",
+        "run",
+        "--name",
+        "runner",
+        script.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(42));
+    assert_eq!(texts(&out).0, "in runner\n");
+    let (code, v) = blink.json(&[
+        "session",
+        "run",
+        "--name",
+        "runner",
+        script.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(42));
+    assert_eq!(v["session"], "runner");
+
+    let out = blink.run(&[
+        "session", "exec", "--name", "runner", "--", "sh", "-c", "exit 0",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = blink.run(&[
+        "session",
+        "exec",
+        "--name",
+        "runner",
+        "--",
+        "no-such-program",
+    ]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(
+        texts(&out).1.contains("no-such-program"),
+        "{}",
+        texts(&out).1
+    );
+}
+
+#[test]
+fn stdin_streams_through_cat_byte_exact() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    blink.ok(&["session", "open", "--name", "pipe"]);
+    let mut data = vec![0u8; 1 << 20];
+    rand::rng().fill_bytes(&mut data);
+    let out = blink.run_with_stdin(&["session", "exec", "--name", "pipe", "--", "cat"], &data);
+    assert!(out.status.success(), "{}", texts(&out).1);
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "bytes differ");
+}
+
+#[test]
+fn pty_spawn_has_a_terminal_of_the_given_size() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    blink.ok(&["session", "open", "--name", "term"]);
+    // script(1) gives blink-cli a real terminal; stty sets its size, which
+    // `spawn --tty` must pass on to the sandbox's terminal.
+    let cli = bin("blink-cli");
+    let inner = format!(
+        "stty rows 33 cols 101; {} --data-dir {} session spawn --name term --tty -- sh -c 'tty; stty size'",
+        cli.display(),
+        blink.data_dir.path().display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("33 101"), "{text}");
+}
+
+#[test]
+fn sandbox_is_isolated_from_host_files_processes_and_network() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    blink.ok(&["session", "open", "--name", "iso"]);
+    // A host file outside the sandbox's root.
+    let secret = blink.data_dir.path().join("host-secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+    let out = blink.run(&[
+        "session",
+        "exec",
+        "--name",
+        "iso",
+        "--",
+        "cat",
+        secret.to_str().unwrap(),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!texts(&out).0.contains("top secret"));
+    let out = blink.run(&[
+        "session",
+        "exec",
+        "--name",
+        "iso",
+        "--",
+        "cat",
+        "/etc/hostname",
+    ]);
+    assert!(
+        !texts(&out).0.contains(&hostname()),
+        "host /etc/hostname visible"
+    );
+
+    // Host processes are invisible: only the sandbox's few pids exist and
+    // this test's pid is not among them (unless by chance small).
+    let ps = blink.ok(&[
+        "session",
+        "exec",
+        "--name",
+        "iso",
+        "--",
+        "sh",
+        "-c",
+        "ls /proc | grep -E '^[0-9]+$' | wc -l",
+    ]);
+    let count: usize = ps.trim().parse().unwrap();
+    assert!(count < 10, "sandbox sees {count} processes");
+
+    // No network but loopback; a host listener is unreachable.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let links = blink.ok(&[
+        "session",
+        "exec",
+        "--name",
+        "iso",
+        "--",
+        "sh",
+        "-c",
+        "ls /sys/class/net 2>/dev/null || ip -o link | cut -d: -f2",
+    ]);
+    let cmd = format!("nc -w 2 127.0.0.1 {port} </dev/null; echo rc=$?");
+    let out = blink.ok(&["session", "exec", "--name", "iso", "--", "sh", "-c", &cmd]);
+    assert!(!out.contains("rc=0"), "connected to the host: {out}");
+    assert!(listener.accept().is_err(), "host listener got a connection");
+    assert!(!links.contains("eth"), "network interfaces: {links}");
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let out = blink.run(&["session", "open", "--name", "Bad/Name"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        texts(&out).1.contains("invalid session name \"Bad/Name\""),
+        "{}",
+        texts(&out).1
+    );
+
+    let out = blink.run(&["session", "exec", "--name", "ghost", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        texts(&out).1.contains("session \"ghost\" not found"),
+        "{}",
+        texts(&out).1
+    );
+
+    let (code, v) = blink.json(&["session", "info", "--name", "ghost"]);
+    assert_eq!(code, Some(125));
+    assert_eq!(v["error"]["code"], "session_not_found");
+
+    blink.ok(&["session", "open", "--name", "real"]);
+    let out = blink.run(&["session", "run", "--name", "real", "/no/such/script.sh"]);
+    assert!(
+        texts(&out)
+            .1
+            .contains("script /no/such/script.sh not found"),
+        "{}",
+        texts(&out).1
+    );
+
+    let out = blink.run(&[
+        "session",
+        "open",
+        "--name",
+        "other",
+        "--image",
+        "alpine:3.20",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(texts(&out).1.contains("image import"), "{}", texts(&out).1);
+    // The failed open left no session behind.
+    let (_, list) = blink.json(&["session", "ls"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["real"]);
+
+    let out = blink.run(&["session", "rm", "--name", "real"]);
+    assert!(out.status.success());
+    let out = blink.run(&["session", "info", "--name", "real"]);
+    assert_eq!(out.status.code(), Some(125));
+}
+
+#[test]
+fn a_second_process_on_the_same_data_dir_is_refused() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let (_, opened) = blink.json(&["session", "open", "--name", "held"]);
+    let box_id = opened["session"]["box_id"].as_str().unwrap().to_owned();
+    let ready = blink
+        .data_dir
+        .path()
+        .join("sandboxes")
+        .join(&box_id)
+        .join("rootfs/var/blink/memory/ready");
+    let mut holder = blink
+        .cli()
+        .args([
+            "session",
+            "exec",
+            "--name",
+            "held",
+            "--",
+            "sh",
+            "-c",
+            "touch /var/blink/memory/ready; sleep 30",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the holder has the lock (its command is running).
+    for _ in 0..400 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(ready.exists(), "holder never started");
+    let mut refused = None;
+    for _ in 0..1 {
+        let out = blink.run(&["session", "ls"]);
+        if !out.status.success() {
+            refused = Some(texts(&out).1);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let refused = refused.expect("second process was never refused");
+    assert!(
+        refused.contains("in use by another Blink process"),
+        "{refused}"
+    );
+    assert!(refused.contains("blink-cli"), "{refused}");
+}
