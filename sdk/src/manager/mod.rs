@@ -900,6 +900,14 @@ impl Manager {
             .collect())
     }
 
+    /// The session's files, every path confined to its root. Holds no
+    /// activity guard: callers that keep it should also `hold` the session.
+    pub fn filesystem(&self, name: &str) -> Result<crate::fs::ConfinedRoot> {
+        let slot = self.slot(name)?;
+        let box_id = lock(&slot.record).box_id.clone();
+        self.runtime.filesystem(&box_id)
+    }
+
     /// Stop every running sandbox (for an orderly shutdown).
     pub async fn shutdown(&self) {
         let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();

@@ -81,6 +81,13 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Read at most `limit` bytes of a sandbox file.
     async fn read_file(&self, id: &str, path: &str, limit: u64) -> Result<Vec<u8>>;
 
+    /// Direct access to the sandbox's files, every path confined to its
+    /// root (for SFTP). Runtimes whose disk is not reachable from the host
+    /// say so.
+    fn filesystem(&self, _id: &str) -> Result<crate::fs::ConfinedRoot> {
+        Err(Error::Unsupported("direct file access".into()))
+    }
+
     /// Disk snapshot hooks: the checkpoint issue implements them.
     async fn checkpoint(&self, _id: &str, _name: &str) -> Result<()> {
         Err(Error::Unsupported("checkpoint".into()))

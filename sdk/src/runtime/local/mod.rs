@@ -385,6 +385,10 @@ impl Runtime for LocalRuntime {
         write_into(&root, dest, &mut &data[..], mode)
     }
 
+    fn filesystem(&self, id: &str) -> Result<ConfinedRoot> {
+        self.confined(id)
+    }
+
     async fn remove_file(&self, id: &str, path: &str) -> Result<()> {
         match self.confined(id)?.remove_file(path) {
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
