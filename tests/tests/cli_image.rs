@@ -15,22 +15,32 @@ fn docker_save(path: &Path) {
     dir.set_entry_type(tar::EntryType::Directory);
     dir.set_mode(0o755);
     dir.set_size(0);
-    layer.append_data(&mut dir.clone(), "bin/", std::io::empty()).unwrap();
-    layer.append_data(&mut dir.clone(), "etc/", std::io::empty()).unwrap();
+    layer
+        .append_data(&mut dir.clone(), "bin/", std::io::empty())
+        .unwrap();
+    layer
+        .append_data(&mut dir.clone(), "etc/", std::io::empty())
+        .unwrap();
     let mut file = tar::Header::new_gnu();
     file.set_mode(0o755);
     file.set_size(busybox.len() as u64);
-    layer.append_data(&mut file, "bin/busybox", &busybox[..]).unwrap();
+    layer
+        .append_data(&mut file, "bin/busybox", &busybox[..])
+        .unwrap();
     for applet in ["sh", "echo", "cat"] {
         let mut link = tar::Header::new_gnu();
         link.set_entry_type(tar::EntryType::Symlink);
         link.set_size(0);
-        layer.append_link(&mut link, format!("bin/{applet}"), "busybox").unwrap();
+        layer
+            .append_link(&mut link, format!("bin/{applet}"), "busybox")
+            .unwrap();
     }
     let mut release = tar::Header::new_gnu();
     release.set_mode(0o644);
     release.set_size(12);
-    layer.append_data(&mut release, "etc/mini-os", &b"mini-image!\n"[..]).unwrap();
+    layer
+        .append_data(&mut release, "etc/mini-os", &b"mini-image!\n"[..])
+        .unwrap();
     let layer = layer.into_inner().unwrap();
     let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
     let config = serde_json::json!({
@@ -76,8 +86,16 @@ fn import_run_and_remove_an_image() {
     assert_eq!(imported[0]["reference"], "mini:1");
 
     let (_, list) = blink.json(&["image", "ls"]);
-    let refs: Vec<&str> = list.as_array().unwrap().iter().map(|i| i["reference"].as_str().unwrap()).collect();
-    assert!(refs.contains(&"mini:1") && refs.contains(&"blink/default:latest"), "{refs:?}");
+    let refs: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reference"].as_str().unwrap())
+        .collect();
+    assert!(
+        refs.contains(&"mini:1") && refs.contains(&"blink/default:latest"),
+        "{refs:?}"
+    );
 
     let script = blink.script("which.sh", "#!/bin/sh\ncat /etc/mini-os\n");
     let out = blink.run(&["run", "--image", "mini:1", script.to_str().unwrap()]);
@@ -103,5 +121,9 @@ fn hostile_or_broken_archives_are_refused_and_change_nothing() {
 
     let missing = blink.run(&["image", "import", "/no/such/archive.tar"]);
     assert_eq!(missing.status.code(), Some(125));
-    assert!(texts(&missing).1.contains("/no/such/archive.tar"), "{}", texts(&missing).1);
+    assert!(
+        texts(&missing).1.contains("/no/such/archive.tar"),
+        "{}",
+        texts(&missing).1
+    );
 }
