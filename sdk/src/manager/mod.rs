@@ -126,6 +126,8 @@ struct Slot {
     /// Serializes start, stop and remove.
     lifecycle: tokio::sync::Mutex<()>,
     active: AtomicU32,
+    /// Milliseconds since the epoch: second granularity would let the
+    /// idle policy stop a session the moment a second boundary passes.
     last_used: AtomicU64,
     removed: std::sync::atomic::AtomicBool,
 }
@@ -139,7 +141,7 @@ pub struct ActivityGuard {
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        self.slot.last_used.store(now(), Ordering::SeqCst);
+        self.slot.last_used.store(now_ms(), Ordering::SeqCst);
         self.slot.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -287,7 +289,7 @@ impl Manager {
         }
         let mut slots = lock(&self.slots);
         for r in records {
-            let last = r.last_used_at;
+            let last = r.last_used_at.saturating_mul(1000);
             slots.insert(r.name.clone(), Arc::new(new_slot(r, last)));
         }
         Ok(())
@@ -326,7 +328,7 @@ impl Manager {
     /// Stop every cold session that has been idle long enough. A session
     /// with anything active is never stopped.
     async fn reap_idle(&self) {
-        let idle = self.config.idle_timeout.as_secs();
+        let idle = self.config.idle_timeout.as_millis() as u64;
         let candidates: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
         for slot in candidates {
             let (warm, box_id, name) = {
@@ -336,14 +338,14 @@ impl Manager {
             if warm || !self.runtime.is_running(&box_id) {
                 continue;
             }
-            let idle_for = now().saturating_sub(slot.last_used.load(Ordering::SeqCst));
+            let idle_for = now_ms().saturating_sub(slot.last_used.load(Ordering::SeqCst));
             if slot.active.load(Ordering::SeqCst) > 0 || idle_for < idle {
                 continue;
             }
             let _life = slot.lifecycle.lock().await;
             // Re-check under the lifecycle lock: something may have started.
             if slot.active.load(Ordering::SeqCst) == 0 {
-                tracing::info!(session = %name, idle_for, "stopping idle session");
+                tracing::info!(session = %name, idle_for_ms = idle_for, "stopping idle session");
                 if let Err(e) = self.runtime.stop(&box_id).await {
                     tracing::warn!(session = %name, error = %e, "stopping idle session failed");
                 }
@@ -392,7 +394,7 @@ impl Manager {
             runtime: rt.name,
             isolation: rt.isolation,
             created_at: r.created_at,
-            last_used_at: slot.last_used.load(Ordering::SeqCst),
+            last_used_at: slot.last_used.load(Ordering::SeqCst) / 1000,
             active_executions: slot.active.load(Ordering::SeqCst),
         }
     }
@@ -465,7 +467,7 @@ impl Manager {
             let _ = self.store.delete(name);
             return Err(e);
         }
-        let slot = Arc::new(new_slot(record.clone(), t));
+        let slot = Arc::new(new_slot(record.clone(), t.saturating_mul(1000)));
         lock(&self.slots).insert(name.into(), slot.clone());
         drop(_catalog);
         tracing::info!(session = %name, box_id = %record.box_id, image = %record.image, "session created");
@@ -495,7 +497,7 @@ impl Manager {
     pub fn hold(&self, name: &str) -> Result<ActivityGuard> {
         let slot = self.slot(name)?;
         slot.active.fetch_add(1, Ordering::SeqCst);
-        slot.last_used.store(now(), Ordering::SeqCst);
+        slot.last_used.store(now_ms(), Ordering::SeqCst);
         Ok(ActivityGuard { slot })
     }
 
@@ -917,26 +919,30 @@ impl Manager {
                 tracing::warn!(box_id = %box_id, error = %e, "stopping sandbox at shutdown failed");
             }
             let mut r = lock(&slot.record).clone();
-            r.last_used_at = slot.last_used.load(Ordering::SeqCst);
+            r.last_used_at = slot.last_used.load(Ordering::SeqCst) / 1000;
             let _ = self.store.save(&r);
         }
     }
 }
 
-fn new_slot(record: SessionRecord, last_used: u64) -> Slot {
+fn new_slot(record: SessionRecord, last_used_ms: u64) -> Slot {
     Slot {
         record: Mutex::new(record),
         lifecycle: tokio::sync::Mutex::new(()),
         active: AtomicU32::new(0),
-        last_used: AtomicU64::new(last_used),
+        last_used: AtomicU64::new(last_used_ms),
         removed: Default::default(),
     }
 }
 
 fn now() -> u64 {
+    now_ms() / 1000
+}
+
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
