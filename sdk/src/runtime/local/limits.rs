@@ -67,7 +67,39 @@ fn probe_dir(parent: &Path) -> bool {
     ok
 }
 
-/// The cgroup(s) of one sandbox, removed when dropped.
+/// Remove sandbox cgroups left by processes that died without cleaning
+/// up. Only empty groups can be removed (rmdir fails on a live one), and
+/// only ones older than a minute, so a group another process has just made
+/// for a sandbox it is starting is left alone.
+pub fn remove_stale(backend: &LimitBackend) {
+    let parents: Vec<PathBuf> = match backend {
+        LimitBackend::Rlimit => return,
+        LimitBackend::CgroupV2(root) => vec![root.join(GROUP)],
+        LimitBackend::CgroupV1 => ["memory", "pids", "cpu"]
+            .iter()
+            .map(|c| Path::new(CGROUP_ROOT).join(c).join(GROUP))
+            .collect(),
+    };
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let stale = entry.file_type().is_ok_and(|t| t.is_dir())
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < old);
+            if stale && std::fs::remove_dir(&path).is_ok() {
+                tracing::debug!(cgroup = %path.display(), "removed stale sandbox cgroup");
+            }
+        }
+    }
+}
+
+/// The cgroup(s) of one sandbox; `remove` deletes them once its processes are gone.
 #[derive(Debug)]
 pub struct SandboxCgroup {
     dirs: Vec<PathBuf>,

@@ -102,7 +102,11 @@ impl LocalRuntime {
             bwrap,
             nsenter,
             guest,
-            backend: LimitBackend::detect(),
+            backend: {
+                let backend = LimitBackend::detect();
+                limits::remove_stale(&backend);
+                backend
+            },
             spawner,
             running: Arc::default(),
         })
