@@ -66,20 +66,21 @@ fn main() -> ExitCode {
             return ExitCode::from(BLINK_FAILURE);
         }
     };
-    let ctx = output::Context {
-        data_dir: cli
-            .data_dir
+    let ctx = output::Context::new(
+        cli.data_dir
             .clone()
             .unwrap_or_else(blink_sdk::manager::default_data_dir),
-        json: cli.json,
-    };
+        cli.json,
+    );
     let result = runtime.block_on(async {
-        match cli.command {
+        let result = match cli.command {
             Command::Run(args) => run::run(&ctx, args).await,
             Command::Session(cmd) => session::dispatch(&ctx, cmd).await,
             Command::Image(cmd) => image::dispatch(&ctx, cmd).await,
             Command::Doctor => doctor::doctor(&ctx),
-        }
+        };
+        ctx.close().await;
+        result
     });
     // Do not wait for lingering tasks (a stdin reader blocked on a terminal).
     runtime.shutdown_background();

@@ -13,11 +13,33 @@ use serde::Serialize;
 pub struct Context {
     pub data_dir: PathBuf,
     pub json: bool,
+    manager: tokio::sync::OnceCell<Arc<Manager>>,
 }
 
 impl Context {
+    pub fn new(data_dir: PathBuf, json: bool) -> Self {
+        Self {
+            data_dir,
+            json,
+            manager: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The manager on our data dir, opened on first use.
     pub async fn manager(&self) -> anyhow::Result<Arc<Manager>> {
-        Ok(Manager::open(ManagerConfig::new(&self.data_dir)).await?)
+        let m = self
+            .manager
+            .get_or_try_init(|| Manager::open(ManagerConfig::new(&self.data_dir)))
+            .await?;
+        Ok(m.clone())
+    }
+
+    /// Stop what the command started: sandboxes of this process end with
+    /// it, and this way their cgroups and records are tidied first.
+    pub async fn close(&self) {
+        if let Some(m) = self.manager.get() {
+            m.shutdown().await;
+        }
     }
 }
 

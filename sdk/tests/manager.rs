@@ -291,3 +291,62 @@ async fn output_caps_truncate_and_flag() {
     assert_eq!(r.stdout.total_bytes, 5000);
     assert_eq!(r.stdout.data.len(), 1000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_killed_from_outside_is_started_again_on_next_use() {
+    if !runtime_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(dir.path(), Duration::from_secs(300)).await;
+    let opened = m
+        .open_session("phoenix", OpenOptions::default())
+        .await
+        .unwrap();
+    let r = m
+        .run(
+            Target::Session("phoenix"),
+            &cmd(&["sh", "-c", "echo alive > /root/f"]),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 0);
+    // The sandbox's group is `<box_id>.<boot>`.
+    let prefix = format!("{}.", opened.session.box_id);
+    let procs = std::fs::read_dir("/sys/fs/cgroup/pids/blink")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path().join("cgroup.procs"))
+        .unwrap_or_default();
+    let Ok(pids) = std::fs::read_to_string(&procs) else {
+        eprintln!("SKIPPED: no cgroup v1 pids group to find the sandbox's processes by");
+        return;
+    };
+    for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) on processes of the sandbox this test made.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    assert!(
+        wait_state(
+            &m,
+            "phoenix",
+            SessionState::Stopped,
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    let r = m
+        .run(
+            Target::Session("phoenix"),
+            &cmd(&["cat", "/root/f"]),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout.data, "alive\n");
+}

@@ -116,6 +116,30 @@ impl Blink {
     }
 }
 
+/// Wait up to 10 s for a file to appear (a sandbox signalling readiness
+/// through its disk); true if it did.
+pub fn wait_for_file(path: &Path) -> bool {
+    for _ in 0..400 {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    false
+}
+
+impl Blink {
+    /// Host path of a file inside a session's disk.
+    pub fn disk_path(&self, box_id: &str, sandbox_path: &str) -> PathBuf {
+        self.data_dir
+            .path()
+            .join("sandboxes")
+            .join(box_id)
+            .join("rootfs")
+            .join(sandbox_path.trim_start_matches('/'))
+    }
+}
+
 /// stdout and stderr of an output as text.
 pub fn texts(out: &Output) -> (String, String) {
     (

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use blink_e2e::{Blink, bin, local_runtime_available, texts};
+use blink_e2e::{Blink, bin, local_runtime_available, texts, wait_for_file};
 use rand::RngCore;
 
 #[test]
@@ -303,12 +303,7 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
     let blink = Blink::new();
     let (_, opened) = blink.json(&["session", "open", "--name", "held"]);
     let box_id = opened["session"]["box_id"].as_str().unwrap().to_owned();
-    let ready = blink
-        .data_dir
-        .path()
-        .join("sandboxes")
-        .join(&box_id)
-        .join("rootfs/var/blink/memory/ready");
+    let ready = blink.disk_path(&box_id, "/var/blink/memory/ready");
     let mut holder = blink
         .cli()
         .args([
@@ -327,13 +322,7 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
         .spawn()
         .unwrap();
     // Wait until the holder has the lock (its command is running).
-    for _ in 0..400 {
-        if ready.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    assert!(ready.exists(), "holder never started");
+    assert!(wait_for_file(&ready), "holder never started");
     let mut refused = None;
     for _ in 0..1 {
         let out = blink.run(&["session", "ls"]);
@@ -351,4 +340,83 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
         "{refused}"
     );
     assert!(refused.contains("blink-cli"), "{refused}");
+}
+
+#[test]
+fn limits_apply_while_running_and_nothing_outlives_the_cli() {
+    if !local_runtime_available() {
+        return;
+    }
+    let (code, doctor) = Blink::new().json(&["doctor"]);
+    assert_eq!(code, Some(0));
+    let limits = doctor[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "limits")
+        .map(|c| c["detail"].as_str().unwrap().to_owned())
+        .unwrap();
+    if !limits.contains("pids=cgroup-v1") {
+        eprintln!("SKIPPED: cgroup v1 is not the limit mechanism here ({limits})");
+        return;
+    }
+    let blink = Blink::new();
+    let (_, opened) = blink.json(&["session", "open", "--name", "limited"]);
+    let box_id = opened["session"]["box_id"].as_str().unwrap().to_owned();
+    let ready = blink.disk_path(&box_id, "/var/blink/memory/ready");
+    let mut holder = blink
+        .cli()
+        .args([
+            "session",
+            "exec",
+            "--name",
+            "limited",
+            "--",
+            "sh",
+            "-c",
+            "touch /var/blink/memory/ready; sleep 2",
+        ])
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&ready), "sandbox command never started");
+    // One group per boot of the sandbox: `<box_id>.<boot>`.
+    let groups = |ctrl: &str| -> Vec<std::path::PathBuf> {
+        let parent = std::path::Path::new("/sys/fs/cgroup")
+            .join(ctrl)
+            .join("blink");
+        std::fs::read_dir(parent)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with(&format!("{box_id}."))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let group = |ctrl: &str| {
+        groups(ctrl)
+            .pop()
+            .expect("the running sandbox has a cgroup")
+    };
+    let pids_max = std::fs::read_to_string(group("pids").join("pids.max")).unwrap();
+    assert_eq!(pids_max.trim(), "1024");
+    let mem = std::fs::read_to_string(group("memory").join("memory.limit_in_bytes")).unwrap();
+    assert_eq!(mem.trim(), (2048u64 << 20).to_string());
+    let procs = std::fs::read_to_string(group("pids").join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().count() >= 2,
+        "sandbox processes not in its cgroup: {procs:?}"
+    );
+    assert!(holder.wait().unwrap().success());
+    for ctrl in ["memory", "pids", "cpu"] {
+        assert!(
+            groups(ctrl).is_empty(),
+            "{ctrl} cgroup of {box_id} outlived the CLI"
+        );
+    }
 }

@@ -520,13 +520,7 @@ impl Manager {
     pub async fn stop_session(&self, name: &str, force: bool) -> Result<SessionInfo> {
         let slot = self.slot(name)?;
         let _life = slot.lifecycle.lock().await;
-        let active = slot.active.load(Ordering::SeqCst);
-        if active > 0 && !force {
-            return Err(Error::SessionBusy {
-                name: name.into(),
-                reason: format!("{active} execution(s) running; stop them or use --force"),
-            });
-        }
+        refuse_if_busy(&slot, name, force)?;
         let box_id = lock(&slot.record).box_id.clone();
         self.runtime.stop(&box_id).await?;
         drop(_life);
@@ -539,13 +533,7 @@ impl Manager {
         let _catalog = self.catalog.lock().await;
         let slot = self.slot(name)?;
         let _life = slot.lifecycle.lock().await;
-        let active = slot.active.load(Ordering::SeqCst);
-        if active > 0 && !force {
-            return Err(Error::SessionBusy {
-                name: name.into(),
-                reason: format!("{active} execution(s) running; stop them or use --force"),
-            });
-        }
+        refuse_if_busy(&slot, name, force)?;
         let box_id = lock(&slot.record).box_id.clone();
         // Record first: a crash after this leaves an orphan disk, which the
         // next start removes, never a record without a disk.
@@ -923,6 +911,18 @@ impl Manager {
             let _ = self.store.save(&r);
         }
     }
+}
+
+/// Stop and remove are refused while something runs, unless forced.
+fn refuse_if_busy(slot: &Slot, name: &str, force: bool) -> Result<()> {
+    let active = slot.active.load(Ordering::SeqCst);
+    if active > 0 && !force {
+        return Err(Error::SessionBusy {
+            name: name.into(),
+            reason: format!("{active} execution(s) running; stop them or use --force"),
+        });
+    }
+    Ok(())
 }
 
 fn new_slot(record: SessionRecord, last_used_ms: u64) -> Slot {

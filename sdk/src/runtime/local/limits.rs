@@ -112,6 +112,11 @@ impl SandboxCgroup {
         id: &str,
         limits: &Limits,
     ) -> std::io::Result<Option<Self>> {
+        // One group per boot of the sandbox (`<id>.<boot>`): a watcher of an
+        // earlier boot that cleans up late can never remove a newer group.
+        let boot = uuid::Uuid::new_v4().simple().to_string();
+        let id = format!("{id}.{}", &boot[..8]);
+        let id = id.as_str();
         let dirs: Vec<PathBuf> = match backend {
             LimitBackend::Rlimit => return Ok(None),
             LimitBackend::CgroupV2(root) => {

@@ -305,14 +305,16 @@ impl Runtime for LocalRuntime {
             if let Some(mut s) = stderr {
                 let _ = s.read_to_string(&mut msg).await;
             }
+            // The cgroup goes first: `stop` returns once the entry is gone,
+            // and by then nothing of the sandbox may be left.
+            if let Some(c) = cgroup {
+                c.remove();
+            }
             let mut map = lock(&running);
             if map.get(&id).is_some_and(|r| r.bwrap_pid == bwrap_pid) {
                 map.remove(&id);
             }
             drop(map);
-            if let Some(c) = cgroup {
-                c.remove();
-            }
             tracing::info!(sandbox = %id, ?status, stderr = %msg.trim(), "sandbox ended");
         });
         Ok(())
