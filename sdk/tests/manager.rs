@@ -350,3 +350,25 @@ async fn a_sandbox_killed_from_outside_is_started_again_on_next_use() {
         .unwrap();
     assert_eq!(r.stdout.data, "alive\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_child_holding_stdout_does_not_hang_or_lose_output() {
+    if !runtime_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(dir.path(), Duration::from_secs(300)).await;
+    m.open_session("bg", OpenOptions::default()).await.unwrap();
+    // The run ends after a bounded grace, not when `sleep 60` does.
+    let r = m
+        .run(
+            Target::Session("bg"),
+            &cmd(&["sh", "-c", "echo visible; sleep 60 & exit 5"]),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 5);
+    assert_eq!(r.stdout.data, "visible\n");
+    assert!(!r.timed_out);
+}

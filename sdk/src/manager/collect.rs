@@ -35,25 +35,27 @@ impl Capped {
     }
 }
 
-async fn read_capped(reader: Option<crate::runtime::exec::ByteReader>, cap: u64) -> Capped {
-    let mut out = Capped {
-        data: Vec::new(),
-        cap,
-        total: 0,
-    };
-    let Some(mut reader) = reader else { return out };
+type Shared = std::sync::Arc<std::sync::Mutex<Capped>>;
+
+/// Read a stream to its end into a shared capped buffer, so whatever was
+/// read is kept even if the reader is abandoned (a background process
+/// holding the pipe open).
+async fn read_capped(reader: Option<crate::runtime::exec::ByteReader>, out: Shared) {
+    let Some(mut reader) = reader else { return };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                let room = cap.saturating_sub(out.data.len() as u64) as usize;
+                let mut out = out
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let room = out.cap.saturating_sub(out.data.len() as u64) as usize;
                 out.data.extend_from_slice(&buf[..n.min(room)]);
                 out.total += n as u64;
             }
         }
     }
-    out
 }
 
 /// Run an execution to its end, capturing output.
@@ -74,8 +76,16 @@ pub async fn collect(
             // Dropping the writer closes the pipe: the process sees EOF.
         });
     }
-    let stdout = tokio::spawn(read_capped(exec.stdout.take(), cap));
-    let stderr = tokio::spawn(read_capped(exec.stderr.take(), cap));
+    let buffer = || -> Shared {
+        std::sync::Arc::new(std::sync::Mutex::new(Capped {
+            data: Vec::new(),
+            cap,
+            total: 0,
+        }))
+    };
+    let (out_buf, err_buf) = (buffer(), buffer());
+    let stdout = tokio::spawn(read_capped(exec.stdout.take(), out_buf.clone()));
+    let stderr = tokio::spawn(read_capped(exec.stderr.take(), err_buf.clone()));
 
     let (status, timed_out) = match tokio::time::timeout(timeout, control.wait()).await {
         Ok(status) => (status?, false),
@@ -84,14 +94,18 @@ pub async fn collect(
             (control.wait().await?, true)
         }
     };
-    let drain = |h: tokio::task::JoinHandle<Capped>| async move {
-        match tokio::time::timeout(DRAIN_GRACE, h).await {
-            Ok(Ok(c)) => c.output(),
-            _ => CapturedOutput::from_bytes(b"", false, 0),
+    let drain = |mut h: tokio::task::JoinHandle<()>, buf: Shared| async move {
+        if tokio::time::timeout(DRAIN_GRACE, &mut h).await.is_err() {
+            tracing::debug!("output pipe still open after exit; keeping what was read");
+            h.abort();
         }
+        let out = buf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        out.output()
     };
-    let stdout = drain(stdout).await;
-    let stderr = drain(stderr).await;
+    let stdout = drain(stdout, out_buf).await;
+    let stderr = drain(stderr, err_buf).await;
     Ok(Collected {
         status,
         timed_out,
