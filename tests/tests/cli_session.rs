@@ -420,3 +420,42 @@ fn limits_apply_while_running_and_nothing_outlives_the_cli() {
         );
     }
 }
+
+#[test]
+fn private_data_dirs_work_and_unreachable_ones_are_named() {
+    use std::os::unix::fs::PermissionsExt;
+    if !local_runtime_available() {
+        return;
+    }
+    // A data dir of mode 0700 (as `mktemp -d` makes): Blink makes it
+    // searchable for the sandbox uid and goes on.
+    let blink = Blink::new();
+    std::fs::set_permissions(
+        blink.data_dir.path(),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    blink.ok(&["session", "open", "--name", "private"]);
+    let out = blink.ok(&[
+        "session", "exec", "--name", "private", "--", "echo", "reached",
+    ]);
+    assert_eq!(out, "reached\n");
+
+    // A data dir below a private directory that is not Blink's: refused,
+    // naming that directory, and no sandbox is attempted.
+    let outer = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = outer.path().join("data");
+    let out = std::process::Command::new(bin("blink-cli"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["session", "open", "--name", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} has mode 700", outer.path().display())),
+        "{stderr}"
+    );
+}

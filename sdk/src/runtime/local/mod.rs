@@ -94,6 +94,9 @@ impl LocalRuntime {
         let guest = options.root.join(".blink-guest");
         write_guest(&guest)?;
         let owner = options.sandbox_uid.filter(|_| is_root()).map(|u| (u, u));
+        if let Some((uid, _)) = owner {
+            ensure_reachable(&options.root, uid)?;
+        }
         let spawner = Spawner::new().map_err(|e| Error::io("starting the sandbox spawner", e))?;
         Ok(Self {
             root: options.root,
@@ -431,6 +434,45 @@ fn write_into(
     root.set_permissions(dest, mode)?;
     out.sync_all().map_err(|e| Error::io("sync", e))?;
     let _ = out.as_raw_fd();
+    Ok(())
+}
+
+/// bubblewrap runs as the sandbox uid and resolves the rootfs path itself,
+/// so every directory above a disk must be searchable by that uid. Blink's
+/// own directories (the data dir and its sandboxes dir) are made so (search
+/// only: `o+x`, no listing); an ancestor that is not is named in the error.
+fn ensure_reachable(root: &Path, uid: u32) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let own = [Some(root), root.parent()];
+    for dir in own.into_iter().flatten() {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        if meta.mode() & 0o001 == 0 {
+            let mode = (meta.mode() & 0o7777) | 0o001;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::io(format!("making {} searchable", dir.display()), e))?;
+        }
+    }
+    for dir in root.ancestors().skip(2) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let searchable =
+            meta.mode() & 0o001 != 0 || (meta.uid() == uid && meta.mode() & 0o100 != 0);
+        if !searchable {
+            return Err(Error::RuntimeUnavailable {
+                runtime: "local".into(),
+                reason: format!(
+                    "sandboxes run as host uid {uid}, which cannot reach {}: {} has mode {:o}; \
+                     choose a data dir under a searchable path (e.g. /var/lib/blink) or `chmod o+x {}`",
+                    root.display(),
+                    dir.display(),
+                    meta.mode() & 0o7777,
+                    dir.display()
+                ),
+            });
+        }
+    }
     Ok(())
 }
 
