@@ -1,0 +1,352 @@
+#!/usr/bin/env python3
+"""Blink's gateway side by side with OpenSSH on the same machine.
+
+Starts blink-server (local runtime) and a throwaway OpenSSH sshd on loopback
+ports, runs the same work against both, and writes bench/results.json,
+bench/RESULTS.md and bench/ratios.png. Every figure is reported with the
+reference measured in the same run and the ratio between them: these
+machines are noisy, absolute numbers travel badly.
+
+Run through bench/run.sh, which builds the release binaries first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import platform
+import pty
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tty
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Target:
+    """One SSH server under test: how to reach it."""
+
+    def __init__(self, name: str, port: int, user: str, key: Path, known: Path):
+        self.name = name
+        self.port = port
+        self.user = user
+        self.key = key
+        self.known = known
+
+    def opts(self) -> list[str]:
+        return [
+            "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={self.known}",
+            "-o", "IdentitiesOnly=yes",
+            "-o", "LogLevel=ERROR",
+            "-i", str(self.key),
+        ]
+
+    def ssh(self, *command: str, tty: bool = False) -> list[str]:
+        args = ["ssh", *self.opts(), "-p", str(self.port)]
+        if tty:
+            args.append("-tt")
+        return [*args, f"{self.user}@127.0.0.1", *command]
+
+    def sftp(self, batch: Path) -> list[str]:
+        return ["sftp", *self.opts(), "-P", str(self.port), "-b", str(batch),
+                f"{self.user}@127.0.0.1"]
+
+
+def timed(argv: list[str], **kw) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, **kw)
+    return time.perf_counter() - start
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def connect_exec(t: Target, runs: int) -> dict:
+    times = [timed(t.ssh("true"), stdout=subprocess.DEVNULL) for _ in range(runs)]
+    return {"median_ms": statistics.median(times) * 1000,
+            "p95_ms": percentile(times, 95) * 1000, "runs": runs}
+
+
+def exec_stdout(t: Target, size: int) -> dict:
+    secs = timed(t.ssh(f"head -c {size} /dev/zero"), stdout=subprocess.DEVNULL)
+    return {"bytes": size, "seconds": secs, "mib_s": size / secs / 2**20}
+
+
+def exec_stdin(t: Target, size: int) -> dict:
+    start = time.perf_counter()
+    producer = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+    subprocess.run(t.ssh("cat > /dev/null"), stdin=producer.stdout, check=True)
+    producer.wait()
+    secs = time.perf_counter() - start
+    return {"bytes": size, "seconds": secs, "mib_s": size / secs / 2**20}
+
+
+def sftp_transfer(t: Target, work: Path, size: int) -> dict:
+    src = work / f"sftp-src-{t.name}"
+    back = work / f"sftp-back-{t.name}"
+    if not src.exists():
+        with open(src, "wb") as f:
+            f.write(os.urandom(size))
+    up = work / f"up-{t.name}.batch"
+    up.write_text(f"put {src} bench-upload\n")
+    down = work / f"down-{t.name}.batch"
+    down.write_text(f"get bench-upload {back}\nrm bench-upload\n")
+    up_s = timed(t.sftp(up), stdout=subprocess.DEVNULL)
+    down_s = timed(t.sftp(down), stdout=subprocess.DEVNULL)
+    same = src.read_bytes() == back.read_bytes()
+    back.unlink(missing_ok=True)
+    return {"bytes": size, "upload_mib_s": size / up_s / 2**20,
+            "download_mib_s": size / down_s / 2**20, "intact": same}
+
+
+def concurrent_true(t: Target, count: int) -> dict:
+    def one(_: int) -> bool:
+        return subprocess.run(t.ssh("true"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=120).returncode == 0
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=count) as pool:
+        ok = sum(pool.map(one, range(count)))
+    return {"count": count, "succeeded": ok, "seconds": time.perf_counter() - start}
+
+
+def pty_echo(t: Target, keystrokes: int) -> dict:
+    """Keystroke to echo through `ssh -tt host cat` on a local terminal."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        # No local echo: every echo measured comes from the far end.
+        tty.setraw(0)
+        os.execvp("ssh", t.ssh("stty -icanon; cat", tty=True))
+    try:
+        def read_until(needle: bytes, timeout: float = 30.0) -> None:
+            buf = b""
+            deadline = time.monotonic() + timeout
+            while needle not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"no echo of {needle!r}; got {buf[-80:]!r}")
+                ready, _, _ = select.select([fd], [], [], left)
+                if ready:
+                    buf += os.read(fd, 4096)
+        def drain() -> None:
+            while select.select([fd], [], [], 0.05)[0]:
+                os.read(fd, 4096)
+        os.write(fd, b"S")
+        read_until(b"S")
+        times = []
+        for i in range(keystrokes):
+            ch = bytes([ord("a") + i % 26])
+            drain()  # the previous key's second copy (from cat) and anything else
+            start = time.perf_counter()
+            os.write(fd, ch)
+            read_until(ch)
+            times.append(time.perf_counter() - start)
+        return {"median_ms": statistics.median(times) * 1000,
+                "p95_ms": percentile(times, 95) * 1000, "keystrokes": keystrokes}
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def start_sshd(work: Path, user_key: Path) -> tuple[subprocess.Popen, Target]:
+    port = free_port()
+    host_key = work / "sshd_host_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+    auth = work / "sshd_authorized_keys"
+    shutil.copy(f"{user_key}.pub", auth)
+    os.chmod(auth, 0o600)
+    config = work / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+        f"AuthorizedKeysFile {auth}\nPidFile {work}/sshd.pid\nUsePAM no\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\n"
+        f"Subsystem sftp {SFTP_SERVER}\nMaxStartups 200\nMaxSessions 200\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    wait_port(port)
+    user = os.environ.get("USER") or "root"
+    return proc, Target("openssh", port, user, user_key, work / "known_sshd")
+
+
+def start_blink(work: Path, user_key: Path, bin_dir: Path) -> tuple[subprocess.Popen, Target]:
+    port = free_port()
+    admin = work / "blink_admin_keys"
+    shutil.copy(f"{user_key}.pub", admin)
+    data = work / "blink-data"
+    proc = subprocess.Popen(
+        [str(bin_dir / "blink-server"), "--data-dir", str(data), "--ssh-listen",
+         f"127.0.0.1:{port}", "--admin-keys", str(admin), "--admin-create-sessions"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, Target("blink", port, "bench", user_key, work / "known_blink")
+
+
+def machine() -> dict:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "openssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()}
+
+
+def ratio(blink: float, ref: float) -> float:
+    return blink / ref if ref else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the harness")
+    parser.add_argument("--bin-dir", default=str(ROOT / "target/release"))
+    parser.add_argument("--out", default=str(BENCH))
+    args = parser.parse_args()
+    sizes = {
+        "runs": 10 if args.quick else 50,
+        "stream": (16 if args.quick else 1024) * 2**20,
+        "sftp": (8 if args.quick else 256) * 2**20,
+        "concurrent": 20 if args.quick else 100,
+        "keys": 40 if args.quick else 200,
+    }
+    work = Path(tempfile.mkdtemp(prefix="blink-bench-"))
+    # Sandboxes run as an unprivileged uid that must reach the data dir.
+    work.chmod(0o711)
+    key = work / "client_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    sshd, ref = start_sshd(work, key)
+    server, blink = start_blink(work, key, Path(args.bin_dir))
+    rows: list[dict] = []
+    results: dict = {"machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                     "sizes": sizes, "figures": rows}
+    try:
+        # First login creates the session; it stays warm for what follows.
+        subprocess.run(blink.ssh("true"), check=True)
+        idle_rss = rss_kib(server.pid)
+
+        def compare(name: str, unit: str, fn, key_: str, better: str) -> None:
+            b, r = fn(blink), fn(ref)
+            rows.append({"figure": name, "unit": unit, "blink": b[key_], "openssh": r[key_],
+                         "ratio": ratio(b[key_], r[key_]), "better": better,
+                         "blink_raw": b, "openssh_raw": r})
+            print(f"{name}: blink {b[key_]:.2f} {unit}, openssh {r[key_]:.2f} {unit}", flush=True)
+
+        compare("connect+auth+exec true (median)", "ms", lambda t: connect_exec(t, sizes["runs"]), "median_ms", "lower")
+        rows.append({**rows[-1], "figure": "connect+auth+exec true (p95)", "blink": rows[-1]["blink_raw"]["p95_ms"],
+                     "openssh": rows[-1]["openssh_raw"]["p95_ms"],
+                     "ratio": ratio(rows[-1]["blink_raw"]["p95_ms"], rows[-1]["openssh_raw"]["p95_ms"])})
+        compare("exec stdout throughput", "MiB/s", lambda t: exec_stdout(t, sizes["stream"]), "mib_s", "higher")
+        compare("exec stdin throughput", "MiB/s", lambda t: exec_stdin(t, sizes["stream"]), "mib_s", "higher")
+        compare("sftp upload", "MiB/s", lambda t: sftp_transfer(t, work, sizes["sftp"]), "upload_mib_s", "higher")
+        rows.append({**rows[-1], "figure": "sftp download", "blink": rows[-1]["blink_raw"]["download_mib_s"],
+                     "openssh": rows[-1]["openssh_raw"]["download_mib_s"],
+                     "ratio": ratio(rows[-1]["blink_raw"]["download_mib_s"], rows[-1]["openssh_raw"]["download_mib_s"])})
+        compare(f"{sizes['concurrent']} concurrent ssh true (successes)", "ok",
+                lambda t: concurrent_true(t, sizes["concurrent"]), "succeeded", "higher")
+        compare("PTY keystroke to echo (median)", "ms", lambda t: pty_echo(t, sizes["keys"]), "median_ms", "lower")
+        results["blink_only"] = {"server_rss_idle_kib": idle_rss,
+                                 "server_rss_after_kib": rss_kib(server.pid)}
+    finally:
+        for proc in (server, sshd):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(out / "RESULTS.md", results)
+    draw_chart(out / "ratios.png", rows)
+    print(f"wrote {out / 'results.json'}, {out / 'RESULTS.md'}")
+    return 0
+
+
+def write_markdown(path: Path, results: dict) -> None:
+    m = results["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {results['date']} on {m['cpu']} ({m['cores']} cores, Linux {m['kernel']}), "
+        f"reference {m['openssh']} on the same machine in the same run. "
+        "Ratio = Blink / OpenSSH; see `better` for which direction wins.",
+        "",
+        "| figure | unit | Blink | OpenSSH | ratio | better |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in results["figures"]:
+        lines.append(f"| {r['figure']} | {r['unit']} | {r['blink']:.2f} | {r['openssh']:.2f} | "
+                     f"{r['ratio']:.2f} | {r['better']} |")
+    if "blink_only" in results:
+        lines += ["", "Blink alone:", ""]
+        for k, v in results["blink_only"].items():
+            lines.append(f"- {k}: {v}")
+    lines += ["", "Sizes: " + ", ".join(f"{k}={v}" for k, v in results["sizes"].items()), ""]
+    path.write_text("\n".join(lines))
+
+
+def draw_chart(path: Path, rows: list[dict]) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart (bench/run.sh installs it)", file=sys.stderr)
+        return
+    names = [r["figure"] for r in rows]
+    # Normalize so that > 1 is always "Blink better".
+    values = [(1 / r["ratio"] if r["better"] == "lower" else r["ratio"]) if r["ratio"] else 0 for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
+    ax.barh(names, values, color=["tab:green" if v >= 1 else "tab:red" for v in values])
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xlabel("Blink relative to OpenSSH (>1: Blink better)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

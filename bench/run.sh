@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Benchmark Blink's gateway against OpenSSH on this machine (run by hand;
+# results are committed). Builds release binaries, installs sshd and
+# matplotlib if missing, then runs bench/bench.py. Pass --quick to check the
+# harness with small sizes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+dpkg-query -W -f='${Status}' openssh-server 2>/dev/null | grep -q "install ok installed" || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server
+}
+# Our throwaway sshd is started by the harness; the distribution's own
+# service is not needed.
+cargo build --release --locked -p blink-server -p blink-cli
+venv=bench/.venv
+[[ -x $venv/bin/python ]] || python3 -m venv "$venv"
+"$venv/bin/python" -c 'import matplotlib' 2>/dev/null || "$venv/bin/pip" install -q matplotlib
+exec "$venv/bin/python" bench/bench.py "$@"
