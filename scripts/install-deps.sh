@@ -4,10 +4,11 @@
 #   busybox-static  the default image's userland
 #   util-linux      nsenter (joining a running sandbox), script (PTY tests)
 #   openssh-client  ssh/sftp/scp for the gateway's end-to-end tests
+#   tmux            a real terminal for the PTY end-to-end tests
 set -euo pipefail
 
 need=()
-for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client; do
+for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
