@@ -229,6 +229,40 @@ impl ConfinedRoot {
             .map_err(|e| err(op, path, e))
     }
 
+    /// Run a creating syscall; if the kernel refuses because host root owns
+    /// nothing where it creates (EOVERFLOW: a running sandbox's own mounts,
+    /// such as its tmpfs `/tmp`, belong to its user namespace, where host
+    /// root is unmapped), run it again as the root's owner.
+    fn creating<T>(
+        &self,
+        op: impl Fn() -> std::result::Result<T, Errno>,
+    ) -> std::result::Result<T, Errno> {
+        match op() {
+            Err(Errno::OVERFLOW) if self.owner.is_some() => {
+                let _as = self.creating_as_owner();
+                op()
+            }
+            other => other,
+        }
+    }
+
+    /// While the returned guard lives, this thread creates inodes as the
+    /// root's owner (fsuid/fsgid). Only a synchronous syscall runs under the
+    /// guard, so the per-thread switch cannot leak into other work.
+    fn creating_as_owner(&self) -> FsIdentity {
+        match self.owner {
+            Some((uid, gid)) if rustix::process::geteuid().is_root() => {
+                // SAFETY: setfsgid/setfsuid change only this thread's
+                // filesystem ids; the guard restores them.
+                let (prev_gid, prev_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+                FsIdentity {
+                    prev: Some((prev_uid as u32, prev_gid as u32)),
+                }
+            }
+            _ => FsIdentity { prev: None },
+        }
+    }
+
     fn chown_created(
         &self,
         dir: BorrowedFd<'_>,
@@ -267,7 +301,9 @@ impl ConfinedRoot {
             return Ok(File::from(open(base, Mode::empty())?));
         }
         if opts.create_new || self.owner.is_some() {
-            match self.openat2(&rel, base | OFlags::CREATE | OFlags::EXCL, mode) {
+            let created =
+                self.creating(|| self.openat2(&rel, base | OFlags::CREATE | OFlags::EXCL, mode));
+            match created {
                 Ok(fd) => {
                     let file = File::from(fd);
                     self.fchown_new(&file, path)?;
@@ -286,14 +322,20 @@ impl ConfinedRoot {
             }
             // A dangling symlink (or a race): create through it, in root, and
             // chown the result if it is ours.
-            let file = File::from(open(base | OFlags::CREATE, mode)?);
+            let file = File::from(
+                self.creating(|| self.openat2(&rel, base | OFlags::CREATE, mode))
+                    .map_err(|e| err("open", path, e))?,
+            );
             let st = rustix::fs::fstat(&file).map_err(|e| err("stat", path, e))?;
             if Metadata::from_stat(&st).uid == rustix::process::geteuid().as_raw() {
                 self.fchown_new(&file, path)?;
             }
             return Ok(file);
         }
-        Ok(File::from(open(base | OFlags::CREATE, mode)?))
+        Ok(File::from(
+            self.creating(|| self.openat2(&rel, base | OFlags::CREATE, mode))
+                .map_err(|e| err("open", path, e))?,
+        ))
     }
 
     fn fchown_new(&self, file: &File, path: &Path) -> Result<()> {
@@ -332,13 +374,15 @@ impl ConfinedRoot {
     pub fn mkfifo(&self, path: impl AsRef<Path>, mode: u32) -> Result<()> {
         let path = path.as_ref();
         let (dir, name) = self.parent("mkfifo", path)?;
-        rustix::fs::mknodat(
-            &dir,
-            name,
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(mode & 0o7777),
-            0,
-        )
+        self.creating(|| {
+            rustix::fs::mknodat(
+                &dir,
+                name,
+                rustix::fs::FileType::Fifo,
+                Mode::from_raw_mode(mode & 0o7777),
+                0,
+            )
+        })
         .map_err(|e| err("mkfifo", path, e))?;
         self.chown_created(dir.as_fd(), name, "mkfifo", path)
     }
@@ -349,7 +393,7 @@ impl ConfinedRoot {
     pub fn create_dir(&self, path: impl AsRef<Path>, mode: u32) -> Result<()> {
         let path = path.as_ref();
         let (dir, name) = self.parent("mkdir", path)?;
-        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777))
+        self.creating(|| rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)))
             .map_err(|e| err("mkdir", path, e))?;
         self.chown_created(dir.as_fd(), name, "mkdir", path)
     }
@@ -378,7 +422,9 @@ impl ConfinedRoot {
                 continue;
             }
             let (dir, name) = self.parent("mkdir", &prefix)?;
-            match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)) {
+            let made = self
+                .creating(|| rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)));
+            match made {
                 Ok(()) => self.chown_created(dir.as_fd(), name, "mkdir", &prefix)?,
                 Err(Errno::EXIST) => {
                     // Raced with another creator, or a non-directory is there.
@@ -499,7 +545,8 @@ impl ConfinedRoot {
             )));
         }
         let (dir, name) = self.parent("symlink", link)?;
-        rustix::fs::symlinkat(target, &dir, name).map_err(|e| err("symlink", link, e))?;
+        self.creating(|| rustix::fs::symlinkat(target, &dir, name))
+            .map_err(|e| err("symlink", link, e))?;
         self.chown_created(dir.as_fd(), name, "symlink", link)
     }
 
@@ -737,6 +784,23 @@ fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), 
         }
     }
     rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
+/// Restores a thread's filesystem ids when dropped.
+struct FsIdentity {
+    prev: Option<(u32, u32)>,
+}
+
+impl Drop for FsIdentity {
+    fn drop(&mut self) {
+        if let Some((uid, gid)) = self.prev {
+            // SAFETY: restores this thread's previous filesystem ids.
+            unsafe {
+                libc::setfsuid(uid);
+                libc::setfsgid(gid);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

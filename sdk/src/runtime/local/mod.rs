@@ -394,8 +394,19 @@ impl Runtime for LocalRuntime {
         write_into(&root, dest, &mut &data[..], mode)
     }
 
+    /// While the sandbox runs, its files are seen through its own mount
+    /// namespace (`/proc/<init>/root`), so `/tmp` (a tmpfs inside) is the
+    /// one its processes see; when stopped, the disk itself.
     fn filesystem(&self, id: &str) -> Result<ConfinedRoot> {
-        self.confined(id)
+        let init_pid = lock(&self.running).get(id).map(|r| r.init_pid);
+        let Some(pid) = init_pid.filter(|_| self.is_running(id)) else {
+            return self.confined(id);
+        };
+        let root = ConfinedRoot::open(Path::new(&format!("/proc/{pid}/root")))?;
+        Ok(match self.owner {
+            Some((uid, gid)) => root.with_owner(uid, gid),
+            None => root,
+        })
     }
 
     async fn remove_file(&self, id: &str, path: &str) -> Result<()> {
