@@ -5,7 +5,9 @@
 //! with 125 (like `docker run`), after a message naming the problem.
 
 mod doctor;
+mod gateway;
 mod image;
+mod keys;
 mod output;
 mod run;
 mod session;
@@ -51,6 +53,9 @@ enum Command {
     Image(image::ImageCommand),
     /// Which runtime is usable here, and why.
     Doctor,
+    /// The SSH gateway (`blink-server`).
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
             Command::Session(cmd) => session::dispatch(&ctx, cmd).await,
             Command::Image(cmd) => image::dispatch(&ctx, cmd).await,
             Command::Doctor => doctor::doctor(&ctx),
+            Command::Gateway(cmd) => gateway::dispatch(&ctx, cmd),
         };
         ctx.close().await;
         result

@@ -88,9 +88,18 @@ pub enum SessionCommand {
         #[arg(long)]
         force: bool,
     },
+    /// SSH public keys that may log in to the session.
+    #[command(subcommand)]
+    Keys(crate::keys::KeysCommand),
 }
 
 pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<ExitCode> {
+    // Key files need no manager (and no data-dir lock): they can be edited
+    // while blink-server runs.
+    let cmd = match cmd {
+        SessionCommand::Keys(keys) => return crate::keys::dispatch(ctx, keys),
+        other => other,
+    };
     let manager = ctx.manager().await?;
     match cmd {
         SessionCommand::Open { name, warm, image } => {
@@ -199,6 +208,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
+        SessionCommand::Keys(keys) => crate::keys::dispatch(ctx, keys),
     }
 }
 

@@ -1,1 +1,156 @@
-fn main() {}
+//! `blink-server`: the Blink gateway (SSH now, REST next) over one session
+//! manager.
+
+mod config;
+mod hostkey;
+mod rest;
+mod ssh;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use blink_sdk::manager::{Manager, ManagerConfig, default_data_dir};
+use clap::Parser;
+
+use crate::config::FileConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "blink-server",
+    version,
+    about = "Blink gateway: SSH into sessions"
+)]
+struct Args {
+    /// TOML config file (see config/blink.example.toml).
+    #[arg(long, env = "BLINK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data dir (overrides the config's `data_dir`).
+    #[arg(long, env = "BLINK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// SSH listen address, e.g. 127.0.0.1:2222.
+    #[arg(long)]
+    ssh_listen: Option<std::net::SocketAddr>,
+    /// SSH host key file (ed25519, created 0600 if missing).
+    #[arg(long)]
+    host_key: Option<PathBuf>,
+    /// Admin authorized_keys file: these keys reach every session.
+    #[arg(long)]
+    admin_keys: Option<PathBuf>,
+    /// Let admin keys create missing sessions on first login.
+    #[arg(long)]
+    admin_create_sessions: bool,
+    /// Print the host key fingerprint and exit.
+    #[arg(long)]
+    fingerprint: bool,
+    /// HTTP API listen address: IP:PORT, or an IP (port 8787).
+    #[arg(long, env = "BLINK_BIND", value_parser = rest::config::parse_listen)]
+    http_listen: Option<std::net::SocketAddr>,
+    /// Host directory whose scripts REST runs may name (repeatable).
+    #[arg(long)]
+    script_dir: Vec<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("blink-server: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("blink-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let mut file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    if let Some(listen) = args.ssh_listen {
+        file.ssh.listen = listen;
+    }
+    if let Some(listen) = args.http_listen {
+        file.rest.listen = listen;
+    }
+    file.rest
+        .script_dirs
+        .extend(args.script_dir.iter().cloned());
+    if let Some(token) = std::env::var("BLINK_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        file.rest.token = Some(token);
+    }
+    if let Some(path) = args.host_key {
+        file.ssh.host_key = Some(path);
+    }
+    if let Some(path) = args.admin_keys {
+        file.ssh.admin_authorized_keys = Some(path);
+    }
+    if args.admin_create_sessions {
+        file.ssh.admin_create_sessions = true;
+    }
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    let key_path = file
+        .ssh
+        .host_key
+        .clone()
+        .unwrap_or_else(|| hostkey::default_path(&data_dir));
+    let host_key = hostkey::load_or_generate(&key_path)?;
+    let fingerprint = hostkey::fingerprint(&host_key);
+    if args.fingerprint {
+        println!("{fingerprint}");
+        return Ok(());
+    }
+    println!("ssh host key {fingerprint} (ED25519)");
+    tracing::info!(fingerprint = %fingerprint, path = %key_path.display(), "ssh host key");
+
+    let manager = Manager::open(ManagerConfig::new(&data_dir))
+        .await
+        .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+    let http = rest::start(manager.clone(), file.rest).await?;
+    let gateway = ssh::Gateway::new(manager.clone(), file.ssh, host_key);
+    let result = tokio::select! {
+        r = ssh::run(gateway) => r,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    };
+    http.shutdown().await;
+    manager.shutdown().await;
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

@@ -167,3 +167,184 @@ pub fn local_runtime_available() -> bool {
     }
     ok
 }
+
+/// Helpers for the SSH gateway tests: a `blink-server` on a free loopback
+/// port and OpenSSH clients with throwaway keys and known_hosts.
+pub mod ssh {
+    use std::io::{BufRead, BufReader, Write};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+
+    use sha2::{Digest, Sha256};
+
+    use super::{Blink, bin};
+
+    /// A running `blink-server`, killed when dropped.
+    pub struct Server {
+        child: Child,
+        pub port: u16,
+        pub fingerprint: String,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Keys, known_hosts and config of one test, outside the data dir.
+    pub struct Client {
+        pub dir: tempfile::TempDir,
+    }
+
+    impl Default for Client {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Client {
+        pub fn new() -> Self {
+            let client = Self {
+                dir: tempfile::Builder::new()
+                    .prefix("blink-ssh-")
+                    .tempdir()
+                    .expect("tempdir"),
+            };
+            client.keygen("id");
+            client.keygen("other");
+            client
+        }
+
+        pub fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        pub fn keygen(&self, name: &str) {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+                .arg(self.path(name))
+                .status()
+                .expect("ssh-keygen");
+            assert!(status.success());
+        }
+
+        /// `ssh` with a key, this test's known_hosts, and no agent or config.
+        pub fn ssh(&self, server: &Server, key: &str, login: &str) -> Command {
+            let mut cmd = Command::new("ssh");
+            cmd.args(self.common_opts(key))
+                .arg("-p")
+                .arg(server.port.to_string())
+                .arg(format!("{login}@127.0.0.1"));
+            cmd
+        }
+
+        pub fn common_opts(&self, key: &str) -> Vec<String> {
+            vec![
+                "-F".into(),
+                "/dev/null".into(),
+                "-o".into(),
+                "BatchMode=yes".into(),
+                "-o".into(),
+                format!("UserKnownHostsFile={}", self.path("known_hosts").display()),
+                "-o".into(),
+                "StrictHostKeyChecking=accept-new".into(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+                "-o".into(),
+                "IdentityAgent=none".into(),
+                "-o".into(),
+                "LogLevel=ERROR".into(),
+                "-i".into(),
+                self.path(key).display().to_string(),
+            ]
+        }
+    }
+
+    /// Start `blink-server` on a free loopback port; the server prints the
+    /// address it bound, so nothing is guessed or waited for by the clock.
+    pub fn start_server(blink: &Blink, extra: &[&str]) -> Server {
+        let mut child = Command::new(bin("blink-server"))
+            .arg("--data-dir")
+            .arg(blink.data_dir.path())
+            .args(["--ssh-listen", "127.0.0.1:0"])
+            // The REST API of the same process must not collide either.
+            .args(["--http-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("BLINK_DATA_DIR")
+            .env_remove("BLINK_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn blink-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut fingerprint = String::new();
+        let mut port = 0;
+        for line in lines.by_ref() {
+            let line = line.expect("server stdout");
+            if let Some(rest) = line.strip_prefix("ssh host key ") {
+                fingerprint = rest.split_whitespace().next().unwrap_or("").to_string();
+            }
+            if let Some(addr) = line.strip_prefix("ssh listening on ") {
+                port = addr
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .expect("port");
+                break;
+            }
+        }
+        assert!(port != 0, "blink-server did not start");
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            port,
+            fingerprint,
+        }
+    }
+
+    pub fn run(mut cmd: Command, input: &[u8]) -> Output {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().expect("wait");
+        let _ = writer.join();
+        out
+    }
+
+    pub fn sha(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    /// A session `s1` whose own key file authorizes the client's `id` key.
+    pub fn setup(blink: &Blink, client: &Client) {
+        blink.ok(&["session", "open", "--name", "s1"]);
+        let out = blink.ok(&[
+            "session",
+            "keys",
+            "add",
+            "--name",
+            "s1",
+            client.path("id.pub").to_str().expect("utf-8"),
+        ]);
+        assert!(out.contains("SHA256:"), "{out}");
+    }
+
+    pub fn write_file(path: &Path, text: &str) {
+        std::fs::write(path, text).expect("write");
+    }
+}
+pub mod rest;

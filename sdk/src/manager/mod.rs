@@ -3,6 +3,7 @@
 //! spawned executions; the runtime below it only knows sandboxes by id.
 
 mod collect;
+pub mod keys;
 pub mod names;
 mod spawn;
 pub mod store;

@@ -1,0 +1,103 @@
+//! `blink-cli session keys add|ls|rm`: the SSH public keys that may log in
+//! to one session. Edits the key file directly (atomically), without taking
+//! the data-dir lock, so it works while `blink-server` runs.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use blink_sdk::manager::keys;
+use blink_sdk::manager::store::Store;
+use clap::Subcommand;
+
+use crate::output::{self, Context};
+use crate::session::NameArg;
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Authorize an OpenSSH public key (a .pub file, or `-` for stdin).
+    Add {
+        #[command(flatten)]
+        name: NameArg,
+        /// Public key file, e.g. ~/.ssh/id_ed25519.pub; `-` reads stdin.
+        key_file: PathBuf,
+    },
+    /// List the session's keys by fingerprint.
+    Ls {
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// Remove a key by its SHA256 fingerprint.
+    Rm {
+        #[command(flatten)]
+        name: NameArg,
+        /// `SHA256:...` as printed by `keys ls` or `ssh-keygen -l`.
+        fingerprint: String,
+    },
+}
+
+pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&ctx.data_dir)?;
+    match cmd {
+        KeysCommand::Add { name, key_file } => {
+            let text = if key_file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                std::fs::read_to_string(&key_file)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", key_file.display()))?
+            };
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+                .ok_or_else(|| anyhow::anyhow!("no public key found"))?;
+            let (key, added) = keys::add(&store, &name.name, line)?;
+            if ctx.json {
+                output::print_json(&serde_json::json!({ "key": key, "added": added }))?;
+            } else if added {
+                println!(
+                    "added {} {} to session {}",
+                    key.fingerprint, key.kind, name.name
+                );
+            } else {
+                println!(
+                    "{} is already authorized for session {}",
+                    key.fingerprint, name.name
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Ls { name } => {
+            if store.load(&name.name)?.is_none() {
+                return Err(blink_sdk::Error::SessionNotFound(name.name).into());
+            }
+            let list = keys::list(&store, &name.name)?;
+            if ctx.json {
+                output::print_json(&list)?;
+            } else {
+                for k in &list {
+                    println!("{} {} {}", k.fingerprint, k.kind, k.comment);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Rm { name, fingerprint } => {
+            match keys::remove(&store, &name.name, &fingerprint)? {
+                Some(key) => {
+                    if ctx.json {
+                        output::print_json(&serde_json::json!({ "removed": key }))?;
+                    } else {
+                        println!("removed {} from session {}", key.fingerprint, name.name);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => Err(blink_sdk::Error::InvalidArgument(format!(
+                    "no key {fingerprint} in session {}",
+                    name.name
+                ))
+                .into()),
+            }
+        }
+    }
+}

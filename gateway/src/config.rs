@@ -1,0 +1,189 @@
+//! Gateway configuration: a TOML file (see `config/blink.example.toml`),
+//! overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config is invalid: {0}")]
+    Invalid(String),
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub ssh: SshConfig,
+    #[serde(default)]
+    pub rest: crate::rest::RestConfig,
+}
+
+/// The `[ssh]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Ed25519 host key; default `<data_dir>/gateway/ssh_host_ed25519_key`.
+    pub host_key: Option<PathBuf>,
+    /// OpenSSH authorized_keys file whose keys may reach every session.
+    pub admin_authorized_keys: Option<PathBuf>,
+    /// Let an admin key create a missing session (default image) on login.
+    pub admin_create_sessions: bool,
+    /// Environment names accepted from clients besides LANG, LC_* and TERM.
+    pub env_allow: Vec<String>,
+    pub limits: Limits,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
+            host_key: None,
+            admin_authorized_keys: None,
+            admin_create_sessions: false,
+            env_allow: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Connection limits. Times are in seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Public-key attempts per connection.
+    pub max_auth_attempts: usize,
+    /// From TCP accept to the end of the version exchange.
+    pub handshake_timeout_secs: u64,
+    /// From TCP accept to successful authentication.
+    pub auth_timeout_secs: u64,
+    /// Open connections in total.
+    pub max_connections: usize,
+    /// Authenticated connections per session.
+    pub max_connections_per_session: usize,
+    /// Open channels per connection.
+    pub max_channels_per_connection: usize,
+    /// A connection with no traffic for this long is closed (0: never).
+    pub idle_timeout_secs: u64,
+    /// Send a keepalive after this long without client traffic (0: off).
+    pub keepalive_interval_secs: u64,
+    /// Close after this many unanswered keepalives.
+    pub keepalive_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_auth_attempts: 6,
+            handshake_timeout_secs: 30,
+            auth_timeout_secs: 60,
+            max_connections: 256,
+            max_connections_per_session: 32,
+            max_channels_per_connection: 16,
+            idle_timeout_secs: 1800,
+            keepalive_interval_secs: 30,
+            keepalive_max: 3,
+        }
+    }
+}
+
+impl Limits {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs(self.auth_timeout_secs)
+    }
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        (self.keepalive_interval_secs > 0)
+            .then(|| Duration::from_secs(self.keepalive_interval_secs))
+    }
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.ssh.limits;
+        let positive = [
+            ("max_auth_attempts", l.max_auth_attempts as u64),
+            ("handshake_timeout_secs", l.handshake_timeout_secs),
+            ("auth_timeout_secs", l.auth_timeout_secs),
+            ("max_connections", l.max_connections as u64),
+            (
+                "max_connections_per_session",
+                l.max_connections_per_session as u64,
+            ),
+            (
+                "max_channels_per_connection",
+                l.max_channels_per_connection as u64,
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "ssh.limits.{name} must be at least 1"
+                )));
+            }
+        }
+        for name in &self.ssh.env_allow {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                return Err(ConfigError::Invalid(format!(
+                    "ssh.env_allow has an invalid name {name:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/blink.example.toml");
+        let config = FileConfig::load(&path).unwrap();
+        assert_eq!(config.ssh.listen.port(), 2222);
+        assert!(config.ssh.env_allow.iter().any(|n| n == "EDITOR"));
+    }
+
+    #[test]
+    fn rejects_unknown_and_zero() {
+        assert!(toml::from_str::<FileConfig>("[ssh]\nlisten_addr = \"x\"").is_err());
+        let c: FileConfig = toml::from_str("[ssh.limits]\nmax_connections = 0").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! The REST API (see the README's REST table, docs/XENSEMBLE.md): the same
+//! session manager as the SSH gateway, over HTTP and WebSocket.
+//!
+//! One file per resource; this one builds the router, holds the shared
+//! state and runs the server with a graceful shutdown.
+
+mod checkpoints;
+pub mod config;
+mod error;
+mod keys;
+mod openapi;
+mod product;
+mod runs;
+mod sessions;
+mod spawn;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+use blink_sdk::manager::Manager;
+use subtle::ConstantTimeEq as _;
+use tokio::sync::watch;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use self::config::RestConfig;
+use self::error::ApiError;
+use self::runs::RunRegistry;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub struct AppState {
+    pub manager: Arc<Manager>,
+    pub runs: Arc<RunRegistry>,
+    pub config: Arc<RestConfig>,
+    /// `rest.script_dirs`, canonicalized at start.
+    pub script_dirs: Arc<Vec<PathBuf>>,
+    /// Becomes true when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The router and its OpenAPI document, built from the same route list.
+fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let (api, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(product::health))
+        .routes(routes!(product::product))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(runs::create_run))
+        .routes(routes!(runs::get_run))
+        .routes(routes!(sessions::list, sessions::open))
+        .routes(routes!(sessions::info, sessions::remove))
+        .routes(routes!(sessions::stop))
+        .routes(routes!(runs::session_run))
+        .routes(routes!(spawn::spawn))
+        .routes(routes!(spawn::list))
+        .routes(routes!(spawn::info))
+        .routes(routes!(spawn::attach))
+        .routes(routes!(keys::list, keys::add))
+        .routes(routes!(keys::remove))
+        .routes(routes!(checkpoints::create, checkpoints::list))
+        .routes(routes!(checkpoints::restore))
+        .routes(routes!(checkpoints::export))
+        .routes(routes!(checkpoints::download))
+        .routes(routes!(checkpoints::import))
+        .with_state(state.clone())
+        .split_for_parts();
+    let json = doc.to_json().unwrap_or_else(|_| "{}".into());
+    let app = api
+        .fallback(not_found)
+        .layer(Extension(openapi::Document(Arc::new(json))))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state, require_token))
+        .layer(axum::middleware::map_response(error::json_errors))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the server hit a bug handling this request",
+            )
+            .into_response()
+        }))
+        // 5xx answers that are faults are logged where they arise; 501s
+        // for features not in this release are not errors of the server.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        );
+    (app, doc)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// The optional bearer token; `/api/health` stays open for probes.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(token) = state.config.token.as_deref() else {
+        return next.run(req).await;
+    };
+    if req.uri().path() == "/api/health" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        return next.run(req).await;
+    }
+    let mut resp = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this server wants Authorization: Bearer <BLINK_API_TOKEN>",
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
+
+/// A running REST server.
+pub struct RestServer {
+    pub local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    runs: Arc<RunRegistry>,
+    grace: Duration,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Bind and start serving. Prints `http listening on ADDR` on stdout once
+/// bound (tests and supervisors read it).
+pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<RestServer> {
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("config is invalid: {e}"))?;
+    let mut script_dirs = Vec::new();
+    for dir in &config.script_dirs {
+        let real = std::fs::canonicalize(dir)
+            .with_context(|| format!("rest.script_dirs: {}", dir.display()))?;
+        anyhow::ensure!(
+            real.is_dir(),
+            "rest.script_dirs: {} is not a directory",
+            dir.display()
+        );
+        script_dirs.push(real);
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the HTTP API to {}", config.listen))?;
+    let local_addr = listener.local_addr().context("HTTP listener address")?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let runs = Arc::new(RunRegistry::new(
+        config.max_concurrent_runs,
+        config.max_queued_runs,
+        config.max_runs_kept,
+    ));
+    let grace = config.shutdown_grace();
+    if config.token.is_none() && !local_addr.ip().is_loopback() {
+        tracing::warn!(addr = %local_addr, "the HTTP API has no token and listens beyond loopback: keep it on a private network");
+    }
+    let state = AppState {
+        manager,
+        runs: runs.clone(),
+        config: Arc::new(config),
+        script_dirs: Arc::new(script_dirs),
+        shutdown: shutdown_rx.clone(),
+    };
+    let (app, _) = router(state);
+    let mut stop = shutdown_rx;
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    println!("http listening on {local_addr}");
+    tracing::info!(addr = %local_addr, "HTTP API listening");
+    Ok(RestServer {
+        local_addr,
+        shutdown,
+        runs,
+        grace,
+        task,
+    })
+}
+
+impl RestServer {
+    /// Stop accepting connections and runs, let running runs finish up to
+    /// the grace period, then close what is left.
+    pub async fn shutdown(self) {
+        tracing::info!(addr = %self.local_addr, "HTTP API shutting down");
+        self.shutdown.send_replace(true);
+        self.runs.drain(self.grace).await;
+        let mut task = self.task;
+        // Requests still open (a long ?wait=true) get a little longer.
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}

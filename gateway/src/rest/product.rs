@@ -1,0 +1,90 @@
+//! `GET /api/health` and `GET /api/product`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` when the server answers.
+    pub status: &'static str,
+    pub version: &'static str,
+}
+
+/// Liveness: answers without touching sandboxes (and without a token).
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    tag = "product",
+    responses((status = 200, description = "Up", body = Health))
+)]
+pub async fn health() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Product {
+    pub name: &'static str,
+    pub version: &'static str,
+    /// The sandbox runtime in use (`name`, `isolation`, `limits`,
+    /// `details`).
+    #[schema(value_type = Object)]
+    pub runtime: blink_sdk::types::RuntimeInfo,
+    /// `namespace` (Linux namespaces) or `vm` (micro-VM).
+    pub isolation: String,
+    /// What this build and configuration can do.
+    pub features: BTreeMap<&'static str, bool>,
+    /// Limits a client should know about.
+    pub limits: ProductLimits,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductLimits {
+    pub max_body_bytes: usize,
+    pub max_run_timeout_secs: u64,
+    pub max_concurrent_runs: usize,
+}
+
+/// Feature flags, the runtime in use and its isolation class.
+#[utoipa::path(
+    get,
+    path = "/api/product",
+    tag = "product",
+    responses((status = 200, description = "What this server offers", body = Product))
+)]
+pub async fn product(State(state): State<AppState>) -> axum::Json<Product> {
+    let runtime = state.manager.runtime_info();
+    let features = BTreeMap::from([
+        ("runs", true),
+        ("sessions", true),
+        ("spawn", true),
+        ("pty", true),
+        ("websocket_attach", true),
+        ("ssh", true),
+        ("ssh_keys", true),
+        ("host_scripts", !state.script_dirs.is_empty()),
+        ("checkpoints", false),
+        ("export", false),
+        ("import", false),
+        ("api_token", state.config.token.is_some()),
+    ]);
+    axum::Json(Product {
+        name: "blink",
+        version: env!("CARGO_PKG_VERSION"),
+        isolation: runtime.isolation.to_string(),
+        runtime,
+        features,
+        limits: ProductLimits {
+            max_body_bytes: state.config.max_body_bytes,
+            max_run_timeout_secs: state.config.max_run_timeout_secs,
+            max_concurrent_runs: state.config.max_concurrent_runs,
+        },
+    })
+}

@@ -1,0 +1,169 @@
+//! Sessions: list, open, describe, stop, remove.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use blink_sdk::OpenOptions;
+use blink_sdk::manager::names;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiJson, ApiPath, ApiQuery, ApiResult, ErrorResponse};
+
+/// `POST /api/sessions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRequest {
+    /// `[a-z0-9][a-z0-9._-]{0,62}`.
+    pub name: String,
+    /// Keep the sandbox running between uses. Absent: unchanged for an
+    /// existing session, cold for a new one.
+    pub warm: Option<bool>,
+    /// Image of a new session (default image when absent).
+    pub image: Option<String>,
+    /// Answer 409 instead of opening a session that already exists.
+    #[serde(default)]
+    pub exclusive: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Sessions by name (`name`, `box_id`, `image`, `warm`, `state`,
+    /// `runtime`, `isolation`, `created_at`, `last_used_at`,
+    /// `active_executions`).
+    #[schema(value_type = Vec<Object>)]
+    pub sessions: Vec<blink_sdk::types::SessionInfo>,
+}
+
+/// `?force=true` stops or removes a session even while something runs.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ForceQuery {
+    pub force: Option<bool>,
+}
+
+/// Every session.
+#[utoipa::path(
+    get,
+    path = "/api/sessions",
+    tag = "sessions",
+    responses((status = 200, description = "Sessions", body = SessionList))
+)]
+pub async fn list(State(state): State<AppState>) -> axum::Json<SessionList> {
+    axum::Json(SessionList {
+        sessions: state.manager.list_sessions(),
+    })
+}
+
+/// Open a session, creating it if missing.
+#[utoipa::path(
+    post,
+    path = "/api/sessions",
+    tag = "sessions",
+    request_body = OpenRequest,
+    responses(
+        (status = 201, description = "Created: `{session, created: true}`", body = serde_json::Value),
+        (status = 200, description = "Existed: `{session, created: false}`", body = serde_json::Value),
+        (status = 400, description = "Bad body or name", body = ErrorResponse),
+        (status = 404, description = "No such image", body = ErrorResponse),
+        (status = 409, description = "Exists (with exclusive)", body = ErrorResponse),
+    )
+)]
+pub async fn open(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<OpenRequest>,
+) -> ApiResult<Response> {
+    names::validate(&req.name)?;
+    if req.exclusive && state.manager.session_info(&req.name).is_ok() {
+        return Err(blink_sdk::Error::SessionExists(req.name).into());
+    }
+    let opened = state
+        .manager
+        .open_session(
+            &req.name,
+            OpenOptions {
+                image: req.image,
+                warm: req.warm,
+            },
+        )
+        .await?;
+    if req.exclusive && !opened.created {
+        // Lost a race with another open of the same name.
+        return Err(blink_sdk::Error::SessionExists(req.name).into());
+    }
+    let status = if opened.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(opened)).into_response())
+}
+
+/// One session.
+#[utoipa::path(
+    get,
+    path = "/api/sessions/{name}",
+    tag = "sessions",
+    params(("name" = String, Path, description = "Session name")),
+    responses(
+        (status = 200, description = "The session", body = serde_json::Value),
+        (status = 400, description = "Bad name", body = ErrorResponse),
+        (status = 404, description = "No such session", body = ErrorResponse),
+    )
+)]
+pub async fn info(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<axum::Json<blink_sdk::types::SessionInfo>> {
+    Ok(axum::Json(state.manager.session_info(&name)?))
+}
+
+/// Stop a session's sandbox; its disk stays.
+#[utoipa::path(
+    post,
+    path = "/api/sessions/{name}/stop",
+    tag = "sessions",
+    params(("name" = String, Path, description = "Session name"), ForceQuery),
+    responses(
+        (status = 200, description = "Stopped", body = serde_json::Value),
+        (status = 404, description = "No such session", body = ErrorResponse),
+        (status = 409, description = "Busy (use ?force=true)", body = ErrorResponse),
+    )
+)]
+pub async fn stop(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ForceQuery>,
+) -> ApiResult<axum::Json<blink_sdk::types::SessionInfo>> {
+    let info = state
+        .manager
+        .stop_session(&name, q.force.unwrap_or(false))
+        .await?;
+    Ok(axum::Json(info))
+}
+
+/// Remove a session and its disk.
+#[utoipa::path(
+    delete,
+    path = "/api/sessions/{name}",
+    tag = "sessions",
+    params(("name" = String, Path, description = "Session name"), ForceQuery),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such session", body = ErrorResponse),
+        (status = 409, description = "Busy (use ?force=true)", body = ErrorResponse),
+    )
+)]
+pub async fn remove(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ForceQuery>,
+) -> ApiResult<StatusCode> {
+    state
+        .manager
+        .remove_session(&name, q.force.unwrap_or(false))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

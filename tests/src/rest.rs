@@ -1,0 +1,323 @@
+//! Helpers for the REST API tests: a `blink-server` with its HTTP API and
+//! SSH gateway on free loopback ports, a small JSON client and WebSocket
+//! attach.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+use super::{Blink, bin};
+
+pub type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// A running `blink-server`, killed when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub ssh_port: u16,
+    pub token: Option<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Options of [`start`].
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Extra command-line arguments.
+    pub args: Vec<&'a str>,
+    /// `BLINK_API_TOKEN`.
+    pub token: Option<&'a str>,
+}
+
+/// Start `blink-server` on free ports, with `<data>/host-scripts` (where
+/// [`Blink::script`] writes) as its script directory. The server prints
+/// the addresses it bound; nothing is guessed or waited for by the clock.
+pub fn start(blink: &Blink, options: Options<'_>) -> Server {
+    let scripts = blink.data_dir.path().join("host-scripts");
+    std::fs::create_dir_all(&scripts).expect("mkdir host-scripts");
+    let mut cmd = Command::new(bin("blink-server"));
+    cmd.arg("--data-dir")
+        .arg(blink.data_dir.path())
+        .args([
+            "--ssh-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--script-dir")
+        .arg(&scripts)
+        .args(&options.args)
+        .env_remove("BLINK_DATA_DIR")
+        .env_remove("BLINK_CONFIG")
+        .env_remove("BLINK_BIND")
+        .env_remove("BLINK_API_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(token) = options.token {
+        cmd.env("BLINK_API_TOKEN", token);
+    }
+    let mut child = cmd.spawn().expect("spawn blink-server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut http_port, mut ssh_port) = (0, 0);
+    let port = |addr: &str| -> u16 {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .expect("port")
+    };
+    for line in lines.by_ref() {
+        let line = line.expect("server stdout");
+        if let Some(addr) = line.strip_prefix("http listening on ") {
+            http_port = port(addr);
+        }
+        if let Some(addr) = line.strip_prefix("ssh listening on ") {
+            ssh_port = port(addr);
+        }
+        if http_port != 0 && ssh_port != 0 {
+            break;
+        }
+    }
+    assert!(
+        http_port != 0 && ssh_port != 0,
+        "blink-server did not start"
+    );
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child: Some(child),
+        http_port,
+        ssh_port,
+        token: options.token.map(str::to_owned),
+    }
+}
+
+/// An HTTP answer: status and the body as JSON (`Null` when empty).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub location: Option<String>,
+}
+
+impl Answer {
+    /// The error code of an error answer.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+fn answer(result: Result<ureq::Response, ureq::Error>) -> Answer {
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("HTTP request failed: {e}"),
+    };
+    let status = response.status();
+    let location = response.header("location").map(str::to_owned);
+    let text = response.into_string().expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    };
+    Answer {
+        status,
+        body,
+        location,
+    }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(120))
+            .build();
+        let req = agent.request(method, &self.url(path));
+        match &self.token {
+            Some(t) => req.set("Authorization", &format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        answer(self.request("GET", path).call())
+    }
+
+    pub fn delete(&self, path: &str) -> Answer {
+        answer(self.request("DELETE", path).call())
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Answer {
+        answer(self.request("POST", path).send_json(body))
+    }
+
+    /// POST raw bytes with a content type (`None`: no header).
+    pub fn post_raw(&self, path: &str, content_type: Option<&str>, body: &[u8]) -> Answer {
+        let req = self.request("POST", path);
+        let req = match content_type {
+            Some(ct) => req.set("Content-Type", ct),
+            None => req,
+        };
+        answer(req.send_bytes(body))
+    }
+
+    /// POST JSON bytes with chunked transfer encoding (no length given).
+    pub fn post_chunked(&self, path: &str, body: &[u8]) -> Answer {
+        let req = self
+            .request("POST", path)
+            .set("Content-Type", "application/json");
+        answer(req.send(std::io::Cursor::new(body.to_vec())))
+    }
+
+    /// A request without the token, whatever the server wants.
+    pub fn get_anonymous(&self, path: &str) -> Answer {
+        answer(ureq::get(&self.url(path)).call())
+    }
+
+    /// Poll a run until it has finished.
+    pub fn wait_run(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let a = self.get(&format!("/api/runs/{id}"));
+            assert_eq!(a.status, 200, "{:?}", a.body);
+            let state = a.body["state"].as_str().unwrap_or("").to_string();
+            if state != "queued" && state != "running" {
+                return a.body;
+            }
+            assert!(Instant::now() < deadline, "run {id} never finished");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Open a WebSocket to a path.
+    pub fn ws(&self, path: &str) -> Socket {
+        let url = format!("ws://127.0.0.1:{}{path}", self.http_port);
+        let mut req = tungstenite::client::IntoClientRequest::into_client_request(url.as_str())
+            .expect("ws request");
+        if let Some(t) = &self.token {
+            req.headers_mut().insert(
+                "Authorization",
+                format!("Bearer {t}").parse().expect("header"),
+            );
+        }
+        let (mut socket, _) = tungstenite::connect(req).expect("ws connect");
+        if let MaybeTlsStream::Plain(s) = socket.get_mut() {
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+        }
+        socket
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Send a signal (`TERM`, `KILL`) and wait for the exit.
+    pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let mut child = self.child.take().expect("running");
+        child.wait().expect("wait")
+    }
+}
+
+/// What a WebSocket session received.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Binary frames, concatenated.
+    pub bytes: Vec<u8>,
+    /// Text frames, parsed.
+    pub events: Vec<Value>,
+    pub closed: bool,
+}
+
+impl Received {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    pub fn exit(&self) -> Option<&Value> {
+        self.events.iter().find(|e| e["type"] == "exit")
+    }
+}
+
+/// Read frames until `done` says so, the socket closes, or `limit` passes.
+pub fn read_until(
+    socket: &mut Socket,
+    into: &mut Received,
+    limit: Duration,
+    done: impl Fn(&Received) -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done(into) {
+            return true;
+        }
+        if into.closed || Instant::now() > deadline {
+            return false;
+        }
+        match socket.read() {
+            Ok(Message::Binary(b)) => into.bytes.extend_from_slice(&b),
+            Ok(Message::Text(t)) => into
+                .events
+                .push(serde_json::from_str(t.as_str()).expect("JSON event")),
+            Ok(Message::Close(_)) => into.closed = true,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => into.closed = true,
+        }
+    }
+}
+
+/// Send terminal input.
+pub fn send_bytes(socket: &mut Socket, bytes: &[u8]) {
+    socket
+        .send(Message::Binary(bytes.to_vec().into()))
+        .expect("ws send");
+}
+
+/// Send a JSON control message.
+pub fn send_control(socket: &mut Socket, value: Value) {
+    socket
+        .send(Message::Text(value.to_string().into()))
+        .expect("ws send");
+}
+
+/// Percent-encode a path segment.
+pub fn encode(segment: &str) -> String {
+    let mut out = String::new();
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

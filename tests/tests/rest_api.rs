@@ -1,0 +1,586 @@
+//! End-to-end tests of the REST API: the real `blink-server`, a real HTTP
+//! client, real sandboxes.
+
+use std::time::Duration;
+
+use blink_e2e::rest::{Options, Received, encode, read_until, send_bytes, send_control, start};
+use blink_e2e::{Blink, local_runtime_available};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn health_product_and_openapi() {
+    let blink = Blink::new();
+    let server = start(&blink, Options::default());
+    let health = server.get("/api/health");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body["status"], "ok");
+
+    let product = server.get("/api/product");
+    assert_eq!(product.status, 200);
+    assert_eq!(product.body["runtime"]["name"], "local");
+    assert_eq!(product.body["isolation"], "namespace");
+    assert_eq!(product.body["features"]["runs"], true);
+    assert_eq!(product.body["features"]["checkpoints"], false);
+
+    let doc = server.get("/api/openapi.json");
+    assert_eq!(doc.status, 200);
+    assert!(doc.body["openapi"].as_str().unwrap_or("").starts_with("3."));
+    let paths = doc.body["paths"].as_object().expect("paths");
+    let expected: &[(&str, &[&str])] = &[
+        ("/api/health", &["get"]),
+        ("/api/product", &["get"]),
+        ("/api/openapi.json", &["get"]),
+        ("/api/runs", &["post"]),
+        ("/api/runs/{id}", &["get"]),
+        ("/api/sessions", &["get", "post"]),
+        ("/api/sessions/{name}", &["get", "delete"]),
+        ("/api/sessions/{name}/runs", &["post"]),
+        ("/api/sessions/{name}/spawn", &["post"]),
+        ("/api/sessions/{name}/executions", &["get"]),
+        ("/api/sessions/{name}/executions/{id}", &["get"]),
+        ("/api/sessions/{name}/executions/{id}/attach", &["get"]),
+        ("/api/sessions/{name}/checkpoints", &["get", "post"]),
+        ("/api/sessions/{name}/checkpoints/{snap}/restore", &["post"]),
+        ("/api/sessions/{name}/export", &["post"]),
+        ("/api/exports/{filename}", &["get"]),
+        ("/api/import", &["post"]),
+        ("/api/sessions/{name}/stop", &["post"]),
+        ("/api/sessions/{name}/keys", &["get", "post"]),
+        ("/api/sessions/{name}/keys/{fingerprint}", &["delete"]),
+    ];
+    for (path, methods) in expected {
+        let item = paths
+            .get(*path)
+            .unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));
+        for m in *methods {
+            assert!(item.get(*m).is_some(), "{m} {path} missing");
+        }
+    }
+    assert_eq!(paths.len(), expected.len(), "{:?}", paths.keys());
+
+    // Checkpoint routes exist and say clearly that they are not here yet.
+    for (method, path) in [
+        ("POST", "/api/sessions/s1/checkpoints"),
+        ("GET", "/api/sessions/s1/checkpoints"),
+        ("POST", "/api/sessions/s1/checkpoints/c1/restore"),
+        ("POST", "/api/sessions/s1/export"),
+        ("GET", "/api/exports/x.boxlite"),
+        ("POST", "/api/import"),
+    ] {
+        let a = if method == "GET" {
+            server.get(path)
+        } else {
+            server.post(path, json!({}))
+        };
+        assert_eq!(a.status, 501, "{method} {path}");
+        assert_eq!(a.code(), "not_implemented");
+    }
+}
+
+#[test]
+fn bad_requests_get_json_errors() {
+    let blink = Blink::new();
+    // A small body limit, so an oversized body fits in socket buffers and
+    // the early 413 is read rather than cut off by a broken pipe.
+    let config = blink.data_dir.path().join("blink.toml");
+    std::fs::write(&config, "[rest]\nmax_body_bytes = 4096\n").unwrap();
+    let server = start(
+        &blink,
+        Options {
+            args: vec!["--config", config.to_str().unwrap()],
+            ..Options::default()
+        },
+    );
+    let json_ct = Some("application/json");
+
+    let a = server.post_raw("/api/sessions", json_ct, b"{not json");
+    assert_eq!((a.status, a.code()), (400, "invalid_json"));
+
+    let a = server.post("/api/sessions", json!({"name": "s1", "color": "red"}));
+    assert_eq!((a.status, a.code()), (400, "invalid_body"));
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("color")
+    );
+
+    let a = server.post("/api/runs", json!({"command": "ls", "bogus": true}));
+    assert_eq!(a.status, 400);
+
+    let a = server.post_raw("/api/sessions", None, br#"{"name":"s1"}"#);
+    assert_eq!((a.status, a.code()), (415, "unsupported_media_type"));
+
+    let big = format!(r#"{{"name":"s1","image":"{}"}}"#, "x".repeat(8192));
+    let a = server.post_raw("/api/sessions", json_ct, big.as_bytes());
+    assert_eq!((a.status, a.code()), (413, "body_too_large"));
+    let a = server.post_chunked("/api/sessions", big.as_bytes());
+    assert_eq!((a.status, a.code()), (413, "body_too_large"));
+
+    for bad in ["Bad", "a..b", "-x", &"a".repeat(64)] {
+        let a = server.post("/api/sessions", json!({"name": bad}));
+        assert_eq!((a.status, a.code()), (400, "invalid_name"), "{bad}");
+        let a = server.get(&format!("/api/sessions/{}", encode(bad)));
+        assert_eq!((a.status, a.code()), (400, "invalid_name"), "{bad}");
+    }
+
+    let a = server.get("/api/sessions/nope");
+    assert_eq!((a.status, a.code()), (404, "session_not_found"));
+    let a = server.post("/api/sessions/nope/runs", json!({"command": ["true"]}));
+    assert_eq!((a.status, a.code()), (404, "session_not_found"));
+    let a = server.post("/api/sessions/nope/spawn", json!({"command": ["sh"]}));
+    assert_eq!((a.status, a.code()), (404, "session_not_found"));
+    let a = server.get("/api/sessions/nope/keys");
+    assert_eq!((a.status, a.code()), (404, "session_not_found"));
+    let a = server.delete("/api/sessions/nope");
+    assert_eq!((a.status, a.code()), (404, "session_not_found"));
+    let a = server.post("/api/sessions/nope/stop", json!({}));
+    assert_eq!((a.status, a.code()), (404, "session_not_found"));
+    let a = server.get("/api/runs/r-missing");
+    assert_eq!((a.status, a.code()), (404, "run_not_found"));
+    let a = server.get("/api/nowhere");
+    assert_eq!((a.status, a.code()), (404, "not_found"));
+    let a = server.delete("/api/health");
+    assert_eq!((a.status, a.code()), (405, "method_not_allowed"));
+
+    // Unprocessable: neither or both of script and command, empty argv.
+    let a = server.post("/api/runs", json!({}));
+    assert_eq!(a.status, 422);
+    let a = server.post("/api/runs", json!({"command": []}));
+    assert_eq!(a.status, 422);
+    let a = server.post(
+        "/api/runs",
+        json!({"command": ["true"], "script": "/bin/true"}),
+    );
+    assert_eq!(a.status, 422);
+    let a = server.post("/api/runs", json!({"command": ["true"], "timeout_secs": 0}));
+    assert_eq!(a.status, 422);
+
+    // Hostile bytes anywhere never bring the server down.
+    for body in [
+        &b"\xff\xfe\x00"[..],
+        b"[]",
+        b"null",
+        b"{\"name\":null}",
+        b"{\"name\":1e999}",
+    ] {
+        let a = server.post_raw("/api/sessions", json_ct, body);
+        assert_eq!(a.status, 400, "{body:?}");
+    }
+    assert_eq!(server.get("/api/health").status, 200);
+}
+
+#[test]
+fn runs_are_queued_and_report_results() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let server = start(&blink, Options::default());
+
+    let a = server.post(
+        "/api/runs",
+        json!({"command": ["sh", "-c", "echo out; echo err >&2; cat"], "stdin": "fed\n"}),
+    );
+    assert_eq!(a.status, 202, "{:?}", a.body);
+    let id = a.body["id"].as_str().expect("id").to_string();
+    assert!(["queued", "running"].contains(&a.body["state"].as_str().unwrap()));
+    assert_eq!(
+        a.location.as_deref(),
+        Some(format!("/api/runs/{id}").as_str())
+    );
+    let run = server.wait_run(&id);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["exit_code"], 0);
+    assert_eq!(run["stdout"]["data"], "out\nfed\n");
+    assert_eq!(run["stderr"]["data"], "err\n");
+    assert!(run["duration_ms"].is_u64());
+    assert!(run["queued_ms"].is_u64());
+    assert_eq!(run["isolation"], "namespace");
+
+    let a = server.post(
+        "/api/runs",
+        json!({"command": ["sh", "-c", "echo bad >&2; exit 3"]}),
+    );
+    let run = server.wait_run(a.body["id"].as_str().unwrap());
+    assert_eq!(run["state"], "failed");
+    assert_eq!(run["exit_code"], 3);
+    assert_eq!(run["stderr"]["data"], "bad\n");
+
+    let a = server.post(
+        "/api/runs",
+        json!({"command": ["sleep", "30"], "timeout_secs": 1}),
+    );
+    let run = server.wait_run(a.body["id"].as_str().unwrap());
+    assert_eq!(run["state"], "timed_out", "{run}");
+
+    let a = server.post("/api/runs", json!({"command": ["no-such-program"]}));
+    let run = server.wait_run(a.body["id"].as_str().unwrap());
+    assert_eq!(run["state"], "failed");
+    assert_eq!(run["exit_code"], 127, "{run}");
+
+    // A script from the allowed directory, with arguments; ?wait=true.
+    let script = blink.script("hello.sh", "#!/bin/sh\necho \"script says $1\"\n");
+    let a = server.post(
+        "/api/runs?wait=true",
+        json!({"script": script.to_str().unwrap(), "args": ["hi"]}),
+    );
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.body["state"], "succeeded");
+    assert_eq!(a.body["stdout"]["data"], "script says hi\n");
+
+    // Anything outside the allowed directories is refused, existing or
+    // not, directly or through a symlink or `..`.
+    let outside = blink.data_dir.path().join("outside.sh");
+    std::fs::write(&outside, "#!/bin/sh\necho leaked\n").unwrap();
+    let link = blink.data_dir.path().join("host-scripts/link.sh");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let dotdot = format!("{}/../outside.sh", script.parent().unwrap().display());
+    for path in [
+        "/etc/passwd",
+        "/nonexistent/x.sh",
+        outside.to_str().unwrap(),
+        link.to_str().unwrap(),
+        dotdot.as_str(),
+    ] {
+        let a = server.post("/api/runs", json!({"script": path}));
+        assert_eq!((a.status, a.code()), (403, "script_not_allowed"), "{path}");
+    }
+    let missing = blink.data_dir.path().join("host-scripts/missing.sh");
+    let a = server.post("/api/runs", json!({"script": missing.to_str().unwrap()}));
+    assert_eq!((a.status, a.code()), (404, "script_not_found"));
+}
+
+#[test]
+fn session_lifecycle() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let server = start(&blink, Options::default());
+
+    let a = server.post("/api/sessions", json!({"name": "s1"}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(a.body["created"], true);
+    let box_id = a.body["session"]["box_id"].as_str().unwrap().to_string();
+    let a = server.post("/api/sessions", json!({"name": "s1"}));
+    assert_eq!((a.status, &a.body["created"]), (200, &json!(false)));
+    assert_eq!(a.body["session"]["box_id"], box_id.as_str());
+    let a = server.post("/api/sessions", json!({"name": "s1", "exclusive": true}));
+    assert_eq!((a.status, a.code()), (409, "session_exists"));
+
+    let a = server.get("/api/sessions");
+    let names: Vec<&str> = a.body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["s1"]);
+
+    // Memory persists from run to run, through a stop.
+    let a = server.post(
+        "/api/sessions/s1/runs?wait=true",
+        json!({"command": ["sh", "-c", "echo remembered > /var/blink/memory/note"]}),
+    );
+    assert_eq!((a.status, &a.body["state"]), (200, &json!("succeeded")));
+    assert_eq!(a.body["session"], "s1");
+    let a = server.post(
+        "/api/sessions/s1/runs",
+        json!({"command": ["true"], "session": "other"}),
+    );
+    assert_eq!(a.status, 422);
+
+    let a = server.get("/api/sessions/s1");
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["box_id"], box_id.as_str());
+    assert_eq!(a.body["isolation"], "namespace");
+
+    let a = server.post("/api/sessions/s1/stop", json!({}));
+    assert_eq!((a.status, &a.body["state"]), (200, &json!("stopped")));
+
+    let a = server.post(
+        "/api/sessions/s1/runs",
+        json!({"command": ["cat", "/var/blink/memory/note"]}),
+    );
+    assert_eq!(a.status, 202);
+    let run = server.wait_run(a.body["id"].as_str().unwrap());
+    assert_eq!(run["stdout"]["data"], "remembered\n", "{run}");
+
+    // Busy: a running spawn makes stop and remove answer 409 unless forced.
+    let a = server.post(
+        "/api/sessions/s1/spawn",
+        json!({"command": ["sleep", "60"]}),
+    );
+    assert_eq!(a.status, 201);
+    let a = server.delete("/api/sessions/s1");
+    assert_eq!((a.status, a.code()), (409, "session_busy"));
+    let a = server.delete("/api/sessions/s1?force=true");
+    assert_eq!(a.status, 204);
+    let a = server.get("/api/sessions/s1");
+    assert_eq!(a.status, 404);
+    assert!(
+        !blink
+            .data_dir
+            .path()
+            .join("sandboxes")
+            .join(&box_id)
+            .exists()
+    );
+}
+
+fn open_session(server: &blink_e2e::rest::Server, name: &str) {
+    let a = server.post("/api/sessions", json!({"name": name}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+}
+
+#[test]
+fn pty_spawn_attach_resize_detach_reattach() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let server = start(&blink, Options::default());
+    open_session(&server, "s1");
+
+    let a = server.post(
+        "/api/sessions/s1/spawn",
+        json!({"command": ["sh"], "tty": true, "rows": 24, "cols": 80}),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(a.body["tty"], true);
+    let id = a.body["id"].as_str().unwrap().to_string();
+    let path = format!("/api/sessions/s1/executions/{id}/attach");
+
+    let mut ws = server.ws(&path);
+    let mut got = Received::default();
+    assert!(read_until(&mut ws, &mut got, WAIT, |r| !r
+        .events
+        .is_empty()));
+    assert_eq!(got.events[0]["type"], "attached");
+    assert_eq!(got.events[0]["tty"], true);
+
+    // Echo round trip (the shell computes, so the echo of our typing does
+    // not count).
+    send_bytes(&mut ws, b"echo hello-$((40+2))\n");
+    assert!(
+        read_until(&mut ws, &mut got, WAIT, |r| r.text().contains("hello-42")),
+        "{}",
+        got.text()
+    );
+
+    // Resize is seen by stty.
+    send_control(&mut ws, json!({"type": "resize", "rows": 33, "cols": 101}));
+    send_bytes(&mut ws, b"stty size\n");
+    assert!(
+        read_until(&mut ws, &mut got, WAIT, |r| r.text().contains("33 101")),
+        "{}",
+        got.text()
+    );
+    // A bad control message is answered, not fatal.
+    send_control(&mut ws, json!({"type": "dance"}));
+    assert!(read_until(&mut ws, &mut got, WAIT, |r| r
+        .events
+        .iter()
+        .any(|e| e["type"] == "error")));
+
+    // Output produced while detached is kept.
+    send_bytes(&mut ws, b"sleep 1; echo later-$((1+1))\n");
+    ws.close(None).ok();
+    drop(ws);
+    std::thread::sleep(Duration::from_millis(1500));
+    let a = server.get(&format!("/api/sessions/s1/executions/{id}"));
+    assert_eq!(a.status, 200);
+    assert!(a.body["exit"].is_null(), "{:?}", a.body);
+    let a = server.get("/api/sessions/s1/executions");
+    assert_eq!(a.body["executions"].as_array().unwrap().len(), 1);
+
+    let mut ws = server.ws(&path);
+    let mut again = Received::default();
+    assert!(
+        read_until(&mut ws, &mut again, WAIT, |r| r.text().contains("later-2")),
+        "{}",
+        again.text()
+    );
+    send_bytes(&mut ws, b"exit 7\n");
+    assert!(read_until(&mut ws, &mut again, WAIT, |r| r
+        .exit()
+        .is_some()));
+    assert_eq!(again.exit().unwrap()["code"], 7);
+
+    // Signals reach the process.
+    let a = server.post(
+        "/api/sessions/s1/spawn",
+        json!({"command": ["sleep", "60"]}),
+    );
+    let sleeper = a.body["id"].as_str().unwrap().to_string();
+    let mut ws = server.ws(&format!("/api/sessions/s1/executions/{sleeper}/attach"));
+    send_control(&mut ws, json!({"type": "signal", "signal": "TERM"}));
+    let mut got = Received::default();
+    assert!(read_until(&mut ws, &mut got, WAIT, |r| r.exit().is_some()));
+    assert_eq!(got.exit().unwrap()["signal"], 15, "{:?}", got.events);
+
+    // A plain GET on the attach route is not a WebSocket.
+    let a = server.get(&path);
+    assert_eq!((a.status, a.code()), (400, "not_websocket"));
+
+    // Attaching to something that does not exist.
+    let a = server.get("/api/sessions/s1/executions/x-nope");
+    assert_eq!((a.status, a.code()), (404, "execution_not_found"));
+}
+
+#[test]
+fn pipe_spawn_keeps_streams_apart() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let server = start(&blink, Options::default());
+    open_session(&server, "s1");
+    let a = server.post(
+        "/api/sessions/s1/spawn",
+        json!({"command": ["sh", "-c", "read x; echo \"out $x\"; echo err >&2; exit 4"]}),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let id = a.body["id"].as_str().unwrap();
+    let mut ws = server.ws(&format!("/api/sessions/s1/executions/{id}/attach"));
+    send_bytes(&mut ws, b"in\n");
+    send_control(&mut ws, json!({"type": "eof"}));
+    let mut got = Received::default();
+    assert!(read_until(&mut ws, &mut got, WAIT, |r| r.exit().is_some()));
+    assert_eq!(got.exit().unwrap()["code"], 4);
+    // Pipe mode: each binary frame starts with 1 (stdout) or 2 (stderr);
+    // read_until concatenated them, so split them back by hand here.
+    let text = got.text();
+    assert!(text.contains("\u{1}out in\n"), "{text:?}");
+    assert!(text.contains("\u{2}err\n"), "{text:?}");
+}
+
+#[test]
+fn keys_over_rest_gate_ssh_and_share_one_manager() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let server = start(&blink, Options::default());
+    let client = blink_e2e::ssh::Client::new();
+    open_session(&server, "s1");
+
+    let ssh = |cmd: &str| {
+        let mut c = std::process::Command::new("ssh");
+        c.args(client.common_opts("id"))
+            .arg("-p")
+            .arg(server.ssh_port.to_string())
+            .arg("s1@127.0.0.1")
+            .arg(cmd);
+        blink_e2e::ssh::run(c, b"")
+    };
+    let out = ssh("true");
+    assert!(!out.status.success(), "no key yet: must be refused");
+
+    let public = std::fs::read_to_string(client.path("id.pub")).unwrap();
+    let a = server.post("/api/sessions/s1/keys", json!({"key": public.trim()}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let fingerprint = a.body["key"]["fingerprint"].as_str().unwrap().to_string();
+    assert!(fingerprint.starts_with("SHA256:"));
+    let a = server.post("/api/sessions/s1/keys", json!({"key": public.trim()}));
+    assert_eq!((a.status, &a.body["added"]), (200, &json!(false)));
+    let a = server.post(
+        "/api/sessions/s1/keys",
+        json!({"key": "ssh-ed25519 nonsense"}),
+    );
+    assert_eq!(a.status, 400);
+    let a = server.get("/api/sessions/s1/keys");
+    assert_eq!(a.body["keys"][0]["fingerprint"], fingerprint.as_str());
+
+    // Written over REST, read over SSH: the same session, one manager.
+    let a = server.post(
+        "/api/sessions/s1/runs?wait=true",
+        json!({"command": ["sh", "-c", "echo from-rest > /var/blink/memory/shared"]}),
+    );
+    assert_eq!(a.body["state"], "succeeded", "{:?}", a.body);
+    let out = ssh("cat /var/blink/memory/shared");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-rest\n");
+
+    let a = server.delete(&format!("/api/sessions/s1/keys/{}", encode(&fingerprint)));
+    assert_eq!(a.status, 204, "{:?}", a.body);
+    let a = server.delete(&format!("/api/sessions/s1/keys/{}", encode(&fingerprint)));
+    assert_eq!((a.status, a.code()), (404, "key_not_found"));
+    let out = ssh("true");
+    assert!(!out.status.success(), "removed key must be refused");
+}
+
+#[test]
+fn bearer_token_when_configured() {
+    let blink = Blink::new();
+    let server = start(
+        &blink,
+        Options {
+            token: Some("s3cret-token"),
+            ..Options::default()
+        },
+    );
+    assert_eq!(server.get_anonymous("/api/health").status, 200);
+    let a = server.get_anonymous("/api/sessions");
+    assert_eq!((a.status, a.code()), (401, "unauthorized"));
+    assert_eq!(server.get("/api/sessions").status, 200);
+}
+
+#[test]
+fn sigterm_lets_runs_finish_and_state_survives_sigkill() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let mut server = start(&blink, Options::default());
+    open_session(&server, "keep");
+    let a = server.post(
+        "/api/sessions/keep/runs",
+        json!({"command": ["sh", "-c", "sleep 2; echo done > /var/blink/memory/finished"]}),
+    );
+    assert_eq!(a.status, 202);
+    let id = a.body["id"].as_str().unwrap().to_string();
+    // Wait until it runs, then ask the server to stop.
+    for _ in 0..200 {
+        if server.get(&format!("/api/runs/{id}")).body["state"] == "running" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let started = std::time::Instant::now();
+    let status = server.signal_and_wait("TERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "did not wait for the run"
+    );
+
+    let server = start(&blink, Options::default());
+    let a = server.post(
+        "/api/sessions/keep/runs?wait=true",
+        json!({"command": ["cat", "/var/blink/memory/finished"]}),
+    );
+    assert_eq!(a.body["stdout"]["data"], "done\n", "{:?}", a.body);
+    let mut server = server;
+    open_session(&server, "after-kill");
+    let status = server.signal_and_wait("KILL");
+    assert!(!status.success());
+
+    let server = start(&blink, Options::default());
+    let a = server.get("/api/sessions");
+    let names: Vec<String> = a.body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec!["after-kill", "keep"]);
+    let _: Value = server.get("/api/health").body;
+}
