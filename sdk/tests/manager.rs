@@ -372,3 +372,59 @@ async fn a_background_child_holding_stdout_does_not_hang_or_lose_output() {
     assert_eq!(r.stdout.data, "visible\n");
     assert!(!r.timed_out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_spawns_are_forgotten_and_running_ones_are_capped() {
+    if !runtime_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ManagerConfig::new(dir.path());
+    config.max_spawns_per_session = 2;
+    config.spawn_retention = Duration::from_secs(1);
+    let m = Manager::open(config).await.unwrap();
+    m.open_session("cap", OpenOptions::default()).await.unwrap();
+    let argv = |s: &str| vec!["sh".to_owned(), "-c".to_owned(), s.to_owned()];
+    let done = m.spawn("cap", argv("exit 3"), vec![], None).await.unwrap();
+    let mut exit = m.attach("cap", &done.id).unwrap().exit.clone();
+    exit.wait_for(Option::is_some).await.unwrap();
+    let long = m
+        .spawn("cap", argv("sleep 30"), vec![], None)
+        .await
+        .unwrap();
+    // At the cap: the finished spawn makes room for a new one.
+    let third = m
+        .spawn("cap", argv("sleep 30"), vec![], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.attach("cap", &done.id).unwrap_err().code(),
+        "execution_not_found"
+    );
+    // Both remaining spawns run: a fourth is refused, naming the limit.
+    let err = m
+        .spawn("cap", argv("true"), vec![], None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "session_busy");
+    assert!(err.to_string().contains("limit is 2"), "{err}");
+    // A finished spawn is forgotten after the retention period.
+    m.attach("cap", &third.id)
+        .unwrap()
+        .spawn
+        .control
+        .kill()
+        .unwrap();
+    let mut exit = m.attach("cap", &third.id).unwrap().exit.clone();
+    exit.wait_for(Option::is_some).await.unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if m.spawn_info("cap", &third.id).is_err() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "finished spawn was never forgotten");
+    assert!(m.spawn_info("cap", &long.id).is_ok());
+}

@@ -45,6 +45,11 @@ pub struct ManagerConfig {
     pub output_limit: u64,
     /// Bytes of spawn output kept while detached.
     pub replay_limit: usize,
+    /// How long a finished spawn (and its output) stays attachable.
+    pub spawn_retention: Duration,
+    /// Spawns kept per session, running or finished; a new spawn beyond it
+    /// first forgets the oldest finished one, and is refused if none is.
+    pub max_spawns_per_session: usize,
     /// Resource limits of every sandbox.
     pub limits: Limits,
     /// Largest script a run may copy into a sandbox.
@@ -62,6 +67,8 @@ impl ManagerConfig {
             run_timeout: Duration::from_secs(600),
             output_limit: 16 << 20,
             replay_limit: 1 << 20,
+            spawn_retention: Duration::from_secs(600),
+            max_spawns_per_session: 64,
             limits: Limits {
                 memory_mib: Some(2048),
                 cpus: None,
@@ -312,6 +319,7 @@ impl Manager {
                 let tick = (m.config.idle_timeout / 4)
                     .clamp(Duration::from_millis(100), Duration::from_secs(5));
                 m.reap_idle().await;
+                m.forget_finished_spawns();
                 drop(m);
                 tokio::time::sleep(tick).await;
             }
@@ -838,6 +846,8 @@ impl Manager {
         env: Vec<(String, String)>,
         tty: Option<PtySize>,
     ) -> Result<SpawnInfo> {
+        self.slot(name)?;
+        self.make_room_for_spawn(name)?;
         let spec = ExecSpec {
             argv: argv.clone(),
             env,
@@ -860,6 +870,34 @@ impl Manager {
         let info = spawned.info();
         lock(&self.spawns).insert(id, spawned);
         Ok(info)
+    }
+
+    /// Keep a session's spawns within `max_spawns_per_session`: forget the
+    /// oldest finished one, or refuse when all are still running.
+    fn make_room_for_spawn(&self, name: &str) -> Result<()> {
+        let mut spawns = lock(&self.spawns);
+        let in_session = spawns.values().filter(|s| s.session == name).count();
+        if in_session < self.config.max_spawns_per_session {
+            return Ok(());
+        }
+        let oldest_finished = spawns
+            .values()
+            .filter(|s| s.session == name)
+            .filter_map(|s| s.finished_at().map(|t| (t, s.id.clone())))
+            .min();
+        match oldest_finished {
+            Some((_, old)) => {
+                spawns.remove(&old);
+                Ok(())
+            }
+            None => Err(Error::SessionBusy {
+                name: name.into(),
+                reason: format!(
+                    "{in_session} spawned processes are running (the limit is {})",
+                    self.config.max_spawns_per_session
+                ),
+            }),
+        }
     }
 
     /// Attach to a spawned execution of a session.
@@ -897,6 +935,13 @@ impl Manager {
         let slot = self.slot(name)?;
         let box_id = lock(&slot.record).box_id.clone();
         self.runtime.filesystem(&box_id)
+    }
+
+    /// Forget spawns that ended longer ago than the retention period, with
+    /// their replay buffers.
+    fn forget_finished_spawns(&self) {
+        let horizon = now().saturating_sub(self.config.spawn_retention.as_secs());
+        lock(&self.spawns).retain(|_, s| s.finished_at().is_none_or(|t| t > horizon));
     }
 
     /// Stop every running sandbox (for an orderly shutdown).

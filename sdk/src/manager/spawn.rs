@@ -89,6 +89,8 @@ pub struct Spawned {
     live: broadcast::Sender<Chunk>,
     exit: watch::Receiver<Option<ExitStatus>>,
     attached: std::sync::atomic::AtomicUsize,
+    /// Seconds since the epoch when the process ended (0 while running).
+    finished_at: std::sync::atomic::AtomicU64,
 }
 
 /// A client's view of a spawn. Dropping it detaches.
@@ -160,6 +162,7 @@ impl Spawned {
             live,
             exit,
             attached: Default::default(),
+            finished_at: Default::default(),
         });
         if let Some(mut stdin) = exec.stdin.take() {
             tokio::spawn(async move {
@@ -188,6 +191,12 @@ impl Spawned {
             for h in [out, err].into_iter().flatten() {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), h).await;
             }
+            me.finished_at.store(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(1, |d| d.as_secs().max(1)),
+                std::sync::atomic::Ordering::SeqCst,
+            );
             let _ = exit_tx.send(Some(status.unwrap_or(ExitStatus {
                 code: -1,
                 signal: None,
@@ -206,6 +215,14 @@ impl Spawned {
             started_at: self.started_at,
             exit: *self.exit.borrow(),
             attached: self.attached.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+
+    /// When the process ended (seconds since the epoch), if it has.
+    pub fn finished_at(&self) -> Option<u64> {
+        match self.finished_at.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            t => Some(t),
         }
     }
 
