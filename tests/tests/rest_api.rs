@@ -584,3 +584,47 @@ fn sigterm_lets_runs_finish_and_state_survives_sigkill() {
     assert_eq!(names, vec!["after-kill", "keep"]);
     let _: Value = server.get("/api/health").body;
 }
+
+#[test]
+fn websocket_attachments_are_capped_and_released() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let config = blink.data_dir.path().join("blink.toml");
+    std::fs::write(&config, "[rest]\nmax_attachments = 1\n").unwrap();
+    let server = start(
+        &blink,
+        Options {
+            args: vec!["--config", config.to_str().unwrap()],
+            ..Options::default()
+        },
+    );
+    open_session(&server, "s1");
+    let a = server.post(
+        "/api/sessions/s1/spawn",
+        json!({"command": ["sleep", "30"]}),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let path = format!(
+        "/api/sessions/s1/executions/{}/attach",
+        a.body["id"].as_str().unwrap()
+    );
+    let first = server.ws(&path);
+    let url = format!("ws://127.0.0.1:{}{path}", server.http_port);
+    match tungstenite::connect(url.as_str()) {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("second attachment was not refused: {:?}", other.map(|_| ())),
+    }
+    // Detaching frees the slot.
+    drop(first);
+    let mut reattached = false;
+    for _ in 0..100 {
+        if tungstenite::connect(url.as_str()).is_ok() {
+            reattached = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(reattached, "the slot was never released");
+}

@@ -28,6 +28,8 @@ pub struct RestConfig {
     /// Runs remembered for `GET /api/runs/{id}`; the oldest finished ones
     /// are forgotten first.
     pub max_runs_kept: usize,
+    /// WebSocket attachments open at once; more are refused with 429.
+    pub max_attachments: usize,
     /// Longest `timeout_secs` a run may ask for.
     pub max_run_timeout_secs: u64,
     /// On SIGTERM, how long running runs may take to finish.
@@ -46,6 +48,7 @@ impl Default for RestConfig {
             max_concurrent_runs: 4,
             max_queued_runs: 256,
             max_runs_kept: 1000,
+            max_attachments: 256,
             max_run_timeout_secs: 3600,
             shutdown_grace_secs: 30,
             token: None,
@@ -65,6 +68,7 @@ impl RestConfig {
             ("max_concurrent_runs", self.max_concurrent_runs),
             ("max_queued_runs", self.max_queued_runs),
             ("max_runs_kept", self.max_runs_kept),
+            ("max_attachments", self.max_attachments),
         ] {
             if value == 0 {
                 return Err(format!("rest.{name} must be at least 1"));

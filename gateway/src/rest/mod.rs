@@ -49,6 +49,8 @@ pub struct AppState {
     pub script_dirs: Arc<Vec<PathBuf>>,
     /// Becomes true when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// One permit per open WebSocket attachment.
+    pub attachments: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router and its OpenAPI document, built from the same route list.
@@ -178,6 +180,7 @@ pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<
     let state = AppState {
         manager,
         runs: runs.clone(),
+        attachments: Arc::new(tokio::sync::Semaphore::new(config.max_attachments)),
         config: Arc::new(config),
         script_dirs: Arc::new(script_dirs),
         shutdown: shutdown_rx.clone(),

@@ -178,11 +178,22 @@ pub async fn attach(
             format!("this route takes a WebSocket upgrade: {}", r.body_text()),
         )
     })?;
+    let permit = state.attachments.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attachments",
+            format!(
+                "{} WebSocket attachments are open, the limit (rest.max_attachments)",
+                state.config.max_attachments
+            ),
+        )
+    })?;
     let shutdown = state.shutdown.clone();
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE)
         .max_frame_size(MAX_WS_MESSAGE)
         .on_upgrade(move |socket| async move {
+            let _permit = permit;
             tracing::debug!(session = %name, execution = %id, "attached");
             serve_socket(socket, attachment, shutdown).await;
             tracing::debug!(session = %name, execution = %id, "detached");
