@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import tty
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,6 +185,38 @@ def pty_echo(t: Target, keystrokes: int) -> dict:
         os.close(fd)
 
 
+def http(port: int, method: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        text = resp.read()
+    return json.loads(text) if text else {}
+
+
+def rest_latency(port: int, path: str, body: dict, runs: int) -> dict:
+    """POST a run with ?wait=true: request to finished run, end to end."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        answer = http(port, "POST", f"{path}?wait=true", body)
+        times.append(time.perf_counter() - start)
+        if answer.get("state") != "succeeded":
+            raise RuntimeError(f"run failed: {answer}")
+    return {"median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000, "runs": runs}
+
+
+def cold_start(port: int, runs: int) -> dict:
+    """A new session (disk unpacked from the image) and its first command."""
+    times = []
+    for i in range(runs):
+        start = time.perf_counter()
+        http(port, "POST", "/api/sessions", {"name": f"cold-{i}"})
+        http(port, "POST", f"/api/sessions/cold-{i}/runs?wait=true", {"command": ["true"]})
+        times.append(time.perf_counter() - start)
+    return {"median_ms": statistics.median(times) * 1000, "runs": runs}
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -213,17 +246,20 @@ def start_sshd(work: Path, user_key: Path) -> tuple[subprocess.Popen, Target]:
     return proc, Target("openssh", port, user, user_key, work / "known_sshd")
 
 
-def start_blink(work: Path, user_key: Path, bin_dir: Path) -> tuple[subprocess.Popen, Target]:
+def start_blink(work: Path, user_key: Path, bin_dir: Path) -> tuple[subprocess.Popen, Target, int]:
     port = free_port()
+    http_port = free_port()
     admin = work / "blink_admin_keys"
     shutil.copy(f"{user_key}.pub", admin)
     data = work / "blink-data"
     proc = subprocess.Popen(
         [str(bin_dir / "blink-server"), "--data-dir", str(data), "--ssh-listen",
-         f"127.0.0.1:{port}", "--admin-keys", str(admin), "--admin-create-sessions"],
+         f"127.0.0.1:{port}", "--http-listen", f"127.0.0.1:{http_port}",
+         "--admin-keys", str(admin), "--admin-create-sessions"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
-    return proc, Target("blink", port, "bench", user_key, work / "known_blink")
+    wait_port(http_port)
+    return proc, Target("blink", port, "bench", user_key, work / "known_blink"), http_port
 
 
 def machine() -> dict:
@@ -249,6 +285,7 @@ def main() -> int:
         "sftp": (8 if args.quick else 256) * 2**20,
         "concurrent": 20 if args.quick else 100,
         "keys": 40 if args.quick else 200,
+        "warm_sessions": 10 if args.quick else 50,
     }
     work = Path(tempfile.mkdtemp(prefix="blink-bench-"))
     # Sandboxes run as an unprivileged uid that must reach the data dir.
@@ -256,14 +293,15 @@ def main() -> int:
     key = work / "client_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     sshd, ref = start_sshd(work, key)
-    server, blink = start_blink(work, key, Path(args.bin_dir))
+    server, blink, http_port = start_blink(work, key, Path(args.bin_dir))
     rows: list[dict] = []
     results: dict = {"machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                      "sizes": sizes, "figures": rows}
     try:
-        # First login creates the session; it stays warm for what follows.
-        subprocess.run(blink.ssh("true"), check=True)
         idle_rss = rss_kib(server.pid)
+        # First login creates the session; make it warm for what follows.
+        subprocess.run(blink.ssh("true"), check=True)
+        http(http_port, "POST", "/api/sessions", {"name": "bench", "warm": True})
 
         def compare(name: str, unit: str, fn, key_: str, better: str) -> None:
             b, r = fn(blink), fn(ref)
@@ -285,8 +323,21 @@ def main() -> int:
         compare(f"{sizes['concurrent']} concurrent ssh true (successes)", "ok",
                 lambda t: concurrent_true(t, sizes["concurrent"]), "succeeded", "higher")
         compare("PTY keystroke to echo (median)", "ms", lambda t: pty_echo(t, sizes["keys"]), "median_ms", "lower")
-        results["blink_only"] = {"server_rss_idle_kib": idle_rss,
-                                 "server_rss_after_kib": rss_kib(server.pid)}
+        alone = results["blink_only"] = {}
+        alone["ephemeral_run_true_rest"] = rest_latency(http_port, "/api/runs", {"command": ["true"]}, sizes["runs"] // 2)
+        alone["warm_session_exec_true_rest"] = rest_latency(
+            http_port, "/api/sessions/bench/runs", {"command": ["true"]}, sizes["runs"])
+        alone["cold_session_start"] = cold_start(http_port, 5)
+        alone["server_rss_idle_kib"] = idle_rss
+        before = rss_kib(server.pid)
+        warm = sizes["warm_sessions"]
+        for i in range(warm):
+            http(http_port, "POST", "/api/sessions", {"name": f"warm-{i}", "warm": True})
+        after = rss_kib(server.pid)
+        alone["server_rss_with_warm_sessions_kib"] = {"sessions": warm, "before_kib": before, "after_kib": after,
+                                                      "per_session_kib": (after - before) / warm}
+        for name, value in alone.items():
+            print(f"{name}: {value}", flush=True)
     finally:
         for proc in (server, sshd):
             proc.send_signal(signal.SIGTERM)
