@@ -217,6 +217,21 @@ def cold_start(port: int, runs: int) -> dict:
     return {"median_ms": statistics.median(times) * 1000, "runs": runs}
 
 
+def negotiated(t: Target) -> dict:
+    """Key exchange and cipher the client and this server agree on: they
+    explain much of any difference in connect time and throughput."""
+    out = subprocess.run(t.ssh("true")[:1] + ["-v"] + t.ssh("true")[1:], capture_output=True, text=True).stderr
+    found = {}
+    for line in out.splitlines():
+        if "kex: algorithm:" in line:
+            found["kex"] = line.split("kex: algorithm:", 1)[1].strip()
+        if "kex: server->client cipher:" in line:
+            found["cipher"] = line.split("cipher:", 1)[1].split()[0]
+        if "host key algorithm:" in line:
+            found["host_key"] = line.split("host key algorithm:", 1)[1].strip()
+    return found
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -302,6 +317,8 @@ def main() -> int:
         # First login creates the session; make it warm for what follows.
         subprocess.run(blink.ssh("true"), check=True)
         http(http_port, "POST", "/api/sessions", {"name": "bench", "warm": True})
+        results["negotiated"] = {"blink": negotiated(blink), "openssh": negotiated(ref)}
+        print(f"negotiated: {results['negotiated']}", flush=True)
 
         def compare(name: str, unit: str, fn, key_: str, better: str) -> None:
             b, r = fn(blink), fn(ref)
@@ -371,6 +388,10 @@ def write_markdown(path: Path, results: dict) -> None:
     for r in results["figures"]:
         lines.append(f"| {r['figure']} | {r['unit']} | {r['blink']:.2f} | {r['openssh']:.2f} | "
                      f"{r['ratio']:.2f} | {r['better']} |")
+    if "negotiated" in results:
+        lines += ["", "Negotiated with the same OpenSSH client:", ""]
+        for who, what in results["negotiated"].items():
+            lines.append(f"- {who}: " + ", ".join(f"{k} {v}" for k, v in what.items()))
     if "blink_only" in results:
         lines += ["", "Blink alone:", ""]
         for k, v in results["blink_only"].items():
