@@ -28,6 +28,9 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
+    /// Stop a cold session after this many seconds with nothing running in
+    /// it (default 300).
+    pub session_idle_timeout_secs: Option<u64>,
     #[serde(default)]
     pub ssh: SshConfig,
     #[serde(default)]

@@ -39,6 +39,10 @@ struct Args {
     /// Let admin keys create missing sessions on first login.
     #[arg(long)]
     admin_create_sessions: bool,
+    /// Stop a cold session after this many seconds with nothing running
+    /// in it (no execution, no SSH channel). Default 300.
+    #[arg(long)]
+    session_idle_timeout: Option<u64>,
     /// Print the host key fingerprint and exit.
     #[arg(long)]
     fingerprint: bool,
@@ -56,6 +60,7 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -122,7 +127,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     println!("ssh host key {fingerprint} (ED25519)");
     tracing::info!(fingerprint = %fingerprint, path = %key_path.display(), "ssh host key");
 
-    let manager = Manager::open(ManagerConfig::new(&data_dir))
+    let mut manager_config = ManagerConfig::new(&data_dir);
+    if let Some(secs) = args.session_idle_timeout.or(file.session_idle_timeout_secs) {
+        manager_config.idle_timeout = std::time::Duration::from_secs(secs.max(1));
+    }
+    let manager = Manager::open(manager_config)
         .await
         .with_context(|| format!("opening data dir {}", data_dir.display()))?;
     let http = rest::start(manager.clone(), file.rest).await?;

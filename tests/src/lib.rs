@@ -174,6 +174,7 @@ pub mod ssh {
     use std::io::{BufRead, BufReader, Write};
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Output, Stdio};
+    use std::sync::{Arc, Mutex};
 
     use sha2::{Digest, Sha256};
 
@@ -184,6 +185,32 @@ pub mod ssh {
         child: Child,
         pub port: u16,
         pub fingerprint: String,
+        /// Everything the server wrote to stderr so far (its log).
+        log: Arc<Mutex<String>>,
+    }
+
+    impl Server {
+        /// The server's log so far.
+        pub fn log(&self) -> String {
+            self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        }
+
+        /// Wait up to 20 s for a log line containing all of `needles`;
+        /// returns that line.
+        pub fn wait_log(&self, needles: &[&str]) -> Option<String> {
+            for _ in 0..800 {
+                let found = self
+                    .log()
+                    .lines()
+                    .find(|l| needles.iter().all(|n| l.contains(n)))
+                    .map(str::to_string);
+                if found.is_some() {
+                    return found;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            None
+        }
     }
 
     impl Drop for Server {
@@ -265,6 +292,12 @@ pub mod ssh {
     /// Start `blink-server` on a free loopback port; the server prints the
     /// address it bound, so nothing is guessed or waited for by the clock.
     pub fn start_server(blink: &Blink, extra: &[&str]) -> Server {
+        start_server_logging(blink, extra, "warn")
+    }
+
+    /// `start_server` with `RUST_LOG` set to `filter`; the log is kept
+    /// (see `Server::log`) and echoed to the test's stderr.
+    pub fn start_server_logging(blink: &Blink, extra: &[&str], filter: &str) -> Server {
         let mut child = Command::new(bin("blink-server"))
             .arg("--data-dir")
             .arg(blink.data_dir.path())
@@ -274,12 +307,25 @@ pub mod ssh {
             .args(extra)
             .env_remove("BLINK_DATA_DIR")
             .env_remove("BLINK_CONFIG")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn blink-server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut fingerprint = String::new();
@@ -305,6 +351,7 @@ pub mod ssh {
             child,
             port,
             fingerprint,
+            log,
         }
     }
 

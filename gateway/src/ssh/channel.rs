@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use blink_sdk::manager::Manager;
-use blink_sdk::runtime::exec::ByteReader;
+use blink_sdk::runtime::exec::{ByteReader, ByteWriter, ExecControl};
 use blink_sdk::runtime::{ExecSpec, PtySize};
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelMsg, Sig};
@@ -125,10 +125,26 @@ impl Job {
             cwd: None,
             tty: self.pty.as_ref().map(|p| p.size),
         };
-        let (mut reader, writer) = channel.split();
+        let (reader, writer) = channel.split();
+        // Read the client's side from the start, before the program runs
+        // (starting a stopped session takes a while): russh's connection
+        // loop blocks on a full channel queue, stalling every channel.
+        let link = Arc::new(ControlLink::default());
+        let overflow = Arc::new(tokio::sync::Notify::new());
+        let (stdin_tx, stdin_rx) = tokio::sync::mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let mut input = tokio::spawn(read_client(
+            reader,
+            stdin_tx,
+            backlog.clone(),
+            link.clone(),
+            overflow.clone(),
+            bytes_in.clone(),
+        ));
         let mut started = match self.manager.exec(&self.session, spec).await {
             Ok(s) => s,
             Err(e) => {
+                input.abort();
                 let msg = format!("blink: {e}\r\n");
                 let mut err = writer.make_writer_ext(Some(1));
                 let _ = err.write_all(msg.as_bytes()).await;
@@ -143,52 +159,27 @@ impl Job {
         let stdin = started.execution.stdin.take();
         let stdout = started.execution.stdout.take();
         let stderr = started.execution.stderr.take();
-
-        // Client -> program: data, EOF, window changes, signals.
-        let input_control = control.clone();
-        let input_bytes = bytes_in.clone();
-        let input = tokio::spawn(async move {
-            let mut stdin = stdin;
-            while let Some(msg) = reader.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => {
-                        input_bytes.fetch_add(data.len() as u64, Ordering::SeqCst);
-                        if let Some(w) = stdin.as_mut()
-                            && w.write_all(&data).await.is_err()
-                        {
-                            // The program closed its stdin: drop the rest.
-                            stdin = None;
-                        }
-                    }
-                    ChannelMsg::Eof => {
-                        if let Some(mut w) = stdin.take() {
-                            let _ = w.shutdown().await;
-                        }
-                    }
-                    ChannelMsg::WindowChange {
-                        col_width,
-                        row_height,
-                        ..
-                    } => {
-                        let _ = input_control.resize(pty_size(col_width, row_height));
-                    }
-                    ChannelMsg::Signal { signal } => {
-                        if let Some(n) = signal_number(&signal) {
-                            let _ = input_control.signal(n);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
+        link.attach(control.clone());
+        let feeder = tokio::spawn(feed_stdin(stdin, stdin_rx, backlog));
 
         // Program -> client.
-        let out_pump =
-            stdout.map(|r| tokio::spawn(pump(r, writer.make_writer(), bytes_out.clone())));
-        let err_pump = stderr
-            .map(|r| tokio::spawn(pump(r, writer.make_writer_ext(Some(1)), bytes_out.clone())));
+        let out_pump = stdout.map(|r| {
+            tokio::spawn(pump(
+                r,
+                writer.make_writer(),
+                bytes_out.clone(),
+                self.stats.clone(),
+            ))
+        });
+        let err_pump = stderr.map(|r| {
+            tokio::spawn(pump(
+                r,
+                writer.make_writer_ext(Some(1)),
+                bytes_out.clone(),
+                self.stats.clone(),
+            ))
+        });
 
-        let mut input = input;
         let status = tokio::select! {
             status = control.wait() => status,
             _ = &mut input => {
@@ -196,7 +187,20 @@ impl Job {
                 let _ = control.kill();
                 control.wait().await
             }
+            _ = overflow.notified() => {
+                tracing::warn!(session = %self.session, channel = %id, "ssh channel stdin backlog over limit: killing the program");
+                let msg = format!(
+                    "blink: more than {} MiB of input the program did not read; killed\r\n",
+                    STDIN_BACKLOG_LIMIT >> 20
+                );
+                let mut err = writer.make_writer_ext(Some(1));
+                let _ = err.write_all(msg.as_bytes()).await;
+                let _ = err.flush().await;
+                let _ = control.kill();
+                control.wait().await
+            }
         };
+        feeder.abort();
         let status = status.map_err(|e| e.to_string());
 
         // All output first, then the status, EOF and close.
@@ -240,11 +244,136 @@ impl Job {
     }
 }
 
+/// Client input a program has not read yet, per channel, at most this many
+/// bytes. russh 0.65 extends a channel's window as soon as data arrives, so
+/// the gateway cannot hold one channel's client back without stalling the
+/// whole connection; past this bound the program is killed instead.
+pub const STDIN_BACKLOG_LIMIT: usize = 16 << 20;
+
+/// Client data and EOF, in order, for the program's stdin.
+enum Input {
+    Data(Vec<u8>),
+    Eof,
+}
+
+/// The running program's control, once it runs; a terminal size asked for
+/// before that is applied when it starts.
+#[derive(Default)]
+struct ControlLink {
+    inner: std::sync::Mutex<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    control: Option<Arc<dyn ExecControl>>,
+    size: Option<PtySize>,
+}
+
+impl ControlLink {
+    fn attach(&self, control: Arc<dyn ExecControl>) {
+        if let Ok(mut state) = self.inner.lock() {
+            if let Some(size) = state.size.take() {
+                let _ = control.resize(size);
+            }
+            state.control = Some(control);
+        }
+    }
+
+    fn control(&self) -> Option<Arc<dyn ExecControl>> {
+        self.inner.lock().ok().and_then(|s| s.control.clone())
+    }
+
+    fn resize(&self, size: PtySize) {
+        if let Ok(mut state) = self.inner.lock() {
+            match &state.control {
+                Some(c) => {
+                    let _ = c.resize(size);
+                }
+                None => state.size = Some(size),
+            }
+        }
+    }
+}
+
+/// Drain the client's side of a channel without ever waiting on the
+/// program: data is queued (bounded by `STDIN_BACKLOG_LIMIT`), window
+/// changes and signals act at once. Ends when the client closes the channel.
+async fn read_client(
+    mut reader: russh::ChannelReadHalf,
+    stdin: tokio::sync::mpsc::UnboundedSender<Input>,
+    backlog: Arc<AtomicUsize>,
+    link: Arc<ControlLink>,
+    overflow: Arc<tokio::sync::Notify>,
+    bytes_in: Arc<AtomicU64>,
+) {
+    let mut overflowed = false;
+    while let Some(msg) = reader.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => {
+                bytes_in.fetch_add(data.len() as u64, Ordering::SeqCst);
+                if overflowed {
+                    continue;
+                }
+                let queued = backlog.fetch_add(data.len(), Ordering::SeqCst) + data.len();
+                if queued > STDIN_BACKLOG_LIMIT {
+                    overflowed = true;
+                    overflow.notify_one();
+                    continue;
+                }
+                // A closed receiver means the program is gone: drop it.
+                let _ = stdin.send(Input::Data(data.to_vec()));
+            }
+            ChannelMsg::Eof => {
+                let _ = stdin.send(Input::Eof);
+            }
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            } => link.resize(pty_size(col_width, row_height)),
+            ChannelMsg::Signal { signal } => match (signal_number(&signal), link.control()) {
+                (Some(n), Some(control)) => {
+                    let _ = control.signal(n);
+                }
+                _ => tracing::debug!(?signal, "ssh signal ignored"),
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Write queued client data to the program's stdin, then close it on EOF.
+async fn feed_stdin(
+    mut stdin: Option<ByteWriter>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Input>,
+    backlog: Arc<AtomicUsize>,
+) {
+    while let Some(input) = queue.recv().await {
+        match input {
+            Input::Data(data) => {
+                if let Some(w) = stdin.as_mut()
+                    && w.write_all(&data).await.is_err()
+                {
+                    // The program closed its stdin: drop the rest.
+                    stdin = None;
+                }
+                backlog.fetch_sub(data.len(), Ordering::SeqCst);
+            }
+            Input::Eof => {
+                if let Some(mut w) = stdin.take() {
+                    let _ = w.shutdown().await;
+                }
+            }
+        }
+    }
+}
+
 /// Copy a program stream to the channel until it ends.
 async fn pump(
     mut from: ByteReader,
     mut to: impl tokio::io::AsyncWrite + Unpin,
     counter: Arc<AtomicU64>,
+    stats: Arc<ConnStats>,
 ) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -252,6 +381,7 @@ async fn pump(
             Ok(0) => break,
             Ok(n) => {
                 counter.fetch_add(n as u64, Ordering::SeqCst);
+                stats.touch();
                 if to.write_all(&buf[..n]).await.is_err() {
                     break;
                 }

@@ -44,7 +44,9 @@ impl Gateway {
             auth_rejection_time_initial: Some(Duration::ZERO),
             keys: vec![host_key],
             max_auth_attempts: limits.max_auth_attempts,
-            inactivity_timeout: limits.idle_timeout(),
+            // The idle timeout is the gateway's own (see `idle_watch`):
+            // russh's counts keepalive replies as activity.
+            inactivity_timeout: None,
             keepalive_interval: limits.keepalive_interval(),
             keepalive_max: limits.keepalive_max,
             nodelay: true,
@@ -71,8 +73,13 @@ impl Gateway {
         loop {
             let (socket, peer) = listener.accept().await?;
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "ssh connection refused: too many connections");
-                drop(socket);
+                tracing::warn!(
+                    target: "blink::ssh::connection",
+                    %peer,
+                    max_connections = self.config.limits.max_connections,
+                    "ssh connection refused: too many connections"
+                );
+                tokio::spawn(refuse(socket));
                 continue;
             };
             let gateway = self.clone();
@@ -86,7 +93,7 @@ impl Gateway {
     async fn connection(self: Arc<Self>, socket: tokio::net::TcpStream, peer: SocketAddr) {
         let _ = socket.set_nodelay(true);
         let started = Instant::now();
-        let stats = Arc::new(ConnStats::default());
+        let stats = Arc::new(ConnStats::new());
         let handler = Conn {
             gateway: self.clone(),
             peer,
@@ -127,8 +134,14 @@ impl Gateway {
                     .await;
             }
         });
+        let idle = limits
+            .idle_timeout()
+            .map(|limit| tokio::spawn(idle_watch(running.handle(), stats.clone(), limit)));
         let result = running.await;
         watchdog.abort();
+        if let Some(idle) = idle {
+            idle.abort();
+        }
         let error = result.err().map(|e| e.to_string());
         let (user, key) = {
             let who = stats.who.lock().map(|w| w.clone()).unwrap_or_default();
@@ -150,15 +163,75 @@ impl Gateway {
     }
 }
 
+/// Close a connection over the limit cleanly: a line before the version
+/// string (RFC 4253 4.2 allows it), then an orderly shutdown, so the client
+/// sees the connection closed rather than reset.
+async fn refuse(mut socket: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt as _;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = socket
+            .write_all(b"blink: too many connections, try again later\r\n")
+            .await;
+        let _ = socket.shutdown().await;
+    })
+    .await;
+}
+
+/// Disconnect once nothing but keepalives crossed the connection for
+/// `limit`: no channel data either way, no channel opened.
+async fn idle_watch(handle: russh::server::Handle, stats: Arc<ConnStats>, limit: Duration) {
+    loop {
+        let idle = stats.idle_for();
+        if idle >= limit {
+            tracing::info!(target: "blink::ssh::connection", idle_secs = limit.as_secs(), "ssh connection idle: closing");
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "idle timeout".into(),
+                    String::new(),
+                )
+                .await;
+            return;
+        }
+        tokio::time::sleep(limit - idle).await;
+    }
+}
+
 /// Counters of one connection, summed from its channels.
 #[derive(Debug, Default)]
 pub struct ConnStats {
+    /// When channel traffic last crossed the connection (None: at start).
+    pub last_activity: Mutex<Option<Instant>>,
     pub authenticated: AtomicBool,
     /// (login, key fingerprint) of the last attempt or the success.
     pub who: Mutex<(String, String)>,
     pub channels: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+}
+
+impl ConnStats {
+    fn new() -> Self {
+        let stats = Self::default();
+        stats.touch();
+        stats
+    }
+
+    /// Note traffic on the connection (for the idle timeout).
+    pub fn touch(&self) {
+        if let Ok(mut last) = self.last_activity.lock() {
+            *last = Some(Instant::now());
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_activity
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
 }
 
 /// Per-channel state gathered before the channel starts a program.
@@ -266,6 +339,7 @@ impl russh::server::Handler for Conn {
         }
         self.open_channels.fetch_add(1, Ordering::SeqCst);
         self.stats.channels.fetch_add(1, Ordering::SeqCst);
+        self.stats.touch();
         self.channels.insert(
             channel.id(),
             Pending {
@@ -275,6 +349,28 @@ impl russh::server::Handler for Conn {
             },
         );
         reply.accept().await;
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        _channel: ChannelId,
+        _data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The data itself reaches the channel's task (or sftp) directly.
+        self.stats.touch();
+        Ok(())
+    }
+
+    async fn extended_data(
+        &mut self,
+        _channel: ChannelId,
+        _code: u32,
+        _data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.stats.touch();
         Ok(())
     }
 
