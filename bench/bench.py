@@ -104,15 +104,25 @@ def connect_exec(t: Target, runs: int) -> dict:
             "p95_ms": percentile(times, 95) * 1000, "runs": runs}
 
 
-def exec_stdout(t: Target, size: int) -> dict:
-    secs = timed(t.ssh(f"head -c {size} /dev/zero"), stdout=subprocess.DEVNULL)
+# The remote programs differ: OpenSSH runs the host's coreutils, Blink the
+# sandbox image's busybox, whose `head` and `cat` move data in small
+# chunks. `dd bs=1M` is fast in both, so those rows measure the gateways.
+STDOUT_PRODUCERS = {
+    "head": lambda size: f"head -c {size} /dev/zero",
+    "dd": lambda size: f"dd if=/dev/zero bs=1M count={size >> 20} 2>/dev/null",
+}
+STDIN_CONSUMERS = {"cat": "cat > /dev/null", "dd": "dd of=/dev/null bs=1M 2>/dev/null"}
+
+
+def exec_stdout(t: Target, size: int, producer: str) -> dict:
+    secs = timed(t.ssh(STDOUT_PRODUCERS[producer](size)), stdout=subprocess.DEVNULL)
     return {"bytes": size, "seconds": secs, "mib_s": size / secs / 2**20}
 
 
-def exec_stdin(t: Target, size: int) -> dict:
+def exec_stdin(t: Target, size: int, consumer: str) -> dict:
     start = time.perf_counter()
     producer = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
-    subprocess.run(t.ssh("cat > /dev/null"), stdin=producer.stdout, check=True)
+    subprocess.run(t.ssh(STDIN_CONSUMERS[consumer]), stdin=producer.stdout, check=True)
     producer.wait()
     secs = time.perf_counter() - start
     return {"bytes": size, "seconds": secs, "mib_s": size / secs / 2**20}
@@ -232,6 +242,20 @@ def negotiated(t: Target) -> dict:
     return found
 
 
+def sandbox_rss_kib(uid: int = 900_000) -> int:
+    """Resident memory of every process running as the sandbox uid."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if fields.get("Uid", "").split()[:1] == [str(uid)] and "VmRSS" in fields:
+            total += int(fields["VmRSS"].split()[0])
+    return total
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -261,19 +285,31 @@ def start_sshd(work: Path, user_key: Path) -> tuple[subprocess.Popen, Target]:
     return proc, Target("openssh", port, user, user_key, work / "known_sshd")
 
 
-def start_blink(work: Path, user_key: Path, bin_dir: Path) -> tuple[subprocess.Popen, Target, int]:
+def start_blink(work: Path, user_key: Path, bin_dir: Path,
+                image: str | None = None) -> tuple[subprocess.Popen, Target, int]:
     port = free_port()
     http_port = free_port()
+    if image and image.startswith("blink/debian:"):
+        # A Debian image gives the sandbox the same coreutils as the host,
+        # so both servers run the same remote programs.
+        subprocess.run([str(bin_dir / "blink-cli"), "--data-dir", str(work / "blink-data"), "image", "build",
+                        "--debootstrap", image.split(":", 1)[1]], check=True, stdout=subprocess.DEVNULL)
     admin = work / "blink_admin_keys"
     shutil.copy(f"{user_key}.pub", admin)
     data = work / "blink-data"
+    # The same admission limits as the reference sshd (MaxStartups 200):
+    # the default of 32 connections per session would refuse the
+    # concurrency row by policy, not by capacity.
+    config = work / "blink.toml"
+    config.write_text("[ssh.limits]\nmax_connections = 512\nmax_connections_per_session = 200\n")
     proc = subprocess.Popen(
-        [str(bin_dir / "blink-server"), "--data-dir", str(data), "--ssh-listen",
+        [str(bin_dir / "blink-server"), "--config", str(config), "--data-dir", str(data), "--ssh-listen",
          f"127.0.0.1:{port}", "--http-listen", f"127.0.0.1:{http_port}",
          "--admin-keys", str(admin), "--admin-create-sessions"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     wait_port(http_port)
+    http(http_port, "POST", "/api/sessions", {"name": "bench", "warm": True, **({"image": image} if image else {})})
     return proc, Target("blink", port, "bench", user_key, work / "known_blink"), http_port
 
 
@@ -293,6 +329,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the harness")
     parser.add_argument("--bin-dir", default=str(ROOT / "target/release"))
     parser.add_argument("--out", default=str(BENCH))
+    parser.add_argument("--image", default="bookworm",
+                        help="Debian suite for the session's image (same coreutils as the host), or 'default'")
     args = parser.parse_args()
     sizes = {
         "runs": 10 if args.quick else 50,
@@ -308,15 +346,17 @@ def main() -> int:
     key = work / "client_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     sshd, ref = start_sshd(work, key)
-    server, blink, http_port = start_blink(work, key, Path(args.bin_dir))
+    image = None if args.image == "default" else f"blink/debian:{args.image}"
+    if image and not shutil.which("debootstrap"):
+        print("debootstrap missing: benchmarking the default busybox image", file=sys.stderr)
+        image = None
+    server, blink, http_port = start_blink(work, key, Path(args.bin_dir), image)
     rows: list[dict] = []
     results: dict = {"machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                     "sizes": sizes, "figures": rows}
+                     "sizes": sizes, "figures": rows, "blink_image": image or "blink/default:latest"}
     try:
         idle_rss = rss_kib(server.pid)
-        # First login creates the session; make it warm for what follows.
         subprocess.run(blink.ssh("true"), check=True)
-        http(http_port, "POST", "/api/sessions", {"name": "bench", "warm": True})
         results["negotiated"] = {"blink": negotiated(blink), "openssh": negotiated(ref)}
         print(f"negotiated: {results['negotiated']}", flush=True)
 
@@ -331,8 +371,14 @@ def main() -> int:
         rows.append({**rows[-1], "figure": "connect+auth+exec true (p95)", "blink": rows[-1]["blink_raw"]["p95_ms"],
                      "openssh": rows[-1]["openssh_raw"]["p95_ms"],
                      "ratio": ratio(rows[-1]["blink_raw"]["p95_ms"], rows[-1]["openssh_raw"]["p95_ms"])})
-        compare("exec stdout throughput", "MiB/s", lambda t: exec_stdout(t, sizes["stream"]), "mib_s", "higher")
-        compare("exec stdin throughput", "MiB/s", lambda t: exec_stdin(t, sizes["stream"]), "mib_s", "higher")
+        compare("exec stdout, `head -c` (as specified)", "MiB/s",
+                lambda t: exec_stdout(t, sizes["stream"], "head"), "mib_s", "higher")
+        compare("exec stdout, `dd bs=1M` (gateway alone)", "MiB/s",
+                lambda t: exec_stdout(t, sizes["stream"], "dd"), "mib_s", "higher")
+        compare("exec stdin, `cat > /dev/null`", "MiB/s",
+                lambda t: exec_stdin(t, sizes["stream"], "cat"), "mib_s", "higher")
+        compare("exec stdin, `dd bs=1M` (gateway alone)", "MiB/s",
+                lambda t: exec_stdin(t, sizes["stream"], "dd"), "mib_s", "higher")
         compare("sftp upload", "MiB/s", lambda t: sftp_transfer(t, work, sizes["sftp"]), "upload_mib_s", "higher")
         rows.append({**rows[-1], "figure": "sftp download", "blink": rows[-1]["blink_raw"]["download_mib_s"],
                      "openssh": rows[-1]["openssh_raw"]["download_mib_s"],
@@ -346,13 +392,14 @@ def main() -> int:
             http_port, "/api/sessions/bench/runs", {"command": ["true"]}, sizes["runs"])
         alone["cold_session_start"] = cold_start(http_port, 5)
         alone["server_rss_idle_kib"] = idle_rss
-        before = rss_kib(server.pid)
+        before, sandboxes_before = rss_kib(server.pid), sandbox_rss_kib()
         warm = sizes["warm_sessions"]
         for i in range(warm):
             http(http_port, "POST", "/api/sessions", {"name": f"warm-{i}", "warm": True})
-        after = rss_kib(server.pid)
+        after, sandboxes_after = rss_kib(server.pid), sandbox_rss_kib()
         alone["server_rss_with_warm_sessions_kib"] = {"sessions": warm, "before_kib": before, "after_kib": after,
                                                       "per_session_kib": (after - before) / warm}
+        alone["sandbox_processes_rss_per_idle_session_kib"] = (sandboxes_after - sandboxes_before) / warm
         for name, value in alone.items():
             print(f"{name}: {value}", flush=True)
     finally:
@@ -379,7 +426,8 @@ def write_markdown(path: Path, results: dict) -> None:
         "# Benchmark results",
         "",
         f"Measured {results['date']} on {m['cpu']} ({m['cores']} cores, Linux {m['kernel']}), "
-        f"reference {m['openssh']} on the same machine in the same run. "
+        f"reference {m['openssh']} on the same machine in the same run; Blink's session runs "
+        f"the image `{results['blink_image']}`. "
         "Ratio = Blink / OpenSSH; see `better` for which direction wins.",
         "",
         "| figure | unit | Blink | OpenSSH | ratio | better |",
@@ -397,6 +445,11 @@ def write_markdown(path: Path, results: dict) -> None:
         for k, v in results["blink_only"].items():
             lines.append(f"- {k}: {v}")
     lines += ["", "Sizes: " + ", ".join(f"{k}={v}" for k, v in results["sizes"].items()), ""]
+    lines += ["![ratios](ratios.png)", ""]
+    notes = BENCH / "NOTES.md"
+    if notes.exists():
+        # Hand-written findings: what was profiled, what each change bought.
+        lines += [notes.read_text()]
     path.write_text("\n".join(lines))
 
 

@@ -12,6 +12,7 @@ dpkg-query -W -f='${Status}' openssh-server 2>/dev/null | grep -q "install ok in
 }
 # Our throwaway sshd is started by the harness; the distribution's own
 # service is not needed.
+command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
 cargo build --release --locked -p blink-server -p blink-cli
 venv=bench/.venv
 [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
