@@ -301,37 +301,9 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
         return;
     }
     let blink = Blink::new();
-    let (_, opened) = blink.json(&["session", "open", "--name", "held"]);
-    let box_id = opened["session"]["box_id"].as_str().unwrap().to_owned();
-    let ready = blink.disk_path(&box_id, "/var/blink/memory/ready");
-    let mut holder = blink
-        .cli()
-        .args([
-            "session",
-            "exec",
-            "--name",
-            "held",
-            "--",
-            "sh",
-            "-c",
-            "touch /var/blink/memory/ready; sleep 30",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until the holder has the lock (its command is running).
-    assert!(wait_for_file(&ready), "holder never started");
-    let mut refused = None;
-    for _ in 0..1 {
-        let out = blink.run(&["session", "ls"]);
-        if !out.status.success() {
-            refused = Some(texts(&out).1);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (mut holder, _) = start_holder(&blink, "held", 30);
+    let out = blink.run(&["session", "ls"]);
+    let refused = (!out.status.success()).then(|| texts(&out).1);
     let _ = holder.kill();
     let _ = holder.wait();
     let refused = refused.expect("second process was never refused");
@@ -361,24 +333,7 @@ fn limits_apply_while_running_and_nothing_outlives_the_cli() {
         return;
     }
     let blink = Blink::new();
-    let (_, opened) = blink.json(&["session", "open", "--name", "limited"]);
-    let box_id = opened["session"]["box_id"].as_str().unwrap().to_owned();
-    let ready = blink.disk_path(&box_id, "/var/blink/memory/ready");
-    let mut holder = blink
-        .cli()
-        .args([
-            "session",
-            "exec",
-            "--name",
-            "limited",
-            "--",
-            "sh",
-            "-c",
-            "touch /var/blink/memory/ready; sleep 2",
-        ])
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&ready), "sandbox command never started");
+    let (mut holder, box_id) = start_holder(&blink, "limited", 2);
     // One group per boot of the sandbox: `<box_id>.<boot>`.
     let groups = |ctrl: &str| -> Vec<std::path::PathBuf> {
         let parent = std::path::Path::new("/sys/fs/cgroup")
@@ -529,4 +484,24 @@ fn spawn_tty_follows_window_size_changes_and_restores_the_terminal() {
     let before = std::fs::read_to_string(blink.data_dir.path().join("before")).unwrap();
     assert_eq!(std::fs::read_to_string(&after).unwrap(), before);
     tmux(&socket, &["kill-server"]);
+}
+
+/// Open a session and run `sleep SECS` in it through `blink-cli session
+/// exec`, returning once the command runs (it marks its start on the
+/// session's disk): the CLI process and the session's box id.
+fn start_holder(blink: &Blink, name: &str, secs: u32) -> (std::process::Child, String) {
+    let (_, opened) = blink.json(&["session", "open", "--name", name]);
+    let box_id = opened["session"]["box_id"].as_str().unwrap().to_owned();
+    let ready = blink.disk_path(&box_id, "/var/blink/memory/ready");
+    let script = format!("touch /var/blink/memory/ready; sleep {secs}");
+    let holder = blink
+        .cli()
+        .args(["session", "exec", "--name", name, "--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&ready), "the command in {name} never started");
+    (holder, box_id)
 }
