@@ -291,6 +291,14 @@ pub mod ssh {
 
     /// Start `blink-server` on a free loopback port; the server prints the
     /// address it bound, so nothing is guessed or waited for by the clock.
+    /// Write a server config file beside the client's keys; its path, for
+    /// `--config`.
+    pub fn config_file(client: &Client, text: &str) -> String {
+        let path = client.path("blink.toml");
+        write_file(&path, text);
+        path.to_str().expect("utf-8").to_string()
+    }
+
     pub fn start_server(blink: &Blink, extra: &[&str]) -> Server {
         start_server_logging(blink, extra, "warn")
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blink_e2e::ssh::{Client, setup, start_server, write_file};
+use blink_e2e::ssh::{Client, config_file, setup, start_server};
 use blink_e2e::{Blink, local_runtime_available};
 use russh::client::{Handle, Msg};
 use russh::keys::PrivateKeyWithHashAlg;
@@ -177,9 +177,8 @@ async fn channels_per_connection_are_limited() {
     let blink = Blink::new();
     let client = Client::new();
     setup(&blink, &client);
-    let config = client.path("blink.toml");
-    write_file(&config, "[ssh.limits]\nmax_channels_per_connection = 2\n");
-    let server = start_server(&blink, &["--config", config.to_str().expect("utf-8")]);
+    let config = config_file(&client, "[ssh.limits]\nmax_channels_per_connection = 2\n");
+    let server = start_server(&blink, &["--config", &config]);
     let ssh = connect(server.port, &client.path("id"), "s1").await;
 
     let mut first = ssh.channel_open_session().await.expect("first");
@@ -224,12 +223,11 @@ async fn handshake_and_auth_timeouts_close_the_connection() {
     let blink = Blink::new();
     let client = Client::new();
     setup(&blink, &client);
-    let config = client.path("blink.toml");
-    write_file(
-        &config,
+    let config = config_file(
+        &client,
         "[ssh.limits]\nhandshake_timeout_secs = 1\nauth_timeout_secs = 2\n",
     );
-    let server = start_server(&blink, &["--config", config.to_str().expect("utf-8")]);
+    let server = start_server(&blink, &["--config", &config]);
 
     // A client that never sends its version string is closed.
     let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
@@ -317,9 +315,8 @@ async fn auth_attempts_per_connection_are_limited() {
     let blink = Blink::new();
     let client = Client::new();
     setup(&blink, &client);
-    let config = client.path("blink.toml");
-    write_file(&config, "[ssh.limits]\nmax_auth_attempts = 2\n");
-    let server = start_server(&blink, &["--config", config.to_str().expect("utf-8")]);
+    let config = config_file(&client, "[ssh.limits]\nmax_auth_attempts = 2\n");
+    let server = start_server(&blink, &["--config", &config]);
 
     let mut ssh = connect_only(server.port).await;
     let wrong = Arc::new(russh::keys::load_secret_key(client.path("other"), None).expect("key"));

@@ -1,7 +1,7 @@
 //! The SSH gateway end to end: the real `blink-server`, the real local
 //! runtime, and OpenSSH's `ssh` with throwaway keys and known_hosts.
 
-use blink_e2e::ssh::{Client, run, setup, sha, start_server, write_file};
+use blink_e2e::ssh::{Client, config_file, run, setup, sha, start_server};
 use blink_e2e::{Blink, local_runtime_available, texts};
 use rand::RngCore;
 
@@ -58,9 +58,8 @@ fn pty_env_allow_list_and_concurrent_execs() {
     let blink = Blink::new();
     let client = Client::new();
     setup(&blink, &client);
-    let config = client.path("blink.toml");
-    write_file(&config, "[ssh]\nenv_allow = [\"FOO\"]\n");
-    let server = start_server(&blink, &["--config", config.to_str().expect("utf-8")]);
+    let config = config_file(&client, "[ssh]\nenv_allow = [\"FOO\"]\n");
+    let server = start_server(&blink, &["--config", &config]);
 
     let mut cmd = client.ssh(&server, "id", "s1");
     cmd.args(["-tt", "tty; stty size; echo term=$TERM"]);
@@ -230,9 +229,8 @@ fn shell_exit_signal_and_per_session_connection_limit() {
     let blink = Blink::new();
     let client = Client::new();
     setup(&blink, &client);
-    let config = client.path("blink.toml");
-    write_file(&config, "[ssh.limits]\nmax_connections_per_session = 1\n");
-    let server = start_server(&blink, &["--config", config.to_str().expect("utf-8")]);
+    let config = config_file(&client, "[ssh.limits]\nmax_connections_per_session = 1\n");
+    let server = start_server(&blink, &["--config", &config]);
 
     // A shell without a PTY reads its commands from stdin.
     let cmd = client.ssh(&server, "id", "s1");

@@ -6,14 +6,8 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use blink_e2e::ssh::{Client, run, setup, start_server, start_server_logging, write_file};
+use blink_e2e::ssh::{Client, config_file, run, setup, start_server, start_server_logging};
 use blink_e2e::{Blink, local_runtime_available, texts};
-
-fn config(client: &Client, text: &str) -> String {
-    let path = client.path("blink.toml");
-    write_file(&path, text);
-    path.to_str().expect("utf-8").to_string()
-}
 
 /// Wait up to `limit` for a child to exit; its status, or None if it still
 /// runs.
@@ -153,7 +147,7 @@ fn total_connections_are_limited_with_a_clean_refusal() {
     let blink = Blink::new();
     let client = Client::new();
     setup(&blink, &client);
-    let config = config(&client, "[ssh.limits]\nmax_connections = 1\n");
+    let config = config_file(&client, "[ssh.limits]\nmax_connections = 1\n");
     let server = start_server_logging(&blink, &["--config", &config], "info");
 
     let mut first = client.ssh(&server, "id", "s1");
@@ -195,7 +189,7 @@ fn idle_connections_close_but_busy_ones_stay() {
     setup(&blink, &client);
     // Keepalives every second are answered by ssh: they must not count as
     // activity.
-    let config = config(
+    let config = config_file(
         &client,
         "[ssh.limits]\nidle_timeout_secs = 2\nkeepalive_interval_secs = 1\n",
     );
@@ -226,7 +220,7 @@ fn keepalives_close_connections_to_unresponsive_clients() {
     let blink = Blink::new();
     let client = Client::new();
     setup(&blink, &client);
-    let config = config(
+    let config = config_file(
         &client,
         "[ssh.limits]\nidle_timeout_secs = 0\nkeepalive_interval_secs = 1\nkeepalive_max = 2\n",
     );
