@@ -18,7 +18,7 @@ pub use self::collect::Collected;
 pub use self::spawn::{Attachment, Chunk, SpawnInfo, Spawned, Stream};
 use self::store::{DataDirLock, SessionRecord, Store};
 use crate::error::{Error, Result};
-use crate::image::{DEFAULT_IMAGE, ImageStore};
+use crate::image::{DEFAULT_IMAGE, ImageStore, ResolvedImage};
 use crate::runtime::local::{LocalOptions, LocalRuntime};
 use crate::runtime::{ExecSpec, Execution, Limits, PtySize, Runtime, RuntimeKind, SandboxSpec};
 use crate::types::{OpenedSession, RunResult, RuntimeInfo, SessionInfo, SessionState};
@@ -557,7 +557,11 @@ impl Manager {
 
     /// Environment for an execution: image env, then Blink's defaults,
     /// then the caller's.
-    fn env_for(&self, image: &str, tty: bool, extra: &[(String, String)]) -> Vec<(String, String)> {
+    fn env_for(
+        image: Option<&ResolvedImage>,
+        tty: bool,
+        extra: &[(String, String)],
+    ) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = Vec::new();
         let mut set = |k: &str, v: &str| {
             env.retain(|(key, _)| key != k);
@@ -567,11 +571,9 @@ impl Manager {
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         );
-        if let Ok(img) = self.images.resolve(image) {
-            for kv in &img.env {
-                if let Some((k, v)) = kv.split_once('=') {
-                    set(k, v);
-                }
+        for kv in image.map(|i| i.env.as_slice()).unwrap_or_default() {
+            if let Some((k, v)) = kv.split_once('=') {
+                set(k, v);
             }
         }
         set("HOME", "/root");
@@ -584,15 +586,6 @@ impl Manager {
             set(k, v);
         }
         env
-    }
-
-    fn default_cwd(&self, image: &str) -> String {
-        self.images
-            .resolve(image)
-            .ok()
-            .and_then(|i| i.working_dir.clone())
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| "/root".into())
     }
 
     /// Start an execution in a session, starting its sandbox if needed.
@@ -611,10 +604,15 @@ impl Manager {
     }
 
     /// Fill in environment and working directory from the image.
+    /// The image is read once per execution, for both.
     fn complete_spec(&self, image: &str, spec: &mut ExecSpec) {
-        spec.env = self.env_for(image, spec.tty.is_some(), &spec.env);
+        let resolved = self.images.resolve(image).ok();
+        spec.env = Self::env_for(resolved.as_ref(), spec.tty.is_some(), &spec.env);
         if spec.cwd.is_none() {
-            spec.cwd = Some(self.default_cwd(image));
+            let dir = resolved
+                .and_then(|i| i.working_dir)
+                .filter(|d| !d.is_empty());
+            spec.cwd = Some(dir.unwrap_or_else(|| "/root".into()));
         }
     }
 
