@@ -28,6 +28,28 @@ pub struct PtyRequest {
 pub enum What {
     Shell,
     Exec(String),
+    /// The `sftp` subsystem: an SFTP server inside the sandbox, run as one
+    /// of its processes, speaking SFTP on the channel's data. It has the
+    /// sandbox's privileges and nothing more (as OpenSSH runs sftp-server
+    /// as the logged-in user).
+    Sftp,
+}
+
+impl What {
+    /// The program and arguments, and the kind for the log line.
+    fn argv(&self) -> (Vec<String>, &'static str) {
+        match self {
+            What::Shell => (vec!["/bin/sh".into(), "-l".into()], "shell"),
+            What::Exec(c) => (vec!["/bin/sh".into(), "-c".into(), c.clone()], "exec"),
+            What::Sftp => (
+                vec![
+                    blink_sdk::runtime::local::GUEST_PATH.into(),
+                    "sftp-server".into(),
+                ],
+                "sftp",
+            ),
+        }
+    }
 }
 
 pub fn pty_size(cols: u32, rows: u32) -> PtySize {
@@ -75,10 +97,11 @@ impl Job {
         let id = channel.id();
         let bytes_in = Arc::new(AtomicU64::new(0));
         let bytes_out = Arc::new(AtomicU64::new(0));
-        let (command, kind) = match &self.what {
-            What::Shell => (String::new(), "shell"),
-            What::Exec(c) => (c.clone(), "exec"),
+        let command = match &self.what {
+            What::Exec(c) => c.clone(),
+            What::Shell | What::Sftp => String::new(),
         };
+        let kind = self.what.argv().1;
         let outcome = self.drive(channel, &bytes_in, &bytes_out).await;
         let (status, signal, error) = match &outcome {
             Ok((code, sig)) => (Some(*code), sig.clone(), None),
@@ -115,10 +138,7 @@ impl Job {
         bytes_out: &Arc<AtomicU64>,
     ) -> Result<(u32, Option<String>), String> {
         let id = channel.id();
-        let argv = match &self.what {
-            What::Shell => vec!["/bin/sh".to_string(), "-l".to_string()],
-            What::Exec(c) => vec!["/bin/sh".to_string(), "-c".to_string(), c.clone()],
-        };
+        let (argv, _) = self.what.argv();
         let spec = ExecSpec {
             argv,
             env: self.env.clone(),

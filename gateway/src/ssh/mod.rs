@@ -3,7 +3,6 @@
 
 mod auth;
 mod channel;
-mod sftp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -283,8 +282,12 @@ impl Conn {
             return;
         };
         let _ = session.channel_success(id);
+        let pty = match what {
+            channel::What::Sftp => None,
+            _ => pending.pty,
+        };
         let mut env = pending.env;
-        if let Some(pty) = &pending.pty {
+        if let Some(pty) = &pty {
             env.push(("TERM".into(), pty.term.clone()));
         }
         let job = channel::Job {
@@ -292,7 +295,7 @@ impl Conn {
             session: name,
             login_peer: self.peer,
             what,
-            pty: pending.pty,
+            pty,
             env,
             stats: self.stats.clone(),
             open_channels: self.open_channels.clone(),
@@ -358,7 +361,7 @@ impl russh::server::Handler for Conn {
         _data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // The data itself reaches the channel's task (or sftp) directly.
+        // The data itself reaches the channel's task directly.
         self.stats.touch();
         Ok(())
     }
@@ -466,35 +469,7 @@ impl russh::server::Handler for Conn {
             session.channel_failure(channel)?;
             return Ok(());
         }
-        let (Some(pending), Some(name)) = (self.channels.remove(&channel), self.session_name())
-        else {
-            session.channel_failure(channel)?;
-            return Ok(());
-        };
-        session.channel_success(channel)?;
-        let manager = self.gateway.manager.clone();
-        let slot = channel::ChannelSlot(self.open_channels.clone());
-        let stats = self.stats.clone();
-        let peer = self.peer;
-        tokio::spawn(async move {
-            let opened = async {
-                let guard = manager.hold(&name)?;
-                manager.ensure_running(&name).await?;
-                let root = manager.filesystem(&name)?;
-                Ok::<_, blink_sdk::Error>((guard, root))
-            }
-            .await;
-            match opened {
-                Ok((guard, root)) => {
-                    let handler = sftp::Sftp::new(root, name, peer, stats, guard, slot);
-                    sftp::serve(pending.channel, handler).await;
-                }
-                Err(e) => {
-                    tracing::warn!(%peer, session = %name, error = %e, "sftp could not start");
-                    let _ = pending.channel.close().await;
-                }
-            }
-        });
+        self.start(channel, session, channel::What::Sftp);
         Ok(())
     }
 

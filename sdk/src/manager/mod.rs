@@ -34,8 +34,12 @@ const SCRIPT_DIR: &str = "/var/blink/run";
 pub struct ManagerConfig {
     pub data_dir: PathBuf,
     pub runtime: RuntimeKind,
-    /// Host uid that sandbox root maps to when running as root.
-    pub sandbox_uid: Option<u32>,
+    /// First host id of the per-sandbox id ranges when running as root
+    /// (each sandbox owns 65536 ids from there); `None` maps sandbox root
+    /// to the caller.
+    pub id_base: Option<u32>,
+    /// The seccomp filter every sandbox process runs under.
+    pub seccomp: crate::runtime::local::SeccompProfile,
     pub default_image: String,
     /// A non-warm session with nothing running stops after this long.
     pub idle_timeout: Duration,
@@ -61,7 +65,8 @@ impl ManagerConfig {
         Self {
             data_dir: data_dir.into(),
             runtime: RuntimeKind::Local,
-            sandbox_uid: Some(crate::runtime::local::DEFAULT_SANDBOX_UID),
+            id_base: Some(crate::runtime::local::DEFAULT_ID_BASE),
+            seccomp: crate::runtime::local::SeccompProfile::Default,
             default_image: DEFAULT_IMAGE.into(),
             idle_timeout: Duration::from_secs(300),
             run_timeout: Duration::from_secs(600),
@@ -239,15 +244,15 @@ impl Manager {
     /// start the idle policy. Must run inside a tokio runtime.
     pub async fn open(config: ManagerConfig) -> Result<Arc<Self>> {
         let data = &config.data_dir;
-        std::fs::create_dir_all(data)
-            .map_err(|e| Error::io(format!("creating data dir {}", data.display()), e))?;
+        crate::runtime::local::private_dir(data)?;
         let lock = DataDirLock::acquire(data)?;
         let images = Arc::new(ImageStore::open(&data.join("images"))?);
         let runtime: Arc<dyn Runtime> = match config.runtime {
             RuntimeKind::Local => Arc::new(LocalRuntime::new(
                 LocalOptions {
                     root: data.join("sandboxes"),
-                    sandbox_uid: config.sandbox_uid,
+                    id_base: config.id_base,
+                    seccomp: config.seccomp,
                 },
                 images.clone(),
             )?),
@@ -925,14 +930,6 @@ impl Manager {
             .filter(|s| s.session == name)
             .map(|s| s.info())
             .collect())
-    }
-
-    /// The session's files, every path confined to its root. Holds no
-    /// activity guard: callers that keep it should also `hold` the session.
-    pub fn filesystem(&self, name: &str) -> Result<crate::fs::ConfinedRoot> {
-        let slot = self.slot(name)?;
-        let box_id = lock(&slot.record).box_id.clone();
-        self.runtime.filesystem(&box_id)
     }
 
     /// Forget spawns that ended longer ago than the retention period, with

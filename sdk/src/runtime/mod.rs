@@ -68,25 +68,13 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Start a process in a running sandbox.
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<Execution>;
 
-    /// Copy a host file into the sandbox at `dest` (a sandbox path), with
-    /// `mode`. Parent directories are created.
+    /// Copy a host file into the running sandbox at `dest` (a sandbox
+    /// path), with `mode`, written with the sandbox's own privileges.
+    /// Parent directories are created.
     async fn copy_in(&self, id: &str, host_src: &Path, dest: &str, mode: u32) -> Result<()>;
-
-    /// Write bytes to a sandbox path (parents created).
-    async fn write_file(&self, id: &str, dest: &str, data: &[u8], mode: u32) -> Result<()>;
 
     /// Delete a file in the sandbox; a missing file is not an error.
     async fn remove_file(&self, id: &str, path: &str) -> Result<()>;
-
-    /// Read at most `limit` bytes of a sandbox file.
-    async fn read_file(&self, id: &str, path: &str, limit: u64) -> Result<Vec<u8>>;
-
-    /// Direct access to the sandbox's files, every path confined to its
-    /// root (for SFTP). Runtimes whose disk is not reachable from the host
-    /// say so.
-    fn filesystem(&self, _id: &str) -> Result<crate::fs::ConfinedRoot> {
-        Err(Error::Unsupported("direct file access".into()))
-    }
 
     /// Disk snapshot hooks: the checkpoint issue implements them.
     async fn checkpoint(&self, _id: &str, _name: &str) -> Result<()> {

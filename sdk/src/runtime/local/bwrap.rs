@@ -9,6 +9,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Child;
 
 use super::exec::GUEST_PATH;
+use super::ids::{self, IdRange};
 use super::limits;
 use super::spawner::Spawner;
 use crate::error::{Error, Result};
@@ -19,14 +20,25 @@ const ROOTFS_FD: i32 = 3;
 const GUEST_FD: i32 = 4;
 const INFO_FD: i32 = 5;
 const READY_FD: i32 = 6;
+const SECCOMP_FD: i32 = 7;
+const USERNS_BLOCK_FD: i32 = 8;
+
+/// Parts of /proc that reach past the sandbox (sysctls, the magic SysRq
+/// key, interrupts, buses): read-only for everyone in it, root included.
+const READ_ONLY_PROC: [&str; 4] = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"];
 
 pub struct Launch<'a> {
     pub bwrap: &'a Path,
     pub rootfs: &'a Path,
-    pub guest: &'a Path,
+    /// The guest helper's bytes: copied into the sandbox's own tmpfs, so
+    /// no host path of it shows inside.
+    pub guest: &'a [u8],
     pub hostname: &'a str,
-    /// Host uid/gid to run bubblewrap as (sandbox root maps to it).
-    pub owner: Option<(u32, u32)>,
+    /// The sandbox's host id range (Blink runs as root); `None` maps
+    /// sandbox root to the caller, the only choice without root.
+    pub ids: Option<IdRange>,
+    /// The seccomp filter the sandbox's init runs under.
+    pub seccomp: Option<&'a [u8]>,
     pub cgroup_procs: Vec<CString>,
     pub rlimits: Option<Limits>,
 }
@@ -35,20 +47,36 @@ impl Launch<'_> {
     /// Spawn bubblewrap. Returns the child and the read end of its info
     /// pipe, on which it reports the sandbox's pid once set up.
     pub async fn start(self, spawner: &Spawner) -> Result<Started> {
-        // Directories are handed over as open descriptors, so bubblewrap
-        // needs no search permission on the path to the data dir.
+        // The root directory is handed over as an open descriptor, so
+        // bubblewrap needs no search permission on the path to the data dir
+        // (which is 0700).
         let rootfs = high(open_path(self.rootfs)?)?;
-        let guest = high(open_path(self.guest)?)?;
+        let guest = high(data_fd("blink-guest", self.guest)?)?;
+        let seccomp = self
+            .seccomp
+            .map(|program| data_fd("blink-seccomp", program).and_then(high))
+            .transpose()?;
         let (info_rx, info_tx) = pipe()?;
         let info_tx = high(info_tx)?;
         let (ready_rx, ready_tx) = pipe()?;
         let ready_tx = high(ready_tx)?;
+        let block = self
+            .ids
+            .map(|_| -> Result<(OwnedFd, OwnedFd)> {
+                let (rx, tx) = pipe()?;
+                // bubblewrap must block on its end until the map is written.
+                rustix::fs::fcntl_setfl(&rx, rustix::fs::OFlags::empty())
+                    .map_err(|e| Error::io("fcntl", e.into()))?;
+                Ok((high(rx)?, tx))
+            })
+            .transpose()?;
 
         let mut cmd = tokio::process::Command::new(self.bwrap);
         cmd.args([
             "--unshare-all",
             "--die-with-parent",
             "--new-session",
+            "--as-pid-1",
             "--uid",
             "0",
             "--gid",
@@ -56,17 +84,20 @@ impl Launch<'_> {
             "--hostname",
             self.hostname,
         ]);
-        cmd.args(["--bind-fd", "3", "/", "--ro-bind-fd", "4", GUEST_PATH]);
-        cmd.args([
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--tmpfs",
-            "/tmp",
-            "--info-fd",
-            "5",
-        ]);
+        if block.is_some() {
+            cmd.args(["--unshare-user", "--userns-block-fd", "8"]);
+        }
+        cmd.args(["--bind-fd", "3", "/"]);
+        cmd.args(["--proc", "/proc"]);
+        for dir in READ_ONLY_PROC {
+            cmd.args(["--ro-bind-try", dir, dir]);
+        }
+        cmd.args(["--dev", "/dev", "--tmpfs", "/tmp"]);
+        cmd.args(["--perms", "0755", "--ro-bind-data", "4", GUEST_PATH]);
+        cmd.args(["--info-fd", "5"]);
+        if seccomp.is_some() {
+            cmd.args(["--seccomp", "7"]);
+        }
         cmd.args([
             "--clearenv",
             "--chdir",
@@ -77,20 +108,29 @@ impl Launch<'_> {
             "--ready-fd",
             "6",
         ]);
+        // Nothing of the server's environment reaches the sandbox: bubblewrap
+        // is pid 1's parent, and `--clearenv` only clears its child's.
+        cmd.env_clear();
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         cmd.kill_on_drop(true);
 
-        let fds = [
+        let mut fds = vec![
             (rootfs.as_raw_fd(), ROOTFS_FD),
             (guest.as_raw_fd(), GUEST_FD),
             (info_tx.as_raw_fd(), INFO_FD),
             (ready_tx.as_raw_fd(), READY_FD),
         ];
+        if let Some(fd) = &seccomp {
+            fds.push((fd.as_raw_fd(), SECCOMP_FD));
+        }
+        if let Some((rx, _)) = &block {
+            fds.push((rx.as_raw_fd(), USERNS_BLOCK_FD));
+        }
         let procs = self.cgroup_procs;
         let rlimits = self.rlimits;
-        let owner = self.owner;
+        let owner = self.ids.map(|r| r.root);
         // SAFETY: the closure only makes raw syscalls on memory prepared
         // before the fork.
         unsafe {
@@ -99,7 +139,7 @@ impl Launch<'_> {
                 if let Some(l) = &rlimits {
                     limits::apply_rlimits(l)?;
                 }
-                for (from, to) in fds {
+                for &(from, to) in &fds {
                     if libc::dup2(from, to) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -107,14 +147,16 @@ impl Launch<'_> {
                 // Nothing else of ours reaches the sandbox.
                 libc::syscall(
                     libc::SYS_close_range,
-                    READY_FD + 1,
+                    USERNS_BLOCK_FD + 1,
                     u32::MAX,
                     libc::CLOSE_RANGE_CLOEXEC,
                 );
-                if let Some((uid, gid)) = owner
+                // bubblewrap runs as the sandbox's root id, so the user
+                // namespace it makes is owned by that id, not by host root.
+                if let Some(id) = owner
                     && (libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(gid) != 0
-                        || libc::setuid(uid) != 0)
+                        || libc::setgid(id) != 0
+                        || libc::setuid(id) != 0)
                 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -124,8 +166,8 @@ impl Launch<'_> {
         let child = spawner
             .spawn(cmd)
             .await
-            .map_err(|e| Error::io(format!("starting {}", self.bwrap.display()), e))?;
-        drop((rootfs, guest, info_tx, ready_tx));
+            .map_err(|e| Error::io("starting bubblewrap", e))?;
+        drop((rootfs, guest, seccomp, info_tx, ready_tx));
         let receiver = |fd| {
             tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                 .map_err(|e| Error::io("reading bubblewrap info", e))
@@ -134,6 +176,7 @@ impl Launch<'_> {
             child,
             info: receiver(info_rx)?,
             ready: receiver(ready_rx)?,
+            id_map: self.ids.zip(block.map(|(_, tx)| tx)),
         })
     }
 }
@@ -145,12 +188,26 @@ pub struct Started {
     pub info: tokio::net::unix::pipe::Receiver,
     /// The init's ready pipe: one line once the sandbox is set up.
     pub ready: tokio::net::unix::pipe::Receiver,
+    /// The id range to map, and the pipe that lets bubblewrap go on once
+    /// it is mapped.
+    id_map: Option<(IdRange, OwnedFd)>,
 }
 
 impl Started {
     /// Wait until the sandbox is set up; returns its init's host pid.
     pub async fn wait_ready(&mut self) -> Result<u32> {
         let pid = read_child_pid(&mut self.info).await?;
+        if let Some((range, go)) = self.id_map.take() {
+            // Host root writes the full range (bubblewrap alone could map
+            // a single id), then lets bubblewrap continue.
+            let map = format!("0 {} {}\n", range.root, ids::RANGE);
+            for file in ["uid_map", "gid_map"] {
+                std::fs::write(format!("/proc/{pid}/{file}"), &map)
+                    .map_err(|e| Error::io(format!("writing the sandbox's {file}"), e))?;
+            }
+            rustix::io::write(&go, b"1")
+                .map_err(|e| Error::io("releasing bubblewrap", e.into()))?;
+        }
         let mut buf = [0u8; 16];
         let n = self
             .ready
@@ -204,6 +261,17 @@ fn open_path(path: &Path) -> Result<OwnedFd> {
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    Ok(OwnedFd::from(file))
+}
+
+/// An in-memory file holding `bytes`, positioned at its start.
+pub(super) fn data_fd(name: &str, bytes: &[u8]) -> Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    let mut file =
+        super::seccomp::memfd(name).map_err(|e| Error::io(format!("creating {name}"), e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.rewind())
+        .map_err(|e| Error::io(format!("writing {name}"), e))?;
     Ok(OwnedFd::from(file))
 }
 

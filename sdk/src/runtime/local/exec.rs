@@ -1,9 +1,16 @@
 //! Executions in a running local sandbox: `nsenter` joins the sandbox's
-//! namespaces and root, then `blink-guest exec` starts a new session, takes
-//! the terminal (PTY mode), changes directory and execs the program.
+//! namespaces and root (held open as descriptors, see namespaces.rs), then
+//! `blink-guest exec` starts a new session, takes the terminal (PTY mode),
+//! drops capabilities, installs the seccomp filter, changes directory and
+//! execs the program.
+//!
+//! nsenter runs with host privileges until it has entered, so it gets an
+//! empty environment and nothing of the caller's: the execution's
+//! environment travels in a descriptor that only `blink-guest`, already
+//! inside the sandbox, reads.
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -13,6 +20,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::limits;
+use super::namespaces::{self, Namespaces};
 use super::pty::{self, PtyMaster, PtyReader, PtyWriter};
 use crate::error::{Error, Result};
 use crate::runtime::Limits;
@@ -25,32 +33,64 @@ pub const GUEST_PATH: &str = "/.blink/guest";
 /// What an execution needs to know about its sandbox.
 pub struct Target<'a> {
     pub nsenter: &'a Path,
-    /// Host pid of a process inside the sandbox (its init).
-    pub init_pid: u32,
+    pub namespaces: Arc<Namespaces>,
+    /// The sandbox's seccomp filter (an in-memory file, read with pread).
+    pub seccomp: Option<Arc<OwnedFd>>,
     pub cgroup_procs: Vec<CString>,
     pub rlimits: Option<Limits>,
 }
+
+/// Descriptors an execution's nsenter starts with.
+const SECCOMP_FD: i32 = 3;
+const ENV_FD: i32 = 4;
+/// The namespaces (in `namespaces::KINDS` order), then the root.
+const FIRST_NS_FD: i32 = 5;
 
 pub async fn start(target: Target<'_>, spec: ExecSpec) -> Result<Execution> {
     if spec.argv.is_empty() {
         return Err(Error::InvalidArgument("empty command".into()));
     }
-    let pid = target.init_pid.to_string();
+    let env = env_fd(&spec.env)?;
     let mut cmd = tokio::process::Command::new(target.nsenter);
-    cmd.args([
-        "--target", &pid, "-U", "-m", "-p", "-i", "-u", "-n", "-C", "--root", "--wd",
-    ]);
+    let mut fds: Vec<(i32, i32)> = Vec::new();
+    let mut next = FIRST_NS_FD;
+    for ((_, flag), fd) in namespaces::KINDS.iter().zip(&target.namespaces.ns) {
+        cmd.arg(format!("{flag}=/proc/self/fd/{next}"));
+        fds.push((fd.as_raw_fd(), next));
+        next += 1;
+    }
+    let root = format!("/proc/self/fd/{next}");
+    fds.push((target.namespaces.root.as_raw_fd(), next));
+    cmd.arg(format!("--root={root}"))
+        .arg(format!("--wd={root}"));
+    cmd.args(["--setuid", "0", "--setgid", "0"]);
     cmd.args(["--", GUEST_PATH, "exec"]);
     if spec.tty.is_some() {
         cmd.arg("--tty");
     }
     cmd.args(["--cwd", spec.cwd.as_deref().unwrap_or("/")]);
+    fds.push((env.as_raw_fd(), ENV_FD));
+    cmd.args(["--env-fd", &ENV_FD.to_string()]);
+    if let Some(filter) = &target.seccomp {
+        fds.push((filter.as_raw_fd(), SECCOMP_FD));
+        cmd.args(["--seccomp-fd", &SECCOMP_FD.to_string()]);
+    }
     cmd.arg("--").args(&spec.argv);
-    cmd.env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
+    // nsenter is host root until it has entered: a fixed, empty environment.
+    cmd.env_clear();
     cmd.kill_on_drop(false);
 
     let procs = target.cgroup_procs;
     let rlimits = target.rlimits;
+    let last_fd = next;
+    // Sources are moved above every target first, so no dup2 below can
+    // overwrite a source that a later one still needs.
+    let fds = fds
+        .into_iter()
+        .map(|(from, to)| Ok((rustix::io::fcntl_dupfd_cloexec(borrow(from), 64)?, to)))
+        .collect::<std::result::Result<Vec<(OwnedFd, i32)>, rustix::io::Errno>>()
+        .map_err(|e| Error::io("preparing descriptors", e.into()))?;
+    let raw: Vec<(i32, i32)> = fds.iter().map(|(f, to)| (f.as_raw_fd(), *to)).collect();
     // SAFETY: the closure only makes raw syscalls on memory prepared above.
     unsafe {
         cmd.pre_exec(move || {
@@ -58,12 +98,18 @@ pub async fn start(target: Target<'_>, spec: ExecSpec) -> Result<Execution> {
             if let Some(l) = &rlimits {
                 limits::apply_rlimits(l)?;
             }
-            // Leave the caller's session and terminal behind, and let none
-            // of the caller's descriptors into the sandbox.
+            // Leave the caller's session and terminal behind.
             libc::setsid();
+            for &(from, to) in &raw {
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // None of the caller's other descriptors reach the sandbox;
+            // blink-guest closes the ones above once it has entered.
             libc::syscall(
                 libc::SYS_close_range,
-                3,
+                last_fd + 1,
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
@@ -73,9 +119,12 @@ pub async fn start(target: Target<'_>, spec: ExecSpec) -> Result<Execution> {
 
     let mut master: Option<Arc<PtyMaster>> = None;
     if let Some(size) = spec.tty {
-        let ptmx = Path::new("/proc").join(&pid).join("root/dev/ptmx");
-        let (m, slave) = pty::open_pair(&ptmx, size)
-            .map_err(|e| Error::io(format!("opening a terminal in sandbox (pid {pid})"), e))?;
+        let ptmx = target
+            .namespaces
+            .open_ptmx()
+            .map_err(|e| Error::io("opening a terminal in the sandbox", e))?;
+        let (m, slave) = pty::open_pair(ptmx, size)
+            .map_err(|e| Error::io("opening a terminal in the sandbox", e))?;
         let stdio = |fd: &OwnedFd| -> Result<Stdio> {
             Ok(Stdio::from(
                 fd.try_clone()
@@ -94,7 +143,8 @@ pub async fn start(target: Target<'_>, spec: ExecSpec) -> Result<Execution> {
 
     let mut child = cmd
         .spawn()
-        .map_err(|e| Error::io(format!("starting nsenter {}", target.nsenter.display()), e))?;
+        .map_err(|e| Error::io("joining the sandbox (nsenter)", e))?;
+    drop((fds, env));
     let nsenter_pid = child
         .id()
         .ok_or_else(|| Error::Runtime("nsenter exited at once".into()))?;
@@ -150,6 +200,35 @@ pub async fn start(target: Target<'_>, spec: ExecSpec) -> Result<Execution> {
         }),
         tty,
     })
+}
+
+/// The environment as `NAME=VALUE` records separated by NUL bytes, in an
+/// in-memory file for `blink-guest exec --env-fd`.
+fn env_fd(env: &[(String, String)]) -> Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    let mut bytes = Vec::new();
+    for (name, value) in env {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(Error::InvalidArgument(format!(
+                "environment variable name {name:?} or its value is not allowed"
+            )));
+        }
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(b'=');
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.push(0);
+    }
+    let mut file = super::seccomp::memfd("blink-env").map_err(|e| Error::io("creating env", e))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.rewind())
+        .map_err(|e| Error::io("writing env", e))?;
+    Ok(OwnedFd::from(file))
+}
+
+fn borrow(fd: i32) -> BorrowedFd<'static> {
+    // SAFETY: only used while the owners of these descriptors (the target
+    // and the env file) are alive, within `start`.
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 struct LocalControl {

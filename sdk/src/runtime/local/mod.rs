@@ -2,23 +2,32 @@
 //! bubblewrap (user, pid, mount, ipc, uts, network, cgroup) around a
 //! writable root directory unpacked from an OCI image.
 //!
-//! - The sandbox's root user maps to one unprivileged host uid
-//!   (`sandbox_uid`) when Blink runs as root, so nothing in a sandbox is
-//!   host root, even after an escape.
+//! - When Blink runs as root, each sandbox owns a range of 65536 unprivileged
+//!   host ids (ids.rs): nothing in a sandbox is host root, even after an
+//!   escape, and no two sandboxes share a host uid.
+//! - Every process of a sandbox runs under its seccomp filter (seccomp.rs),
+//!   with Docker's default capability set, and cannot make new user
+//!   namespaces.
+//! - Nothing runs with host privileges on the sandbox's behalf: its files
+//!   are written by processes inside it (`blink-guest put`), and its SFTP
+//!   server runs inside it too.
 //! - The network namespace has loopback only.
-//! - A sandbox "runs" while its init (`blink-guest init`) lives; executions
-//!   join it with nsenter, so processes, loopback services and /tmp persist
-//!   between executions like on a VM.
+//! - A sandbox "runs" while its init (`blink-guest init`, pid 1) lives;
+//!   executions join it with nsenter, so processes, loopback services and
+//!   /tmp persist between executions like on a VM.
 //! - Limits go to cgroups where writable, rlimits otherwise (see limits.rs).
 
 mod bwrap;
 mod exec;
+mod ids;
 mod limits;
+mod namespaces;
 mod pty;
+mod seccomp;
 mod spawner;
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,8 +36,12 @@ use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 
 pub use self::exec::GUEST_PATH;
+pub use self::ids::DEFAULT_BASE as DEFAULT_ID_BASE;
+use self::ids::{IdRange, IdRanges};
 pub use self::limits::LimitBackend;
 use self::limits::SandboxCgroup;
+use self::namespaces::Namespaces;
+pub use self::seccomp::SeccompProfile;
 use self::spawner::Spawner;
 use super::{
     Check, Diagnosis, ExecSpec, Execution, IsolationClass, Runtime, RuntimeInfo, SandboxSpec,
@@ -38,10 +51,7 @@ use crate::fs::ConfinedRoot;
 use crate::image::ImageStore;
 
 /// The guest helper, built by build.rs as a static binary.
-const GUEST_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/blink-guest"));
-
-/// Default host uid for sandbox root when Blink runs as root.
-pub const DEFAULT_SANDBOX_UID: u32 = 900_000;
+pub const GUEST_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/blink-guest"));
 
 /// How long bubblewrap may take to set a sandbox up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -50,9 +60,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct LocalOptions {
     /// Directory holding one directory per sandbox.
     pub root: PathBuf,
-    /// Host uid/gid that sandbox root maps to; `None` keeps the caller's
-    /// uid (the only choice when Blink does not run as root).
-    pub sandbox_uid: Option<u32>,
+    /// First host id of the per-sandbox id ranges when Blink runs as root;
+    /// `None`, or not root, maps sandbox root to the caller's uid.
+    pub id_base: Option<u32>,
+    pub seccomp: SeccompProfile,
 }
 
 /// A running sandbox: its bubblewrap process and init.
@@ -60,6 +71,7 @@ pub struct LocalOptions {
 struct Running {
     init_pid: u32,
     bwrap_pid: u32,
+    namespaces: Arc<Namespaces>,
     cgroup: Option<Arc<SandboxCgroup>>,
     limits: super::Limits,
 }
@@ -68,18 +80,21 @@ struct Running {
 pub struct LocalRuntime {
     root: PathBuf,
     images: Arc<ImageStore>,
-    owner: Option<(u32, u32)>,
+    /// Per-sandbox host id ranges (root only).
+    ids: Option<IdRanges>,
+    /// The seccomp filter: bytes for bubblewrap, an in-memory file for
+    /// executions.
+    seccomp: Option<(Vec<u8>, Arc<OwnedFd>)>,
     bwrap: PathBuf,
     nsenter: PathBuf,
-    guest: PathBuf,
     backend: LimitBackend,
     spawner: Spawner,
     running: Arc<Mutex<HashMap<String, Running>>>,
 }
 
 impl LocalRuntime {
-    /// Check the tools, write the guest helper and detect limits. Must be
-    /// called inside a tokio runtime.
+    /// Check the tools, build the seccomp filter and detect limits. Must
+    /// be called inside a tokio runtime.
     pub fn new(options: LocalOptions, images: Arc<ImageStore>) -> Result<Self> {
         let bwrap = which("bwrap").ok_or_else(|| Error::RuntimeUnavailable {
             runtime: "local".into(),
@@ -89,22 +104,29 @@ impl LocalRuntime {
             runtime: "local".into(),
             reason: "nsenter is not installed (apt-get install util-linux)".into(),
         })?;
-        std::fs::create_dir_all(&options.root)
-            .map_err(|e| Error::io(format!("creating {}", options.root.display()), e))?;
-        let guest = options.root.join(".blink-guest");
-        write_guest(&guest)?;
-        let owner = options.sandbox_uid.filter(|_| is_root()).map(|u| (u, u));
-        if let Some((uid, _)) = owner {
-            ensure_reachable(&options.root, uid)?;
-        }
+        private_dir(&options.root)?;
+        let ids = match options.id_base.filter(|_| is_root()) {
+            Some(base) => {
+                traversable(&options.root)?;
+                Some(IdRanges::load(base, &options.root)?)
+            }
+            None => None,
+        };
+        let seccomp = match seccomp::compile(options.seccomp)? {
+            Some(program) => {
+                let file = bwrap::data_fd("blink-seccomp", &program)?;
+                Some((program, Arc::new(file)))
+            }
+            None => None,
+        };
         let spawner = Spawner::new().map_err(|e| Error::io("starting the sandbox spawner", e))?;
         Ok(Self {
             root: options.root,
             images,
-            owner,
+            ids,
+            seccomp,
             bwrap,
             nsenter,
-            guest,
             backend: {
                 let backend = LimitBackend::detect();
                 limits::remove_stale(&backend);
@@ -123,21 +145,6 @@ impl LocalRuntime {
         self.dir(id).join("rootfs")
     }
 
-    fn confined(&self, id: &str) -> Result<ConfinedRoot> {
-        let rootfs = self.rootfs(id);
-        if !rootfs.is_dir() {
-            return Err(Error::SandboxDead {
-                id: id.into(),
-                reason: "its disk is missing".into(),
-            });
-        }
-        let root = ConfinedRoot::open(&rootfs)?;
-        Ok(match self.owner {
-            Some((uid, gid)) => root.with_owner(uid, gid),
-            None => root,
-        })
-    }
-
     fn target(&self, id: &str) -> Result<exec::Target<'_>> {
         let running = lock(&self.running);
         let r = running.get(id).ok_or_else(|| Error::SandboxDead {
@@ -146,7 +153,8 @@ impl LocalRuntime {
         })?;
         Ok(exec::Target {
             nsenter: &self.nsenter,
-            init_pid: r.init_pid,
+            namespaces: r.namespaces.clone(),
+            seccomp: self.seccomp.as_ref().map(|(_, fd)| fd.clone()),
             cgroup_procs: r
                 .cgroup
                 .as_ref()
@@ -155,15 +163,66 @@ impl LocalRuntime {
             rlimits: (self.backend == LimitBackend::Rlimit).then(|| r.limits.clone()),
         })
     }
+
+    /// Run the guest helper inside the sandbox, as one of its processes,
+    /// with `input` as its stdin; an error carries what it printed.
+    async fn run_guest(
+        &self,
+        id: &str,
+        args: &[&str],
+        input: Option<tokio::fs::File>,
+    ) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut argv = vec![GUEST_PATH.to_owned()];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let spec = ExecSpec {
+            argv,
+            env: Vec::new(),
+            cwd: Some("/".into()),
+            tty: None,
+        };
+        let mut execution = self.exec(id, spec).await?;
+        let stdin = execution.stdin.take();
+        let feed = async move {
+            if let (Some(mut stdin), Some(mut input)) = (stdin, input) {
+                tokio::io::copy(&mut input, &mut stdin).await?;
+                stdin.shutdown().await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let mut stderr = execution.stderr.take();
+        let errors = async move {
+            let mut text = Vec::new();
+            if let Some(s) = stderr.as_mut() {
+                let _ = (&mut *s).take(64 * 1024).read_to_end(&mut text).await;
+            }
+            text
+        };
+        let (fed, text) = tokio::join!(feed, errors);
+        let status = execution.control.wait().await?;
+        if status.code != 0 {
+            let text = String::from_utf8_lossy(&text);
+            return Err(Error::Runtime(format!(
+                "{} in sandbox {id} failed: {}",
+                args.first().copied().unwrap_or("helper"),
+                text.trim()
+            )));
+        }
+        fed.map_err(|e| Error::io(format!("writing into sandbox {id}"), e))
+    }
 }
 
 #[async_trait]
 impl Runtime for LocalRuntime {
     fn info(&self) -> RuntimeInfo {
-        let uid = match self.owner {
-            Some((uid, _)) => format!("sandbox root = host uid {uid}"),
+        let uid = match &self.ids {
+            Some(ids) => format!(
+                "each sandbox owns {} host ids of its own (up to {} sandboxes)",
+                ids::RANGE,
+                ids.capacity()
+            ),
             None => format!(
-                "sandbox root = host uid {} (caller)",
+                "sandbox root = host uid {} (caller; no per-sandbox ids without root)",
                 rustix::process::getuid().as_raw()
             ),
         };
@@ -177,6 +236,14 @@ impl Runtime for LocalRuntime {
                     "bubblewrap (user, pid, mount, ipc, uts, net, cgroup namespaces)".into(),
                 ),
                 ("uid_map", uid),
+                (
+                    "seccomp",
+                    if self.seccomp.is_some() {
+                        "default (Docker's default semantics)".into()
+                    } else {
+                        "unconfined".into()
+                    },
+                ),
                 ("network", "none (loopback only)".into()),
             ]),
         }
@@ -194,21 +261,28 @@ impl Runtime for LocalRuntime {
         let image = self.images.resolve(&spec.image)?;
         let staging = self.root.join(format!(".{}.partial", spec.id));
         let _ = std::fs::remove_dir_all(&staging);
+        let range = self.ids.as_ref().map(IdRanges::allocate).transpose()?;
+        let owner = range.map(|r| (r.root, r.root));
         let result: Result<()> = async {
             let rootfs = staging.join("rootfs");
             std::fs::create_dir_all(&rootfs).map_err(|e| Error::io("creating sandbox dir", e))?;
+            own_dir(&staging, range)?;
+            if let (Some(ids), Some(range)) = (&self.ids, range) {
+                ids.record(&staging, range)?;
+            }
             let images = self.images.clone();
-            let owner = self.owner;
             let target = rootfs.clone();
             tokio::task::spawn_blocking(move || images.unpack(&image, &target, owner))
                 .await
                 .map_err(|e| Error::Runtime(format!("unpack task failed: {e}")))??;
-            if let Some((uid, gid)) = self.owner {
+            if let Some((uid, gid)) = owner {
                 std::os::unix::fs::chown(&rootfs, Some(uid), Some(gid))
                     .map_err(|e| Error::io("chown rootfs", e))?;
             }
+            // The image's files, still unreachable by the sandbox: host
+            // root may write them.
             let root = ConfinedRoot::open(&rootfs)?;
-            let root = match self.owner {
+            let root = match owner {
                 Some((uid, gid)) => root.with_owner(uid, gid),
                 None => root,
             };
@@ -219,6 +293,9 @@ impl Runtime for LocalRuntime {
         .await;
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&staging);
+            if let (Some(ids), Some(range)) = (&self.ids, range) {
+                ids.release(range);
+            }
         }
         result
     }
@@ -238,15 +315,17 @@ impl Runtime for LocalRuntime {
                 reason: "its disk is missing".into(),
             });
         }
+        let range = self.id_range(&spec.id, &rootfs).await?;
         let cgroup = SandboxCgroup::create(&self.backend, &spec.id, &spec.limits)
             .map_err(|e| Error::io(format!("creating cgroup for {}", spec.id), e))?
             .map(Arc::new);
         let launch = bwrap::Launch {
             bwrap: &self.bwrap,
             rootfs: &rootfs,
-            guest: &self.guest,
+            guest: GUEST_BINARY,
             hostname: &spec.hostname,
-            owner: self.owner,
+            ids: range,
+            seccomp: self.seccomp.as_ref().map(|(program, _)| program.as_slice()),
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
             rlimits: (self.backend == LimitBackend::Rlimit).then(|| spec.limits.clone()),
         };
@@ -262,8 +341,17 @@ impl Runtime for LocalRuntime {
         };
         let bwrap_pid = started.child.id().unwrap_or(0);
         let mut stderr = started.child.stderr.take();
-        let init_pid = match tokio::time::timeout(START_TIMEOUT, started.wait_ready()).await {
-            Ok(Ok(pid)) => pid,
+        let ready = async {
+            let pid = started.wait_ready().await?;
+            let namespaces = Namespaces::open(pid)
+                .map_err(|e| Error::io("opening the sandbox's namespaces", e))?;
+            namespaces
+                .forbid_nested_user_namespaces()
+                .map_err(|e| Error::io("closing user namespaces to the sandbox", e))?;
+            Ok::<_, Error>((pid, namespaces))
+        };
+        let (init_pid, namespaces) = match tokio::time::timeout(START_TIMEOUT, ready).await {
+            Ok(Ok(ready)) => ready,
             outcome => {
                 let mut child = started.child;
                 let _ = child.start_kill();
@@ -293,6 +381,7 @@ impl Runtime for LocalRuntime {
             Running {
                 init_pid,
                 bwrap_pid,
+                namespaces: Arc::new(namespaces),
                 cgroup: cgroup.clone(),
                 limits: spec.limits.clone(),
             },
@@ -355,6 +444,7 @@ impl Runtime for LocalRuntime {
         self.stop(id).await?;
         let dir = self.dir(id);
         if dir.exists() {
+            let range = self.ids.as_ref().and_then(|ids| ids.recorded(&dir));
             // Rename first so a crash mid-delete never leaves a half disk
             // under the sandbox's name.
             let doomed = self.root.join(format!(".{id}.removing"));
@@ -365,6 +455,9 @@ impl Runtime for LocalRuntime {
                 .await
                 .map_err(|e| Error::Runtime(e.to_string()))?
                 .map_err(|e| Error::io(format!("deleting disk of {id}"), e))?;
+            if let (Some(ids), Some(range)) = (&self.ids, range) {
+                ids.release(range);
+            }
         }
         Ok(())
     }
@@ -374,107 +467,79 @@ impl Runtime for LocalRuntime {
         exec::start(target, spec).await
     }
 
+    /// Written by a process inside the sandbox (`blink-guest put`), with
+    /// exactly the sandbox's privileges: host root never writes into a
+    /// disk a sandbox has used.
     async fn copy_in(&self, id: &str, host_src: &Path, dest: &str, mode: u32) -> Result<()> {
-        let root = self.confined(id)?;
-        let src = host_src.to_path_buf();
-        let dest = dest.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut input = std::fs::File::open(&src).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::ScriptNotFound(src.clone()),
-                _ => Error::io(format!("reading {}", src.display()), e),
+        let input = tokio::fs::File::open(host_src)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::ScriptNotFound(host_src.to_path_buf()),
+                _ => Error::io(format!("reading {}", host_src.display()), e),
             })?;
-            write_into(&root, &dest, &mut input, mode)
-        })
-        .await
-        .map_err(|e| Error::Runtime(e.to_string()))?
-    }
-
-    async fn write_file(&self, id: &str, dest: &str, data: &[u8], mode: u32) -> Result<()> {
-        let root = self.confined(id)?;
-        write_into(&root, dest, &mut &data[..], mode)
-    }
-
-    /// While the sandbox runs, its files are seen through its own mount
-    /// namespace (`/proc/<init>/root`), so `/tmp` (a tmpfs inside) is the
-    /// one its processes see; when stopped, the disk itself.
-    fn filesystem(&self, id: &str) -> Result<ConfinedRoot> {
-        let init_pid = lock(&self.running).get(id).map(|r| r.init_pid);
-        let Some(pid) = init_pid.filter(|_| self.is_running(id)) else {
-            return self.confined(id);
-        };
-        let root = ConfinedRoot::open(Path::new(&format!("/proc/{pid}/root")))?;
-        Ok(match self.owner {
-            Some((uid, gid)) => root.with_owner(uid, gid),
-            None => root,
-        })
+        let mode = format!("{:o}", mode & 0o7777);
+        self.run_guest(id, &["put", "--mode", &mode, dest], Some(input))
+            .await
     }
 
     async fn remove_file(&self, id: &str, path: &str) -> Result<()> {
-        match self.confined(id)?.remove_file(path) {
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
-    async fn read_file(&self, id: &str, path: &str, limit: u64) -> Result<Vec<u8>> {
-        use std::io::Read;
-        let root = self.confined(id)?;
-        let file = root.open_file(path, crate::fs::OpenFlags::read_only(), 0)?;
-        let mut out = Vec::new();
-        file.take(limit)
-            .read_to_end(&mut out)
-            .map_err(|e| Error::io(format!("reading {path} in sandbox {id}"), e))?;
-        Ok(out)
+        self.run_guest(id, &["rm", path], None).await
     }
 }
 
-fn write_into(
-    root: &ConfinedRoot,
-    dest: &str,
-    input: &mut dyn std::io::Read,
-    mode: u32,
-) -> Result<()> {
-    if let Some(parent) = Path::new(dest).parent() {
-        root.create_dir_all(parent, 0o755)?;
+impl LocalRuntime {
+    /// The sandbox's host id range, recorded in its directory. A disk made
+    /// before ranges existed gets one now, and its files move into it.
+    async fn id_range(&self, id: &str, rootfs: &Path) -> Result<Option<IdRange>> {
+        let Some(ids) = &self.ids else {
+            return Ok(None);
+        };
+        let range = ids.for_dir(&self.dir(id))?;
+        own_dir(&self.dir(id), Some(range))?;
+        let rootfs = rootfs.to_path_buf();
+        tokio::task::spawn_blocking(move || ids::adopt(&rootfs, range))
+            .await
+            .map_err(|e| Error::Runtime(format!("id migration task failed: {e}")))??;
+        Ok(Some(range))
     }
-    let mut out = root.open_file(dest, crate::fs::OpenFlags::create_truncate(), mode)?;
-    std::io::copy(input, &mut out)
-        .map_err(|e| Error::io(format!("writing {dest} in sandbox"), e))?;
-    root.set_permissions(dest, mode)?;
-    out.sync_all().map_err(|e| Error::io("sync", e))?;
-    let _ = out.as_raw_fd();
-    Ok(())
 }
 
-/// bubblewrap runs as the sandbox uid and resolves the rootfs path itself,
-/// so every directory above a disk must be searchable by that uid. Blink's
-/// own directories (the data dir and its sandboxes dir) are made so (search
-/// only: `o+x`, no listing); an ancestor that is not is named in the error.
-fn ensure_reachable(root: &Path, uid: u32) -> Result<()> {
+/// Blink's own directories are reachable by no other host user (0700):
+/// session disks hold private files, and a setuid file made inside a
+/// sandbox must be unreachable from the host. (See `traversable` for the
+/// one exception.)
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("making {} private", dir.display()), e))
+}
+
+/// bubblewrap runs as the sandbox's root id and resolves the path of the
+/// disk it is handed (by descriptor) once more, so the sandboxes dir and the
+/// data dir above it may be traversed, never listed (0711), and every
+/// ancestor must be searchable. Each sandbox's own directory is 0700 and
+/// owned by that sandbox's root id, so its disk stays unreachable to every
+/// other host user, other sandboxes included.
+fn traversable(root: &Path) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let own = [Some(root), root.parent()];
-    for dir in own.into_iter().flatten() {
-        let meta = std::fs::metadata(dir)
-            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
-        if meta.mode() & 0o001 == 0 {
-            let mode = (meta.mode() & 0o7777) | 0o001;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| Error::io(format!("making {} searchable", dir.display()), e))?;
-        }
+    for dir in [Some(root), root.parent()].into_iter().flatten() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))?;
     }
     for dir in root.ancestors().skip(2) {
         let Ok(meta) = std::fs::metadata(dir) else {
             continue;
         };
-        let searchable =
-            meta.mode() & 0o001 != 0 || (meta.uid() == uid && meta.mode() & 0o100 != 0);
-        if !searchable {
+        if meta.mode() & 0o001 == 0 {
             return Err(Error::RuntimeUnavailable {
                 runtime: "local".into(),
                 reason: format!(
-                    "sandboxes run as host uid {uid}, which cannot reach {}: {} has mode {:o}; \
+                    "sandboxes run as unprivileged host ids, which cannot reach {}: {} has mode {:o}; \
                      choose a data dir under a searchable path (e.g. /var/lib/blink) or `chmod o+x {}`",
                     root.display(),
                     dir.display(),
@@ -485,6 +550,17 @@ fn ensure_reachable(root: &Path, uid: u32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A sandbox's directory: only its own root id may enter.
+fn own_dir(dir: &Path, range: Option<IdRange>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(range) = range {
+        std::os::unix::fs::chown(dir, Some(range.root), Some(range.root))
+            .map_err(|e| Error::io(format!("chown {}", dir.display()), e))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))
 }
 
 /// Sandbox ids become directory names: keep them boring.
@@ -507,18 +583,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
-}
-
-fn write_guest(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if std::fs::read(path).is_ok_and(|b| b == GUEST_BINARY) {
-        return Ok(());
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, GUEST_BINARY).map_err(|e| Error::io("writing blink-guest", e))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| Error::io("chmod blink-guest", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("installing blink-guest", e))
 }
 
 /// Find a program on PATH.

@@ -1,10 +1,9 @@
 //! Terminals for local sandboxes. The pair is allocated from the sandbox's
-//! own devpts (through `/proc/PID/root/dev/ptmx`), so inside the sandbox
+//! own devpts (its `/dev/pts/ptmx`, see `Namespaces::open_ptmx`), so inside the sandbox
 //! `tty` names a `/dev/pts/N` that exists there.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -23,14 +22,9 @@ pub struct PtyMaster {
     fd: AsyncFd<std::fs::File>,
 }
 
-/// Open a terminal pair on the devpts seen at `ptmx` (a path through the
-/// sandbox's root). Returns the master and the slave for the child's stdio.
-pub fn open_pair(ptmx: &Path, size: PtySize) -> io::Result<(Arc<PtyMaster>, OwnedFd)> {
-    let master = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(ptmx)?;
+/// Open a terminal pair on the devpts whose multiplexer `master` is (opened
+/// non-blocking). Returns the master and the slave for the child's stdio.
+pub fn open_pair(master: std::fs::File, size: PtySize) -> io::Result<(Arc<PtyMaster>, OwnedFd)> {
     let unlock: libc::c_int = 0;
     // SAFETY: ioctls on a descriptor we own, with valid argument pointers.
     let slave = unsafe {
@@ -53,8 +47,6 @@ pub fn open_pair(ptmx: &Path, size: PtySize) -> io::Result<(Arc<PtyMaster>, Owne
     let fd = unsafe { AsyncFd::register(master) }.map_err(io::Error::from)?;
     Ok((Arc::new(PtyMaster { fd }), slave))
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 fn set_size(fd: i32, size: PtySize) -> io::Result<()> {
     let ws = libc::winsize {

@@ -1,0 +1,123 @@
+//! A running sandbox's namespaces and root, held open as descriptors from
+//! the moment it is set up. Executions join the sandbox through these, never
+//! through `/proc/<pid>`, so a reused pid can never point an execution (or a
+//! terminal) at some other process's namespaces.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+/// The namespaces an execution joins, in the order nsenter is given them.
+pub const KINDS: [(&str, &str); 7] = [
+    ("user", "--user"),
+    ("mnt", "--mount"),
+    ("pid", "--pid"),
+    ("ipc", "--ipc"),
+    ("uts", "--uts"),
+    ("net", "--net"),
+    ("cgroup", "--cgroup"),
+];
+
+#[derive(Debug)]
+pub struct Namespaces {
+    /// One descriptor per entry of `KINDS`.
+    pub ns: Vec<OwnedFd>,
+    /// The sandbox's root directory (`O_PATH`).
+    pub root: OwnedFd,
+}
+
+impl Namespaces {
+    /// Open the namespaces and root of the process `pid` (the sandbox's
+    /// init, just started, so the pid is ours).
+    pub fn open(pid: u32) -> io::Result<Self> {
+        let open = |path: String, flags: OFlags| -> io::Result<OwnedFd> {
+            rustix::fs::open(&path, flags | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{path}: {e}")))
+        };
+        let ns = KINDS
+            .iter()
+            .map(|(kind, _)| open(format!("/proc/{pid}/ns/{kind}"), OFlags::RDONLY))
+            .collect::<io::Result<Vec<_>>>()?;
+        let root = open(
+            format!("/proc/{pid}/root"),
+            OFlags::PATH | OFlags::DIRECTORY,
+        )?;
+        Ok(Self { ns, root })
+    }
+
+    /// The user namespace.
+    pub fn user(&self) -> &OwnedFd {
+        &self.ns[0]
+    }
+
+    /// Open the sandbox's terminal multiplexer. The path is resolved inside
+    /// the sandbox's root with no symlinks at all, and the result must be
+    /// on a devpts: the sandbox owns its /dev and could plant a link there.
+    pub fn open_ptmx(&self) -> io::Result<std::fs::File> {
+        let fd = rustix::fs::openat2(
+            &self.root,
+            "dev/pts/ptmx",
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )?;
+        const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
+        let fs = rustix::fs::fstatfs(&fd)?;
+        if fs.f_type as i64 != DEVPTS_SUPER_MAGIC {
+            return Err(io::Error::other(
+                "the sandbox's /dev/pts/ptmx is not on a devpts",
+            ));
+        }
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// Forbid new user namespaces inside the sandbox for good: set
+    /// `user.max_user_namespaces` to 0 in its user namespace. Its processes
+    /// lack CAP_SYS_RESOURCE there, so they cannot raise it again. (The
+    /// seccomp filter refuses namespace creation too; this holds even under
+    /// the unconfined profile.)
+    pub fn forbid_nested_user_namespaces(&self) -> io::Result<()> {
+        let path = CString::new("/proc/sys/user/max_user_namespaces").map_err(io::Error::other)?;
+        let user = self.user().as_raw_fd();
+        // SAFETY: the child makes only async-signal-safe syscalls on memory
+        // prepared before the fork, then _exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: as above; in the child.
+            unsafe {
+                let code = if libc::setns(user, libc::CLONE_NEWUSER) != 0 {
+                    1
+                } else {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        2
+                    } else if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        3
+                    } else {
+                        0
+                    }
+                };
+                libc::_exit(code);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child forked above.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+            Some(0) => Ok(()),
+            Some(1) => Err(io::Error::other(
+                "joining the sandbox's user namespace failed",
+            )),
+            other => Err(io::Error::other(format!(
+                "setting user.max_user_namespaces in the sandbox failed ({other:?})"
+            ))),
+        }
+    }
+}
