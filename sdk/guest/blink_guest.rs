@@ -15,6 +15,8 @@
 //! It is built by build.rs as a static binary with nothing but `std`, so it
 //! runs in any image, even one without a libc.
 
+mod sftp;
+
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("init") => init(&args[1..]),
         Some("exec") => exec(&args[1..]),
+        Some("sftp-server") => sftp::main(&args[1..]),
         _ => {
             eprintln!("usage: blink-guest init | exec [--tty] [--cwd DIR] -- PROG ARGS...");
             ExitCode::from(2)
