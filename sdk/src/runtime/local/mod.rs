@@ -38,7 +38,7 @@ use crate::fs::ConfinedRoot;
 use crate::image::ImageStore;
 
 /// The guest helper, built by build.rs as a static binary.
-const GUEST_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/blink-guest"));
+pub const GUEST_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/blink-guest"));
 
 /// Default host uid for sandbox root when Blink runs as root.
 pub const DEFAULT_SANDBOX_UID: u32 = 900_000;
