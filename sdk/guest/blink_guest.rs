@@ -17,9 +17,15 @@
 //! - `blink-guest put [--mode OCTAL] PATH`: write stdin to PATH (parents
 //!   made), as a sandbox process: how the host copies scripts in.
 //! - `blink-guest rm PATH`: remove a file; a missing one is not an error.
+//! - `blink-guest sftp-server [--home DIR] [--symlink-order openssh|draft]`:
+//!   an SFTP v3 server on stdin/stdout (sftp.rs), run as an execution for
+//!   the gateway's `sftp` subsystem, so file transfer has exactly the
+//!   sandbox's privileges.
 //!
 //! It is built by build.rs as a static binary with nothing but `std`, so it
 //! runs in any image, even one without a libc.
+
+mod sftp;
 
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
@@ -59,9 +65,10 @@ fn main() -> ExitCode {
         Some("exec") => exec(&args[1..]),
         Some("put") => put(&args[1..]),
         Some("rm") => rm(&args[1..]),
+        Some("sftp-server") => sftp::main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: blink-guest init | exec [--tty] [--cwd DIR] [--env-fd N] [--seccomp-fd N] -- PROG ARGS... | put [--mode OCTAL] PATH | rm PATH"
+                "usage: blink-guest init | exec [--tty] [--cwd DIR] [--env-fd N] [--seccomp-fd N] -- PROG ARGS... | put [--mode OCTAL] PATH | rm PATH | sftp-server [--home DIR] [--symlink-order openssh|draft]"
             );
             ExitCode::from(2)
         }
