@@ -35,6 +35,28 @@ pub struct FileConfig {
     pub ssh: SshConfig,
     #[serde(default)]
     pub rest: crate::rest::RestConfig,
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// The `[sandbox]` table: how sandboxes are confined.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// `"default"` (Docker's default semantics) or `"unconfined"`.
+    pub seccomp: blink_sdk::runtime::local::SeccompProfile,
+    /// First host id of the per-sandbox id ranges (65536 ids each) when
+    /// running as root. Give each Blink on one host its own base.
+    pub id_base: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            seccomp: blink_sdk::runtime::local::SeccompProfile::Default,
+            id_base: blink_sdk::runtime::local::DEFAULT_ID_BASE,
+        }
+    }
 }
 
 /// The `[ssh]` table.

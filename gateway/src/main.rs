@@ -128,6 +128,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     tracing::info!(fingerprint = %fingerprint, path = %key_path.display(), "ssh host key");
 
     let mut manager_config = ManagerConfig::new(&data_dir);
+    manager_config.seccomp = file.sandbox.seccomp;
+    manager_config.id_base = Some(file.sandbox.id_base);
+    if file.sandbox.seccomp == blink_sdk::runtime::local::SeccompProfile::Unconfined {
+        tracing::warn!("[sandbox] seccomp = \"unconfined\": sandboxes run without a seccomp filter");
+    }
     if let Some(secs) = args.session_idle_timeout.or(file.session_idle_timeout_secs) {
         manager_config.idle_timeout = std::time::Duration::from_secs(secs.max(1));
     }
