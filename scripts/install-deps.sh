@@ -5,10 +5,14 @@
 #   util-linux      nsenter (joining a running sandbox), script (PTY tests)
 #   openssh-client  ssh/sftp/scp for the gateway's end-to-end tests
 #   tmux            a real terminal for the PTY end-to-end tests
+#   libseccomp-dev  building the sandboxes' seccomp filter (libseccomp)
+#   pkg-config      finding libseccomp when building
+#   gcc libc6-dev   the abuse tests compile their attacker programs (static)
 set -euo pipefail
 
 need=()
-for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux; do
+for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
+  libseccomp-dev pkg-config gcc libc6-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

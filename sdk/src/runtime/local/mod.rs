@@ -641,6 +641,24 @@ pub fn diagnose() -> Diagnosis {
         ok,
         detail,
     });
+    let filter = seccomp::compile(SeccompProfile::Default);
+    checks.push(Check {
+        name: "seccomp".into(),
+        ok: filter.is_ok(),
+        detail: match filter {
+            Ok(_) => "the default filter (Docker's default semantics) builds".into(),
+            Err(e) => e.to_string(),
+        },
+    });
+    checks.push(Check {
+        name: "id ranges".into(),
+        ok: true,
+        detail: if is_root() {
+            format!("each sandbox gets {} host ids of its own", ids::RANGE)
+        } else {
+            "not root: sandbox root maps to your uid and sandboxes share it".into()
+        },
+    });
     let backend = LimitBackend::detect();
     checks.push(Check {
         name: "limits".into(),
