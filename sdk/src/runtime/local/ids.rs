@@ -202,6 +202,48 @@ mod tests {
     }
 
     #[test]
+    fn adopt_moves_a_legacy_disk_into_its_range_without_following_links() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: adopting a disk needs root (chown)");
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join("rootfs");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(rootfs.join("home/user")).expect("mkdir");
+        std::fs::write(&outside, b"host").expect("write");
+        std::fs::write(rootfs.join("home/user/f"), b"x").expect("write");
+        std::os::unix::fs::symlink(&outside, rootfs.join("link")).expect("symlink");
+        let legacy = 900_000;
+        for p in ["", "home", "link"] {
+            std::os::unix::fs::lchown(rootfs.join(p), Some(legacy), Some(legacy)).expect("chown");
+        }
+        for p in ["home/user", "home/user/f"] {
+            std::os::unix::fs::lchown(rootfs.join(p), Some(legacy + 33), Some(legacy + 33))
+                .expect("chown");
+        }
+        let range = IdRange {
+            index: 3,
+            root: DEFAULT_BASE + 3 * RANGE,
+        };
+        adopt(&rootfs, range).expect("adopt");
+        let owner = |p: &str| {
+            let m = std::fs::symlink_metadata(rootfs.join(p)).expect("stat");
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner(""), (range.root, range.root));
+        assert_eq!(owner("link"), (range.root, range.root));
+        assert_eq!(owner("home/user/f"), (range.root + 33, range.root + 33));
+        let host = std::fs::metadata(&outside).expect("stat");
+        assert_eq!(host.uid(), 0, "the link's target outside was not touched");
+        // A second start changes nothing.
+        adopt(&rootfs, range).expect("again");
+        assert_eq!(owner("home/user/f"), (range.root + 33, range.root + 33));
+    }
+
+    #[test]
     fn capacity_and_exhaustion() {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = (LIMIT - 2 * u64::from(RANGE)) as u32;
