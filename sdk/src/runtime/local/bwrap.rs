@@ -9,6 +9,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Child;
 
 use super::exec::GUEST_PATH;
+use super::handover;
 use super::ids::{self, IdRange};
 use super::limits;
 use super::spawner::Spawner;
@@ -51,10 +52,10 @@ impl Launch<'_> {
         // bubblewrap needs no search permission on the path to the data dir
         // (which is 0700).
         let rootfs = high(open_path(self.rootfs)?)?;
-        let guest = high(data_fd("blink-guest", self.guest)?)?;
+        let guest = high(handover::bytes("blink-guest", self.guest)?)?;
         let seccomp = self
             .seccomp
-            .map(|program| data_fd("blink-seccomp", program).and_then(high))
+            .map(|program| handover::bytes("blink-seccomp", program).and_then(high))
             .transpose()?;
         let (info_rx, info_tx) = pipe()?;
         let info_tx = high(info_tx)?;
@@ -261,17 +262,6 @@ fn open_path(path: &Path) -> Result<OwnedFd> {
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    Ok(OwnedFd::from(file))
-}
-
-/// An in-memory file holding `bytes`, positioned at its start.
-pub(super) fn data_fd(name: &str, bytes: &[u8]) -> Result<OwnedFd> {
-    use std::io::{Seek, Write};
-    let mut file =
-        super::seccomp::memfd(name).map_err(|e| Error::io(format!("creating {name}"), e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.rewind())
-        .map_err(|e| Error::io(format!("writing {name}"), e))?;
     Ok(OwnedFd::from(file))
 }
 

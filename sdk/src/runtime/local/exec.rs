@@ -205,7 +205,6 @@ pub async fn start(target: Target<'_>, spec: ExecSpec) -> Result<Execution> {
 /// The environment as `NAME=VALUE` records separated by NUL bytes, in an
 /// in-memory file for `blink-guest exec --env-fd`.
 fn env_fd(env: &[(String, String)]) -> Result<OwnedFd> {
-    use std::io::{Seek, Write};
     let mut bytes = Vec::new();
     for (name, value) in env {
         if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
@@ -218,11 +217,7 @@ fn env_fd(env: &[(String, String)]) -> Result<OwnedFd> {
         bytes.extend_from_slice(value.as_bytes());
         bytes.push(0);
     }
-    let mut file = super::seccomp::memfd("blink-env").map_err(|e| Error::io("creating env", e))?;
-    file.write_all(&bytes)
-        .and_then(|()| file.rewind())
-        .map_err(|e| Error::io("writing env", e))?;
-    Ok(OwnedFd::from(file))
+    super::handover::bytes("blink-env", &bytes)
 }
 
 fn borrow(fd: i32) -> BorrowedFd<'static> {

@@ -19,6 +19,7 @@
 
 mod bwrap;
 mod exec;
+mod handover;
 mod ids;
 mod limits;
 mod namespaces;
@@ -114,7 +115,7 @@ impl LocalRuntime {
         };
         let seccomp = match seccomp::compile(options.seccomp)? {
             Some(program) => {
-                let file = bwrap::data_fd("blink-seccomp", &program)?;
+                let file = handover::bytes("blink-seccomp", &program)?;
                 Some((program, Arc::new(file)))
             }
             None => None,

@@ -168,18 +168,12 @@ fn default_filter() -> std::result::Result<Vec<u8>, Box<dyn std::error::Error>> 
     let vsock = ScmpArgCompare::new(0, ScmpCompareOp::Equal, AF_VSOCK);
     filter.add_rule_conditional(eperm, socket, &[vsock])?;
 
-    let mut memfd = memfd("blink-seccomp")?;
+    let mut memfd = super::handover::memfd("blink-seccomp")?;
     filter.export_bpf(&memfd)?;
     memfd.rewind()?;
     let mut program = Vec::new();
     memfd.read_to_end(&mut program)?;
     Ok(program)
-}
-
-/// An anonymous in-memory file.
-pub(super) fn memfd(name: &str) -> std::io::Result<std::fs::File> {
-    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
-    Ok(std::fs::File::from(fd))
 }
 
 #[cfg(test)]
