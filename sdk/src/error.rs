@@ -96,6 +96,24 @@ impl Error {
         }
     }
 
+    /// The message for a remote client (REST caller, SSH user). Internal
+    /// faults are named by their code only: their text can carry host paths
+    /// and the output of host tools. The full error belongs in the server's
+    /// log, next to the same code.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Io { .. }
+            | Self::Runtime(_)
+            | Self::CorruptState { .. }
+            | Self::DataDirLocked { .. }
+            | Self::RuntimeUnavailable { .. } => format!(
+                "internal error ({}); the server's log has the details",
+                self.code()
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// Stable machine-readable code, used in JSON error bodies.
     pub fn code(&self) -> &'static str {
         match self {
@@ -139,5 +157,28 @@ impl Error {
             | Self::Io { .. }
             | Self::Runtime(_) => ErrorKind::Internal,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_carry_no_host_details_for_internal_faults() {
+        let io = Error::io(
+            "creating /var/lib/blink/sandboxes/s-1/rootfs",
+            std::io::Error::other("no space"),
+        );
+        let runtime = Error::Runtime("bubblewrap: /usr/bin/nsenter failed".into());
+        for e in [io, runtime] {
+            let text = e.client_message();
+            assert!(!text.contains('/'), "{text}");
+            assert!(text.contains(e.code()), "{text}");
+            assert!(e.to_string().contains('/'), "the log keeps the details");
+        }
+        // What the caller did wrong is still said in full.
+        let bad = Error::InvalidArgument("environment variable name \"A=B\" is not allowed".into());
+        assert_eq!(bad.client_message(), bad.to_string());
     }
 }

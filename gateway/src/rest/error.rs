@@ -76,7 +76,7 @@ impl From<blink_sdk::Error> for ApiError {
         Self {
             status,
             code: e.code(),
-            message: e.to_string(),
+            message: e.client_message(),
         }
     }
 }

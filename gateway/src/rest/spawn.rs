@@ -402,7 +402,7 @@ async fn control(att: &Attachment, text: &str) -> Option<Message> {
                 Err(e) => return err(e.code, e.message),
             };
             if let Err(e) = att.spawn.control.resize(size) {
-                return err(e.code(), e.to_string());
+                return err(e.code(), e.client_message());
             }
         }
         Control::Signal { signal } => {
@@ -410,7 +410,7 @@ async fn control(att: &Attachment, text: &str) -> Option<Message> {
                 return err("invalid_signal", format!("unknown signal {signal:?}"));
             };
             if let Err(e) = att.spawn.control.signal(n) {
-                return err(e.code(), e.to_string());
+                return err(e.code(), e.client_message());
             }
         }
         Control::Eof => {

@@ -165,7 +165,7 @@ impl Job {
             Ok(s) => s,
             Err(e) => {
                 input.abort();
-                let msg = format!("blink: {e}\r\n");
+                let msg = format!("blink: {}\r\n", e.client_message());
                 let mut err = writer.make_writer_ext(Some(1));
                 let _ = err.write_all(msg.as_bytes()).await;
                 let _ = err.flush().await;
