@@ -242,8 +242,12 @@ def negotiated(t: Target) -> dict:
     return found
 
 
-def sandbox_rss_kib(uid: int = 900_000) -> int:
-    """Resident memory of every process running as the sandbox uid."""
+# Sandboxes run as host ids of their own ranges (sdk/src/runtime/local/ids.rs).
+SANDBOX_IDS = range(0x7000_0000, 0x8000_0000)
+
+
+def sandbox_rss_kib() -> int:
+    """Resident memory of every process running as a sandbox's host id."""
     total = 0
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -251,7 +255,8 @@ def sandbox_rss_kib(uid: int = 900_000) -> int:
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        if fields.get("Uid", "").split()[:1] == [str(uid)] and "VmRSS" in fields:
+        uid = fields.get("Uid", "").split()[:1]
+        if uid and int(uid[0]) in SANDBOX_IDS and "VmRSS" in fields:
             total += int(fields["VmRSS"].split()[0])
     return total
 
