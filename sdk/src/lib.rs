@@ -10,6 +10,7 @@
 //! process-wide manager on the default data dir.
 
 pub mod error;
+pub mod escape;
 pub mod fs;
 pub mod image;
 pub mod manager;

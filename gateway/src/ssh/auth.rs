@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+use blink_sdk::escape::Escaped;
 use blink_sdk::manager::OpenOptions;
 use blink_sdk::manager::keys;
 use blink_sdk::manager::names;
@@ -47,7 +48,7 @@ impl KeyCheck {
             Ok(list) if list.iter().any(|k| k.fingerprint == fingerprint) => Grant::Session,
             Ok(_) => Grant::None,
             Err(e) => {
-                tracing::warn!(session = %session, error = %e, "session authorized_keys unreadable");
+                tracing::warn!(session = %Escaped(session), error = %e, "session authorized_keys unreadable");
                 Grant::None
             }
         }
@@ -76,7 +77,7 @@ impl Conn {
     ) -> Auth {
         let fingerprint = key.fingerprint(russh::keys::HashAlg::Sha256).to_string();
         if let Ok(mut who) = self.stats.who.lock() {
-            *who = (user.chars().take(64).collect(), fingerprint.clone());
+            *who = (Escaped::limit(user, 64).to_string(), fingerprint.clone());
         }
         if self.counted_session.is_some() || !algorithm_allowed(algorithm) {
             return Auth::reject();
@@ -94,7 +95,7 @@ impl Conn {
         };
         if !ok {
             if verified {
-                tracing::info!(peer = %self.peer, login = %user, key = %fingerprint, "ssh auth rejected");
+                tracing::info!(peer = %self.peer, login = %Escaped(user), key = %fingerprint, "ssh auth rejected");
             }
             return Auth::reject();
         }
@@ -108,10 +109,10 @@ impl Conn {
                 .await
             {
                 Ok(_) => {
-                    tracing::info!(session = %user, key = %fingerprint, "session created on admin ssh login")
+                    tracing::info!(session = %Escaped(user), key = %fingerprint, "session created on admin ssh login")
                 }
                 Err(e) => {
-                    tracing::warn!(session = %user, error = %e, "creating session on ssh login failed");
+                    tracing::warn!(session = %Escaped(user), error = %e, "creating session on ssh login failed");
                     return Auth::reject();
                 }
             }
@@ -123,14 +124,14 @@ impl Conn {
             };
             let n = map.entry(user.to_string()).or_insert(0);
             if *n >= max {
-                tracing::info!(peer = %self.peer, session = %user, "ssh auth refused: too many connections to this session");
+                tracing::info!(peer = %self.peer, session = %Escaped(user), "ssh auth refused: too many connections to this session");
                 return Auth::reject();
             }
             *n += 1;
         }
         self.counted_session = Some(user.to_string());
         self.stats.authenticated.store(true, Ordering::SeqCst);
-        tracing::info!(peer = %self.peer, login = %user, key = %fingerprint, admin = grant == Grant::Admin, "ssh login");
+        tracing::info!(peer = %self.peer, login = %Escaped(user), key = %fingerprint, admin = grant == Grant::Admin, "ssh login");
         Auth::Accept
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use blink_sdk::escape::Escaped;
 use blink_sdk::manager::Manager;
 use russh::keys::PrivateKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
@@ -462,7 +463,7 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         if name != "sftp" {
-            tracing::info!(peer = %self.peer, subsystem = %name.chars().take(64).collect::<String>(), "ssh subsystem refused");
+            tracing::info!(peer = %self.peer, subsystem = %Escaped::limit(name, 64), "ssh subsystem refused");
             session.channel_failure(channel)?;
             return Ok(());
         }
