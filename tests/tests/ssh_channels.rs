@@ -394,3 +394,47 @@ async fn client_text_cannot_forge_log_lines() {
     let forged: Vec<&str> = log.lines().filter(|l| l.starts_with("FAKE")).collect();
     assert!(forged.is_empty(), "forged log lines: {forged:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_name_with_nul_is_refused_alone() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let client = Client::new();
+    setup(&blink, &client);
+    let server = start_server(&blink, &[]);
+    let ssh = connect(server.port, &client.path("id"), "s1").await;
+    let mut channel = ssh.channel_open_session().await.expect("open");
+
+    // The next reply to a request that wants one.
+    async fn reply(channel: &mut Channel<Msg>) -> ChannelMsg {
+        let wait = async {
+            loop {
+                match channel.wait().await {
+                    Some(m @ (ChannelMsg::Success | ChannelMsg::Failure)) => return m,
+                    Some(_) => {}
+                    None => panic!("channel closed"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("no reply")
+    }
+
+    channel
+        .set_env(true, "LC_BAD\0NAME", "x")
+        .await
+        .expect("env");
+    assert!(matches!(reply(&mut channel).await, ChannelMsg::Failure));
+    channel.set_env(true, "LC_GOOD", "kept").await.expect("env");
+    assert!(matches!(reply(&mut channel).await, ChannelMsg::Success));
+    channel
+        .exec(true, "echo \"ok $LC_GOOD\"")
+        .await
+        .expect("exec");
+    let outcome = finish(&mut channel, Outcome::default()).await;
+    assert_eq!(outcome.exit_status, Some(0), "{outcome:?}");
+    assert_eq!(outcome.stdout, "ok kept\n");
+}

@@ -421,6 +421,9 @@ impl russh::server::Handler for Conn {
         let allowed = env_allowed(name, &self.gateway.config.env_allow)
             && !value.contains('\0')
             && value.len() <= 4096;
+        if !allowed {
+            tracing::debug!(peer = %self.peer, name = %Escaped::limit(name, 64), "ssh env request refused");
+        }
         match self.channels.get_mut(&channel) {
             Some(p) if allowed && p.env.len() < 64 => {
                 p.env.retain(|(n, _)| n != name);
@@ -547,8 +550,12 @@ impl russh::server::Handler for Conn {
     }
 }
 
-/// LANG, LC_* and TERM, plus the configured names.
+/// LANG, LC_* and TERM, plus the configured names; never a name that no
+/// environment can hold (`=` or NUL in it).
 pub fn env_allowed(name: &str, extra: &[String]) -> bool {
+    if name.contains(['=', '\0']) {
+        return false;
+    }
     name == "LANG" || name == "TERM" || name.starts_with("LC_") || extra.iter().any(|n| n == name)
 }
 
@@ -581,7 +588,15 @@ mod tests {
         for ok in ["LANG", "LC_ALL", "TERM", "EDITOR"] {
             assert!(env_allowed(ok, &extra), "{ok}");
         }
-        for no in ["PATH", "LD_PRELOAD", "HOME", "lang"] {
+        for no in [
+            "PATH",
+            "LD_PRELOAD",
+            "HOME",
+            "lang",
+            "LC_A\0B",
+            "LC_A=B",
+            "EDITOR\0",
+        ] {
             assert!(!env_allowed(no, &extra), "{no}");
         }
         assert_eq!(sanitize_term("xterm-256color"), "xterm-256color");
