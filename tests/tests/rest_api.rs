@@ -736,3 +736,61 @@ fn websocket_attach_refuses_foreign_origins() {
         ws.close(None).ok();
     }
 }
+
+#[test]
+fn key_options_over_rest_are_enforced_or_refused() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let server = start(&blink, Options::default());
+    let client = blink_e2e::ssh::Client::new();
+    open_session(&server, "s1");
+    let public = std::fs::read_to_string(client.path("id.pub")).unwrap();
+    let public = public.trim();
+
+    // Options Blink cannot enforce are refused, naming them.
+    for (options, named) in [
+        ("bogus-opt", "bogus-opt"),
+        (r#"restrict,permitopen="127.0.0.1:80""#, "permitopen"),
+        (r#"from="host.example.com""#, "host.example.com"),
+    ] {
+        let a = server.post(
+            "/api/sessions/s1/keys",
+            json!({"key": format!("{options} {public}")}),
+        );
+        assert_eq!((a.status, a.code()), (400, "invalid_argument"), "{options}");
+        let message = a.body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(named), "{options}: {message}");
+    }
+    let a = server.get("/api/sessions/s1/keys");
+    assert_eq!(a.body["keys"], json!([]));
+
+    // Those it can are stored with the key and applied at login.
+    let line = format!(r#"command="echo via-rest-forced",from="127.0.0.1" {public}"#);
+    let a = server.post("/api/sessions/s1/keys", json!({ "key": line }));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(
+        a.body["key"]["options"],
+        r#"command="echo via-rest-forced",from="127.0.0.1""#
+    );
+    let mut ssh = std::process::Command::new("ssh");
+    ssh.args(client.common_opts("id"))
+        .arg("-p")
+        .arg(server.ssh_port.to_string())
+        .arg("s1@127.0.0.1")
+        .arg("echo asked");
+    let out = blink_e2e::ssh::run(ssh, b"");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via-rest-forced\n");
+
+    // The same key again with other options replaces them.
+    let a = server.post(
+        "/api/sessions/s1/keys",
+        json!({"key": format!("restrict {public}")}),
+    );
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.body["added"], false);
+    assert_eq!(a.body["options_changed"], true);
+    let a = server.get("/api/sessions/s1/keys");
+    assert_eq!(a.body["keys"][0]["options"], "restrict");
+}

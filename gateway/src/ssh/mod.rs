@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use blink_sdk::escape::Escaped;
 use blink_sdk::manager::Manager;
+use blink_sdk::manager::keys::KeyOptions;
 use russh::keys::PrivateKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
@@ -101,6 +102,7 @@ impl Gateway {
             stats: stats.clone(),
             channels: HashMap::new(),
             counted_session: None,
+            key_options: KeyOptions::default(),
             open_channels: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         };
         let limits = &self.config.limits;
@@ -251,6 +253,8 @@ struct Conn {
     channels: HashMap<ChannelId, Pending>,
     /// The session this connection was counted against.
     counted_session: Option<String>,
+    /// Options of the key that logged in (see `auth.rs`).
+    key_options: KeyOptions,
     /// Channels open on this connection (pending or running).
     open_channels: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -275,6 +279,12 @@ impl Conn {
     }
 
     fn start(&mut self, id: ChannelId, session: &mut Session, what: channel::What) {
+        // The login key's options first: they may refuse the request
+        // (the channel stays open) or replace what runs.
+        let Some((what, key_env)) = self.key_channel(what) else {
+            let _ = session.channel_failure(id);
+            return;
+        };
         let Some(pending) = self.channels.remove(&id) else {
             let _ = session.channel_failure(id);
             return;
@@ -287,6 +297,10 @@ impl Conn {
         let mut env = pending.env;
         if let Some(pty) = &pending.pty {
             env.push(("TERM".into(), pty.term.clone()));
+        }
+        for (key, value) in key_env {
+            env.retain(|(n, _)| *n != key);
+            env.push((key, value));
         }
         let job = channel::Job {
             manager: self.gateway.manager.clone(),
@@ -398,8 +412,9 @@ impl russh::server::Handler for Conn {
         _modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let allowed = self.key_allows_pty();
         match self.channels.get_mut(&channel) {
-            Some(p) if p.pty.is_none() => {
+            Some(p) if p.pty.is_none() && allowed => {
                 p.pty = Some(channel::PtyRequest {
                     term: sanitize_term(term),
                     size: channel::pty_size(col_width, row_height),
@@ -465,7 +480,7 @@ impl russh::server::Handler for Conn {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if name != "sftp" {
+        if name != "sftp" || !self.key_allows_subsystem(name) {
             tracing::info!(peer = %self.peer, subsystem = %Escaped::limit(name, 64), "ssh subsystem refused");
             session.channel_failure(channel)?;
             return Ok(());
