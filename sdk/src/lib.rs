@@ -4,6 +4,7 @@
 //! - [`runtime`]: the sandbox runtime interface and the `local` runtime.
 //! - [`image`]: OCI image layouts on disk, the default image, imports.
 //! - [`fs`]: file access confined to a sandbox's root.
+//! - [`escape`]: client text made safe for one log line.
 //! - [`types`]: wire types (the `blinkvm-shared` crate).
 //!
 //! The free functions below are the brief's convenience API; they share one
