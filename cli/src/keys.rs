@@ -52,19 +52,28 @@ pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 .lines()
                 .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
                 .ok_or_else(|| anyhow::anyhow!("no public key found"))?;
-            let (key, added) = keys::add(&store, &name.name, line)?;
+            let (key, change) = keys::add(&store, &name.name, line)?;
+            let added = change == keys::KeyChange::Added;
             if ctx.json {
-                output::print_json(&serde_json::json!({ "key": key, "added": added }))?;
-            } else if added {
-                println!(
-                    "added {} {} to session {}",
-                    key.fingerprint, key.kind, name.name
-                );
+                output::print_json(&serde_json::json!({
+                    "key": key,
+                    "added": added,
+                    "options_changed": change == keys::KeyChange::OptionsChanged,
+                }))?;
             } else {
-                println!(
-                    "{} is already authorized for session {}",
-                    key.fingerprint, name.name
-                );
+                let (fp, session) = (&key.fingerprint, &name.name);
+                let note = options_note(&key.options);
+                match change {
+                    keys::KeyChange::Added => {
+                        println!("added {fp} {} to session {session}{note}", key.kind)
+                    }
+                    keys::KeyChange::OptionsChanged => {
+                        println!("updated the options of {fp} in session {session}{note}")
+                    }
+                    keys::KeyChange::Unchanged => {
+                        println!("{fp} is already authorized for session {session}{note}")
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -77,7 +86,13 @@ pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 output::print_json(&list)?;
             } else {
                 for k in &list {
-                    println!("{} {} {}", k.fingerprint, k.kind, k.comment);
+                    println!(
+                        "{} {} {}{}",
+                        k.fingerprint,
+                        k.kind,
+                        k.comment,
+                        options_note(&k.options)
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -99,5 +114,14 @@ pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 .into()),
             }
         }
+    }
+}
+
+/// `  [options]` after a key, when it has any.
+fn options_note(options: &keys::KeyOptions) -> String {
+    if options.is_empty() {
+        String::new()
+    } else {
+        format!("  [{options}]")
     }
 }

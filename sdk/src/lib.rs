@@ -4,12 +4,14 @@
 //! - [`runtime`]: the sandbox runtime interface and the `local` runtime.
 //! - [`image`]: OCI image layouts on disk, the default image, imports.
 //! - [`fs`]: file access confined to a sandbox's root.
+//! - [`escape`]: client text made safe for one log line.
 //! - [`types`]: wire types (the `blinkvm-shared` crate).
 //!
 //! The free functions below are the brief's convenience API; they share one
 //! process-wide manager on the default data dir.
 
 pub mod error;
+pub mod escape;
 pub mod fs;
 pub mod image;
 pub mod manager;

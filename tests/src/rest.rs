@@ -161,6 +161,16 @@ impl Server {
         answer(self.request("GET", path).call())
     }
 
+    /// GET with extra headers, such as a forged `Host` or an `Origin`; the
+    /// connection still goes to 127.0.0.1.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut req = self.request("GET", path);
+        for (name, value) in headers {
+            req = req.set(name, value);
+        }
+        answer(req.call())
+    }
+
     pub fn delete(&self, path: &str) -> Answer {
         answer(self.request("DELETE", path).call())
     }
@@ -209,6 +219,14 @@ impl Server {
 
     /// Open a WebSocket to a path.
     pub fn ws(&self, path: &str) -> Socket {
+        self.try_ws(path, &[])
+            .unwrap_or_else(|(status, body)| panic!("ws connect refused: {status} {body}"))
+    }
+
+    /// Open a WebSocket with extra handshake headers (`Origin`, a forged
+    /// `Host`; the connection still goes to 127.0.0.1). A refused
+    /// handshake gives its status and JSON body.
+    pub fn try_ws(&self, path: &str, headers: &[(&str, &str)]) -> Result<Socket, (u16, Value)> {
         let url = format!("ws://127.0.0.1:{}{path}", self.http_port);
         let mut req = tungstenite::client::IntoClientRequest::into_client_request(url.as_str())
             .expect("ws request");
@@ -218,12 +236,29 @@ impl Server {
                 format!("Bearer {t}").parse().expect("header"),
             );
         }
-        let (mut socket, _) = tungstenite::connect(req).expect("ws connect");
+        for (name, value) in headers {
+            req.headers_mut().insert(
+                tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                value.parse().expect("header value"),
+            );
+        }
+        let mut socket = match tungstenite::connect(req) {
+            Ok((socket, _)) => socket,
+            Err(tungstenite::Error::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                return Err((response.status().as_u16(), body));
+            }
+            Err(e) => panic!("ws connect: {e}"),
+        };
         if let MaybeTlsStream::Plain(s) = socket.get_mut() {
             s.set_read_timeout(Some(Duration::from_millis(200)))
                 .expect("timeout");
         }
-        socket
+        Ok(socket)
     }
 
     pub fn pid(&self) -> u32 {

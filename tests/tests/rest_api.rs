@@ -628,3 +628,169 @@ fn websocket_attachments_are_capped_and_released() {
     }
     assert!(reattached, "the slot was never released");
 }
+
+/// A server whose config allows one extra host name and one origin.
+fn start_guarded(blink: &Blink) -> blink_e2e::rest::Server {
+    let config = blink.data_dir.path().join("blink.toml");
+    std::fs::write(
+        &config,
+        "[rest]\nallowed_hosts = [\"blink.internal\"]\n\
+         allowed_origins = [\"https://console.example\"]\n",
+    )
+    .unwrap();
+    start(
+        blink,
+        Options {
+            args: vec!["--config", config.to_str().unwrap()],
+            ..Options::default()
+        },
+    )
+}
+
+#[test]
+fn foreign_hosts_and_origins_are_refused() {
+    let blink = Blink::new();
+    let server = start_guarded(&blink);
+    let port = server.http_port;
+
+    // DNS rebinding: the browser names the attacker's host, whatever port.
+    for host in ["evil.example".to_string(), format!("evil.example:{port}")] {
+        let a = server.get_with("/api/sessions", &[("Host", &host)]);
+        assert_eq!((a.status, a.code()), (421, "host_not_allowed"), "{host}");
+        let message = a.body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("evil.example"), "{message}");
+    }
+    let a = server.post_raw(
+        "/api/sessions",
+        Some("application/json"),
+        br#"{"name":"s1"}"#,
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let a = server.get_with("/api/sessions/s1", &[("Host", "evil.example")]);
+    assert_eq!(a.status, 421);
+
+    // This machine by address or name, and the configured name, pass.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "blink.internal".to_string(),
+        format!("blink.internal:{port}"),
+    ] {
+        let a = server.get_with("/api/sessions", &[("Host", &host)]);
+        assert_eq!(a.status, 200, "{host}: {:?}", a.body);
+    }
+    // Health probes may use any name.
+    let a = server.get_with("/api/health", &[("Host", "10.9.8.7:8787")]);
+    assert_eq!(a.status, 200);
+
+    // A page's request carries its Origin: only configured ones pass.
+    let a = server.get_with("/api/sessions", &[("Origin", "http://evil.example")]);
+    assert_eq!((a.status, a.code()), (403, "origin_not_allowed"));
+    let a = server.get_with("/api/sessions", &[("Origin", "null")]);
+    assert_eq!(a.status, 403);
+    let a = server.get_with("/api/sessions", &[("Origin", "https://console.example")]);
+    assert_eq!(a.status, 200, "{:?}", a.body);
+}
+
+#[test]
+fn websocket_attach_refuses_foreign_origins() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let server = start_guarded(&blink);
+    open_session(&server, "s1");
+    let a = server.post(
+        "/api/sessions/s1/spawn",
+        json!({"command": ["sleep", "30"]}),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let path = format!(
+        "/api/sessions/s1/executions/{}/attach",
+        a.body["id"].as_str().unwrap()
+    );
+
+    // A page on another site opening the terminal.
+    let refused = server
+        .try_ws(&path, &[("Origin", "http://evil.example")])
+        .expect_err("a foreign origin must be refused");
+    assert_eq!(refused.0, 403);
+    assert_eq!(refused.1["error"]["code"], "origin_not_allowed");
+    // The same through DNS rebinding.
+    let refused = server
+        .try_ws(&path, &[("Host", "evil.example")])
+        .expect_err("a foreign host must be refused");
+    assert_eq!(refused.0, 421);
+
+    // No Origin (not a browser), or the configured one: attached.
+    for headers in [vec![], vec![("Origin", "https://console.example")]] {
+        let mut ws = server
+            .try_ws(&path, &headers)
+            .unwrap_or_else(|e| panic!("{headers:?} refused: {e:?}"));
+        let mut got = Received::default();
+        assert!(read_until(&mut ws, &mut got, WAIT, |r| !r
+            .events
+            .is_empty()));
+        assert_eq!(got.events[0]["type"], "attached", "{headers:?}");
+        ws.close(None).ok();
+    }
+}
+
+#[test]
+fn key_options_over_rest_are_enforced_or_refused() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let server = start(&blink, Options::default());
+    let client = blink_e2e::ssh::Client::new();
+    open_session(&server, "s1");
+    let public = std::fs::read_to_string(client.path("id.pub")).unwrap();
+    let public = public.trim();
+
+    // Options Blink cannot enforce are refused, naming them.
+    for (options, named) in [
+        ("bogus-opt", "bogus-opt"),
+        (r#"restrict,permitopen="127.0.0.1:80""#, "permitopen"),
+        (r#"from="host.example.com""#, "host.example.com"),
+    ] {
+        let a = server.post(
+            "/api/sessions/s1/keys",
+            json!({"key": format!("{options} {public}")}),
+        );
+        assert_eq!((a.status, a.code()), (400, "invalid_argument"), "{options}");
+        let message = a.body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(named), "{options}: {message}");
+    }
+    let a = server.get("/api/sessions/s1/keys");
+    assert_eq!(a.body["keys"], json!([]));
+
+    // Those it can are stored with the key and applied at login.
+    let line = format!(r#"command="echo via-rest-forced",from="127.0.0.1" {public}"#);
+    let a = server.post("/api/sessions/s1/keys", json!({ "key": line }));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(
+        a.body["key"]["options"],
+        r#"command="echo via-rest-forced",from="127.0.0.1""#
+    );
+    let mut ssh = std::process::Command::new("ssh");
+    ssh.args(client.common_opts("id"))
+        .arg("-p")
+        .arg(server.ssh_port.to_string())
+        .arg("s1@127.0.0.1")
+        .arg("echo asked");
+    let out = blink_e2e::ssh::run(ssh, b"");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via-rest-forced\n");
+
+    // The same key again with other options replaces them.
+    let a = server.post(
+        "/api/sessions/s1/keys",
+        json!({"key": format!("restrict {public}")}),
+    );
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.body["added"], false);
+    assert_eq!(a.body["options_changed"], true);
+    let a = server.get("/api/sessions/s1/keys");
+    assert_eq!(a.body["keys"][0]["options"], "restrict");
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blink_e2e::ssh::{Client, config_file, setup, start_server};
+use blink_e2e::ssh::{Client, config_file, setup, start_server, start_server_logging};
 use blink_e2e::{Blink, local_runtime_available};
 use russh::client::{Handle, Msg};
 use russh::keys::PrivateKeyWithHashAlg;
@@ -343,4 +343,98 @@ async fn auth_attempts_per_connection_are_limited() {
         .authenticate_publickey("s1", PrivateKeyWithHashAlg::new(right, None))
         .await;
     assert!(matches!(auth, Ok(ref a) if a.success()), "{auth:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_text_cannot_forge_log_lines() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let client = Client::new();
+    setup(&blink, &client);
+    let server = start_server_logging(&blink, &[], "info");
+
+    // Before login: a login name with a line of its own.
+    let mut ssh = connect_only(server.port).await;
+    let key = Arc::new(russh::keys::load_secret_key(client.path("id"), None).expect("key"));
+    let auth = ssh
+        .authenticate_publickey(
+            "s1\nFAKE LINE from the login",
+            PrivateKeyWithHashAlg::new(key, None),
+        )
+        .await;
+    assert!(matches!(auth, Ok(ref a) if !a.success()), "{auth:?}");
+    drop(ssh);
+    let closed = server.wait_log(&["ssh connection closed", "authenticated=false"]);
+    assert!(closed.is_some(), "{}", server.log());
+
+    // After login: a command with a newline, a carriage return and an
+    // escape sequence (in a shell comment, so the command succeeds).
+    let ssh = connect(server.port, &client.path("id"), "s1").await;
+    let mut channel = ssh.channel_open_session().await.expect("open");
+    channel
+        .exec(true, "true\nFAKE=from-the-command true # \r\x1b[2J")
+        .await
+        .expect("exec");
+    let outcome = finish(&mut channel, Outcome::default()).await;
+    assert_eq!(outcome.exit_status, Some(0), "{outcome:?}");
+    let line = server.wait_log(&["ssh channel closed"]);
+    assert!(line.is_some(), "{}", server.log());
+
+    let log = server.log();
+    assert!(
+        log.contains(r"s1\nFAKE LINE from the login"),
+        "login not escaped:\n{log}"
+    );
+    assert!(
+        log.contains(r"true\nFAKE=from-the-command true # \r\x1b[2J"),
+        "command not escaped:\n{log}"
+    );
+    let forged: Vec<&str> = log.lines().filter(|l| l.starts_with("FAKE")).collect();
+    assert!(forged.is_empty(), "forged log lines: {forged:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_name_with_nul_is_refused_alone() {
+    if !local_runtime_available() {
+        return;
+    }
+    let blink = Blink::new();
+    let client = Client::new();
+    setup(&blink, &client);
+    let server = start_server(&blink, &[]);
+    let ssh = connect(server.port, &client.path("id"), "s1").await;
+    let mut channel = ssh.channel_open_session().await.expect("open");
+
+    // The next reply to a request that wants one.
+    async fn reply(channel: &mut Channel<Msg>) -> ChannelMsg {
+        let wait = async {
+            loop {
+                match channel.wait().await {
+                    Some(m @ (ChannelMsg::Success | ChannelMsg::Failure)) => return m,
+                    Some(_) => {}
+                    None => panic!("channel closed"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("no reply")
+    }
+
+    channel
+        .set_env(true, "LC_BAD\0NAME", "x")
+        .await
+        .expect("env");
+    assert!(matches!(reply(&mut channel).await, ChannelMsg::Failure));
+    channel.set_env(true, "LC_GOOD", "kept").await.expect("env");
+    assert!(matches!(reply(&mut channel).await, ChannelMsg::Success));
+    channel
+        .exec(true, "echo \"ok $LC_GOOD\"")
+        .await
+        .expect("exec");
+    let outcome = finish(&mut channel, Outcome::default()).await;
+    assert_eq!(outcome.exit_status, Some(0), "{outcome:?}");
+    assert_eq!(outcome.stdout, "ok kept\n");
 }

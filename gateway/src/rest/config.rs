@@ -37,6 +37,15 @@ pub struct RestConfig {
     /// Bearer token required on every request but `/api/health`. Usually
     /// set through `BLINK_API_TOKEN` rather than the file.
     pub token: Option<String>,
+    /// `Host` names (and addresses) accepted besides loopback (`localhost`,
+    /// `127.0.0.1`, `[::1]`) and the listen address, which always are.
+    /// `name` accepts any port, `name:port` that port only; `"*"` turns the
+    /// check off. Other hosts get 421 (DNS rebinding defence).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`https://console.example.com`) whose pages may call
+    /// the API, WebSocket attach included. A request with any other
+    /// `Origin` header gets 403; requests without one are not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for RestConfig {
@@ -52,6 +61,8 @@ impl Default for RestConfig {
             max_run_timeout_secs: 3600,
             shutdown_grace_secs: 30,
             token: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -76,6 +87,20 @@ impl RestConfig {
         }
         if self.token.as_deref().is_some_and(str::is_empty) {
             return Err("rest.token must not be empty".into());
+        }
+        for host in &self.allowed_hosts {
+            if host != "*" && super::guard::HostName::parse(host).is_none() {
+                return Err(format!(
+                    "rest.allowed_hosts: {host:?} is not a host name or address (NAME, NAME:PORT, [V6]:PORT or \"*\")"
+                ));
+            }
+        }
+        for origin in &self.allowed_origins {
+            if super::guard::normalize_origin(origin).is_none() {
+                return Err(format!(
+                    "rest.allowed_origins: {origin:?} is not an origin such as https://console.example.com"
+                ));
+            }
         }
         Ok(())
     }
@@ -114,5 +139,18 @@ mod tests {
         assert!(toml::from_str::<RestConfig>("bind = \"x\"").is_err());
         let c: RestConfig = toml::from_str("max_runs_kept = 0").unwrap();
         assert!(c.validate().is_err());
+        let c: RestConfig =
+            toml::from_str("allowed_hosts = [\"blink.internal\", \"10.0.0.5:8787\", \"*\"]")
+                .unwrap();
+        assert!(c.validate().is_ok());
+        for bad in [
+            "allowed_hosts = [\"a b\"]",
+            "allowed_hosts = [\"\"]",
+            "allowed_origins = [\"evil.example\"]",
+            "allowed_origins = [\"https://a.example/path\"]",
+        ] {
+            let c: RestConfig = toml::from_str(bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 }

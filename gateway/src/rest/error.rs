@@ -71,7 +71,7 @@ impl From<blink_sdk::Error> for ApiError {
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(code = e.code(), error = %e, "request failed");
+            tracing::error!(code = e.code(), error = %blink_sdk::escape::Escaped(&e.to_string()), "request failed");
         }
         Self {
             status,

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use blink_sdk::manager::keys::{self, AuthorizedKey};
+use blink_sdk::manager::keys::{self, AuthorizedKey, KeyChange};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -17,7 +17,10 @@ const MAX_KEY_LINE: usize = 16 * 1024;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddKeyRequest {
-    /// One OpenSSH public key line: `ssh-ed25519 AAAA... comment`.
+    /// One OpenSSH `authorized_keys` line: `[options] ssh-ed25519 AAAA...
+    /// comment`. Options (`from=`, `command=`, `no-pty`, `restrict`,
+    /// `expiry-time=`, `environment=`, ...) are enforced; any other option
+    /// is refused with 400 naming it.
     pub key: String,
 }
 
@@ -25,6 +28,8 @@ pub struct AddKeyRequest {
 pub struct KeyView {
     /// e.g. `ssh-ed25519`.
     pub kind: String,
+    /// The key's options in `authorized_keys` syntax (empty: none).
+    pub options: String,
     pub comment: String,
     /// `SHA256:...`, as `ssh-keygen -l` prints it.
     pub fingerprint: String,
@@ -36,6 +41,7 @@ impl From<AuthorizedKey> for KeyView {
     fn from(k: AuthorizedKey) -> Self {
         Self {
             key: k.to_line(),
+            options: k.options.to_string(),
             kind: k.kind,
             comment: k.comment,
             fingerprint: k.fingerprint,
@@ -53,6 +59,8 @@ pub struct AddedKey {
     pub key: KeyView,
     /// False when the key was already there.
     pub added: bool,
+    /// True when the key was there with other options, now replaced.
+    pub options_changed: bool,
 }
 
 /// Keys that may log in to the session over SSH.
@@ -86,8 +94,8 @@ pub async fn list(
     request_body = AddKeyRequest,
     responses(
         (status = 201, description = "Added", body = AddedKey),
-        (status = 200, description = "Already there", body = AddedKey),
-        (status = 400, description = "Not a public key", body = ErrorResponse),
+        (status = 200, description = "Already there (its options replaced if they differ)", body = AddedKey),
+        (status = 400, description = "Not a public key, or an option that cannot be enforced", body = ErrorResponse),
         (status = 404, description = "No such session", body = ErrorResponse),
     )
 )]
@@ -110,8 +118,10 @@ pub async fn add(
             "give one key line, not several",
         ));
     }
-    let (key, added) = keys::add(state.manager.store(), &name, &req.key)?;
-    tracing::info!(session = %name, fingerprint = %key.fingerprint, added, "ssh key added over REST");
+    let (key, change) = keys::add(state.manager.store(), &name, &req.key)?;
+    let added = change == KeyChange::Added;
+    let options_changed = change == KeyChange::OptionsChanged;
+    tracing::info!(session = %name, fingerprint = %key.fingerprint, added, options_changed, "ssh key added over REST");
     let status = if added {
         StatusCode::CREATED
     } else {
@@ -122,6 +132,7 @@ pub async fn add(
         axum::Json(AddedKey {
             key: key.into(),
             added,
+            options_changed,
         }),
     )
         .into_response())

@@ -7,6 +7,7 @@
 mod checkpoints;
 pub mod config;
 mod error;
+mod guard;
 mod keys;
 mod openapi;
 mod product;
@@ -55,7 +56,7 @@ pub struct AppState {
 }
 
 /// The router and its OpenAPI document, built from the same route list.
-fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi::OpenApi) {
     let (api, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(product::health))
         .routes(routes!(product::product))
@@ -86,6 +87,8 @@ fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state, require_token))
+        // Before the token: a browser page is refused whatever it sends.
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .layer(axum::middleware::map_response(error::json_errors))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
@@ -189,7 +192,8 @@ pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<
         script_dirs: Arc::new(script_dirs),
         shutdown: shutdown_rx.clone(),
     };
-    let (app, _) = router(state);
+    let guard = Arc::new(guard::Guard::new(&state.config, local_addr));
+    let (app, _) = router(state, guard);
     let mut stop = shutdown_rx;
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

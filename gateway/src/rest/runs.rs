@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use blink_sdk::escape::Escaped;
 use blink_sdk::manager::{Manager, Program, RunOptions, Target};
 use blink_sdk::types::{CapturedOutput, RunResult};
 use serde::{Deserialize, Serialize};
@@ -293,7 +294,7 @@ impl RunRegistry {
             }
             Err(e) => {
                 let e = ApiError::from(e);
-                tracing::info!(run = %id, code = e.code, error = %e.message, "run failed");
+                tracing::info!(run = %id, code = e.code, error = %Escaped(&e.message), "run failed");
                 self.update(&id, |v| {
                     v.state = RunState::Failed;
                     v.finished_at_ms = Some(now_ms());

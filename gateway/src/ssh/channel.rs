@@ -118,7 +118,7 @@ impl Job {
             channel = %id,
             kind,
             pty = self.pty.is_some(),
-            command = %truncate(&command, 256),
+            command = %blink_sdk::escape::Escaped(&truncate(&command, 256)),
             bytes_in = bin,
             bytes_out = bout,
             exit_status = status.map(i64::from).unwrap_or(-1),

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use blink_sdk::escape::Escaped;
 use blink_sdk::manager::Manager;
+use blink_sdk::manager::keys::KeyOptions;
 use russh::keys::PrivateKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
@@ -99,6 +101,7 @@ impl Gateway {
             stats: stats.clone(),
             channels: HashMap::new(),
             counted_session: None,
+            key_options: KeyOptions::default(),
             open_channels: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         };
         let limits = &self.config.limits;
@@ -249,6 +252,8 @@ struct Conn {
     channels: HashMap<ChannelId, Pending>,
     /// The session this connection was counted against.
     counted_session: Option<String>,
+    /// Options of the key that logged in (see `auth.rs`).
+    key_options: KeyOptions,
     /// Channels open on this connection (pending or running).
     open_channels: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -273,6 +278,12 @@ impl Conn {
     }
 
     fn start(&mut self, id: ChannelId, session: &mut Session, what: channel::What) {
+        // The login key's options first: they may refuse the request
+        // (the channel stays open) or replace what runs.
+        let Some((what, key_env)) = self.key_channel(what) else {
+            let _ = session.channel_failure(id);
+            return;
+        };
         let Some(pending) = self.channels.remove(&id) else {
             let _ = session.channel_failure(id);
             return;
@@ -289,6 +300,10 @@ impl Conn {
         let mut env = pending.env;
         if let Some(pty) = &pty {
             env.push(("TERM".into(), pty.term.clone()));
+        }
+        for (key, value) in key_env {
+            env.retain(|(n, _)| *n != key);
+            env.push((key, value));
         }
         let job = channel::Job {
             manager: self.gateway.manager.clone(),
@@ -400,8 +415,9 @@ impl russh::server::Handler for Conn {
         _modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let allowed = self.key_allows_pty();
         match self.channels.get_mut(&channel) {
-            Some(p) if p.pty.is_none() => {
+            Some(p) if p.pty.is_none() && allowed => {
                 p.pty = Some(channel::PtyRequest {
                     term: sanitize_term(term),
                     size: channel::pty_size(col_width, row_height),
@@ -423,6 +439,9 @@ impl russh::server::Handler for Conn {
         let allowed = env_allowed(name, &self.gateway.config.env_allow)
             && !value.contains('\0')
             && value.len() <= 4096;
+        if !allowed {
+            tracing::debug!(peer = %self.peer, name = %Escaped::limit(name, 64), "ssh env request refused");
+        }
         match self.channels.get_mut(&channel) {
             Some(p) if allowed && p.env.len() < 64 => {
                 p.env.retain(|(n, _)| n != name);
@@ -464,8 +483,8 @@ impl russh::server::Handler for Conn {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if name != "sftp" {
-            tracing::info!(peer = %self.peer, subsystem = %name.chars().take(64).collect::<String>(), "ssh subsystem refused");
+        if name != "sftp" || !self.key_allows_subsystem(name) {
+            tracing::info!(peer = %self.peer, subsystem = %Escaped::limit(name, 64), "ssh subsystem refused");
             session.channel_failure(channel)?;
             return Ok(());
         }
@@ -521,8 +540,12 @@ impl russh::server::Handler for Conn {
     }
 }
 
-/// LANG, LC_* and TERM, plus the configured names.
+/// LANG, LC_* and TERM, plus the configured names; never a name that no
+/// environment can hold (`=` or NUL in it).
 pub fn env_allowed(name: &str, extra: &[String]) -> bool {
+    if name.contains(['=', '\0']) {
+        return false;
+    }
     name == "LANG" || name == "TERM" || name.starts_with("LC_") || extra.iter().any(|n| n == name)
 }
 
@@ -555,7 +578,15 @@ mod tests {
         for ok in ["LANG", "LC_ALL", "TERM", "EDITOR"] {
             assert!(env_allowed(ok, &extra), "{ok}");
         }
-        for no in ["PATH", "LD_PRELOAD", "HOME", "lang"] {
+        for no in [
+            "PATH",
+            "LD_PRELOAD",
+            "HOME",
+            "lang",
+            "LC_A\0B",
+            "LC_A=B",
+            "EDITOR\0",
+        ] {
             assert!(!env_allowed(no, &extra), "{no}");
         }
         assert_eq!(sanitize_term("xterm-256color"), "xterm-256color");

@@ -2,8 +2,10 @@
 //! session (`<data>/sessions/<name>/authorized_keys`) plus whatever admin
 //! file a gateway is configured with.
 //!
-//! Only the key itself is understood (type, base64 blob, comment); a line's
-//! leading options, if any, are skipped and not honoured. Keys are named by
+//! A line is `[options] type base64 [comment]`. Options (`from=`,
+//! `command=`, `no-pty`, `restrict`, ...) are parsed and kept with the key
+//! (see [`KeyOptions`]); a line with an option Blink cannot enforce is
+//! refused, never used without it. Keys are named by
 //! their OpenSSH SHA-256 fingerprint (`SHA256:...`). Edits are atomic and
 //! need no manager, so `blink-cli` can change keys while a server runs.
 
@@ -12,9 +14,12 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+use super::key_options::options_end;
+pub use super::key_options::{FromList, INTERNAL_SFTP, KeyOption, KeyOptions};
 use super::names;
 use super::store::{Store, write_atomic};
 use crate::error::{Error, Result};
+use crate::escape::Escaped;
 
 /// Key types accepted in authorized_keys files.
 pub const KEY_TYPES: &[&str] = &[
@@ -31,6 +36,10 @@ pub const AUTHORIZED_KEYS: &str = "authorized_keys";
 /// One authorized public key.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuthorizedKey {
+    /// Options in front of the key, in `authorized_keys` syntax (a string,
+    /// empty when there are none).
+    #[serde(default)]
+    pub options: KeyOptions,
     /// Key type, e.g. `ssh-ed25519`.
     pub kind: String,
     /// The key blob in base64, as written in the file.
@@ -41,22 +50,40 @@ pub struct AuthorizedKey {
     pub fingerprint: String,
 }
 
+/// What [`add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    /// The key was not there.
+    Added,
+    /// The key was there with other options: they are replaced.
+    OptionsChanged,
+    /// The key was there, options and all.
+    Unchanged,
+}
+
 impl AuthorizedKey {
-    /// Parse one `authorized_keys` line (options before the key type are
-    /// skipped). `Ok(None)` for blank lines and comments.
+    /// Parse one `authorized_keys` line. `Ok(None)` for blank lines and
+    /// comments. As in OpenSSH, a line either starts with the key type or
+    /// with options up to the first whitespace outside double quotes.
     pub fn parse(line: &str) -> Result<Option<Self>> {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             return Ok(None);
         }
-        let tokens: Vec<&str> = line.split_whitespace().collect();
-        let Some(pos) = tokens.iter().position(|t| KEY_TYPES.contains(t)) else {
+        let first = line.split_whitespace().next().unwrap_or("");
+        let (options, rest) = if KEY_TYPES.contains(&first) {
+            ("", line)
+        } else {
+            let end = options_end(line)?;
+            (&line[..end], line[end..].trim_start())
+        };
+        let mut tokens = rest.split_whitespace();
+        let Some(kind) = tokens.next().filter(|t| KEY_TYPES.contains(t)) else {
             return Err(Error::InvalidArgument(
                 "not an OpenSSH public key: expected ssh-ed25519, ecdsa-sha2-* or ssh-rsa".into(),
             ));
         };
-        let kind = tokens[pos].to_string();
-        let Some(blob) = tokens.get(pos + 1) else {
+        let Some(blob) = tokens.next() else {
             return Err(Error::InvalidArgument("public key has no key data".into()));
         };
         let bytes = base64::engine::general_purpose::STANDARD
@@ -67,13 +94,13 @@ impl AuthorizedKey {
                 "public key data does not match its type".into(),
             ));
         }
-        let comment = tokens
-            .get(pos + 2..)
-            .map(|c| c.join(" "))
-            .unwrap_or_default();
+        let comment = tokens.collect::<Vec<_>>().join(" ");
+        // Options are checked once the line is known to hold a key.
+        let options = KeyOptions::parse(options)?;
         Ok(Some(Self {
-            kind,
-            blob: (*blob).to_string(),
+            options,
+            kind: kind.to_string(),
+            blob: blob.to_string(),
             comment,
             fingerprint: fingerprint(&bytes),
         }))
@@ -81,11 +108,19 @@ impl AuthorizedKey {
 
     /// The line written to a file.
     pub fn to_line(&self) -> String {
-        if self.comment.is_empty() {
-            format!("{} {}", self.kind, self.blob)
-        } else {
-            format!("{} {} {}", self.kind, self.blob, self.comment)
+        let mut line = String::new();
+        if !self.options.is_empty() {
+            line.push_str(&self.options.to_string());
+            line.push(' ');
         }
+        line.push_str(&self.kind);
+        line.push(' ');
+        line.push_str(&self.blob);
+        if !self.comment.is_empty() {
+            line.push(' ');
+            line.push_str(&self.comment);
+        }
+        line
     }
 }
 
@@ -113,7 +148,7 @@ pub fn parse_all(text: &str, origin: &Path) -> Vec<AuthorizedKey> {
             Ok(Some(k)) => out.push(k),
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(file = %origin.display(), line = n + 1, error = %e, "skipping authorized_keys line")
+                tracing::warn!(file = %origin.display(), line = n + 1, error = %Escaped(&e.to_string()), "skipping authorized_keys line")
             }
         }
     }
@@ -141,9 +176,10 @@ pub fn list(store: &Store, name: &str) -> Result<Vec<AuthorizedKey>> {
     read_file(&session_keys_path(store, name)?)
 }
 
-/// Add a key to a session (the session must exist). Returns the key and
-/// whether it was new.
-pub fn add(store: &Store, name: &str, line: &str) -> Result<(AuthorizedKey, bool)> {
+/// Add a key to a session (the session must exist), with the options on
+/// its line; a key already there takes the new options. Returns the key
+/// as stored and what changed.
+pub fn add(store: &Store, name: &str, line: &str) -> Result<(AuthorizedKey, KeyChange)> {
     let key = AuthorizedKey::parse(line)?
         .ok_or_else(|| Error::InvalidArgument("no public key given".into()))?;
     if key.kind == "ssh-rsa" && key.blob.len() < 370 {
@@ -157,12 +193,19 @@ pub fn add(store: &Store, name: &str, line: &str) -> Result<(AuthorizedKey, bool
     }
     let path = session_keys_path(store, name)?;
     let mut keys = read_file(&path)?;
-    if keys.iter().any(|k| k.fingerprint == key.fingerprint) {
-        return Ok((key, false));
-    }
-    keys.push(key.clone());
+    let (stored, change) = match keys.iter_mut().find(|k| k.fingerprint == key.fingerprint) {
+        Some(old) if old.options == key.options => return Ok((old.clone(), KeyChange::Unchanged)),
+        Some(old) => {
+            old.options = key.options;
+            (old.clone(), KeyChange::OptionsChanged)
+        }
+        None => {
+            keys.push(key.clone());
+            (key, KeyChange::Added)
+        }
+    };
     write_keys(&path, &keys)?;
-    Ok((key, true))
+    Ok((stored, change))
 }
 
 /// Remove a key by fingerprint (`SHA256:...`, the prefix optional).
@@ -254,14 +297,8 @@ mod tests {
             k.fingerprint,
             "SHA256:lZS2BotsH4tVt5eZUIp8sZ0gCUYOdDikU9AZN7BtgaE"
         );
-        let with_options = format!("no-pty,command=\"x\" {ED}");
-        assert_eq!(
-            AuthorizedKey::parse(&with_options)
-                .unwrap()
-                .unwrap()
-                .fingerprint,
-            k.fingerprint
-        );
+        assert!(k.options.is_empty());
+        assert_eq!(k.to_line(), ED);
         assert!(AuthorizedKey::parse("# c").unwrap().is_none());
         assert!(AuthorizedKey::parse("ssh-ed25519 !!!").is_err());
         assert!(
@@ -270,6 +307,45 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn options_are_kept_with_the_key() {
+        let line = format!(r#"no-pty,command="echo \"a b\", c",from="127.0.0.1" {ED}"#);
+        let k = AuthorizedKey::parse(&line).unwrap().unwrap();
+        assert_eq!(
+            k.fingerprint,
+            "SHA256:lZS2BotsH4tVt5eZUIp8sZ0gCUYOdDikU9AZN7BtgaE"
+        );
+        assert_eq!(k.options.forced_command(), Some(r#"echo "a b", c"#));
+        assert!(!k.options.pty_allowed());
+        assert_eq!(k.comment, "test@host");
+        assert_eq!(k.to_line(), line);
+        assert_eq!(AuthorizedKey::parse(&k.to_line()).unwrap().unwrap(), k);
+        // Serialized as the options string, and read back the same.
+        let json = serde_json::to_value(&k).unwrap();
+        assert_eq!(
+            json["options"],
+            r#"no-pty,command="echo \"a b\", c",from="127.0.0.1""#
+        );
+        let back: AuthorizedKey = serde_json::from_value(json).unwrap();
+        assert_eq!(back, k);
+
+        // A key type inside a quoted value is not the key.
+        let tricky = format!(r#"command="ssh-ed25519 x" {ED}"#);
+        let k = AuthorizedKey::parse(&tricky).unwrap().unwrap();
+        assert_eq!(k.options.forced_command(), Some("ssh-ed25519 x"));
+
+        let e = AuthorizedKey::parse(&format!("frobnicate {ED}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"frobnicate\""), "{e}");
+        assert!(AuthorizedKey::parse(&format!(r#"command="x {ED}"#)).is_err());
+        // Not a key at all: said so, whatever the first word is.
+        let e = AuthorizedKey::parse("ssh-dss AAAA")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an OpenSSH public key"), "{e}");
     }
 
     #[test]
@@ -305,9 +381,18 @@ mod tests {
             r#"{"name":"s1","box_id":"b","image":"i","warm":false,"runtime":"local","created_at":0,"last_used_at":0}"#,
         )
         .unwrap();
-        let (k, new) = add(&store, "s1", ED).unwrap();
-        assert!(new);
-        assert!(!add(&store, "s1", ED).unwrap().1);
+        let (k, change) = add(&store, "s1", ED).unwrap();
+        assert_eq!(change, KeyChange::Added);
+        assert_eq!(add(&store, "s1", ED).unwrap().1, KeyChange::Unchanged);
+        assert_eq!(list(&store, "s1").unwrap(), vec![k.clone()]);
+        // The same key with options takes them; without, loses them.
+        let (r, change) = add(&store, "s1", &format!("restrict {ED}")).unwrap();
+        assert_eq!(change, KeyChange::OptionsChanged);
+        assert_eq!(list(&store, "s1").unwrap(), vec![r.clone()]);
+        assert!(!list(&store, "s1").unwrap()[0].options.pty_allowed());
+        assert!(add(&store, "s1", &format!("permitopen=\"h:1\" {ED}")).is_err());
+        assert_eq!(list(&store, "s1").unwrap(), vec![r]);
+        assert_eq!(add(&store, "s1", ED).unwrap().1, KeyChange::OptionsChanged);
         assert_eq!(list(&store, "s1").unwrap(), vec![k.clone()]);
         assert!(remove(&store, "s1", "SHA256:nope").unwrap().is_none());
         let short = k.fingerprint.trim_start_matches("SHA256:");

@@ -3,6 +3,7 @@
 //! spawned executions; the runtime below it only knows sandboxes by id.
 
 mod collect;
+mod key_options;
 pub mod keys;
 pub mod names;
 mod spawn;

@@ -1,0 +1,755 @@
+//! The options in front of a key in an OpenSSH `authorized_keys` line
+//! (sshd(8), "AUTHORIZED_KEYS FILE FORMAT"), parsed the way OpenSSH's
+//! `auth-options.c` parses them: comma-separated, names case-insensitive,
+//! values in double quotes where `\"` is a quote.
+//!
+//! Every option Blink accepts is enforced; any other option, known to
+//! OpenSSH or not, makes the key invalid, so a restriction is never
+//! dropped in silence. The rules live here, once: surfaces ask
+//! [`KeyOptions::check_login`] at authentication and the other accessors
+//! when a channel starts.
+//!
+//! | Option | Effect |
+//! |--------|--------|
+//! | `from="pattern-list"` | login only from matching client addresses |
+//! | `expiry-time="YYYYMMDD[HHMM[SS]][Z]"` | no login after that time |
+//! | `command="cmd"` | every exec and shell runs `cmd` instead |
+//! | `environment="NAME=value"` | set in every program the key starts |
+//! | `restrict` | no PTY, no forwarding of any kind, no user rc |
+//! | `[no-]pty`, `[no-]port-forwarding`, `[no-]agent-forwarding`, `[no-]X11-forwarding`, `[no-]user-rc` | as in OpenSSH |
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+
+/// At most this many `environment=` options per key (OpenSSH's limit).
+const MAX_ENVIRONMENT: usize = 1024;
+
+/// A forced command that serves SFTP only (OpenSSH's in-process server).
+pub const INTERNAL_SFTP: &str = "internal-sftp";
+
+/// One option, as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOption {
+    Restrict,
+    Pty(bool),
+    PortForwarding(bool),
+    AgentForwarding(bool),
+    X11Forwarding(bool),
+    UserRc(bool),
+    Command(String),
+    From(FromList),
+    ExpiryTime {
+        /// As written, e.g. `20300101` or `203001011200Z`.
+        text: String,
+        /// Seconds since the epoch.
+        at: i64,
+    },
+    Environment {
+        name: String,
+        value: String,
+    },
+}
+
+/// The options of one key, in the order written (`restrict,pty` is not
+/// `pty,restrict`). Empty: no restriction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyOptions {
+    list: Vec<KeyOption>,
+}
+
+/// Where the options end in a line that starts with them: the first
+/// whitespace outside double quotes (OpenSSH's
+/// `sshkey_advance_past_options`).
+pub(super) fn options_end(line: &str) -> Result<usize> {
+    let bytes = line.as_bytes();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if bytes.get(i + 1) == Some(&b'"') => i += 1,
+            b'"' => quoted = !quoted,
+            b' ' | b'\t' if !quoted => return Ok(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    if quoted {
+        return Err(invalid("key options have an unterminated quote"));
+    }
+    Ok(bytes.len())
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::InvalidArgument(message.into())
+}
+
+/// The value after `name=`: a double-quoted string where `\"` stands for
+/// a quote (any other backslash is kept). Returns it and the rest.
+fn dequote<'a>(name: &str, text: &'a str) -> Result<(String, &'a str)> {
+    let Some(body) = text.strip_prefix('"') else {
+        return Err(invalid(format!(
+            "key option {name:?}: the value must be in double quotes"
+        )));
+    };
+    let mut value = String::new();
+    let mut chars = body.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' if chars.peek().map(|&(_, n)| n) == Some('"') => {
+                chars.next();
+                value.push('"');
+            }
+            '"' => return Ok((value, &body[i + 1..])),
+            c if c.is_control() && c != '\t' => {
+                return Err(invalid(format!(
+                    "key option {name:?}: the value has a control character"
+                )));
+            }
+            c => value.push(c),
+        }
+    }
+    Err(invalid(format!(
+        "key option {name:?}: the value has no closing quote"
+    )))
+}
+
+/// Write a value back in double quotes.
+fn quote(value: &str) -> String {
+    format!("\"{}\"", value.replace('"', "\\\""))
+}
+
+impl KeyOptions {
+    /// Parse the options field of a line (everything before the key type).
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut list: Vec<KeyOption> = Vec::new();
+        let mut rest = text;
+        if rest.is_empty() {
+            return Ok(Self { list });
+        }
+        loop {
+            let end = rest.find([',', '=']).unwrap_or(rest.len());
+            let name = &rest[..end];
+            let lower = name.to_ascii_lowercase();
+            let has_value = rest[end..].starts_with('=');
+            let mut after = &rest[end..];
+            let option = if has_value {
+                let (value, tail) = dequote(name, &rest[end + 1..])?;
+                after = tail;
+                Self::valued(&lower, name, value, &list)?
+            } else {
+                Self::flag(&lower, name)?
+            };
+            if let Some(option) = option {
+                list.push(option);
+            }
+            if after.is_empty() {
+                break;
+            }
+            let Some(next) = after.strip_prefix(',') else {
+                return Err(invalid(format!(
+                    "key option {name:?} is followed by {:?} instead of a comma",
+                    after.chars().take(20).collect::<String>()
+                )));
+            };
+            if next.is_empty() {
+                return Err(invalid("key options end with a comma"));
+            }
+            rest = next;
+        }
+        Ok(Self { list })
+    }
+
+    fn flag(lower: &str, name: &str) -> Result<Option<KeyOption>> {
+        let (allow, base) = match lower.strip_prefix("no-") {
+            Some(base) => (false, base),
+            None => (true, lower),
+        };
+        Ok(Some(match base {
+            "restrict" if allow => KeyOption::Restrict,
+            "pty" => KeyOption::Pty(allow),
+            "port-forwarding" => KeyOption::PortForwarding(allow),
+            "agent-forwarding" => KeyOption::AgentForwarding(allow),
+            "x11-forwarding" => KeyOption::X11Forwarding(allow),
+            "user-rc" => KeyOption::UserRc(allow),
+            "cert-authority" if allow => {
+                return Err(unsupported(name, "certificates are not accepted"));
+            }
+            "touch-required" | "verify-required" => {
+                return Err(unsupported(name, "security keys (sk-*) are not accepted"));
+            }
+            "" => return Err(invalid("key options have an empty option")),
+            _ => return Err(unknown(name)),
+        }))
+    }
+
+    fn valued(
+        lower: &str,
+        name: &str,
+        value: String,
+        so_far: &[KeyOption],
+    ) -> Result<Option<KeyOption>> {
+        Ok(Some(match lower {
+            "command" => {
+                if so_far.iter().any(|o| matches!(o, KeyOption::Command(_))) {
+                    return Err(invalid("key options have more than one command="));
+                }
+                KeyOption::Command(value)
+            }
+            "from" => {
+                if so_far.iter().any(|o| matches!(o, KeyOption::From(_))) {
+                    return Err(invalid("key options have more than one from="));
+                }
+                KeyOption::From(FromList::parse(&value)?)
+            }
+            "expiry-time" => {
+                let at = parse_expiry(&value)?;
+                KeyOption::ExpiryTime { text: value, at }
+            }
+            "environment" => {
+                let Some((var, val)) = value.split_once('=') else {
+                    return Err(invalid(format!(
+                        "key option environment={value:?} is not NAME=value"
+                    )));
+                };
+                if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(invalid(format!(
+                        "key option environment=: {var:?} is not a variable name (letters, digits, _)"
+                    )));
+                }
+                let count = so_far
+                    .iter()
+                    .filter(|o| matches!(o, KeyOption::Environment { .. }))
+                    .count();
+                if count >= MAX_ENVIRONMENT {
+                    return Err(invalid("key options have too many environment="));
+                }
+                // The first one of a name wins, as in OpenSSH.
+                if so_far
+                    .iter()
+                    .any(|o| matches!(o, KeyOption::Environment { name, .. } if name == var))
+                {
+                    return Ok(None);
+                }
+                KeyOption::Environment {
+                    name: var.to_string(),
+                    value: val.to_string(),
+                }
+            }
+            "permitopen" | "permitlisten" => {
+                return Err(unsupported(
+                    name,
+                    "the gateway refuses all port forwarding; use no-port-forwarding or restrict",
+                ));
+            }
+            "tunnel" => {
+                return Err(unsupported(
+                    name,
+                    "the gateway refuses tunnel forwarding; use restrict",
+                ));
+            }
+            "principals" => {
+                return Err(unsupported(name, "certificates are not accepted"));
+            }
+            _ => return Err(unknown(name)),
+        }))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The options in the order written.
+    pub fn options(&self) -> &[KeyOption] {
+        &self.list
+    }
+
+    /// A flag as the options leave it: allowed unless `restrict` or its
+    /// `no-` form came last.
+    fn flag_allowed(&self, pick: impl Fn(&KeyOption) -> Option<bool>) -> bool {
+        self.list.iter().fold(true, |allowed, o| match o {
+            KeyOption::Restrict => false,
+            o => pick(o).unwrap_or(allowed),
+        })
+    }
+
+    pub fn pty_allowed(&self) -> bool {
+        self.flag_allowed(|o| match o {
+            KeyOption::Pty(b) => Some(*b),
+            _ => None,
+        })
+    }
+
+    pub fn port_forwarding_allowed(&self) -> bool {
+        self.flag_allowed(|o| match o {
+            KeyOption::PortForwarding(b) => Some(*b),
+            _ => None,
+        })
+    }
+
+    pub fn agent_forwarding_allowed(&self) -> bool {
+        self.flag_allowed(|o| match o {
+            KeyOption::AgentForwarding(b) => Some(*b),
+            _ => None,
+        })
+    }
+
+    pub fn x11_forwarding_allowed(&self) -> bool {
+        self.flag_allowed(|o| match o {
+            KeyOption::X11Forwarding(b) => Some(*b),
+            _ => None,
+        })
+    }
+
+    /// The forced command (`command=`), if any.
+    pub fn forced_command(&self) -> Option<&str> {
+        self.list.iter().find_map(|o| match o {
+            KeyOption::Command(c) => Some(c.as_str()),
+            _ => None,
+        })
+    }
+
+    /// `environment=` variables, each name once.
+    pub fn environment(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.list.iter().filter_map(|o| match o {
+            KeyOption::Environment { name, value } => Some((name.as_str(), value.as_str())),
+            _ => None,
+        })
+    }
+
+    /// The earliest `expiry-time`, in seconds since the epoch.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.list
+            .iter()
+            .filter_map(|o| match o {
+                KeyOption::ExpiryTime { at, .. } => Some(*at),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Whether the key may log in from `peer` at `now` (`from=`,
+    /// `expiry-time=`); the error says why not, for the server's log.
+    pub fn check_login(&self, peer: IpAddr, now: SystemTime) -> std::result::Result<(), String> {
+        if let Some(at) = self.expires_at() {
+            let now = now
+                .duration_since(UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            if at < now {
+                return Err(format!("the key expired at {at} (expiry-time)"));
+            }
+        }
+        for o in &self.list {
+            if let KeyOption::From(list) = o
+                && !list.allows(peer)
+            {
+                return Err(format!(
+                    "{} does not match from=\"{}\"",
+                    peer.to_canonical(),
+                    list.text
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unsupported(name: &str, why: &str) -> Error {
+    invalid(format!("key option {name:?} is not supported: {why}"))
+}
+
+fn unknown(name: &str) -> Error {
+    invalid(format!("unknown key option {name:?}"))
+}
+
+impl fmt::Display for KeyOptions {
+    /// The options in `authorized_keys` syntax (empty when there are none).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flag = |allow: bool, name: &str| {
+            if allow {
+                name.to_string()
+            } else {
+                format!("no-{name}")
+            }
+        };
+        let mut first = true;
+        for o in &self.list {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            let text = match o {
+                KeyOption::Restrict => "restrict".to_string(),
+                KeyOption::Pty(b) => flag(*b, "pty"),
+                KeyOption::PortForwarding(b) => flag(*b, "port-forwarding"),
+                KeyOption::AgentForwarding(b) => flag(*b, "agent-forwarding"),
+                KeyOption::X11Forwarding(b) => flag(*b, "X11-forwarding"),
+                KeyOption::UserRc(b) => flag(*b, "user-rc"),
+                KeyOption::Command(c) => format!("command={}", quote(c)),
+                KeyOption::From(l) => format!("from={}", quote(&l.text)),
+                KeyOption::ExpiryTime { text, .. } => format!("expiry-time={}", quote(text)),
+                KeyOption::Environment { name, value } => {
+                    format!("environment={}", quote(&format!("{name}={value}")))
+                }
+            };
+            f.write_str(&text)?;
+        }
+        Ok(())
+    }
+}
+
+impl serde::Serialize for KeyOptions {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyOptions {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A `from=` pattern list: client addresses, CIDR networks and address
+/// wildcards (`*`, `?`), each possibly negated with `!`. A key is allowed
+/// when some entry matches and no negated entry does. Host names are not
+/// resolved, so entries that name hosts are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromList {
+    /// As written.
+    text: String,
+    entries: Vec<(bool, AddrPattern)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AddrPattern {
+    Network(IpAddr, u8),
+    Wildcard(String),
+}
+
+impl FromList {
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut entries = Vec::new();
+        for raw in text.split(',') {
+            let (negated, entry) = match raw.strip_prefix('!') {
+                Some(e) => (true, e),
+                None => (false, raw),
+            };
+            if entry.is_empty() {
+                return Err(invalid(format!("from={text:?} has an empty entry")));
+            }
+            entries.push((negated, AddrPattern::parse(entry)?));
+        }
+        Ok(Self {
+            text: text.to_string(),
+            entries,
+        })
+    }
+
+    /// Whether a client at `peer` may use the key.
+    pub fn allows(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        let text = peer.to_string();
+        let mut matched = false;
+        for (negated, pattern) in &self.entries {
+            if pattern.matches(peer, &text) {
+                if *negated {
+                    return false;
+                }
+                matched = true;
+            }
+        }
+        matched
+    }
+}
+
+impl AddrPattern {
+    fn parse(entry: &str) -> Result<Self> {
+        if let Some((addr, len)) = entry.split_once('/') {
+            let bad = || invalid(format!("from= entry {entry:?} is not a CIDR network"));
+            let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+            let len: u8 = len.parse().map_err(|_| bad())?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            if len > max {
+                return Err(bad());
+            }
+            if mask(addr, len) != addr {
+                return Err(invalid(format!(
+                    "from= network {entry:?} has address bits set beyond its /{len} mask"
+                )));
+            }
+            return Ok(Self::Network(addr, len));
+        }
+        if let Ok(addr) = entry.parse::<IpAddr>() {
+            let len = if addr.is_ipv4() { 32 } else { 128 };
+            return Ok(Self::Network(addr.to_canonical(), len));
+        }
+        let address_like = entry
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '*' | '?'));
+        if !address_like || !entry.contains(['*', '?']) {
+            return Err(invalid(format!(
+                "from= entry {entry:?} is not an address, a CIDR network or an address \
+                 pattern with * or ? (host names are not resolved)"
+            )));
+        }
+        Ok(Self::Wildcard(entry.to_ascii_lowercase()))
+    }
+
+    fn matches(&self, peer: IpAddr, text: &str) -> bool {
+        match self {
+            Self::Network(net, len) => net.is_ipv4() == peer.is_ipv4() && mask(peer, *len) == *net,
+            Self::Wildcard(p) => wildcard_match(p.as_bytes(), text.as_bytes()),
+        }
+    }
+}
+
+/// `addr` with all but its first `len` bits cleared.
+fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+/// `*` (any run) and `?` (any one character), as OpenSSH's `match_pattern`.
+fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// `YYYYMMDD[HHMM[SS]]`, local time, or UTC with a `Z` (or `UTC`) suffix,
+/// as OpenSSH's `parse_absolute_time`; seconds since the epoch.
+fn parse_expiry(text: &str) -> Result<i64> {
+    let bad = || {
+        invalid(format!(
+            "key option expiry-time={text:?} is not YYYYMMDD[HHMM[SS]] with an optional Z for UTC"
+        ))
+    };
+    let (digits, utc) = if let Some(d) = text.strip_suffix(['Z', 'z']) {
+        (d, true)
+    } else if text.len() > 3 && text[text.len() - 3..].eq_ignore_ascii_case("UTC") {
+        (&text[..text.len() - 3], true)
+    } else {
+        (text, false)
+    };
+    if !matches!(digits.len(), 8 | 12 | 14) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let field = |from: usize, len: usize| -> i64 {
+        digits
+            .get(from..from + len)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    let (year, month, day) = (field(0, 4), field(4, 2), field(6, 2));
+    let (hour, minute, second) = (field(8, 2), field(10, 2), field(12, 2));
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if year < 1970 || day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return Err(bad());
+    }
+    let at = if utc {
+        days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    } else {
+        local_time(year, month, day, hour, minute, second).ok_or_else(bad)?
+    };
+    if at <= 0 {
+        return Err(bad());
+    }
+    Ok(at)
+}
+
+/// Days from 1970-01-01 to a civil date (proleptic Gregorian).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// A local wall-clock time as seconds since the epoch (`mktime`).
+fn local_time(year: i64, month: i64, day: i64, hour: i64, min: i64, sec: i64) -> Option<i64> {
+    let int = |v: i64| libc::c_int::try_from(v).ok();
+    // SAFETY: an all-zero `tm` is a valid value (null `tm_zone`).
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_year = int(year - 1900)?;
+    tm.tm_mon = int(month - 1)?;
+    tm.tm_mday = int(day)?;
+    tm.tm_hour = int(hour)?;
+    tm.tm_min = int(min)?;
+    tm.tm_sec = int(sec)?;
+    tm.tm_isdst = -1;
+    // SAFETY: `tm` is a valid, exclusively borrowed struct; mktime only
+    // reads the time zone and normalizes the fields.
+    let at = unsafe { libc::mktime(&mut tm) };
+    // `time_t` is not 64 bits everywhere.
+    #[allow(clippy::useless_conversion)]
+    let at = i64::from(at);
+    (at != -1).then_some(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_quoted_values_with_commas_and_quotes() {
+        let o = KeyOptions::parse(
+            r#"no-pty,command="echo \"a, b\" c\\d",from="10.0.0.0/8,!10.1.*",NO-X11-Forwarding"#,
+        )
+        .unwrap();
+        assert_eq!(o.forced_command(), Some(r#"echo "a, b" c\\d"#));
+        assert!(!o.pty_allowed());
+        assert!(!o.x11_forwarding_allowed());
+        assert!(o.port_forwarding_allowed());
+        // Written back, it reads the same.
+        let again = KeyOptions::parse(&o.to_string()).unwrap();
+        assert_eq!(again, o);
+        assert_eq!(
+            o.to_string(),
+            r#"no-pty,command="echo \"a, b\" c\\d",from="10.0.0.0/8,!10.1.*",no-X11-forwarding"#
+        );
+    }
+
+    #[test]
+    fn restrict_and_later_flags_in_order() {
+        let r = KeyOptions::parse("restrict").unwrap();
+        assert!(!r.pty_allowed() && !r.port_forwarding_allowed());
+        assert!(!r.agent_forwarding_allowed() && !r.x11_forwarding_allowed());
+        assert!(KeyOptions::parse("restrict,pty").unwrap().pty_allowed());
+        assert!(!KeyOptions::parse("pty,restrict").unwrap().pty_allowed());
+        assert!(KeyOptions::default().pty_allowed());
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_enforce_naming_it() {
+        for (text, name) in [
+            ("bogus", "bogus"),
+            ("no-pty,frobnicate=\"x\"", "frobnicate"),
+            ("permitopen=\"host:80\"", "permitopen"),
+            ("permitlisten=\"80\"", "permitlisten"),
+            ("tunnel=\"1\"", "tunnel"),
+            ("principals=\"a\"", "principals"),
+            ("cert-authority", "cert-authority"),
+            ("no-touch-required", "no-touch-required"),
+            ("no-restrict", "no-restrict"),
+        ] {
+            let e = KeyOptions::parse(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("{name:?}")), "{text}: {e}");
+        }
+        for bad in [
+            "command=x",
+            "command=\"x",
+            "command=\"a\",command=\"b\"",
+            "no-pty,",
+            "no-pty,,pty",
+            "command=\"a\"x",
+            "environment=\"NOEQUALS\"",
+            "environment=\"BAD-NAME=1\"",
+            "from=\"10.0.0.1/8\"",
+            "from=\"host.example.com\"",
+            "from=\"\"",
+            "from=\"10.0.0.1,\"",
+            "expiry-time=\"2030\"",
+            "expiry-time=\"20301301\"",
+            "command=\"a\rb\"",
+        ] {
+            assert!(KeyOptions::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn from_patterns() {
+        let allows = |list: &str, peer: &str| FromList::parse(list).unwrap().allows(ip(peer));
+        assert!(allows("127.0.0.1", "127.0.0.1"));
+        assert!(allows("127.0.0.1", "::ffff:127.0.0.1"));
+        assert!(!allows("10.0.0.0/8", "127.0.0.1"));
+        assert!(allows("10.0.0.0/8", "10.200.3.4"));
+        assert!(allows("127.0.0.*", "127.0.0.1"));
+        assert!(allows("127.0.0.?", "127.0.0.1"));
+        assert!(!allows("127.0.0.?", "127.0.0.10"));
+        assert!(allows("*", "192.168.1.1"));
+        assert!(!allows("!127.0.0.1,*", "127.0.0.1"));
+        assert!(allows("!127.0.0.1,*", "127.0.0.2"));
+        assert!(!allows("!10.0.0.0/8", "192.168.1.1"));
+        assert!(allows("::1", "::1"));
+        assert!(allows("fe80::/10", "fe80::1"));
+        assert!(!allows("fe80::/10", "127.0.0.1"));
+        assert!(allows("0.0.0.0/0", "8.8.8.8"));
+    }
+
+    #[test]
+    fn expiry_time_formats_and_enforcement() {
+        assert_eq!(parse_expiry("19700102Z").unwrap(), 86400);
+        assert_eq!(parse_expiry("203001020304Z").unwrap(), 1_893_553_440);
+        assert_eq!(parse_expiry("20300102030405UTC").unwrap(), 1_893_553_445);
+        assert!(parse_expiry("20300102").is_ok());
+        assert!(parse_expiry("20230229Z").is_err());
+        assert!(parse_expiry("20240229Z").is_ok());
+        let past = KeyOptions::parse("expiry-time=\"20200101Z\"").unwrap();
+        let future = KeyOptions::parse("expiry-time=\"29990101Z\"").unwrap();
+        let now = SystemTime::now();
+        assert!(past.check_login(ip("127.0.0.1"), now).is_err());
+        assert!(future.check_login(ip("127.0.0.1"), now).is_ok());
+        // The earliest of several wins.
+        let both =
+            KeyOptions::parse("expiry-time=\"29990101Z\",expiry-time=\"20200101Z\"").unwrap();
+        assert!(both.check_login(ip("127.0.0.1"), now).is_err());
+    }
+
+    #[test]
+    fn environment_first_wins() {
+        let o = KeyOptions::parse(r#"environment="A=1",environment="A=2",environment="B=x=y""#)
+            .unwrap();
+        let env: Vec<_> = o.environment().collect();
+        assert_eq!(env, vec![("A", "1"), ("B", "x=y")]);
+    }
+
+    #[test]
+    fn options_end_respects_quotes() {
+        assert_eq!(options_end(r#"command="a b" ssh-ed25519"#).unwrap(), 13);
+        assert_eq!(options_end(r#"command="a \" b" k"#).unwrap(), 16);
+        assert!(options_end(r#"command="a b ssh-ed25519"#).is_err());
+    }
+}
