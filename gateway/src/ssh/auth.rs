@@ -209,7 +209,9 @@ impl Conn {
             .collect();
         match options.forced_command() {
             None => Some((what, env)),
-            Some(INTERNAL_SFTP) => None,
+            // sftp runs under `internal-sftp`; nothing else does.
+            Some(INTERNAL_SFTP) => matches!(what, What::Sftp).then_some((what, env)),
+            Some(_) if matches!(what, What::Sftp) => None,
             Some(forced) => {
                 if let What::Exec(original) = what {
                     tracing::info!(peer = %self.peer, original = %Escaped::limit(&original, 256), "ssh forced command (key option) replaces the client's command");
