@@ -6,8 +6,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use blink_sdk::manager::KeyStore;
 use blink_sdk::manager::keys;
-use blink_sdk::manager::store::Store;
 use clap::Subcommand;
 
 use crate::output::{self, Context};
@@ -37,7 +37,7 @@ pub enum KeysCommand {
 }
 
 pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&ctx.data_dir)?;
+    let store = KeyStore::open(&ctx.data_dir)?;
     match cmd {
         KeysCommand::Add { name, key_file } => {
             let text = if key_file.as_os_str() == "-" {
@@ -52,7 +52,7 @@ pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 .lines()
                 .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
                 .ok_or_else(|| anyhow::anyhow!("no public key found"))?;
-            let (key, change) = keys::add(&store, &name.name, line)?;
+            let (key, change) = store.add(&name.name, line)?;
             let added = change == keys::KeyChange::Added;
             if ctx.json {
                 output::print_json(&serde_json::json!({
@@ -78,10 +78,10 @@ pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Ls { name } => {
-            if store.load(&name.name)?.is_none() {
+            if !store.session_exists(&name.name)? {
                 return Err(blink_sdk::Error::SessionNotFound(name.name).into());
             }
-            let list = keys::list(&store, &name.name)?;
+            let list = store.list(&name.name)?;
             if ctx.json {
                 output::print_json(&list)?;
             } else {
@@ -97,23 +97,21 @@ pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeysCommand::Rm { name, fingerprint } => {
-            match keys::remove(&store, &name.name, &fingerprint)? {
-                Some(key) => {
-                    if ctx.json {
-                        output::print_json(&serde_json::json!({ "removed": key }))?;
-                    } else {
-                        println!("removed {} from session {}", key.fingerprint, name.name);
-                    }
-                    Ok(ExitCode::SUCCESS)
+        KeysCommand::Rm { name, fingerprint } => match store.remove(&name.name, &fingerprint)? {
+            Some(key) => {
+                if ctx.json {
+                    output::print_json(&serde_json::json!({ "removed": key }))?;
+                } else {
+                    println!("removed {} from session {}", key.fingerprint, name.name);
                 }
-                None => Err(blink_sdk::Error::InvalidArgument(format!(
-                    "no key {fingerprint} in session {}",
-                    name.name
-                ))
-                .into()),
+                Ok(ExitCode::SUCCESS)
             }
-        }
+            None => Err(blink_sdk::Error::InvalidArgument(format!(
+                "no key {fingerprint} in session {}",
+                name.name
+            ))
+            .into()),
+        },
     }
 }
 

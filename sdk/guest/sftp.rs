@@ -167,6 +167,11 @@ const MAX_DATA: usize = 256 * 1024;
 const MAX_PACKET: usize = MAX_DATA + 1024;
 /// Size advertised as max-packet-length (limits@openssh.com).
 const ADVERTISED_PACKET: u64 = 256 * 1024;
+/// Read and write lengths advertised (limits@openssh.com). OpenSSH's client
+/// sizes its requests by them and keeps 64 in flight: 64 KiB keeps that
+/// under 4 MiB, well inside what the gateway queues for a channel's stdin.
+/// Larger requests from other clients are still served, up to `MAX_DATA`.
+const ADVERTISED_DATA: u64 = 64 * 1024;
 /// Open file and directory handles at once.
 const MAX_HANDLES: usize = 256;
 /// Input buffer: room for two packets of the largest size.
@@ -774,8 +779,8 @@ impl Server {
             b"limits@openssh.com" => {
                 let start = self.out.begin(FXP_EXTENDED_REPLY, id);
                 self.out.u64(ADVERTISED_PACKET);
-                self.out.u64(MAX_DATA as u64);
-                self.out.u64(MAX_DATA as u64);
+                self.out.u64(ADVERTISED_DATA);
+                self.out.u64(ADVERTISED_DATA);
                 self.out.u64(MAX_HANDLES as u64);
                 self.out.end(start);
                 Some(())

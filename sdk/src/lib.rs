@@ -5,6 +5,7 @@
 //! - [`image`]: OCI image layouts on disk, the default image, imports.
 //! - [`fs`]: file access confined to a sandbox's root.
 //! - [`escape`]: client text made safe for one log line.
+//! - [`testing`]: an in-memory runtime (a test double) for policy tests.
 //! - [`types`]: wire types (the `blinkvm-shared` crate).
 //!
 //! The free functions below are the brief's convenience API; they share one
@@ -16,6 +17,7 @@ pub mod fs;
 pub mod image;
 pub mod manager;
 pub mod runtime;
+pub mod testing;
 
 use std::path::Path;
 use std::sync::Arc;

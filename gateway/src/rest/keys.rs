@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use blink_sdk::manager::keys::{self, AuthorizedKey, KeyChange};
+use blink_sdk::manager::keys::{AuthorizedKey, KeyChange};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -79,7 +79,7 @@ pub async fn list(
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<axum::Json<KeyList>> {
     state.manager.session_info(&name)?;
-    let keys = keys::list(state.manager.store(), &name)?;
+    let keys = state.manager.keys().list(&name)?;
     Ok(axum::Json(KeyList {
         keys: keys.into_iter().map(KeyView::from).collect(),
     }))
@@ -118,7 +118,7 @@ pub async fn add(
             "give one key line, not several",
         ));
     }
-    let (key, change) = keys::add(state.manager.store(), &name, &req.key)?;
+    let (key, change) = state.manager.keys().add(&name, &req.key)?;
     let added = change == KeyChange::Added;
     let options_changed = change == KeyChange::OptionsChanged;
     tracing::info!(session = %name, fingerprint = %key.fingerprint, added, options_changed, "ssh key added over REST");
@@ -157,7 +157,7 @@ pub async fn remove(
     ApiPath((name, fingerprint)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     state.manager.session_info(&name)?;
-    match keys::remove(state.manager.store(), &name, &fingerprint)? {
+    match state.manager.keys().remove(&name, &fingerprint)? {
         Some(k) => {
             tracing::info!(session = %name, fingerprint = %k.fingerprint, "ssh key removed over REST");
             Ok(StatusCode::NO_CONTENT)

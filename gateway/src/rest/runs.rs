@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blink_sdk::escape::Escaped;
-use blink_sdk::manager::{Manager, Program, RunOptions, Target};
+use blink_sdk::manager::{Manager, Program, RunOptions, Target, policy};
 use blink_sdk::types::{CapturedOutput, RunResult};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -432,12 +432,7 @@ fn prepare(
             return Err(ApiError::unprocessable("give a script or a command"));
         }
         (Some(script), None) => Program::Script(resolve_script(&state.script_dirs, &script)?),
-        (None, Some(argv)) => {
-            if argv.first().is_none_or(|p| p.is_empty()) {
-                return Err(ApiError::unprocessable("command must not be empty"));
-            }
-            Program::Command(argv)
-        }
+        (None, Some(argv)) => Program::Command(argv),
     };
     if session.is_some() && req.image.is_some() {
         return Err(ApiError::unprocessable(
@@ -452,26 +447,20 @@ fn prepare(
             "timeout_secs must be between 1 and {max}"
         )));
     }
-    for (k, v) in &req.env {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(ApiError::unprocessable(format!(
-                "invalid environment variable {k:?}"
-            )));
-        }
-    }
-    if req.args.iter().any(|a| a.contains('\0')) {
-        return Err(ApiError::unprocessable("arguments must not contain NUL"));
-    }
-    if let Program::Command(argv) = &program
-        && argv.iter().any(|a| a.contains('\0'))
-    {
-        return Err(ApiError::unprocessable("command must not contain NUL"));
+    // The SDK's rules, checked now: a queued run must not fail later for
+    // what could be refused at once.
+    let env: Vec<(String, String)> = req.env.into_iter().collect();
+    let unprocessable = |e: blink_sdk::Error| ApiError::unprocessable(e.client_message());
+    policy::check_env(&env).map_err(unprocessable)?;
+    policy::check_args(&req.args).map_err(unprocessable)?;
+    if let Program::Command(argv) = &program {
+        policy::check_command(argv).map_err(unprocessable)?;
     }
     let options = RunOptions {
         // Absent: the manager's default run timeout.
         timeout: req.timeout_secs.map(Duration::from_secs),
         output_limit: None,
-        env: req.env.into_iter().collect(),
+        env,
         cwd: req.cwd,
         stdin: req.stdin.map(String::into_bytes),
         image: req.image,

@@ -13,7 +13,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use blink_sdk::manager::{Attachment, Chunk, Stream};
+use blink_sdk::manager::{Attachment, Chunk, Stream, policy};
 use blink_sdk::runtime::PtySize;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -71,19 +71,10 @@ pub async fn spawn(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<SpawnRequest>,
 ) -> ApiResult<Response> {
-    if req.command.first().is_none_or(|p| p.is_empty()) {
-        return Err(ApiError::unprocessable("command must not be empty"));
-    }
-    if req.command.iter().any(|a| a.contains('\0')) {
-        return Err(ApiError::unprocessable("command must not contain NUL"));
-    }
-    for (k, v) in &req.env {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(ApiError::unprocessable(format!(
-                "invalid environment variable {k:?}"
-            )));
-        }
-    }
+    let env: Vec<(String, String)> = req.env.into_iter().collect();
+    let unprocessable = |e: blink_sdk::Error| ApiError::unprocessable(e.client_message());
+    policy::check_command(&req.command).map_err(unprocessable)?;
+    policy::check_env(&env).map_err(unprocessable)?;
     let tty = if req.tty {
         Some(pty_size(req.rows.unwrap_or(24), req.cols.unwrap_or(80))?)
     } else {
@@ -93,21 +84,14 @@ pub async fn spawn(
         None
     };
     state.manager.session_info(&name)?;
-    let info = state
-        .manager
-        .spawn(&name, req.command, req.env.into_iter().collect(), tty)
-        .await?;
+    let info = state.manager.spawn(&name, req.command, env, tty).await?;
     tracing::info!(session = %name, execution = %info.id, tty = info.tty, "spawned");
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }
 
 fn pty_size(rows: u16, cols: u16) -> ApiResult<PtySize> {
-    if rows == 0 || cols == 0 || rows > 1000 || cols > 1000 {
-        return Err(ApiError::unprocessable(
-            "rows and cols must be between 1 and 1000",
-        ));
-    }
-    Ok(PtySize { rows, cols })
+    policy::terminal_size(rows.into(), cols.into())
+        .map_err(|e| ApiError::unprocessable(e.client_message()))
 }
 
 /// The session's spawned executions.
@@ -219,27 +203,8 @@ enum SignalSpec {
 impl SignalSpec {
     fn number(&self) -> Option<i32> {
         match self {
-            Self::Number(n) if (1..=64).contains(n) => Some(*n),
-            Self::Number(_) => None,
-            Self::Name(name) => {
-                let n = name.trim_start_matches("SIG");
-                Some(match n {
-                    "HUP" => libc::SIGHUP,
-                    "INT" => libc::SIGINT,
-                    "QUIT" => libc::SIGQUIT,
-                    "KILL" => libc::SIGKILL,
-                    "TERM" => libc::SIGTERM,
-                    "USR1" => libc::SIGUSR1,
-                    "USR2" => libc::SIGUSR2,
-                    "WINCH" => libc::SIGWINCH,
-                    "CONT" => libc::SIGCONT,
-                    "STOP" => libc::SIGSTOP,
-                    "TSTP" => libc::SIGTSTP,
-                    "ALRM" => libc::SIGALRM,
-                    "PIPE" => libc::SIGPIPE,
-                    _ => return None,
-                })
-            }
+            Self::Number(n) => policy::check_signal(*n).ok(),
+            Self::Name(name) => policy::signal_number(name),
         }
     }
 }

@@ -13,10 +13,10 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use blink_sdk::escape::Escaped;
+use blink_sdk::manager::KeyStore;
 use blink_sdk::manager::OpenOptions;
 use blink_sdk::manager::keys::{self, AuthorizedKey, INTERNAL_SFTP, KeyOptions};
 use blink_sdk::manager::names;
-use blink_sdk::manager::store::Store;
 use russh::keys::{Algorithm, PublicKey};
 use russh::server::Auth;
 
@@ -25,7 +25,7 @@ use super::channel::What;
 
 /// Where authorized keys come from.
 pub struct KeyCheck {
-    store: Store,
+    store: KeyStore,
     admin_file: Option<PathBuf>,
 }
 
@@ -46,7 +46,7 @@ struct Decision {
 }
 
 impl KeyCheck {
-    pub fn new(store: Store, admin_file: Option<PathBuf>) -> Self {
+    pub fn new(store: KeyStore, admin_file: Option<PathBuf>) -> Self {
         Self { store, admin_file }
     }
 
@@ -78,7 +78,7 @@ impl KeyCheck {
                 Err(e) => tracing::warn!(error = %e, "admin authorized_keys unreadable"),
             }
         }
-        let found = match keys::list(&self.store, session) {
+        let found = match self.store.list(session) {
             Ok(list) => pick(list),
             Err(e) => {
                 tracing::warn!(session = %Escaped(session), error = %e, "session authorized_keys unreadable");

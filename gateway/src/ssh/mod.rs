@@ -55,10 +55,7 @@ impl Gateway {
             maximum_packet_size: 32768,
             ..Default::default()
         };
-        let keys = KeyCheck::new(
-            manager.store().clone(),
-            config.admin_authorized_keys.clone(),
-        );
+        let keys = KeyCheck::new(manager.keys(), config.admin_authorized_keys.clone());
         Arc::new(Self {
             manager,
             config,

@@ -164,22 +164,57 @@ pub fn read_file(path: &Path) -> Result<Vec<AuthorizedKey>> {
     }
 }
 
+/// The SSH public keys of sessions, kept beside their records: what the
+/// CLI, REST and the SSH gateway's login use.
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    store: Store,
+}
+
+impl KeyStore {
+    pub(super) fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// The keys of a data dir, without a manager: keys can be changed
+    /// while a server holds the data dir.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        Store::open(data_dir).map(Self::new)
+    }
+
+    /// Whether a session of this name exists.
+    pub fn session_exists(&self, name: &str) -> Result<bool> {
+        names::validate(name)?;
+        Ok(self.store.load(name)?.is_some())
+    }
+
+    /// The keys allowed into one session (none for an unknown one).
+    pub fn list(&self, name: &str) -> Result<Vec<AuthorizedKey>> {
+        read_file(&session_keys_path(&self.store, name)?)
+    }
+
+    /// Add a key to a session (the session must exist), with the options
+    /// on its line; a key already there takes the new options. Returns the
+    /// key as stored and what changed.
+    pub fn add(&self, name: &str, line: &str) -> Result<(AuthorizedKey, KeyChange)> {
+        add(&self.store, name, line)
+    }
+
+    /// Remove a key by fingerprint (`SHA256:...`, the prefix optional).
+    /// Returns the removed key, or `None` when no key matched.
+    pub fn remove(&self, name: &str, fingerprint: &str) -> Result<Option<AuthorizedKey>> {
+        remove(&self.store, name, fingerprint)
+    }
+}
+
 /// The keys file of one session (the name is validated first, so it can
 /// never point outside the store).
-pub fn session_keys_path(store: &Store, name: &str) -> Result<PathBuf> {
+fn session_keys_path(store: &Store, name: &str) -> Result<PathBuf> {
     names::validate(name)?;
     Ok(store.session_dir(name).join(AUTHORIZED_KEYS))
 }
 
-/// The keys allowed into one session.
-pub fn list(store: &Store, name: &str) -> Result<Vec<AuthorizedKey>> {
-    read_file(&session_keys_path(store, name)?)
-}
-
-/// Add a key to a session (the session must exist), with the options on
-/// its line; a key already there takes the new options. Returns the key
-/// as stored and what changed.
-pub fn add(store: &Store, name: &str, line: &str) -> Result<(AuthorizedKey, KeyChange)> {
+fn add(store: &Store, name: &str, line: &str) -> Result<(AuthorizedKey, KeyChange)> {
     let key = AuthorizedKey::parse(line)?
         .ok_or_else(|| Error::InvalidArgument("no public key given".into()))?;
     if key.kind == "ssh-rsa" && key.blob.len() < 370 {
@@ -208,9 +243,7 @@ pub fn add(store: &Store, name: &str, line: &str) -> Result<(AuthorizedKey, KeyC
     Ok((stored, change))
 }
 
-/// Remove a key by fingerprint (`SHA256:...`, the prefix optional).
-/// Returns the removed key, or `None` when no key matched.
-pub fn remove(store: &Store, name: &str, fingerprint: &str) -> Result<Option<AuthorizedKey>> {
+fn remove(store: &Store, name: &str, fingerprint: &str) -> Result<Option<AuthorizedKey>> {
     let wanted = if fingerprint.starts_with("SHA256:") {
         fingerprint.to_string()
     } else {
@@ -384,20 +417,33 @@ mod tests {
         let (k, change) = add(&store, "s1", ED).unwrap();
         assert_eq!(change, KeyChange::Added);
         assert_eq!(add(&store, "s1", ED).unwrap().1, KeyChange::Unchanged);
-        assert_eq!(list(&store, "s1").unwrap(), vec![k.clone()]);
+        assert_eq!(
+            KeyStore::new(store.clone()).list("s1").unwrap(),
+            vec![k.clone()]
+        );
         // The same key with options takes them; without, loses them.
         let (r, change) = add(&store, "s1", &format!("restrict {ED}")).unwrap();
         assert_eq!(change, KeyChange::OptionsChanged);
-        assert_eq!(list(&store, "s1").unwrap(), vec![r.clone()]);
-        assert!(!list(&store, "s1").unwrap()[0].options.pty_allowed());
+        assert_eq!(
+            KeyStore::new(store.clone()).list("s1").unwrap(),
+            vec![r.clone()]
+        );
+        assert!(
+            !KeyStore::new(store.clone()).list("s1").unwrap()[0]
+                .options
+                .pty_allowed()
+        );
         assert!(add(&store, "s1", &format!("permitopen=\"h:1\" {ED}")).is_err());
-        assert_eq!(list(&store, "s1").unwrap(), vec![r]);
+        assert_eq!(KeyStore::new(store.clone()).list("s1").unwrap(), vec![r]);
         assert_eq!(add(&store, "s1", ED).unwrap().1, KeyChange::OptionsChanged);
-        assert_eq!(list(&store, "s1").unwrap(), vec![k.clone()]);
+        assert_eq!(
+            KeyStore::new(store.clone()).list("s1").unwrap(),
+            vec![k.clone()]
+        );
         assert!(remove(&store, "s1", "SHA256:nope").unwrap().is_none());
         let short = k.fingerprint.trim_start_matches("SHA256:");
         assert_eq!(remove(&store, "s1", short).unwrap(), Some(k));
-        assert!(list(&store, "s1").unwrap().is_empty());
-        assert!(list(&store, "../x").is_err());
+        assert!(KeyStore::new(store.clone()).list("s1").unwrap().is_empty());
+        assert!(KeyStore::new(store.clone()).list("../x").is_err());
     }
 }

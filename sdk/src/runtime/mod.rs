@@ -65,6 +65,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Stop if needed and delete the disk.
     async fn remove(&self, id: &str) -> Result<()>;
 
+    /// Delete every sandbox but these (after a restart: ephemeral
+    /// sandboxes, and disks left by a crash between steps). The runtime owns
+    /// its disk layout; the manager only says what to keep.
+    async fn retain(&self, keep: &std::collections::HashSet<String>) -> Result<()>;
+
     /// Start a process in a running sandbox.
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<Execution>;
 

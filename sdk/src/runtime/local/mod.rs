@@ -463,6 +463,35 @@ impl Runtime for LocalRuntime {
         Ok(())
     }
 
+    async fn retain(&self, keep: &std::collections::HashSet<String>) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("listing sandboxes", e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Partial and half-removed disks start with a dot.
+            if keep.contains(&name) || !entry.path().is_dir() {
+                continue;
+            }
+            tracing::info!(sandbox = %name, "removing a sandbox left by an earlier process");
+            let range = self
+                .ids
+                .as_ref()
+                .and_then(|ids| ids.recorded(&entry.path()));
+            let path = entry.path();
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path))
+                .await
+                .map_err(|e| Error::Runtime(e.to_string()))?
+                .map_err(|e| Error::io(format!("removing sandbox {name}"), e))?;
+            if let (Some(ids), Some(range)) = (&self.ids, range) {
+                ids.release(range);
+            }
+        }
+        Ok(())
+    }
+
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<Execution> {
         let target = self.target(id)?;
         exec::start(target, spec).await

@@ -1,0 +1,85 @@
+//! The manager's settings and where its data lives by default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::image::DEFAULT_IMAGE;
+use crate::runtime::{Limits, RuntimeKind};
+
+/// Where agent memory lives inside every session.
+pub const MEMORY_DIR: &str = "/var/blink/memory";
+
+/// Where host scripts are copied before they run.
+pub(super) const SCRIPT_DIR: &str = "/var/blink/run";
+
+/// Everything a manager needs; `ManagerConfig::new(data_dir)` gives sane
+/// defaults.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub data_dir: PathBuf,
+    pub runtime: RuntimeKind,
+    /// First host id of the per-sandbox id ranges when running as root
+    /// (each sandbox owns 65536 ids from there); `None` maps sandbox root
+    /// to the caller.
+    pub id_base: Option<u32>,
+    /// The seccomp filter every sandbox process runs under.
+    pub seccomp: crate::runtime::local::SeccompProfile,
+    pub default_image: String,
+    /// A non-warm session with nothing running stops after this long.
+    pub idle_timeout: Duration,
+    /// Default limit for a pipe-mode run.
+    pub run_timeout: Duration,
+    /// Bytes kept per captured stream.
+    pub output_limit: u64,
+    /// Bytes of spawn output kept while detached.
+    pub replay_limit: usize,
+    /// How long a finished spawn (and its output) stays attachable.
+    pub spawn_retention: Duration,
+    /// Spawns kept per session, running or finished; a new spawn beyond it
+    /// first forgets the oldest finished one, and is refused if none is.
+    pub max_spawns_per_session: usize,
+    /// Resource limits of every sandbox.
+    pub limits: Limits,
+    /// Largest script a run may copy into a sandbox.
+    pub max_script_bytes: u64,
+}
+
+impl ManagerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            runtime: RuntimeKind::Local,
+            id_base: Some(crate::runtime::local::DEFAULT_ID_BASE),
+            seccomp: crate::runtime::local::SeccompProfile::Default,
+            default_image: DEFAULT_IMAGE.into(),
+            idle_timeout: Duration::from_secs(300),
+            run_timeout: Duration::from_secs(600),
+            output_limit: 16 << 20,
+            replay_limit: 1 << 20,
+            spawn_retention: Duration::from_secs(600),
+            max_spawns_per_session: 64,
+            limits: Limits {
+                memory_mib: Some(2048),
+                cpus: None,
+                pids: Some(1024),
+            },
+            max_script_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The data dir used when none is given: `$BLINK_DATA_DIR`, else
+/// `/var/lib/blink` for root, else `$XDG_DATA_HOME/blink`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BLINK_DATA_DIR") {
+        return dir.into();
+    }
+    if rustix::process::geteuid().is_root() {
+        return "/var/lib/blink".into();
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("blink")
+}

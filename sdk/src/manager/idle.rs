@@ -1,0 +1,70 @@
+//! The warm/idle policy: warm sessions are started when a manager opens;
+//! cold ones stop after `idle_timeout` with nothing active in them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::sessions::Slot;
+use super::{Manager, lock, now_ms};
+
+impl Manager {
+    /// Start warm sessions and the idle reaper.
+    pub(super) fn start_policy(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if let Some(m) = weak.upgrade() {
+                for name in m.warm_sessions() {
+                    if let Err(e) = m.ensure_running(&name).await {
+                        tracing::warn!(session = %name, error = %e, "starting warm session failed");
+                    }
+                }
+            }
+            loop {
+                let Some(m) = weak.upgrade() else { break };
+                let tick = (m.config.idle_timeout / 4)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(5));
+                m.reap_idle().await;
+                m.forget_finished_spawns();
+                drop(m);
+                tokio::time::sleep(tick).await;
+            }
+        });
+    }
+
+    fn warm_sessions(&self) -> Vec<String> {
+        lock(&self.slots)
+            .iter()
+            .filter(|(_, s)| lock(&s.record).warm)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Stop every cold session that has been idle long enough. A session
+    /// with anything active is never stopped.
+    async fn reap_idle(&self) {
+        let idle = self.config.idle_timeout.as_millis() as u64;
+        let candidates: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        for slot in candidates {
+            let (warm, box_id, name) = {
+                let r = lock(&slot.record);
+                (r.warm, r.box_id.clone(), r.name.clone())
+            };
+            if warm || !self.runtime.is_running(&box_id) {
+                continue;
+            }
+            let idle_for = now_ms().saturating_sub(slot.last_used.load(Ordering::SeqCst));
+            if slot.active.load(Ordering::SeqCst) > 0 || idle_for < idle {
+                continue;
+            }
+            let _life = slot.lifecycle.lock().await;
+            // Re-check under the lifecycle lock: something may have started.
+            if slot.active.load(Ordering::SeqCst) == 0 {
+                tracing::info!(session = %name, idle_for_ms = idle_for, "stopping idle session");
+                if let Err(e) = self.runtime.stop(&box_id).await {
+                    tracing::warn!(session = %name, error = %e, "stopping idle session failed");
+                }
+            }
+        }
+    }
+}

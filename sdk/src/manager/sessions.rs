@@ -1,0 +1,255 @@
+//! Sessions: records and their in-memory slots, creation, start, stop,
+//! removal, and recovery after a restart. A slot's activity count is what
+//! the idle policy reads: every execution holds an `ActivityGuard`.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::store::SessionRecord;
+use super::{Manager, lock, names, now, now_ms};
+use crate::error::{Error, Result};
+use crate::runtime::SandboxSpec;
+use crate::types::{OpenedSession, SessionInfo, SessionState};
+
+/// Options of `open_session`.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    pub image: Option<String>,
+    /// `Some(true)` makes the session warm (kept running), `Some(false)`
+    /// makes it cold again, `None` keeps what it was.
+    pub warm: Option<bool>,
+}
+
+/// In-memory state of one session.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) record: Mutex<SessionRecord>,
+    /// Serializes start, stop and remove.
+    pub(super) lifecycle: tokio::sync::Mutex<()>,
+    pub(super) active: AtomicU32,
+    /// Milliseconds since the epoch: second granularity would let the
+    /// idle policy stop a session the moment a second boundary passes.
+    pub(super) last_used: AtomicU64,
+    pub(super) removed: std::sync::atomic::AtomicBool,
+}
+
+/// Keeps a session from idling out while it lives: one per execution,
+/// SSH channel or anything else that uses the session.
+#[derive(Debug)]
+pub struct ActivityGuard {
+    slot: Arc<Slot>,
+}
+
+impl ActivityGuard {
+    /// Count one more user of the session.
+    pub(super) fn hold(slot: Arc<Slot>) -> Self {
+        slot.active.fetch_add(1, Ordering::SeqCst);
+        slot.last_used.store(now_ms(), Ordering::SeqCst);
+        Self { slot }
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.slot.last_used.store(now_ms(), Ordering::SeqCst);
+        self.slot.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Manager {
+    /// Load records; the runtime removes every sandbox no record owns
+    /// (ephemeral ones, and disks left by a crash between steps).
+    pub(super) async fn recover(&self) -> Result<()> {
+        let records = self.store.list()?;
+        let owned: std::collections::HashSet<String> =
+            records.iter().map(|r| r.box_id.clone()).collect();
+        self.runtime.retain(&owned).await?;
+        let mut slots = lock(&self.slots);
+        for r in records {
+            let last = r.last_used_at.saturating_mul(1000);
+            slots.insert(r.name.clone(), Arc::new(new_slot(r, last)));
+        }
+        Ok(())
+    }
+
+    pub(super) fn slot(&self, name: &str) -> Result<Arc<Slot>> {
+        names::validate(name)?;
+        lock(&self.slots)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::SessionNotFound(name.into()))
+    }
+
+    fn info_of(&self, slot: &Slot) -> SessionInfo {
+        let r = lock(&slot.record).clone();
+        let rt = self.runtime.info();
+        SessionInfo {
+            state: if self.runtime.is_running(&r.box_id) {
+                SessionState::Running
+            } else {
+                SessionState::Stopped
+            },
+            name: r.name,
+            box_id: r.box_id,
+            image: r.image,
+            warm: r.warm,
+            runtime: rt.name,
+            isolation: rt.isolation,
+            created_at: r.created_at,
+            last_used_at: slot.last_used.load(Ordering::SeqCst) / 1000,
+            active_executions: slot.active.load(Ordering::SeqCst),
+        }
+    }
+
+    fn spec_of(&self, record: &SessionRecord) -> SandboxSpec {
+        SandboxSpec {
+            id: record.box_id.clone(),
+            image: record.image.clone(),
+            hostname: record.name.clone(),
+            limits: record.limits.clone(),
+        }
+    }
+
+    /// Open a session, creating it (and its disk) if missing.
+    pub async fn open_session(&self, name: &str, options: OpenOptions) -> Result<OpenedSession> {
+        names::validate(name)?;
+        let _catalog = self.catalog.lock().await;
+        if let Ok(slot) = self.slot(name) {
+            if let Some(warm) = options.warm {
+                let mut r = lock(&slot.record).clone();
+                if r.warm != warm {
+                    r.warm = warm;
+                    self.store.save(&r)?;
+                    *lock(&slot.record) = r;
+                }
+            }
+            if lock(&slot.record).warm {
+                drop(_catalog);
+                self.ensure_running(name).await?;
+            }
+            return Ok(OpenedSession {
+                session: self.info_of(&slot),
+                created: false,
+            });
+        }
+        let image = self.resolve_image(options.image.as_deref()).await?;
+        let t = now();
+        let record = SessionRecord {
+            name: name.into(),
+            box_id: format!("s-{}", uuid::Uuid::new_v4().simple()),
+            image,
+            warm: options.warm.unwrap_or(false),
+            runtime: self.runtime.info().name,
+            created_at: t,
+            last_used_at: t,
+            limits: self.config.limits.clone(),
+        };
+        let spec = self.spec_of(&record);
+        self.runtime.create(&spec).await?;
+        if let Err(e) = self.store.save(&record) {
+            let _ = self.runtime.remove(&spec.id).await;
+            let _ = self.store.delete(name);
+            return Err(e);
+        }
+        let slot = Arc::new(new_slot(record.clone(), t.saturating_mul(1000)));
+        lock(&self.slots).insert(name.into(), slot.clone());
+        drop(_catalog);
+        tracing::info!(session = %name, box_id = %record.box_id, image = %record.image, "session created");
+        if record.warm {
+            self.ensure_running(name).await?;
+        }
+        Ok(OpenedSession {
+            session: self.info_of(&slot),
+            created: true,
+        })
+    }
+
+    pub fn session_info(&self, name: &str) -> Result<SessionInfo> {
+        let slot = self.slot(name)?;
+        Ok(self.info_of(&slot))
+    }
+
+    pub fn list_sessions(&self) -> Vec<SessionInfo> {
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        let mut out: Vec<SessionInfo> = slots.iter().map(|s| self.info_of(s)).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Mark the session in use; it will not be stopped by the idle policy
+    /// while the guard lives.
+    pub fn hold(&self, name: &str) -> Result<ActivityGuard> {
+        Ok(ActivityGuard::hold(self.slot(name)?))
+    }
+
+    /// Start the session's sandbox if it is not running.
+    pub async fn ensure_running(&self, name: &str) -> Result<()> {
+        let slot = self.slot(name)?;
+        self.start_slot(&slot, name).await
+    }
+
+    pub(super) async fn start_slot(&self, slot: &Slot, name: &str) -> Result<()> {
+        let _life = slot.lifecycle.lock().await;
+        if slot.removed.load(Ordering::SeqCst) {
+            return Err(Error::SessionNotFound(name.into()));
+        }
+        let record = lock(&slot.record).clone();
+        if !self.runtime.is_running(&record.box_id) {
+            self.runtime.start(&self.spec_of(&record)).await?;
+        }
+        Ok(())
+    }
+
+    /// Stop a session's sandbox; its disk is kept. Refused while something
+    /// runs in it unless `force`.
+    pub async fn stop_session(&self, name: &str, force: bool) -> Result<SessionInfo> {
+        let slot = self.slot(name)?;
+        let _life = slot.lifecycle.lock().await;
+        refuse_if_busy(&slot, name, force)?;
+        let box_id = lock(&slot.record).box_id.clone();
+        self.runtime.stop(&box_id).await?;
+        drop(_life);
+        Ok(self.info_of(&slot))
+    }
+
+    /// Remove a session and its disk. Refused while something runs in it
+    /// unless `force`.
+    pub async fn remove_session(&self, name: &str, force: bool) -> Result<()> {
+        let _catalog = self.catalog.lock().await;
+        let slot = self.slot(name)?;
+        let _life = slot.lifecycle.lock().await;
+        refuse_if_busy(&slot, name, force)?;
+        let box_id = lock(&slot.record).box_id.clone();
+        // Record first: a crash after this leaves an orphan disk, which the
+        // next start removes, never a record without a disk.
+        self.store.delete(name)?;
+        slot.removed.store(true, Ordering::SeqCst);
+        lock(&self.slots).remove(name);
+        lock(&self.spawns).retain(|_, s| s.session != name);
+        self.runtime.remove(&box_id).await?;
+        tracing::info!(session = %name, box_id = %box_id, "session removed");
+        Ok(())
+    }
+}
+
+/// Stop and remove are refused while something runs, unless forced.
+pub(super) fn refuse_if_busy(slot: &Slot, name: &str, force: bool) -> Result<()> {
+    let active = slot.active.load(Ordering::SeqCst);
+    if active > 0 && !force {
+        return Err(Error::SessionBusy {
+            name: name.into(),
+            reason: format!("{active} execution(s) running; stop them or use --force"),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn new_slot(record: SessionRecord, last_used_ms: u64) -> Slot {
+    Slot {
+        record: Mutex::new(record),
+        lifecycle: tokio::sync::Mutex::new(()),
+        active: AtomicU32::new(0),
+        last_used: AtomicU64::new(last_used_ms),
+        removed: Default::default(),
+    }
+}

@@ -1,0 +1,295 @@
+//! Test support: `FakeRuntime`, an in-memory **test double** of the
+//! sandbox runtime, so the manager's policies (idle stop, warm restart,
+//! spawn caps, recovery, busy refusals) are tested in milliseconds without
+//! bubblewrap. Nothing here isolates anything; real sandboxes are tested
+//! through the `local` runtime.
+//!
+//! Its "programs" are a few words: `true`, `false`, `echo ARGS`, `sleep SECS`
+//! (ends early when killed) and `cat` (stdin to stdout); anything else exits
+//! 127.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::runtime::exec::{ExecControl, ExecSpec, Execution, PtySize};
+use crate::runtime::{IsolationClass, Runtime, RuntimeInfo, SandboxSpec};
+use crate::types::ExitStatus;
+
+/// What the fake knows of one sandbox.
+#[derive(Debug, Default, Clone)]
+pub struct FakeSandbox {
+    pub running: bool,
+    pub starts: u32,
+    pub stops: u32,
+    /// Files written into it (copied scripts).
+    pub files: HashSet<String>,
+}
+
+/// An in-memory runtime (a test double; see the module docs).
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    sandboxes: Mutex<HashMap<String, FakeSandbox>>,
+    /// Kill switches of running executions, by sandbox.
+    executions: Mutex<HashMap<String, Vec<watch::Sender<bool>>>>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// What the fake knows of a sandbox, if it exists.
+    pub fn sandbox(&self, id: &str) -> Option<FakeSandbox> {
+        lock(&self.sandboxes).get(id).cloned()
+    }
+
+    /// Whether the sandbox runs right now.
+    pub fn is_running_now(&self, id: &str) -> bool {
+        lock(&self.sandboxes).get(id).is_some_and(|b| b.running)
+    }
+
+    /// Every sandbox id with a disk.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Make a disk behind the manager's back (an orphan left by a crash).
+    pub fn plant(&self, id: &str) {
+        lock(&self.sandboxes).insert(id.into(), FakeSandbox::default());
+    }
+
+    /// The sandbox dies on its own (its executions are killed).
+    pub fn crash(&self, id: &str) {
+        self.kill_all(id);
+        if let Some(b) = lock(&self.sandboxes).get_mut(id) {
+            b.running = false;
+        }
+    }
+
+    fn kill_all(&self, id: &str) {
+        for kill in lock(&self.executions).remove(id).unwrap_or_default() {
+            let _ = kill.send(true);
+        }
+    }
+
+    fn with<T>(&self, id: &str, f: impl FnOnce(&mut FakeSandbox) -> T) -> Result<T> {
+        lock(&self.sandboxes)
+            .get_mut(id)
+            .map(f)
+            .ok_or_else(|| Error::SandboxDead {
+                id: id.into(),
+                reason: "it has no disk".into(),
+            })
+    }
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    fn info(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            name: "fake".into(),
+            isolation: IsolationClass::Namespace,
+            limits: Default::default(),
+            details: Default::default(),
+        }
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<()> {
+        let mut boxes = lock(&self.sandboxes);
+        if boxes.contains_key(&spec.id) {
+            return Err(Error::Runtime(format!(
+                "sandbox {} already has a disk",
+                spec.id
+            )));
+        }
+        boxes.insert(spec.id.clone(), FakeSandbox::default());
+        Ok(())
+    }
+
+    fn exists(&self, id: &str) -> bool {
+        lock(&self.sandboxes).contains_key(id)
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<()> {
+        self.with(&spec.id, |b| {
+            if !b.running {
+                b.running = true;
+                b.starts += 1;
+            }
+        })
+    }
+
+    fn is_running(&self, id: &str) -> bool {
+        lock(&self.sandboxes).get(id).is_some_and(|b| b.running)
+    }
+
+    async fn stop(&self, id: &str) -> Result<()> {
+        self.kill_all(id);
+        if let Some(b) = lock(&self.sandboxes).get_mut(id)
+            && b.running
+        {
+            b.running = false;
+            b.stops += 1;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        self.kill_all(id);
+        lock(&self.sandboxes).remove(id);
+        Ok(())
+    }
+
+    async fn retain(&self, keep: &HashSet<String>) -> Result<()> {
+        let gone: Vec<String> = lock(&self.sandboxes)
+            .keys()
+            .filter(|id| !keep.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.remove(&id).await?;
+        }
+        Ok(())
+    }
+
+    async fn exec(&self, id: &str, spec: ExecSpec) -> Result<Execution> {
+        if !self.is_running(id) {
+            return Err(Error::SandboxDead {
+                id: id.into(),
+                reason: "it is not running".into(),
+            });
+        }
+        let (kill_tx, kill_rx) = watch::channel(false);
+        lock(&self.executions)
+            .entry(id.into())
+            .or_default()
+            .push(kill_tx.clone());
+        let (stdin_w, stdin_r) = tokio::io::duplex(64 * 1024);
+        let (stdout_w, stdout_r) = tokio::io::duplex(64 * 1024);
+        let (_stderr_w, stderr_r) = tokio::io::duplex(1024);
+        let (status_tx, status_rx) = watch::channel(None);
+        tokio::spawn(run_program(
+            spec.argv, stdin_r, stdout_w, kill_rx, status_tx,
+        ));
+        Ok(Execution {
+            stdin: Some(Box::pin(stdin_w)),
+            stdout: Some(Box::pin(stdout_r)),
+            stderr: Some(Box::pin(stderr_r)),
+            control: Arc::new(FakeControl {
+                kill: kill_tx,
+                status: status_rx,
+            }),
+            tty: spec.tty.is_some(),
+        })
+    }
+
+    async fn copy_in(&self, id: &str, _host_src: &Path, dest: &str, _mode: u32) -> Result<()> {
+        self.with(id, |b| {
+            b.files.insert(dest.into());
+        })
+    }
+
+    async fn remove_file(&self, id: &str, path: &str) -> Result<()> {
+        self.with(id, |b| {
+            b.files.remove(path);
+        })
+    }
+}
+
+const KILLED: ExitStatus = ExitStatus {
+    code: 128 + 9,
+    signal: Some(9),
+};
+
+async fn run_program(
+    argv: Vec<String>,
+    mut stdin: tokio::io::DuplexStream,
+    mut stdout: tokio::io::DuplexStream,
+    mut kill: watch::Receiver<bool>,
+    status: watch::Sender<Option<ExitStatus>>,
+) {
+    let exited = |code| ExitStatus { code, signal: None };
+    let work = async {
+        match argv.first().map(String::as_str) {
+            Some("true") => exited(0),
+            Some("false") => exited(1),
+            Some("echo") => {
+                let line = format!("{}\n", argv[1..].join(" "));
+                let _ = stdout.write_all(line.as_bytes()).await;
+                exited(0)
+            }
+            Some("sleep") => {
+                let secs: f64 = argv.get(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                exited(0)
+            }
+            Some("cat") => {
+                let mut buf = vec![0u8; 16384];
+                loop {
+                    match stdin.read(&mut buf).await {
+                        Ok(0) | Err(_) => break exited(0),
+                        Ok(n) => {
+                            if stdout.write_all(&buf[..n]).await.is_err() {
+                                break exited(1);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => exited(127),
+        }
+    };
+    let outcome = tokio::select! {
+        s = work => s,
+        _ = kill.wait_for(|k| *k) => KILLED,
+    };
+    drop(stdout);
+    let _ = status.send(Some(outcome));
+}
+
+struct FakeControl {
+    kill: watch::Sender<bool>,
+    status: watch::Receiver<Option<ExitStatus>>,
+}
+
+#[async_trait]
+impl ExecControl for FakeControl {
+    async fn wait(&self) -> Result<ExitStatus> {
+        let mut rx = self.status.clone();
+        let status = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Runtime("fake execution vanished".into()))?;
+        Ok(status.unwrap_or(KILLED))
+    }
+
+    fn try_status(&self) -> Option<ExitStatus> {
+        *self.status.borrow()
+    }
+
+    fn signal(&self, _signal: i32) -> Result<()> {
+        self.kill()
+    }
+
+    fn kill(&self) -> Result<()> {
+        let _ = self.kill.send(true);
+        Ok(())
+    }
+
+    fn resize(&self, _size: PtySize) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

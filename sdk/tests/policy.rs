@@ -1,0 +1,291 @@
+//! The manager's policies on the in-memory runtime (`blink_sdk::testing`,
+//! a test double): idle stop, warm restart, spawn caps, recovery of
+//! orphans, refusals while busy. No sandbox is made, so these run in
+//! milliseconds anywhere; tests/manager.rs covers the same ground against
+//! real bubblewrap sandboxes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blink_sdk::image::ImageStore;
+use blink_sdk::manager::{ManagerConfig, OpenOptions, Program, RunOptions, Target};
+use blink_sdk::testing::FakeRuntime;
+use blink_sdk::types::SessionState;
+use blink_sdk::{Error, Manager};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    runtime: Arc<FakeRuntime>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            runtime: FakeRuntime::new(),
+        }
+    }
+
+    async fn manager(&self, configure: impl FnOnce(&mut ManagerConfig)) -> Arc<Manager> {
+        let mut config = ManagerConfig::new(self.dir.path());
+        config.idle_timeout = Duration::from_secs(3600);
+        configure(&mut config);
+        let images =
+            Arc::new(ImageStore::open(&self.dir.path().join("images")).expect("image store"));
+        Manager::with_runtime(config, self.runtime.clone(), images)
+            .await
+            .expect("manager")
+    }
+}
+
+async fn open(m: &Manager, name: &str, warm: bool) -> String {
+    m.open_session(
+        name,
+        OpenOptions {
+            image: None,
+            warm: Some(warm),
+        },
+    )
+    .await
+    .expect("open")
+    .session
+    .box_id
+}
+
+fn command(argv: &[&str]) -> Program {
+    Program::Command(argv.iter().map(|s| s.to_string()).collect())
+}
+
+/// Poll `f` for up to `within`.
+async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+#[tokio::test]
+async fn idle_sessions_stop_but_never_while_something_runs() {
+    let fx = Fixture::new();
+    let m = fx
+        .manager(|c| c.idle_timeout = Duration::from_millis(150))
+        .await;
+    let id = open(&m, "busy", false).await;
+    let quiet = open(&m, "quiet", false).await;
+
+    // Something long runs in "busy"; "quiet" runs one short command.
+    let long = m
+        .start(
+            Target::Session("busy"),
+            &command(&["sleep", "30"]),
+            &RunOptions::default(),
+            None,
+        )
+        .await
+        .expect("start");
+    let r = m
+        .run(
+            Target::Session("quiet"),
+            &command(&["true"]),
+            RunOptions::default(),
+        )
+        .await
+        .expect("run");
+    assert_eq!(r.exit_code, 0);
+
+    let rt = fx.runtime.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || !rt.is_running_now(&quiet)).await,
+        "the idle session stops"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        fx.runtime.is_running_now(&id),
+        "a session in use is never stopped"
+    );
+    assert_eq!(m.session_info("busy").expect("info").active_executions, 1);
+
+    long.execution.control.kill().expect("kill");
+    m.finish(long).await.expect("finish");
+    assert!(
+        eventually(Duration::from_secs(5), || !rt.is_running_now(&id)).await,
+        "once the execution ended, the session idles out too"
+    );
+}
+
+#[tokio::test]
+async fn warm_sessions_come_back_after_a_restart_and_never_idle() {
+    let fx = Fixture::new();
+    let id = {
+        let m = fx
+            .manager(|c| c.idle_timeout = Duration::from_millis(100))
+            .await;
+        let id = open(&m, "warm", true).await;
+        assert!(fx.runtime.is_running_now(&id));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            fx.runtime.is_running_now(&id),
+            "warm sessions never idle out"
+        );
+        m.shutdown().await;
+        id
+    };
+    assert!(!fx.runtime.is_running_now(&id));
+    let starts = fx.runtime.sandbox(&id).expect("disk kept").starts;
+
+    let m = fx.manager(|_| {}).await;
+    let rt = fx.runtime.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || rt.is_running_now(&id)).await,
+        "a new manager starts warm sessions"
+    );
+    assert_eq!(fx.runtime.sandbox(&id).expect("disk").starts, starts + 1);
+    assert_eq!(
+        m.session_info("warm").expect("info").state,
+        SessionState::Running
+    );
+}
+
+#[tokio::test]
+async fn spawns_are_capped_per_session_and_finished_ones_make_room() {
+    let fx = Fixture::new();
+    let m = fx.manager(|c| c.max_spawns_per_session = 2).await;
+    open(&m, "s", false).await;
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let first = m
+        .spawn("s", argv(&["sleep", "30"]), Vec::new(), None)
+        .await
+        .expect("first");
+    m.spawn("s", argv(&["sleep", "30"]), Vec::new(), None)
+        .await
+        .expect("second");
+    let refused = m
+        .spawn("s", argv(&["sleep", "30"]), Vec::new(), None)
+        .await
+        .expect_err("a third running spawn is refused");
+    assert!(matches!(refused, Error::SessionBusy { .. }), "{refused}");
+
+    // Once one has finished, a new spawn forgets it and goes ahead.
+    let attachment = m.attach("s", &first.id).expect("attach");
+    attachment.spawn.control.kill().expect("kill");
+    let mm = m.clone();
+    let id = first.id.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            mm.spawn_info("s", &id).is_ok_and(|i| i.exit.is_some())
+        })
+        .await
+    );
+    drop(attachment);
+    m.spawn("s", argv(&["sleep", "30"]), Vec::new(), None)
+        .await
+        .expect("room was made");
+    assert!(
+        m.spawn_info("s", &first.id).is_err(),
+        "the finished one is forgotten"
+    );
+    // Empty commands never reach the runtime.
+    let empty = m
+        .spawn("s", Vec::new(), Vec::new(), None)
+        .await
+        .expect_err("empty");
+    assert!(matches!(empty, Error::InvalidArgument(_)), "{empty}");
+}
+
+#[tokio::test]
+async fn a_restart_removes_orphan_sandboxes_and_keeps_sessions() {
+    let fx = Fixture::new();
+    let kept = {
+        let m = fx.manager(|_| {}).await;
+        open(&m, "kept", false).await
+    };
+    fx.runtime.plant("run-left-by-a-crash");
+    fx.runtime.plant("s-never-recorded");
+    let m = fx.manager(|_| {}).await;
+    assert_eq!(fx.runtime.ids(), vec![kept.clone()]);
+    assert_eq!(m.session_info("kept").expect("info").box_id, kept);
+}
+
+#[tokio::test]
+async fn stop_and_remove_are_refused_while_busy_unless_forced() {
+    let fx = Fixture::new();
+    let m = fx.manager(|_| {}).await;
+    let id = open(&m, "s", false).await;
+    let started = m
+        .start(
+            Target::Session("s"),
+            &command(&["sleep", "30"]),
+            &RunOptions::default(),
+            None,
+        )
+        .await
+        .expect("start");
+    for refused in [
+        m.stop_session("s", false).await.map(|_| ()),
+        m.remove_session("s", false).await,
+    ] {
+        let e = refused.expect_err("busy");
+        assert!(matches!(e, Error::SessionBusy { .. }), "{e}");
+    }
+    assert!(fx.runtime.is_running_now(&id));
+    m.stop_session("s", true).await.expect("forced stop");
+    assert!(!fx.runtime.is_running_now(&id));
+    let status = started.execution.control.wait().await.expect("wait");
+    assert_eq!(
+        status.signal,
+        Some(9),
+        "the forced stop killed the execution"
+    );
+    m.finish(started).await.expect("finish");
+    m.remove_session("s", false).await.expect("remove");
+    assert!(fx.runtime.sandbox(&id).is_none(), "the disk is gone");
+    let e = m.session_info("s").expect_err("gone");
+    assert!(matches!(e, Error::SessionNotFound(_)), "{e}");
+}
+
+#[tokio::test]
+async fn ephemeral_runs_leave_nothing_and_scripts_are_cleaned_up() {
+    let fx = Fixture::new();
+    let m = fx.manager(|_| {}).await;
+    let r = m
+        .run(
+            Target::Ephemeral,
+            &command(&["echo", "hi"]),
+            RunOptions::default(),
+        )
+        .await
+        .expect("run");
+    assert_eq!((r.exit_code, r.stdout.data.as_str()), (0, "hi\n"));
+    assert!(
+        fx.runtime.ids().is_empty(),
+        "the ephemeral sandbox is removed"
+    );
+
+    let id = open(&m, "s", false).await;
+    let script = fx.dir.path().join("agent.sh");
+    std::fs::write(&script, "#!/bin/sh\n").expect("script");
+    // The fake runs no scripts (exit 127), but the copy comes and goes.
+    let r = m
+        .run(
+            Target::Session("s"),
+            &Program::Script(script),
+            RunOptions::default(),
+        )
+        .await
+        .expect("run");
+    assert_eq!(r.exit_code, 127);
+    assert!(fx.runtime.sandbox(&id).expect("disk").files.is_empty());
+    let missing = m
+        .run(
+            Target::Session("s"),
+            &Program::Script(fx.dir.path().join("nope")),
+            RunOptions::default(),
+        )
+        .await
+        .expect_err("missing script");
+    assert!(matches!(missing, Error::ScriptNotFound(_)), "{missing}");
+}
