@@ -82,21 +82,6 @@ impl IdRanges {
         }
     }
 
-    /// The range recorded in a sandbox directory, or a new one recorded
-    /// there now (a disk made before ranges existed).
-    pub fn for_dir(&self, dir: &Path) -> Result<IdRange> {
-        if let Some(index) = read_index(dir) {
-            self.lock().insert(index);
-            return Ok(self.range(index));
-        }
-        let range = self.allocate()?;
-        if let Err(e) = self.record(dir, range) {
-            self.release(range);
-            return Err(e);
-        }
-        Ok(range)
-    }
-
     /// Take the lowest free range.
     pub fn allocate(&self) -> Result<IdRange> {
         let mut used = self.lock();
@@ -129,15 +114,23 @@ impl IdRanges {
     }
 }
 
-/// Move a disk's files into `range` if its root belongs to another id (a
-/// disk made before ranges existed, or with another base): ids relative to
-/// the old root keep their offset. Symlinks are changed, never followed.
-/// Runs only while the sandbox is stopped.
+/// How deep `adopt` follows directories (two descriptors per level).
+const ADOPT_MAX_DEPTH: usize = 256;
+
+/// Move a disk made before id ranges existed into `range`: ids relative to
+/// the disk's old root owner keep their offset. Runs once per disk (what
+/// triggers it is the missing `ids` record, which a sandbox cannot touch),
+/// while the sandbox is stopped. Every step is relative to an open
+/// directory, never a full path, and symlinks are changed, never followed,
+/// so no tree a sandbox made can send it elsewhere or past PATH_MAX.
 pub fn adopt(rootfs: &Path, range: IdRange) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let top = std::fs::symlink_metadata(rootfs)
-        .map_err(|e| Error::io(format!("reading {}", rootfs.display()), e))?;
-    let (old_uid, old_gid) = (top.uid(), top.gid());
+    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+    let io = |what: &str, e: rustix::io::Errno| Error::io(what.to_owned(), e.into());
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let root = rustix::fs::open(rootfs, dir_flags, Mode::empty())
+        .map_err(|e| io("opening a disk to move it into its id range", e))?;
+    let top = rustix::fs::fstat(&root).map_err(|e| io("reading a disk's owner", e))?;
+    let (old_uid, old_gid) = (top.st_uid, top.st_gid);
     if old_uid == range.root && old_gid == range.root {
         return Ok(());
     }
@@ -147,25 +140,50 @@ pub fn adopt(rootfs: &Path, range: IdRange) -> Result<()> {
             .filter(|offset| *offset < RANGE)
             .map(|offset| range.root + offset)
     };
-    let mut pending = vec![rootfs.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        let meta = std::fs::symlink_metadata(&path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        let uid = shift(meta.uid(), old_uid);
-        let gid = shift(meta.gid(), old_gid);
+    let owner = |uid: u32, gid: u32| {
+        (
+            shift(uid, old_uid).map(rustix::fs::Uid::from_raw),
+            shift(gid, old_gid).map(rustix::fs::Gid::from_raw),
+        )
+    };
+    let (uid, gid) = owner(top.st_uid, top.st_gid);
+    rustix::fs::fchown(&root, uid, gid).map_err(|e| io("chown of a disk's root", e))?;
+    let mut stack = vec![Dir::read_from(&root).map_err(|e| io("listing a disk", e))?];
+    loop {
+        let depth = stack.len();
+        let Some(dir) = stack.last_mut() else {
+            break;
+        };
+        let Some(entry) = dir.read() else {
+            stack.pop();
+            continue;
+        };
+        let entry = entry.map_err(|e| io("listing a disk", e))?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let parent = dir.fd().map_err(|e| io("listing a disk", e))?;
+        let meta = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io("reading a file's owner on a disk", e))?;
+        let (uid, gid) = owner(meta.st_uid, meta.st_gid);
         if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::lchown(&path, uid, gid)
-                .map_err(|e| Error::io(format!("chown {}", path.display()), e))?;
+            rustix::fs::chownat(parent, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io("chown of a file on a disk", e))?;
         }
-        if meta.file_type().is_dir() {
-            let entries = std::fs::read_dir(&path)
-                .map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
-            for entry in entries {
-                let entry =
-                    entry.map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
-                pending.push(entry.path());
-            }
+        if FileType::from_raw_mode(meta.st_mode) != FileType::Directory {
+            continue;
         }
+        if depth >= ADOPT_MAX_DEPTH {
+            return Err(Error::Runtime(format!(
+                "the disk has directories nested deeper than {ADOPT_MAX_DEPTH} levels; \
+                 it cannot be moved into its id range"
+            )));
+        }
+        let child = rustix::fs::openat(parent, name, dir_flags, Mode::empty())
+            .map_err(|e| io("opening a directory on a disk", e))?;
+        let child = Dir::new(child).map_err(|e| io("listing a disk", e))?;
+        stack.push(child);
     }
     Ok(())
 }
@@ -195,7 +213,7 @@ mod tests {
         ranges.record(&box_a, a).expect("record");
         // A new process sees the recorded range as taken.
         let again = IdRanges::load(DEFAULT_BASE, dir.path()).expect("load");
-        assert_eq!(again.for_dir(&box_a).expect("for_dir"), a);
+        assert_eq!(again.recorded(&box_a), Some(a));
         assert_eq!(again.allocate().expect("next").index, 1);
         ranges.release(a);
         assert_eq!(ranges.allocate().expect("reused").index, 0);
@@ -241,6 +259,58 @@ mod tests {
         // A second start changes nothing.
         adopt(&rootfs, range).expect("again");
         assert_eq!(owner("home/user/f"), (range.root + 33, range.root + 33));
+    }
+
+    /// A tree whose full paths are far past PATH_MAX is walked all the same
+    /// (every step is relative to an open directory); one deeper than the
+    /// limit is refused with a clear error, never half-done silently.
+    #[test]
+    fn adopt_walks_trees_deeper_than_path_max_and_bounds_depth() {
+        use rustix::fs::{Mode, OFlags};
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: adopting a disk needs root (chown)");
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            return;
+        }
+        let nest = |root: &std::path::Path, levels: usize| {
+            let name = "d".repeat(200);
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let mut dir = rustix::fs::open(root, flags, Mode::empty()).expect("open");
+            for _ in 0..levels {
+                rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755))
+                    .expect("mkdir");
+                rustix::fs::chownat(
+                    &dir,
+                    name.as_str(),
+                    Some(rustix::fs::Uid::from_raw(900_000)),
+                    Some(rustix::fs::Gid::from_raw(900_000)),
+                    rustix::fs::AtFlags::empty(),
+                )
+                .expect("chown");
+                dir = rustix::fs::openat(&dir, name.as_str(), flags, Mode::empty()).expect("cd");
+            }
+        };
+        let range = IdRange {
+            index: 5,
+            root: DEFAULT_BASE + 5 * RANGE,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("deep");
+        std::fs::create_dir(&deep).expect("mkdir");
+        std::os::unix::fs::chown(&deep, Some(900_000), Some(900_000)).expect("chown");
+        nest(&deep, 100); // about 20000 bytes of path
+        adopt(&deep, range).expect("a tree past PATH_MAX is adopted");
+
+        let too_deep = dir.path().join("too-deep");
+        std::fs::create_dir(&too_deep).expect("mkdir");
+        std::os::unix::fs::chown(&too_deep, Some(900_000), Some(900_000)).expect("chown");
+        nest(&too_deep, ADOPT_MAX_DEPTH + 5);
+        let err = adopt(&too_deep, range).expect_err("too deep");
+        assert!(err.to_string().contains("nested deeper"), "{err}");
+        // std's remove_dir_all works relative to open directories too.
+        for tree in [deep, too_deep] {
+            std::fs::remove_dir_all(&tree).expect("cleanup");
+        }
     }
 
     #[test]

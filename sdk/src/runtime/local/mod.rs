@@ -519,17 +519,28 @@ impl Runtime for LocalRuntime {
 
 impl LocalRuntime {
     /// The sandbox's host id range, recorded in its directory. A disk made
-    /// before ranges existed gets one now, and its files move into it.
+    /// before ranges existed (no record) moves into a new range first, and
+    /// the record is written only once that is done.
     async fn id_range(&self, id: &str, rootfs: &Path) -> Result<Option<IdRange>> {
         let Some(ids) = &self.ids else {
             return Ok(None);
         };
-        let range = ids.for_dir(&self.dir(id))?;
-        own_dir(&self.dir(id), Some(range))?;
-        let rootfs = rootfs.to_path_buf();
-        tokio::task::spawn_blocking(move || ids::adopt(&rootfs, range))
+        let dir = self.dir(id);
+        if let Some(range) = ids.recorded(&dir) {
+            return Ok(Some(range));
+        }
+        let range = ids.allocate()?;
+        let disk = rootfs.to_path_buf();
+        let moved = tokio::task::spawn_blocking(move || ids::adopt(&disk, range))
             .await
-            .map_err(|e| Error::Runtime(format!("id migration task failed: {e}")))??;
+            .map_err(|e| Error::Runtime(format!("id migration task failed: {e}")))
+            .and_then(|r| r)
+            .and_then(|()| ids.record(&dir, range))
+            .and_then(|()| own_dir(&dir, Some(range)));
+        if let Err(e) = moved {
+            ids.release(range);
+            return Err(e);
+        }
         Ok(Some(range))
     }
 }
