@@ -131,7 +131,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     manager_config.seccomp = file.sandbox.seccomp;
     manager_config.id_base = Some(file.sandbox.id_base);
     if file.sandbox.seccomp == blink_sdk::runtime::local::SeccompProfile::Unconfined {
-        tracing::warn!("[sandbox] seccomp = \"unconfined\": sandboxes run without a seccomp filter");
+        tracing::warn!(
+            "[sandbox] seccomp = \"unconfined\": sandboxes run without a seccomp filter"
+        );
     }
     if let Some(secs) = args.session_idle_timeout.or(file.session_idle_timeout_secs) {
         manager_config.idle_timeout = std::time::Duration::from_secs(secs.max(1));
