@@ -402,4 +402,5 @@ pub mod ssh {
         std::fs::write(path, text).expect("write");
     }
 }
+pub mod abuse;
 pub mod rest;

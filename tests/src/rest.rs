@@ -39,6 +39,8 @@ pub struct Options<'a> {
     pub args: Vec<&'a str>,
     /// `BLINK_API_TOKEN`.
     pub token: Option<&'a str>,
+    /// More variables in the server's environment.
+    pub env: Vec<(&'a str, &'a str)>,
 }
 
 /// Start `blink-server` on free ports, with `<data>/host-scripts` (where
@@ -70,6 +72,7 @@ pub fn start(blink: &Blink, options: Options<'_>) -> Server {
     if let Some(token) = options.token {
         cmd.env("BLINK_API_TOKEN", token);
     }
+    cmd.envs(options.env.iter().copied());
     let mut child = cmd.spawn().expect("spawn blink-server");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
