@@ -356,13 +356,12 @@ fn errors_seen_by_clients_name_no_host_paths() {
 
 /// A session may do what it likes with its own disk; afterwards it still
 /// starts, and nothing it did makes a client see where the disk is on the
-/// host. Changing the owner of its `/` makes the next start re-own the disk
-/// (sdk/src/runtime/local/ids.rs `adopt`), which walks it by full host
-/// paths; a directory chain longer than PATH_MAX then fails that walk.
+/// host. (Found by this test: changing the owner of its `/` used to make the
+/// next start re-own the whole disk by full host paths, and a directory
+/// chain past PATH_MAX then bricked the session with a host path in the
+/// error. Disks are now moved into an id range only when they have no range
+/// record, which a sandbox cannot touch, and relative to open directories.)
 #[test]
-#[ignore = "product hole: a session that chowns its / and nests directories past PATH_MAX \
-            can never start again, and the error names the disk's host path \
-            (ids::adopt walks by full host paths)"]
 fn a_session_cannot_brick_its_disk_or_learn_host_paths() {
     if !local_runtime_available() {
         return;
