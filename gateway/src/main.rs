@@ -1,18 +1,13 @@
 //! `blink-server`: the Blink gateway (SSH now, REST next) over one session
 //! manager.
 
-mod config;
-mod hostkey;
-mod rest;
-mod ssh;
-
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use blink_sdk::manager::{Manager, ManagerConfig, default_data_dir};
+use blink_server::config::FileConfig;
+use blink_server::{hostkey, rest, ssh};
 use clap::Parser;
-
-use crate::config::FileConfig;
 
 #[derive(Debug, Parser)]
 #[command(
