@@ -14,7 +14,7 @@ use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelMsg, Sig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::ConnStats;
+use super::connection::ConnStats;
 
 /// What a pty-req asked for.
 #[derive(Debug, Clone)]
@@ -36,6 +36,12 @@ pub enum What {
 }
 
 impl What {
+    /// The command of an exec request: UTF-8 without NUL, else refused.
+    pub fn exec(command: &[u8]) -> Option<Self> {
+        let command = std::str::from_utf8(command).ok()?;
+        (!command.contains('\0')).then(|| What::Exec(command.to_string()))
+    }
+
     /// The program and arguments, and the kind for the log line.
     fn argv(&self) -> (Vec<String>, &'static str) {
         match self {
