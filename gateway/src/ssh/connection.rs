@@ -117,7 +117,7 @@ async fn close_for_shutdown(
             tracing::info!(target: "blink::ssh::connection", %peer, channels = channels.len(), "ssh shutdown grace over: closing running channels");
         }
     }
-    tracing::debug!(target: "blink::ssh::connection", %peer, "ssh connection: disconnecting (shutdown)");
+    tracing::info!(target: "blink::ssh::connection", %peer, "ssh connection told to go: shutting down");
     let close = async {
         let _ = handle
             .disconnect(
