@@ -18,10 +18,11 @@ use super::shutdown::Shutdown;
 /// What every client still connected is told when the server shuts down.
 pub const SHUTDOWN_REASON: &str = "blink-server is shutting down";
 
-/// After its last channel ended during a shutdown, how long a client gets
-/// to hang up by itself before it is told to go: OpenSSH's `ssh` leaves as
-/// soon as its command's channel closes, and a disconnect arriving with
-/// that close would turn the command's exit status into ssh's 255.
+/// Once its channels are done during a shutdown, how long a client that
+/// ran something gets to hang up by itself before it is told to go:
+/// OpenSSH's `ssh` leaves as soon as its command's channel closes, and a
+/// disconnect arriving with that close would turn the command's exit
+/// status into ssh's 255.
 const HANG_UP_WAIT: Duration = Duration::from_secs(1);
 
 /// Once a client is told to go, how long the connection may take to end
@@ -83,7 +84,7 @@ pub(super) async fn serve(
     let result = tokio::select! {
         result = &mut running => result.map_err(|e| e.to_string()),
         deadline = shutdown.recv() => {
-            close_for_shutdown(peer, &handle, &channels, deadline, &mut running).await
+            close_for_shutdown(peer, &handle, &stats, &channels, deadline, &mut running).await
         }
     };
     auth_watch.abort();
@@ -94,27 +95,27 @@ pub(super) async fn serve(
 }
 
 /// The connection's part of a shutdown (no channel opens or starts any
-/// more: `Conn` refuses them). Running channels get until `deadline`; the
-/// client then gets a moment to hang up by itself, then a disconnect.
+/// more: `Conn` refuses them). Running channels get until `deadline`; a
+/// client that ran something then gets a moment to hang up by itself; then
+/// it is disconnected with [`SHUTDOWN_REASON`].
 async fn close_for_shutdown(
     peer: SocketAddr,
     handle: &Handle,
+    stats: &ConnStats,
     channels: &TaskTracker,
     deadline: tokio::time::Instant,
     running: &mut RunningSession<Conn>,
 ) -> Result<(), String> {
     channels.close();
-    if !channels.is_empty() {
-        if tokio::time::timeout_at(deadline, channels.wait())
-            .await
-            .is_ok()
-        {
-            let hang_up = (tokio::time::Instant::now() + HANG_UP_WAIT).min(deadline);
-            if let Ok(result) = tokio::time::timeout_at(hang_up, &mut *running).await {
-                return result.map_err(|e| e.to_string());
-            }
-        } else {
-            tracing::info!(target: "blink::ssh::connection", %peer, channels = channels.len(), "ssh shutdown grace over: closing running channels");
+    if tokio::time::timeout_at(deadline, channels.wait())
+        .await
+        .is_err()
+    {
+        tracing::info!(target: "blink::ssh::connection", %peer, channels = channels.len(), "ssh shutdown grace over: closing running channels");
+    } else if stats.channels.load(Ordering::SeqCst) > 0 {
+        let hang_up = (tokio::time::Instant::now() + HANG_UP_WAIT).min(deadline);
+        if let Ok(result) = tokio::time::timeout_at(hang_up, &mut *running).await {
+            return result.map_err(|e| e.to_string());
         }
     }
     tracing::info!(target: "blink::ssh::connection", %peer, "ssh connection told to go: shutting down");

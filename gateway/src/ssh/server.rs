@@ -66,7 +66,8 @@ impl Gateway {
     }
 }
 
-/// A running SSH server.
+/// A running SSH server. Dropping it shuts it down with no grace and
+/// without waiting; [`SshServer::shutdown`] is the orderly way.
 pub struct SshServer {
     local_addr: SocketAddr,
     trigger: Trigger,
