@@ -73,6 +73,9 @@ pub struct SshConfig {
     pub admin_create_sessions: bool,
     /// Environment names accepted from clients besides LANG, LC_* and TERM.
     pub env_allow: Vec<String>,
+    /// On SIGTERM, how long running channels may take to finish before
+    /// their connections are closed.
+    pub shutdown_grace_secs: u64,
     pub limits: Limits,
 }
 
@@ -84,8 +87,15 @@ impl Default for SshConfig {
             admin_authorized_keys: None,
             admin_create_sessions: false,
             env_allow: Vec::new(),
+            shutdown_grace_secs: 10,
             limits: Limits::default(),
         }
+    }
+}
+
+impl SshConfig {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 
@@ -203,6 +213,7 @@ mod tests {
         let config = FileConfig::load(&path).unwrap();
         assert_eq!(config.ssh.listen.port(), 2222);
         assert!(config.ssh.env_allow.iter().any(|n| n == "EDITOR"));
+        assert_eq!(config.ssh.shutdown_grace(), Duration::from_secs(10));
     }
 
     #[test]

@@ -88,7 +88,11 @@ pub fn load_or_generate(path: &Path) -> Result<PrivateKey, HostKeyError> {
     }
 }
 
-/// `SHA256:...` as `ssh-keygen -l` prints it.
+/// `SHA256:...` as `ssh-keygen -l` prints it: the gateway's one host key
+/// fingerprint (startup line, `--fingerprint`). `blink-cli gateway
+/// fingerprint` cannot call it without linking the gateway and russh; it
+/// reads the same file through the SDK's `private_key_file_fingerprint`,
+/// and the test below keeps the two equal.
 pub fn fingerprint(key: &PrivateKey) -> String {
     key.public_key().fingerprint(HashAlg::Sha256).to_string()
 }

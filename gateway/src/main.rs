@@ -1,18 +1,18 @@
-//! `blink-server`: the Blink gateway (SSH now, REST next) over one session
-//! manager.
-
-mod config;
-mod hostkey;
-mod rest;
-mod ssh;
+//! `blink-server`: the Blink gateway, SSH and REST over one session
+//! manager. This is the binary's edge (flags, config file, signals, exit
+//! status); the servers are in the library (`lib.rs`).
+//!
+//! On SIGTERM or SIGINT both servers drain together (`[ssh]` and `[rest]`
+//! `shutdown_grace_secs`), then the manager stops the sandboxes and the
+//! process exits 0.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use blink_sdk::manager::{Manager, ManagerConfig, default_data_dir};
+use blink_server::config::FileConfig;
+use blink_server::{hostkey, rest, ssh};
 use clap::Parser;
-
-use crate::config::FileConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -141,32 +141,36 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let manager = Manager::open(manager_config)
         .await
         .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+    let ssh_grace = file.ssh.shutdown_grace();
+    // Listen before the servers say they are up, so no signal is missed.
+    let signalled = shutdown_signal()?;
     let http = rest::start(manager.clone(), file.rest).await?;
-    let gateway = ssh::Gateway::new(manager.clone(), file.ssh, host_key);
-    let result = tokio::select! {
-        r = ssh::run(gateway) => r,
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            Ok(())
+    let ssh = match ssh::start(manager.clone(), file.ssh, host_key).await {
+        Ok(ssh) => ssh,
+        Err(e) => {
+            http.shutdown().await;
+            manager.shutdown().await;
+            return Err(e);
         }
     };
-    http.shutdown().await;
+    signalled.await;
+    tracing::info!("shutting down");
+    // Connections and runs drain together; the sandboxes stop after them.
+    tokio::join!(ssh.shutdown(ssh_grace), http.shutdown());
     manager.shutdown().await;
-    result
+    tracing::info!("blink-server shut down");
+    Ok(())
 }
 
-async fn shutdown_signal() {
+/// A future that ends at the first SIGTERM or SIGINT received from now on.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        _ => std::future::pending().await,
-    }
+    })
 }

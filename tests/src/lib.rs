@@ -173,8 +173,9 @@ pub fn local_runtime_available() -> bool {
 pub mod ssh {
     use std::io::{BufRead, BufReader, Write};
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Output, Stdio};
+    use std::process::{Child, Command, ExitStatus, Output, Stdio};
     use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
     use sha2::{Digest, Sha256};
 
@@ -210,6 +211,31 @@ pub mod ssh {
                 std::thread::sleep(std::time::Duration::from_millis(25));
             }
             None
+        }
+
+        /// Send the server a signal by name (`TERM`, `INT`, ...).
+        pub fn signal(&self, name: &str) {
+            let status = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(self.child.id().to_string())
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill -{name} failed");
+        }
+
+        /// Wait up to `limit` for the server to exit; its status, or None
+        /// if it is still running.
+        pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+            let until = Instant::now() + limit;
+            loop {
+                if let Some(status) = self.child.try_wait().expect("try_wait") {
+                    return Some(status);
+                }
+                if Instant::now() >= until {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
         }
     }
 

@@ -17,7 +17,13 @@ const GIB: usize = 1 << 30;
 /// Run `command` over SSH with `len` pseudo-random bytes on its stdin,
 /// streamed (never held whole); returns its stdout, exit status and the
 /// input's SHA-256.
-fn feed(client: &Client, server: &Server, extra: &[&str], command: &str, len: usize) -> (String, Option<i32>, String) {
+fn feed(
+    client: &Client,
+    server: &Server,
+    extra: &[&str],
+    command: &str,
+    len: usize,
+) -> (String, Option<i32>, String) {
     let mut cmd = client.ssh(server, "id", "s1");
     cmd.args(extra)
         .arg(command)

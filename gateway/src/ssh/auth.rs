@@ -20,8 +20,8 @@ use blink_sdk::manager::names;
 use russh::keys::{Algorithm, PublicKey};
 use russh::server::Auth;
 
-use super::Conn;
 use super::channel::What;
+use super::requests::Conn;
 
 /// Where authorized keys come from.
 pub struct KeyCheck {

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use blink_sdk::manager::Manager;
-use blink_sdk::runtime::exec::{ByteReader, ByteWriter, ExecControl};
+use blink_sdk::manager::{Manager, Started};
+use blink_sdk::runtime::exec::{ByteReader, ByteWriter, ExecControl, Execution};
 use blink_sdk::runtime::{ExecSpec, PtySize};
+use blink_sdk::types::ExitStatus;
 use russh::server::{Handle, Msg};
-use russh::{Channel, ChannelMsg, Sig};
+use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 
-use super::ConnStats;
+use super::connection::ConnStats;
 
 /// What a pty-req asked for.
 #[derive(Debug, Clone)]
@@ -36,6 +39,12 @@ pub enum What {
 }
 
 impl What {
+    /// The command of an exec request: UTF-8 without NUL, else refused.
+    pub fn exec(command: &[u8]) -> Option<Self> {
+        let command = std::str::from_utf8(command).ok()?;
+        (!command.contains('\0')).then(|| What::Exec(command.to_string()))
+    }
+
     /// The program and arguments, and the kind for the log line.
     fn argv(&self) -> (Vec<String>, &'static str) {
         match self {
@@ -69,6 +78,7 @@ pub fn pty_size(cols: u32, rows: u32) -> PtySize {
 /// Exit code for Blink's own failures (the program never ran).
 const EXIT_BLINK_ERROR: u32 = 125;
 
+/// One channel's program: what runs, where, and how it was asked for.
 pub struct Job {
     pub manager: Arc<Manager>,
     pub session: String,
@@ -90,54 +100,67 @@ impl Drop for ChannelSlot {
     }
 }
 
+/// How a channel ended: the exit status sent and the signal's name, if
+/// the program died of one; or what failed (the client got
+/// `EXIT_BLINK_ERROR`).
+type Outcome = Result<(u32, Option<String>), String>;
+
+/// Bytes a channel carried, each way.
+#[derive(Default)]
+struct Traffic {
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+}
+
 impl Job {
+    /// Run the channel to its end, then log it in one line.
     pub async fn run(self, channel: Channel<Msg>) {
         let _slot = ChannelSlot(self.open_channels.clone());
         let started = Instant::now();
         let id = channel.id();
-        let bytes_in = Arc::new(AtomicU64::new(0));
-        let bytes_out = Arc::new(AtomicU64::new(0));
-        let command = match &self.what {
-            What::Exec(c) => c.clone(),
-            What::Shell | What::Sftp => String::new(),
-        };
-        let kind = self.what.argv().1;
-        let outcome = self.drive(channel, &bytes_in, &bytes_out).await;
-        let (status, signal, error) = match &outcome {
-            Ok((code, sig)) => (Some(*code), sig.clone(), None),
-            Err(e) => (None, None, Some(e.clone())),
-        };
-        let bin = bytes_in.load(Ordering::SeqCst);
-        let bout = bytes_out.load(Ordering::SeqCst);
-        self.stats.bytes_in.fetch_add(bin, Ordering::SeqCst);
-        self.stats.bytes_out.fetch_add(bout, Ordering::SeqCst);
-        tracing::info!(
-            target: "blink::ssh::channel",
-            peer = %self.login_peer,
-            session = %self.session,
-            channel = %id,
-            kind,
-            pty = self.pty.is_some(),
-            command = %blink_sdk::escape::Escaped(&truncate(&command, 256)),
-            bytes_in = bin,
-            bytes_out = bout,
-            exit_status = status.map(i64::from).unwrap_or(-1),
-            exit_signal = signal.as_deref().unwrap_or(""),
-            error = error.as_deref().unwrap_or(""),
-            duration_ms = started.elapsed().as_millis() as u64,
-            "ssh channel closed"
-        );
+        let traffic = Traffic::default();
+        let outcome = self.drive(channel, &traffic).await;
+        self.log_closed(id, started, &traffic, &outcome);
     }
 
-    /// Run the program and speak the channel protocol. Returns the exit
-    /// status sent and the signal name, if any.
-    async fn drive(
-        &self,
-        channel: Channel<Msg>,
-        bytes_in: &Arc<AtomicU64>,
-        bytes_out: &Arc<AtomicU64>,
-    ) -> Result<(u32, Option<String>), String> {
+    /// The channel's life: read the client's side at once; start the
+    /// program (or tell the client why it cannot run); feed it the
+    /// client's input and pump its output until it ends; then the rest of
+    /// its output, its exit status (or signal), EOF and close, in that
+    /// order.
+    async fn drive(&self, channel: Channel<Msg>, traffic: &Traffic) -> Outcome {
         let id = channel.id();
+        let (reader, writer) = channel.split();
+        // Read the client's side from the start, before the program runs
+        // (starting a stopped session takes a while): russh's connection
+        // loop blocks on a full channel queue, stalling every channel.
+        let mut input = ClientInput::spawn(reader, traffic.bytes_in.clone());
+        let mut started = match self.start_program().await {
+            Ok(started) => started,
+            Err(e) => {
+                input.stop();
+                send_message(&writer, &e.client_message()).await;
+                let _ = writer.exit_status(EXIT_BLINK_ERROR).await;
+                close(&writer).await;
+                return Err(e.to_string());
+            }
+        };
+        let control = started.execution.control.clone();
+        input.attach(control.clone(), started.execution.stdin.take());
+        let output = self.pump_output(&mut started.execution, &writer, &traffic.bytes_out);
+        let status = self.wait_program(&control, &mut input, &writer, id).await;
+        input.stop_feeding();
+        // All output first, then the status, EOF and close.
+        output.finish().await;
+        input.stop();
+        let outcome = self.send_exit(&writer, id, status).await;
+        close(&writer).await;
+        let _ = self.manager.finish(started).await;
+        outcome
+    }
+
+    /// Start the program in the session (starting the session if needed).
+    async fn start_program(&self) -> blink_sdk::Result<Started> {
         let (argv, _) = self.what.argv();
         let spec = ExecSpec {
             argv,
@@ -145,45 +168,18 @@ impl Job {
             cwd: None,
             tty: self.pty.as_ref().map(|p| p.size),
         };
-        let (reader, writer) = channel.split();
-        // Read the client's side from the start, before the program runs
-        // (starting a stopped session takes a while): russh's connection
-        // loop blocks on a full channel queue, stalling every channel.
-        let link = Arc::new(ControlLink::default());
-        let overflow = Arc::new(tokio::sync::Notify::new());
-        let (stdin_tx, stdin_rx) = tokio::sync::mpsc::unbounded_channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let mut input = tokio::spawn(read_client(
-            reader,
-            stdin_tx,
-            backlog.clone(),
-            link.clone(),
-            overflow.clone(),
-            bytes_in.clone(),
-        ));
-        let mut started = match self.manager.exec(&self.session, spec).await {
-            Ok(s) => s,
-            Err(e) => {
-                input.abort();
-                let msg = format!("blink: {}\r\n", e.client_message());
-                let mut err = writer.make_writer_ext(Some(1));
-                let _ = err.write_all(msg.as_bytes()).await;
-                let _ = err.flush().await;
-                let _ = writer.exit_status(EXIT_BLINK_ERROR).await;
-                let _ = writer.eof().await;
-                let _ = writer.close().await;
-                return Err(e.to_string());
-            }
-        };
-        let control = started.execution.control.clone();
-        let stdin = started.execution.stdin.take();
-        let stdout = started.execution.stdout.take();
-        let stderr = started.execution.stderr.take();
-        link.attach(control.clone());
-        let feeder = tokio::spawn(feed_stdin(stdin, stdin_rx, backlog));
+        self.manager.exec(&self.session, spec).await
+    }
 
-        // Program -> client.
-        let out_pump = stdout.map(|r| {
+    /// Copy the program's stdout and stderr to the channel, as data and as
+    /// extended data 1, each in a task of its own.
+    fn pump_output(
+        &self,
+        execution: &mut Execution,
+        writer: &ChannelWriteHalf<Msg>,
+        bytes_out: &Arc<AtomicU64>,
+    ) -> OutputPumps {
+        let stdout = execution.stdout.take().map(|r| {
             tokio::spawn(pump(
                 r,
                 writer.make_writer(),
@@ -191,7 +187,7 @@ impl Job {
                 self.stats.clone(),
             ))
         });
-        let err_pump = stderr.map(|r| {
+        let stderr = execution.stderr.take().map(|r| {
             tokio::spawn(pump(
                 r,
                 writer.make_writer_ext(Some(1)),
@@ -199,68 +195,131 @@ impl Job {
                 self.stats.clone(),
             ))
         });
+        OutputPumps([stdout, stderr])
+    }
 
+    /// Wait for the program to end. It is killed if the client goes away
+    /// or sends more input than the program reads (`STDIN_BACKLOG_LIMIT`).
+    async fn wait_program(
+        &self,
+        control: &Arc<dyn ExecControl>,
+        input: &mut ClientInput,
+        writer: &ChannelWriteHalf<Msg>,
+        id: ChannelId,
+    ) -> Result<ExitStatus, String> {
         let status = tokio::select! {
             status = control.wait() => status,
-            _ = &mut input => {
-                // The client went away: stop the program.
-                let _ = control.kill();
-                control.wait().await
-            }
-            _ = overflow.notified() => {
-                tracing::warn!(session = %self.session, channel = %id, "ssh channel stdin backlog over limit: killing the program");
-                let msg = format!(
-                    "blink: more than {} MiB of input the program did not read; killed\r\n",
-                    STDIN_BACKLOG_LIMIT >> 20
-                );
-                let mut err = writer.make_writer_ext(Some(1));
-                let _ = err.write_all(msg.as_bytes()).await;
-                let _ = err.flush().await;
+            stop = input.must_stop() => {
+                if stop == Stop::Overflow {
+                    tracing::warn!(session = %self.session, channel = %id, "ssh channel stdin backlog over limit: killing the program");
+                    send_message(
+                        writer,
+                        &format!(
+                            "more than {} MiB of input the program did not read; killed",
+                            STDIN_BACKLOG_LIMIT >> 20
+                        ),
+                    )
+                    .await;
+                }
                 let _ = control.kill();
                 control.wait().await
             }
         };
-        feeder.abort();
-        let status = status.map_err(|e| e.to_string());
+        status.map_err(|e| e.to_string())
+    }
 
-        // All output first, then the status, EOF and close.
-        if let Some(p) = out_pump {
-            let _ = p.await;
-        }
-        if let Some(p) = err_pump {
-            let _ = p.await;
-        }
-        input.abort();
-        let result = match status {
-            Ok(s) => {
-                let code = u32::try_from(s.code).unwrap_or(EXIT_BLINK_ERROR);
-                match s.signal.map(signal_of) {
-                    Some(sig) => {
-                        let name = match &sig {
-                            Sig::Custom(n) => n.clone(),
-                            other => format!("{other:?}"),
-                        };
-                        let _ = self
-                            .handle
-                            .exit_signal_request(id, sig, false, String::new(), String::new())
-                            .await;
-                        Ok((code, Some(name)))
-                    }
-                    None => {
-                        let _ = writer.exit_status(code).await;
-                        Ok((code, None))
-                    }
-                }
-            }
+    /// Tell the client how the program ended: exit-signal if a signal
+    /// killed it, else exit-status (`EXIT_BLINK_ERROR` if waiting failed).
+    async fn send_exit(
+        &self,
+        writer: &ChannelWriteHalf<Msg>,
+        id: ChannelId,
+        status: Result<ExitStatus, String>,
+    ) -> Outcome {
+        let status = match status {
+            Ok(status) => status,
             Err(e) => {
                 let _ = writer.exit_status(EXIT_BLINK_ERROR).await;
-                Err(e)
+                return Err(e);
             }
         };
-        let _ = writer.eof().await;
-        let _ = writer.close().await;
-        let _ = self.manager.finish(started).await;
-        result
+        let code = u32::try_from(status.code).unwrap_or(EXIT_BLINK_ERROR);
+        match status.signal.map(signal_of) {
+            Some(sig) => {
+                let name = match &sig {
+                    Sig::Custom(n) => n.clone(),
+                    other => format!("{other:?}"),
+                };
+                let _ = self
+                    .handle
+                    .exit_signal_request(id, sig, false, String::new(), String::new())
+                    .await;
+                Ok((code, Some(name)))
+            }
+            None => {
+                let _ = writer.exit_status(code).await;
+                Ok((code, None))
+            }
+        }
+    }
+
+    /// The channel's one log line; its bytes join the connection's.
+    fn log_closed(&self, id: ChannelId, started: Instant, traffic: &Traffic, outcome: &Outcome) {
+        let (status, signal, error) = match outcome {
+            Ok((code, sig)) => (Some(*code), sig.as_deref(), None),
+            Err(e) => (None, None, Some(e.as_str())),
+        };
+        let bytes_in = traffic.bytes_in.load(Ordering::SeqCst);
+        let bytes_out = traffic.bytes_out.load(Ordering::SeqCst);
+        self.stats.bytes_in.fetch_add(bytes_in, Ordering::SeqCst);
+        self.stats.bytes_out.fetch_add(bytes_out, Ordering::SeqCst);
+        let command = match &self.what {
+            What::Exec(c) => c.as_str(),
+            What::Shell | What::Sftp => "",
+        };
+        tracing::info!(
+            target: "blink::ssh::channel",
+            peer = %self.login_peer,
+            session = %self.session,
+            channel = %id,
+            kind = self.what.argv().1,
+            pty = self.pty.is_some(),
+            command = %blink_sdk::escape::Escaped(&truncate(command, 256)),
+            bytes_in,
+            bytes_out,
+            exit_status = status.map(i64::from).unwrap_or(-1),
+            exit_signal = signal.unwrap_or(""),
+            error = error.unwrap_or(""),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "ssh channel closed"
+        );
+    }
+}
+
+/// A line from Blink itself on the channel's stderr (`blink: ...`).
+async fn send_message(writer: &ChannelWriteHalf<Msg>, message: &str) {
+    let mut err = writer.make_writer_ext(Some(1));
+    let _ = err
+        .write_all(format!("blink: {message}\r\n").as_bytes())
+        .await;
+    let _ = err.flush().await;
+}
+
+/// EOF and close: the last the channel says.
+async fn close(writer: &ChannelWriteHalf<Msg>) {
+    let _ = writer.eof().await;
+    let _ = writer.close().await;
+}
+
+/// The tasks copying the program's stdout and stderr.
+struct OutputPumps([Option<JoinHandle<()>>; 2]);
+
+impl OutputPumps {
+    /// Wait until both streams have ended and been written out.
+    async fn finish(self) {
+        for pump in self.0.into_iter().flatten() {
+            let _ = pump.await;
+        }
     }
 }
 
@@ -315,15 +374,92 @@ impl ControlLink {
     }
 }
 
+/// Why the client's side wants the program stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The client closed the channel (or its connection ended).
+    ClientGone,
+    /// More than `STDIN_BACKLOG_LIMIT` bytes the program did not read.
+    Overflow,
+}
+
+/// The client's side of a channel: a task reading it from the start
+/// (`read_client`), and once the program runs, a task feeding its stdin
+/// (`feed_stdin`).
+struct ClientInput {
+    reader: JoinHandle<()>,
+    feeder: Option<JoinHandle<()>>,
+    /// Client data waiting for the program, until the feeder takes it.
+    queue: Option<mpsc::UnboundedReceiver<Input>>,
+    backlog: Arc<AtomicUsize>,
+    link: Arc<ControlLink>,
+    overflow: Arc<Notify>,
+}
+
+impl ClientInput {
+    fn spawn(reader: ChannelReadHalf, bytes_in: Arc<AtomicU64>) -> Self {
+        let link = Arc::new(ControlLink::default());
+        let overflow = Arc::new(Notify::new());
+        let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let reader = tokio::spawn(read_client(
+            reader,
+            stdin_tx,
+            backlog.clone(),
+            link.clone(),
+            overflow.clone(),
+            bytes_in,
+        ));
+        Self {
+            reader,
+            feeder: None,
+            queue: Some(stdin_rx),
+            backlog,
+            link,
+            overflow,
+        }
+    }
+
+    /// The program runs: window changes and signals reach it from now on,
+    /// and the client's data goes to its stdin.
+    fn attach(&mut self, control: Arc<dyn ExecControl>, stdin: Option<ByteWriter>) {
+        self.link.attach(control);
+        if let Some(queue) = self.queue.take() {
+            self.feeder = Some(tokio::spawn(feed_stdin(stdin, queue, self.backlog.clone())));
+        }
+    }
+
+    /// Wait until the client's side wants the program stopped.
+    async fn must_stop(&mut self) -> Stop {
+        tokio::select! {
+            _ = &mut self.reader => Stop::ClientGone,
+            () = self.overflow.notified() => Stop::Overflow,
+        }
+    }
+
+    /// Stop writing to the program's stdin.
+    fn stop_feeding(&mut self) {
+        if let Some(feeder) = self.feeder.take() {
+            feeder.abort();
+        }
+    }
+
+    /// Stop reading the client's side.
+    fn stop(mut self) {
+        self.stop_feeding();
+        self.reader.abort();
+    }
+}
+
 /// Drain the client's side of a channel without ever waiting on the
 /// program: data is queued (bounded by `STDIN_BACKLOG_LIMIT`), window
 /// changes and signals act at once. Ends when the client closes the channel.
 async fn read_client(
-    mut reader: russh::ChannelReadHalf,
-    stdin: tokio::sync::mpsc::UnboundedSender<Input>,
+    mut reader: ChannelReadHalf,
+    stdin: mpsc::UnboundedSender<Input>,
     backlog: Arc<AtomicUsize>,
     link: Arc<ControlLink>,
-    overflow: Arc<tokio::sync::Notify>,
+    overflow: Arc<Notify>,
     bytes_in: Arc<AtomicU64>,
 ) {
     let mut overflowed = false;
@@ -365,7 +501,7 @@ async fn read_client(
 /// Write queued client data to the program's stdin, then close it on EOF.
 async fn feed_stdin(
     mut stdin: Option<ByteWriter>,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Input>,
+    mut queue: mpsc::UnboundedReceiver<Input>,
     backlog: Arc<AtomicUsize>,
 ) {
     while let Some(input) = queue.recv().await {

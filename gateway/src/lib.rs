@@ -1,0 +1,9 @@
+//! The Blink gateway as a library: SSH and REST servers over one session
+//! manager, each started with `start` and stopped with `shutdown`. The
+//! `blink-server` binary (`main.rs`) is the thin edge around it: flags,
+//! config file, signals. Tests start the servers in-process through here.
+
+pub mod config;
+pub mod hostkey;
+pub mod rest;
+pub mod ssh;

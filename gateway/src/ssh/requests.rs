@@ -1,0 +1,250 @@
+//! [`Conn`], one connection's state, and what its channel requests do:
+//! open a channel, ask for a terminal or a variable, start a program.
+//! Authentication is in `auth.rs`; `handler.rs` turns russh's callbacks
+//! into these calls.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use blink_sdk::escape::Escaped;
+use blink_sdk::manager::keys::KeyOptions;
+use russh::server::{Handle, Msg};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
+use tokio_util::task::TaskTracker;
+
+use super::channel::{self, What};
+use super::connection::ConnStats;
+use super::server::Gateway;
+use super::shutdown::Shutdown;
+
+/// Per-channel state gathered before the channel starts a program.
+struct Pending {
+    channel: Channel<Msg>,
+    pty: Option<channel::PtyRequest>,
+    env: Vec<(String, String)>,
+}
+
+/// One connection's handler. Nothing here blocks: a program runs in a
+/// task per channel, tracked in `channel_tasks`.
+pub(super) struct Conn {
+    pub(super) gateway: Arc<Gateway>,
+    pub(super) peer: SocketAddr,
+    pub(super) stats: Arc<ConnStats>,
+    /// Channels opened that run nothing yet.
+    channels: HashMap<ChannelId, Pending>,
+    /// The session this connection was counted against.
+    pub(super) counted_session: Option<String>,
+    /// Options of the key that logged in (see `auth.rs`).
+    pub(super) key_options: KeyOptions,
+    /// Channels open on this connection (pending or running).
+    open_channels: Arc<AtomicUsize>,
+    /// The tasks of the channels running a program.
+    channel_tasks: TaskTracker,
+    /// Once the server shuts down, no channel opens or starts.
+    shutdown: Shutdown,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(name) = self.counted_session.take()
+            && let Ok(mut map) = self.gateway.per_session.lock()
+            && let Some(n) = map.get_mut(&name)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&name);
+            }
+        }
+    }
+}
+
+impl Conn {
+    pub(super) fn new(
+        gateway: Arc<Gateway>,
+        peer: SocketAddr,
+        stats: Arc<ConnStats>,
+        channel_tasks: TaskTracker,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            gateway,
+            peer,
+            stats,
+            channels: HashMap::new(),
+            counted_session: None,
+            key_options: KeyOptions::default(),
+            open_channels: Arc::new(AtomicUsize::new(0)),
+            channel_tasks,
+            shutdown,
+        }
+    }
+
+    /// A session channel, kept until it asks to run something. Refused
+    /// over the per-connection limit and once the server shuts down.
+    pub(super) fn open_channel(&mut self, channel: Channel<Msg>) -> Result<(), ChannelOpenFailure> {
+        if self.shutdown.is_shutdown() {
+            tracing::info!(peer = %self.peer, "ssh channel refused: shutting down");
+            return Err(ChannelOpenFailure::AdministrativelyProhibited);
+        }
+        let max = self.gateway.config.limits.max_channels_per_connection;
+        if self.open_channels.load(Ordering::SeqCst) >= max {
+            tracing::info!(peer = %self.peer, "ssh channel refused: too many channels");
+            return Err(ChannelOpenFailure::ResourceShortage);
+        }
+        self.open_channels.fetch_add(1, Ordering::SeqCst);
+        self.stats.channels.fetch_add(1, Ordering::SeqCst);
+        self.stats.touch();
+        self.channels.insert(
+            channel.id(),
+            Pending {
+                channel,
+                pty: None,
+                env: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// A channel closed before it ran anything.
+    pub(super) fn close_pending(&mut self, id: ChannelId) {
+        if self.channels.remove(&id).is_some() {
+            self.open_channels.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A terminal for a channel that has none yet, if the key allows one.
+    pub(super) fn request_pty(&mut self, id: ChannelId, term: &str, cols: u32, rows: u32) -> bool {
+        let allowed = self.key_allows_pty();
+        match self.channels.get_mut(&id) {
+            Some(p) if p.pty.is_none() && allowed => {
+                p.pty = Some(channel::PtyRequest {
+                    term: sanitize_term(term),
+                    size: channel::pty_size(cols, rows),
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A variable for the program, if its name is allowed (at most 64, of
+    /// 4 KiB each).
+    pub(super) fn request_env(&mut self, id: ChannelId, name: &str, value: &str) -> bool {
+        let allowed = env_allowed(name, &self.gateway.config.env_allow)
+            && !value.contains('\0')
+            && value.len() <= 4096;
+        if !allowed {
+            tracing::debug!(peer = %self.peer, name = %Escaped::limit(name, 64), "ssh env request refused");
+        }
+        match self.channels.get_mut(&id) {
+            Some(p) if allowed && p.env.len() < 64 => {
+                p.env.retain(|(n, _)| n != name);
+                p.env.push((name.to_string(), value.to_string()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The program of a subsystem request: sftp only, if the key allows it.
+    pub(super) fn subsystem(&self, name: &str) -> Option<What> {
+        if name != "sftp" || !self.key_allows_subsystem(name) {
+            tracing::info!(peer = %self.peer, subsystem = %Escaped::limit(name, 64), "ssh subsystem refused");
+            return None;
+        }
+        Some(What::Sftp)
+    }
+
+    /// Start a program on a pending channel, in a task of its own. False
+    /// (the channel stays open) when the key's options refuse it, the
+    /// channel is unknown or the server is shutting down.
+    pub(super) fn start(&mut self, id: ChannelId, what: What, handle: Handle) -> bool {
+        if self.shutdown.is_shutdown() {
+            tracing::info!(peer = %self.peer, "ssh channel request refused: shutting down");
+            return false;
+        }
+        // The login key's options first: they may refuse the request or
+        // replace what runs.
+        let Some((what, key_env)) = self.key_channel(what) else {
+            return false;
+        };
+        let Some(name) = self.counted_session.clone() else {
+            return false;
+        };
+        let Some(pending) = self.channels.remove(&id) else {
+            return false;
+        };
+        let pty = match what {
+            What::Sftp => None,
+            _ => pending.pty,
+        };
+        let mut env = pending.env;
+        if let Some(pty) = &pty {
+            env.push(("TERM".into(), pty.term.clone()));
+        }
+        for (key, value) in key_env {
+            env.retain(|(n, _)| *n != key);
+            env.push((key, value));
+        }
+        let job = channel::Job {
+            manager: self.gateway.manager.clone(),
+            session: name,
+            login_peer: self.peer,
+            what,
+            pty,
+            env,
+            stats: self.stats.clone(),
+            open_channels: self.open_channels.clone(),
+            handle,
+        };
+        self.channel_tasks.spawn(job.run(pending.channel));
+        true
+    }
+}
+
+/// LANG, LC_* and TERM, plus the configured names; never a name that no
+/// environment can hold (`=` or NUL in it).
+pub fn env_allowed(name: &str, extra: &[String]) -> bool {
+    if name.contains(['=', '\0']) {
+        return false;
+    }
+    name == "LANG" || name == "TERM" || name.starts_with("LC_") || extra.iter().any(|n| n == name)
+}
+
+fn sanitize_term(term: &str) -> String {
+    let t: String = term
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
+        .take(64)
+        .collect();
+    if t.is_empty() { "xterm".into() } else { t }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_allow_list() {
+        let extra = vec!["EDITOR".to_string()];
+        for ok in ["LANG", "LC_ALL", "TERM", "EDITOR"] {
+            assert!(env_allowed(ok, &extra), "{ok}");
+        }
+        for no in [
+            "PATH",
+            "LD_PRELOAD",
+            "HOME",
+            "lang",
+            "LC_A\0B",
+            "LC_A=B",
+            "EDITOR\0",
+        ] {
+            assert!(!env_allowed(no, &extra), "{no}");
+        }
+        assert_eq!(sanitize_term("xterm-256color"), "xterm-256color");
+        assert_eq!(sanitize_term("$(x)"), "x");
+        assert_eq!(sanitize_term(""), "xterm");
+    }
+}

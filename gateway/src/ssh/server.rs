@@ -1,0 +1,208 @@
+//! The SSH server: bind, accept, one tracked task per connection
+//! (`connection.rs`), and the shutdown that waits for all of them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use blink_sdk::manager::Manager;
+use russh::keys::PrivateKey;
+use russh::{MethodKind, MethodSet};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use super::auth::KeyCheck;
+use super::connection::{self, CLOSE_WAIT};
+use super::shutdown::{Shutdown, Trigger};
+use crate::config::SshConfig;
+
+/// What every connection shares.
+pub(super) struct Gateway {
+    pub manager: Arc<Manager>,
+    pub config: SshConfig,
+    pub(super) russh: Arc<russh::server::Config>,
+    /// Authenticated connections per session.
+    pub(super) per_session: Mutex<HashMap<String, usize>>,
+    pub(super) keys: KeyCheck,
+}
+
+impl Gateway {
+    fn new(manager: Arc<Manager>, config: SshConfig, host_key: PrivateKey) -> Arc<Self> {
+        let limits = &config.limits;
+        let mut methods = MethodSet::empty();
+        methods.push(MethodKind::PublicKey);
+        let russh = russh::server::Config {
+            server_id: russh::SshId::Standard("SSH-2.0-blink".into()),
+            methods,
+            auth_rejection_time: Duration::from_millis(500),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys: vec![host_key],
+            max_auth_attempts: limits.max_auth_attempts,
+            // The idle timeout is the gateway's own (see `idle_watch`):
+            // russh's counts keepalive replies as activity.
+            inactivity_timeout: None,
+            keepalive_interval: limits.keepalive_interval(),
+            keepalive_max: limits.keepalive_max,
+            nodelay: true,
+            window_size: 2 << 20,
+            maximum_packet_size: 32768,
+            ..Default::default()
+        };
+        let keys = KeyCheck::new(manager.keys(), config.admin_authorized_keys.clone());
+        Arc::new(Self {
+            manager,
+            config,
+            russh: Arc::new(russh),
+            per_session: Mutex::new(HashMap::new()),
+            keys,
+        })
+    }
+}
+
+/// A running SSH server. Dropping it shuts it down with no grace and
+/// without waiting; [`SshServer::shutdown`] is the orderly way.
+pub struct SshServer {
+    local_addr: SocketAddr,
+    trigger: Trigger,
+    accept: JoinHandle<()>,
+    connections: TaskTracker,
+}
+
+/// Bind `config.listen` and start serving. Prints `ssh listening on ADDR`
+/// on stdout once bound (tests and supervisors read it).
+pub async fn start(
+    manager: Arc<Manager>,
+    config: SshConfig,
+    host_key: PrivateKey,
+) -> anyhow::Result<SshServer> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the SSH gateway to {}", config.listen))?;
+    let local_addr = listener.local_addr().context("SSH listener address")?;
+    let gateway = Gateway::new(manager, config, host_key);
+    let trigger = Trigger::new();
+    let connections = TaskTracker::new();
+    let accept = tokio::spawn(accept_loop(
+        gateway,
+        listener,
+        trigger.subscribe(),
+        connections.clone(),
+    ));
+    tracing::info!(addr = %local_addr, "ssh gateway listening");
+    println!("ssh listening on {local_addr}");
+    Ok(SshServer {
+        local_addr,
+        trigger,
+        accept,
+        connections,
+    })
+}
+
+impl SshServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stop accepting; let running channels finish for up to `grace`;
+    /// tell every client still connected why it is disconnected
+    /// ([`SHUTDOWN_REASON`](super::SHUTDOWN_REASON)), as soon as its
+    /// channels are done or the grace is over; return once every
+    /// connection has ended.
+    pub async fn shutdown(self, grace: Duration) {
+        tracing::info!(
+            addr = %self.local_addr,
+            connections = self.connections.len(),
+            grace_secs = grace.as_secs_f64(),
+            "ssh gateway shutting down"
+        );
+        let deadline = self.trigger.begin(grace);
+        // The accept loop ends at once, dropping the listener.
+        let _ = self.accept.await;
+        self.connections.close();
+        // Each connection ends by the deadline plus its goodbye.
+        let all_closed = deadline + CLOSE_WAIT + Duration::from_secs(1);
+        if tokio::time::timeout_at(all_closed, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = self.connections.len(),
+                "ssh gateway: connections still open after the grace period; leaving them"
+            );
+        }
+        tracing::info!(addr = %self.local_addr, "ssh gateway stopped");
+    }
+}
+
+/// Accept connections until the shutdown; each runs in a task of its own
+/// (handshakes included), tracked in `connections`.
+async fn accept_loop(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    mut shutdown: Shutdown,
+    connections: TaskTracker,
+) {
+    let max = gateway.config.limits.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    loop {
+        let (socket, peer) = tokio::select! {
+            biased;
+            _ = shutdown.recv() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                target: "blink::ssh::connection",
+                %peer,
+                max_connections = max,
+                "ssh connection refused: too many connections"
+            );
+            tokio::spawn(refuse(socket));
+            continue;
+        };
+        let connection = connection::serve(gateway.clone(), socket, peer, shutdown.clone());
+        connections.spawn(async move {
+            connection.await;
+            drop(permit);
+        });
+    }
+}
+
+/// An accept that failed: a connection that went away before it was
+/// accepted is nothing; anything else (out of descriptors) is logged and
+/// waited out, as hyper's server does, instead of ending every session.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "ssh accept failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Close a connection over the limit cleanly: a line before the version
+/// string (RFC 4253 4.2 allows it), then an orderly shutdown, so the client
+/// sees the connection closed rather than reset.
+async fn refuse(mut socket: TcpStream) {
+    use tokio::io::AsyncWriteExt as _;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = socket
+            .write_all(b"blink: too many connections, try again later\r\n")
+            .await;
+        let _ = socket.shutdown().await;
+    })
+    .await;
+}
