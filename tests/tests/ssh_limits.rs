@@ -531,7 +531,7 @@ fn unknown_session_and_wrong_key_take_the_same_time() {
 }
 
 #[test]
-fn unread_stdin_past_the_bound_kills_the_program() {
+fn unread_stdin_holds_the_client_back_and_never_kills_the_program() {
     if !local_runtime_available() {
         return;
     }
@@ -539,14 +539,18 @@ fn unread_stdin_past_the_bound_kills_the_program() {
     let client = Client::new();
     setup(&blink, &client);
     let server = start_server(&blink, &[]);
-    // 24 MiB into a program that never reads: past the 16 MiB bound the
-    // gateway kills it (rather than buffer without end or stall the
-    // connection) and says why.
+    // 24 MiB into a program that never reads: the client is held at the
+    // channel's window (renewed only as the program consumes) until the
+    // program ends on its own, with its own status.
     let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.arg(format!("echo started; {LONG}"));
+    cmd.arg("echo started; sleep 2; echo done; exit 7");
     let out = run(cmd, &vec![b'x'; 24 << 20]);
     let (stdout, stderr) = texts(&out);
-    assert_eq!(stdout, "started\n");
-    assert!(stderr.contains("did not read"), "{stderr}");
-    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert_eq!(stdout, "started\ndone\n", "{stderr}");
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(
+        !stderr.contains("stopped") && !stderr.contains("killed"),
+        "{stderr}"
+    );
+    assert!(!server.log().contains("past its channel window"));
 }

@@ -146,7 +146,9 @@ impl Job {
             }
         };
         let control = started.execution.control.clone();
-        input.attach(control.clone(), started.execution.stdin.take());
+        let handle = self.handle.clone();
+        let credit = move |bytes: usize| handle.consumed(id, bytes as u32);
+        input.attach(control.clone(), started.execution.stdin.take(), credit);
         let output = self.pump_output(&mut started.execution, &writer, &traffic.bytes_out);
         let status = self.wait_program(&control, &mut input, &writer, id).await;
         input.stop_feeding();
@@ -199,7 +201,7 @@ impl Job {
     }
 
     /// Wait for the program to end. It is killed if the client goes away
-    /// or sends more input than the program reads (`STDIN_BACKLOG_LIMIT`).
+    /// or sends past its window (`STDIN_BACKLOG_LIMIT`).
     async fn wait_program(
         &self,
         control: &Arc<dyn ExecControl>,
@@ -211,13 +213,10 @@ impl Job {
             status = control.wait() => status,
             stop = input.must_stop() => {
                 if stop == Stop::Overflow {
-                    tracing::warn!(session = %self.session, channel = %id, "ssh channel stdin backlog over limit: killing the program");
+                    tracing::warn!(session = %self.session, channel = %id, "ssh client sent past its channel window: stopping the program");
                     send_message(
                         writer,
-                        &format!(
-                            "more than {} MiB of input the program did not read; killed",
-                            STDIN_BACKLOG_LIMIT >> 20
-                        ),
+                        "the client sent more than its channel window allows; stopped",
                     )
                     .await;
                 }
@@ -323,11 +322,12 @@ impl OutputPumps {
     }
 }
 
-/// Client input a program has not read yet, per channel, at most this many
-/// bytes. russh 0.65 extends a channel's window as soon as data arrives, so
-/// the gateway cannot hold one channel's client back without stalling the
-/// whole connection; past this bound the program is killed instead.
-pub const STDIN_BACKLOG_LIMIT: usize = 16 << 20;
+/// Client input a program has not read yet, per channel. A client that
+/// keeps to its window (`CHANNEL_WINDOW`, renewed only as the program
+/// consumes, see patches/russh) never comes near it; past it the client has
+/// broken the protocol, and the program is stopped rather than the queue
+/// growing.
+pub const STDIN_BACKLOG_LIMIT: usize = 4 * super::server::CHANNEL_WINDOW as usize;
 
 /// Client data and EOF, in order, for the program's stdin.
 enum Input {
@@ -379,7 +379,7 @@ impl ControlLink {
 enum Stop {
     /// The client closed the channel (or its connection ended).
     ClientGone,
-    /// More than `STDIN_BACKLOG_LIMIT` bytes the program did not read.
+    /// More than `STDIN_BACKLOG_LIMIT` bytes queued: past the window.
     Overflow,
 }
 
@@ -421,11 +421,22 @@ impl ClientInput {
     }
 
     /// The program runs: window changes and signals reach it from now on,
-    /// and the client's data goes to its stdin.
-    fn attach(&mut self, control: Arc<dyn ExecControl>, stdin: Option<ByteWriter>) {
+    /// and the client's data goes to its stdin; `credit` reports each
+    /// chunk consumed, which is what lets the client send more.
+    fn attach(
+        &mut self,
+        control: Arc<dyn ExecControl>,
+        stdin: Option<ByteWriter>,
+        credit: impl Fn(usize) + Send + 'static,
+    ) {
         self.link.attach(control);
         if let Some(queue) = self.queue.take() {
-            self.feeder = Some(tokio::spawn(feed_stdin(stdin, queue, self.backlog.clone())));
+            self.feeder = Some(tokio::spawn(feed_stdin(
+                stdin,
+                queue,
+                self.backlog.clone(),
+                credit,
+            )));
         }
     }
 
@@ -452,8 +463,9 @@ impl ClientInput {
 }
 
 /// Drain the client's side of a channel without ever waiting on the
-/// program: data is queued (bounded by `STDIN_BACKLOG_LIMIT`), window
-/// changes and signals act at once. Ends when the client closes the channel.
+/// program: data is queued (at most a window of it, since the window is
+/// renewed only as the program consumes), window changes and signals act
+/// at once. Ends when the client closes the channel.
 async fn read_client(
     mut reader: ChannelReadHalf,
     stdin: mpsc::UnboundedSender<Input>,
@@ -499,10 +511,13 @@ async fn read_client(
 }
 
 /// Write queued client data to the program's stdin, then close it on EOF.
+/// Each chunk is credited back to the client's window once written (or
+/// dropped, when the program has closed its stdin).
 async fn feed_stdin(
     mut stdin: Option<ByteWriter>,
     mut queue: mpsc::UnboundedReceiver<Input>,
     backlog: Arc<AtomicUsize>,
+    credit: impl Fn(usize),
 ) {
     while let Some(input) = queue.recv().await {
         match input {
@@ -514,6 +529,7 @@ async fn feed_stdin(
                     stdin = None;
                 }
                 backlog.fetch_sub(data.len(), Ordering::SeqCst);
+                credit(data.len());
             }
             Input::Eof => {
                 if let Some(mut w) = stdin.take() {

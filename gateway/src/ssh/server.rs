@@ -20,6 +20,10 @@ use super::connection::{self, CLOSE_WAIT};
 use super::shutdown::{Shutdown, Trigger};
 use crate::config::SshConfig;
 
+/// Bytes a client may send on a channel before the program has consumed
+/// them: what the gateway buffers per channel at most.
+pub const CHANNEL_WINDOW: u32 = 2 << 20;
+
 /// What every connection shares.
 pub(super) struct Gateway {
     pub manager: Arc<Manager>,
@@ -48,8 +52,12 @@ impl Gateway {
             keepalive_interval: limits.keepalive_interval(),
             keepalive_max: limits.keepalive_max,
             nodelay: true,
-            window_size: 2 << 20,
+            window_size: CHANNEL_WINDOW,
             maximum_packet_size: 32768,
+            // Flow control per channel (patches/russh): a program that reads
+            // its stdin slowly holds back its own client, never another
+            // channel, and is never killed for it.
+            window_follows_consumption: true,
             ..Default::default()
         };
         let keys = KeyCheck::new(manager.keys(), config.admin_authorized_keys.clone());
