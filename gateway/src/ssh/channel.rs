@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use blink_sdk::manager::{Manager, Started};
+use blink_sdk::manager::{Manager, Started, policy};
 use blink_sdk::runtime::exec::{ByteReader, ByteWriter, ExecControl, Execution};
 use blink_sdk::runtime::{ExecSpec, PtySize};
 use blink_sdk::types::ExitStatus;
@@ -61,18 +61,10 @@ impl What {
     }
 }
 
+/// A terminal size from pty-req or window-change (which cannot be refused):
+/// the SDK's bounds, clamped.
 pub fn pty_size(cols: u32, rows: u32) -> PtySize {
-    let clamp = |v: u32, default: u16| {
-        if v == 0 {
-            default
-        } else {
-            u16::try_from(v.min(4096)).unwrap_or(default)
-        }
-    };
-    PtySize {
-        rows: clamp(rows, 24),
-        cols: clamp(cols, 80),
-    }
+    policy::terminal_size_clamped(rows, cols)
 }
 
 /// Exit code for Blink's own failures (the program never ran).
@@ -577,44 +569,48 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// The SSH signal name of a signal number.
+/// The SSH signal of a signal number (RFC 4254 names are Linux's without
+/// `SIG`; the SDK's table has them all).
 pub fn signal_of(n: i32) -> Sig {
-    match n {
-        libc::SIGABRT => Sig::ABRT,
-        libc::SIGALRM => Sig::ALRM,
-        libc::SIGFPE => Sig::FPE,
-        libc::SIGHUP => Sig::HUP,
-        libc::SIGILL => Sig::ILL,
-        libc::SIGINT => Sig::INT,
-        libc::SIGKILL => Sig::KILL,
-        libc::SIGPIPE => Sig::PIPE,
-        libc::SIGQUIT => Sig::QUIT,
-        libc::SIGSEGV => Sig::SEGV,
-        libc::SIGTERM => Sig::TERM,
-        libc::SIGUSR1 => Sig::USR1,
-        libc::SIGUSR2 => Sig::Custom("USR2".into()),
-        other => Sig::Custom(format!("SIG{other}")),
+    let Some(name) = policy::signal_name(n) else {
+        return Sig::Custom(format!("SIG{n}"));
+    };
+    match name {
+        "ABRT" => Sig::ABRT,
+        "ALRM" => Sig::ALRM,
+        "FPE" => Sig::FPE,
+        "HUP" => Sig::HUP,
+        "ILL" => Sig::ILL,
+        "INT" => Sig::INT,
+        "KILL" => Sig::KILL,
+        "PIPE" => Sig::PIPE,
+        "QUIT" => Sig::QUIT,
+        "SEGV" => Sig::SEGV,
+        "TERM" => Sig::TERM,
+        "USR1" => Sig::USR1,
+        other => Sig::Custom(other.into()),
     }
 }
 
-/// The signal number of an SSH signal name (unknown names are ignored).
+/// The signal number of an SSH signal (names the SDK does not know are
+/// ignored).
 pub fn signal_number(sig: &Sig) -> Option<i32> {
-    Some(match sig {
-        Sig::ABRT => libc::SIGABRT,
-        Sig::ALRM => libc::SIGALRM,
-        Sig::FPE => libc::SIGFPE,
-        Sig::HUP => libc::SIGHUP,
-        Sig::ILL => libc::SIGILL,
-        Sig::INT => libc::SIGINT,
-        Sig::KILL => libc::SIGKILL,
-        Sig::PIPE => libc::SIGPIPE,
-        Sig::QUIT => libc::SIGQUIT,
-        Sig::SEGV => libc::SIGSEGV,
-        Sig::TERM => libc::SIGTERM,
-        Sig::USR1 => libc::SIGUSR1,
-        Sig::Custom(name) if name == "USR2" => libc::SIGUSR2,
-        Sig::Custom(_) => return None,
-    })
+    let name = match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(name) => name.as_str(),
+    };
+    policy::signal_number(name)
 }
 
 #[cfg(test)]
@@ -623,9 +619,14 @@ mod tests {
 
     #[test]
     fn signals_round_trip() {
-        for n in [1, 2, 3, 6, 9, 13, 14, 15, 10, 12, 11, 8, 4] {
-            assert_eq!(signal_number(&signal_of(n)), Some(n));
+        for n in 1..=31 {
+            assert_eq!(signal_number(&signal_of(n)), Some(n), "{n}");
         }
+        assert_eq!(
+            signal_number(&Sig::Custom("WINCH".into())),
+            Some(libc::SIGWINCH)
+        );
+        assert_eq!(signal_number(&Sig::Custom("NOPE".into())), None);
         assert_eq!(pty_size(0, 0), PtySize { rows: 24, cols: 80 });
         assert_eq!(
             pty_size(100, 40),

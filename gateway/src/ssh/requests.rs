@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use blink_sdk::escape::Escaped;
 use blink_sdk::manager::keys::KeyOptions;
+use blink_sdk::manager::policy;
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tokio_util::task::TaskTracker;
@@ -129,12 +130,11 @@ impl Conn {
         }
     }
 
-    /// A variable for the program, if its name is allowed (at most 64, of
-    /// 4 KiB each).
+    /// A variable for the program, if its name is on the allow-list and
+    /// it keeps the SDK's environment rules (at most 64 per channel).
     pub(super) fn request_env(&mut self, id: ChannelId, name: &str, value: &str) -> bool {
         let allowed = env_allowed(name, &self.gateway.config.env_allow)
-            && !value.contains('\0')
-            && value.len() <= 4096;
+            && policy::check_env(&[(name.to_owned(), value.to_owned())]).is_ok();
         if !allowed {
             tracing::debug!(peer = %self.peer, name = %Escaped::limit(name, 64), "ssh env request refused");
         }
@@ -204,12 +204,10 @@ impl Conn {
     }
 }
 
-/// LANG, LC_* and TERM, plus the configured names; never a name that no
-/// environment can hold (`=` or NUL in it).
+/// LANG, LC_* and TERM, plus the configured names (which variables an SSH
+/// client may set is this surface's own rule; whether a name or value can
+/// be set at all is the SDK's, `policy::check_env`).
 pub fn env_allowed(name: &str, extra: &[String]) -> bool {
-    if name.contains(['=', '\0']) {
-        return false;
-    }
     name == "LANG" || name == "TERM" || name.starts_with("LC_") || extra.iter().any(|n| n == name)
 }
 
@@ -232,16 +230,16 @@ mod tests {
         for ok in ["LANG", "LC_ALL", "TERM", "EDITOR"] {
             assert!(env_allowed(ok, &extra), "{ok}");
         }
-        for no in [
-            "PATH",
-            "LD_PRELOAD",
-            "HOME",
-            "lang",
-            "LC_A\0B",
-            "LC_A=B",
-            "EDITOR\0",
-        ] {
+        for no in ["PATH", "LD_PRELOAD", "HOME", "lang"] {
             assert!(!env_allowed(no, &extra), "{no}");
+        }
+        // Names no environment can hold pass the allow-list's prefix rule
+        // but not the SDK's rules, which request_env applies too.
+        for bad in ["LC_A\0B", "LC_A=B"] {
+            assert!(
+                policy::check_env(&[(bad.into(), "x".into())]).is_err(),
+                "{bad:?}"
+            );
         }
         assert_eq!(sanitize_term("xterm-256color"), "xterm-256color");
         assert_eq!(sanitize_term("$(x)"), "x");
