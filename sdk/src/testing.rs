@@ -293,3 +293,35 @@ impl ExecControl for FakeControl {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// A test that cannot run here says so by name: on stderr, and as a line in
+/// the file `$BLINK_SKIP_LOG` names, which `scripts/test.sh` counts as
+/// skipped (not passed) in its summary. The test then returns.
+pub fn skip(reason: &str) {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("unnamed test");
+    eprintln!("SKIPPED: {name}: {reason}");
+    if let Some(path) = std::env::var_os("BLINK_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut log) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(log, "{name}: {reason}");
+        }
+    }
+}
+
+/// A capability a test needs: when it is missing the test is skipped (see
+/// [`skip`]), except under `CI=true`, where a missing capability fails.
+pub fn require(available: bool, what: &str) -> bool {
+    if !available {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to run this test: {what}"
+        );
+        skip(what);
+    }
+    available
+}

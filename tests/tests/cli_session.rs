@@ -329,7 +329,9 @@ fn limits_apply_while_running_and_nothing_outlives_the_cli() {
         .map(|c| c["detail"].as_str().unwrap().to_owned())
         .unwrap();
     if !limits.contains("pids=cgroup-v1") {
-        eprintln!("SKIPPED: cgroup v1 is not the limit mechanism here ({limits})");
+        blink_sdk::testing::skip(&format!(
+            "cgroup v1 is not the limit mechanism here ({limits})"
+        ));
         return;
     }
     let blink = Blink::new();

@@ -390,8 +390,7 @@ mod tests {
             .arg(&path)
             .status()
             .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIPPED: ssh-keygen is not installed");
+        if !crate::testing::require(ok, "ssh-keygen is not installed") {
             return;
         }
         let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
