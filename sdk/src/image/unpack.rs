@@ -66,7 +66,10 @@ pub fn unpack_with(
     if let Some((uid, gid)) = owner {
         root = root.with_owner(uid, gid);
     }
-    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    let total = image
+        .layers
+        .iter()
+        .fold(0u64, |n, l| n.saturating_add(l.size));
     let mut state = State {
         root,
         opts: *opts,
