@@ -49,14 +49,25 @@ impl AuthorizedKey {
         if line.is_empty() || line.starts_with('#') {
             return Ok(None);
         }
-        let tokens: Vec<&str> = line.split_whitespace().collect();
-        let Some(pos) = tokens.iter().position(|t| KEY_TYPES.contains(t)) else {
+        // As OpenSSH reads a line: the key type first, or else one options
+        // field (quoted values may hold spaces, even a key) and then it.
+        let starts_with_type = line
+            .split_whitespace()
+            .next()
+            .is_some_and(|t| KEY_TYPES.contains(&t));
+        let rest = if starts_with_type {
+            line
+        } else {
+            skip_options(line)?
+        };
+        let tokens: Vec<&str> = rest.split_whitespace().collect();
+        let Some(kind) = tokens.first().filter(|t| KEY_TYPES.contains(t)) else {
             return Err(Error::InvalidArgument(
                 "not an OpenSSH public key: expected ssh-ed25519, ecdsa-sha2-* or ssh-rsa".into(),
             ));
         };
-        let kind = tokens[pos].to_string();
-        let Some(blob) = tokens.get(pos + 1) else {
+        let kind = kind.to_string();
+        let Some(blob) = tokens.get(1) else {
             return Err(Error::InvalidArgument("public key has no key data".into()));
         };
         let bytes = base64::engine::general_purpose::STANDARD
@@ -67,10 +78,7 @@ impl AuthorizedKey {
                 "public key data does not match its type".into(),
             ));
         }
-        let comment = tokens
-            .get(pos + 2..)
-            .map(|c| c.join(" "))
-            .unwrap_or_default();
+        let comment = tokens.get(2..).map(|c| c.join(" ")).unwrap_or_default();
         Ok(Some(Self {
             kind,
             blob: (*blob).to_string(),
@@ -87,6 +95,29 @@ impl AuthorizedKey {
             format!("{} {} {}", self.kind, self.blob, self.comment)
         }
     }
+}
+
+/// The text after a leading options field (`no-pty,command="a b"`): it ends
+/// at the first space or tab outside double quotes, and `\"` is a literal
+/// quote (as OpenSSH's `sshkey_advance_past_options` reads it).
+fn skip_options(line: &str) -> Result<&str> {
+    let mut quoted = false;
+    let mut chars = line.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' && chars.peek().is_some_and(|&(_, n)| n == '"') {
+            chars.next();
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if !quoted && (c == ' ' || c == '\t') {
+            return Ok(&line[i..]);
+        }
+    }
+    if quoted {
+        return Err(Error::InvalidArgument(
+            "public key options have an unterminated quote".into(),
+        ));
+    }
+    Ok("")
 }
 
 /// The type name at the start of an SSH wire-format key blob.
