@@ -57,14 +57,20 @@ fn entry() -> impl Strategy<Value = RawEntry> {
             1 => Just(Some(MAX_BYTES + 1)),
             1 => (0u64..2048).prop_map(Some),
         ],
+        prop_oneof![
+            8 => Just(None),
+            1 => prop::sample::select(vec![0, u64::MAX, 1 << 63, (1 << 63) - 1, 253_402_300_800]).prop_map(Some),
+            1 => any::<u64>().prop_map(Some),
+        ],
     )
-        .prop_map(|(name, kind, link, mode, data, size)| RawEntry {
+        .prop_map(|(name, kind, link, mode, data, size, mtime)| RawEntry {
             name: name.into_bytes(),
             kind,
             link: link.into_bytes(),
             mode,
             data,
             size,
+            mtime,
         })
 }
 
@@ -360,4 +366,31 @@ fn gzip_bomb() {
     let err = unpack_with(&image, &fence.target, None, &opts, None).unwrap_err();
     assert_eq!(err.code(), "too_large", "{err}");
     fence.check().unwrap();
+}
+
+/// Header times past what `SystemTime` holds.
+#[test]
+fn huge_mtimes() {
+    for mtime in [u64::MAX, 1 << 63, i64::MAX as u64 + 1] {
+        let mut fence = Fence::new();
+        let entries: Vec<RawEntry> = [
+            RawEntry::dir("d/"),
+            RawEntry::file("d/f", b"x"),
+            RawEntry::symlink("d/l", "f"),
+        ]
+        .into_iter()
+        .map(|e| RawEntry {
+            mtime: Some(mtime),
+            ..e
+        })
+        .collect();
+        let image = image_of(&mut fence, &[(build_tar(&entries), false, true, false)]);
+        let opts = UnpackOptions {
+            max_bytes: MAX_BYTES,
+            max_entries: MAX_ENTRIES,
+        };
+        let result = unpack_with(&image, &fence.target, None, &opts, None);
+        let r: Result<(), TestCaseError> = check_unpacked(&fence, result);
+        r.unwrap();
+    }
 }

@@ -168,6 +168,8 @@ pub struct RawEntry {
     pub data: Vec<u8>,
     /// Size written in the header (may disagree with `data`).
     pub size: Option<u64>,
+    /// Modification time in the header (default: a fixed date).
+    pub mtime: Option<u64>,
 }
 
 impl RawEntry {
@@ -179,6 +181,7 @@ impl RawEntry {
             mode: 0o644,
             data: data.to_vec(),
             size: None,
+            mtime: None,
         }
     }
 
@@ -216,21 +219,27 @@ fn octal(field: &mut [u8], value: u64) {
     field[field.len() - 1] = 0;
 }
 
-fn header(name: &[u8], kind: u8, link: &[u8], mode: u32, size: u64) -> [u8; 512] {
+/// A numeric field: octal when it fits, else GNU base-256.
+fn number(field: &mut [u8], value: u64) {
+    if value < 8u64.pow(field.len() as u32 - 1) {
+        octal(field, value);
+    } else {
+        field.fill(0);
+        field[0] = 0x80;
+        let n = field.len();
+        field[n - 8..].copy_from_slice(&value.to_be_bytes());
+    }
+}
+
+fn header(name: &[u8], kind: u8, link: &[u8], mode: u32, size: u64, mtime: u64) -> [u8; 512] {
     let mut h = [0u8; 512];
     let n = name.len().min(100);
     h[..n].copy_from_slice(&name[..n]);
     octal(&mut h[100..108], u64::from(mode));
     octal(&mut h[108..116], 0);
     octal(&mut h[116..124], 0);
-    if size < 0o77777777777 {
-        octal(&mut h[124..136], size);
-    } else {
-        // GNU base-256 for huge sizes.
-        h[124] = 0x80;
-        h[128..136].copy_from_slice(&size.to_be_bytes());
-    }
-    octal(&mut h[136..148], 1_700_000_000);
+    number(&mut h[124..136], size);
+    number(&mut h[136..148], mtime);
     h[156] = kind;
     let l = link.len().min(100);
     h[157..157 + l].copy_from_slice(&link[..l]);
@@ -256,19 +265,34 @@ pub fn build_tar(entries: &[RawEntry]) -> Vec<u8> {
         if e.name.len() > 100 {
             let mut long = e.name.clone();
             long.push(0);
-            out.extend_from_slice(&header(b"././@LongLink", b'L', b"", 0, long.len() as u64));
+            out.extend_from_slice(&header(
+                b"././@LongLink",
+                b'L',
+                b"",
+                0,
+                long.len() as u64,
+                0,
+            ));
             out.extend_from_slice(&long);
             pad(&mut out);
         }
         if e.link.len() > 100 {
             let mut long = e.link.clone();
             long.push(0);
-            out.extend_from_slice(&header(b"././@LongLink", b'K', b"", 0, long.len() as u64));
+            out.extend_from_slice(&header(
+                b"././@LongLink",
+                b'K',
+                b"",
+                0,
+                long.len() as u64,
+                0,
+            ));
             out.extend_from_slice(&long);
             pad(&mut out);
         }
         let size = e.size.unwrap_or(e.data.len() as u64);
-        out.extend_from_slice(&header(&e.name, e.kind, &e.link, e.mode, size));
+        let mtime = e.mtime.unwrap_or(1_700_000_000);
+        out.extend_from_slice(&header(&e.name, e.kind, &e.link, e.mode, size, mtime));
         out.extend_from_slice(&e.data);
         pad(&mut out);
     }
