@@ -160,6 +160,13 @@ impl FileConfig {
                 )));
             }
         }
+        // One semaphore permit per connection.
+        if l.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::Invalid(format!(
+                "ssh.limits.max_connections must be at most {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            )));
+        }
         for name in &self.ssh.env_allow {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
                 return Err(ConfigError::Invalid(format!(
