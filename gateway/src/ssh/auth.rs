@@ -134,3 +134,6 @@ impl Conn {
         Auth::Accept
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;
