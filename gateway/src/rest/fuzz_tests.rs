@@ -7,12 +7,12 @@
 //!
 //! Why property-based (proptest) and not coverage-guided: these run inside
 //! the ordinary `cargo test --workspace` on stable in CI. cargo-fuzz
-//! (libFuzzer) works here only with `RUSTC_BOOTSTRAP=1` as a separate
-//! long-running process, and `blink-server` is a binary crate, so a fuzz
-//! target cannot reach its router; afl.rs needs an LLVM plugin matching
-//! rustc's LLVM 22, which Debian 12 (afl++ 4.04c, LLVM 14) does not have.
-//! See docs/TESTING.md. A long run: `PROPTEST_CASES=20000 cargo test -p
-//! blink-server fuzz_tests`.
+//! (libFuzzer, with `RUSTC_BOOTSTRAP=1`) and afl.rs (without its optional
+//! LLVM plugins, which need LLVM 22 tools that Debian 12 lacks) both work
+//! on this machine, but as separate long-running processes; and
+//! `blink-server` is a binary crate, so no fuzz target can link its router
+//! or config. See docs/TESTING.md. A long run: `PROPTEST_CASES=20000 cargo
+//! test -p blink-server fuzz_tests`.
 //!
 //! Requests that would start a sandbox never get that far: the manager's
 //! default image does not exist (runs and opens fail with "image not

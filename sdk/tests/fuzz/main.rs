@@ -2,18 +2,22 @@
 //! bytes: OCI JSON and image references, layer and image archives, SSH
 //! public keys, session names, and paths given to the confined filesystem.
 //!
-//! Why property-based (proptest) and not coverage-guided: these tests must
-//! run inside the ordinary `cargo test --workspace` on the stable toolchain,
-//! in CI, in about a minute. Coverage-guided fuzzing was tried on this
-//! machine (rustc 1.95 stable, LLVM 22, Debian 12, no nightly toolchain):
-//! - afl.rs needs an LLVM plugin matching rustc's LLVM 22; Debian 12's
-//!   `afl++` (4.04c) is built against LLVM 14, so `cargo afl` cannot
-//!   instrument this toolchain's output.
-//! - cargo-fuzz (libFuzzer) does work with `RUSTC_BOOTSTRAP=1` on stable
-//!   (stable's rust-std ships the ASan runtime), but it is a separate,
-//!   open-ended process with its own build, not a `cargo test` case; it is
-//!   kept for long sessions in the top-level `fuzz/` directory over the
-//!   same entry points (see docs/TESTING.md).
+//! Why property-based (proptest) here rather than coverage-guided: these
+//! tests must run inside the ordinary `cargo test --workspace`, on the
+//! stable toolchain, in CI, in a bounded time. Coverage-guided fuzzing was
+//! tried on this machine (rustc 1.95 stable with LLVM 22, Debian 12, no
+//! nightly toolchain), and in fact both tools work, but only as separate,
+//! open-ended processes with their own instrumented builds:
+//! - cargo-fuzz (libFuzzer) builds and runs with `RUSTC_BOOTSTRAP=1`
+//!   (stable's rust-std ships the ASan runtime it links).
+//! - afl.rs (`cargo install cargo-afl`, which builds AFL++ from the crate's
+//!   source) builds and fuzzes on stable with rustc's own coverage passes;
+//!   only its optional LLVM plugins (CMPLOG and the like) need LLVM 22
+//!   tools, which Debian 12 does not have (its llvm-config and afl++ 4.04c
+//!   are LLVM 14).
+//! Neither is a `cargo test` case, so CI runs these properties, and the
+//! top-level `fuzz/` directory keeps cargo-fuzz targets over the same entry
+//! points for long sessions (docs/TESTING.md).
 //!
 //! So CI runs these properties with a small, fixed number of cases per
 //! property (`cases(n)` below). A long session raises it for every property
