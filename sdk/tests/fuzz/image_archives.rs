@@ -13,8 +13,8 @@ use blink_sdk::image::{ImageStore, ImportOptions};
 use proptest::prelude::*;
 
 use crate::util::{
-    Fence, RawEntry, apply_damage, build_tar, cases, check_error, damage, gzip, hostile_path,
-    snapshot,
+    Fence, RawEntry, apply_damage, build_tar, cases, check_bounds, check_error, damage, gzip,
+    hostile_path, snapshot,
 };
 
 fn blob_name(data: &[u8]) -> String {
@@ -226,7 +226,10 @@ fn opts() -> ImportOptions {
 fn import(s: &mut Setup, bytes: &[u8], name: Option<&str>) -> Result<(), TestCaseError> {
     let archive = s.fence.add_outside("archive.tar", bytes);
     let before = snapshot(s.store.dir());
-    match s.store.import_archive_with(&archive, name, &opts(), None) {
+    let started = std::time::Instant::now();
+    let result = s.store.import_archive_with(&archive, name, &opts(), None);
+    check_bounds(started, "import")?;
+    match result {
         Ok(infos) => {
             prop_assert!(!infos.is_empty());
             for info in &infos {

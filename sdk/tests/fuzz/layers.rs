@@ -13,8 +13,8 @@ use blink_sdk::image::{Layer, ResolvedImage, UnpackOptions, unpack_with};
 use proptest::prelude::*;
 
 use crate::util::{
-    Damage, Fence, RawEntry, apply_damage, build_tar, cases, check_error, damage, gzip,
-    hostile_component, hostile_path,
+    Damage, Fence, RawEntry, apply_damage, build_tar, cases, check_bounds, check_error, damage,
+    gzip, hostile_component, hostile_path,
 };
 
 const MAX_BYTES: u64 = 256 << 10;
@@ -197,6 +197,18 @@ fn walk(dir: &Path) -> Vec<(std::path::PathBuf, std::fs::Metadata)> {
     out
 }
 
+/// Unpack `image` into the fence's target with the test limits; check.
+fn unpack_checked(fence: &Fence, image: &ResolvedImage) -> Result<(), TestCaseError> {
+    let opts = UnpackOptions {
+        max_bytes: MAX_BYTES,
+        max_entries: MAX_ENTRIES,
+    };
+    let started = std::time::Instant::now();
+    let result = unpack_with(image, &fence.target, None, &opts, None);
+    check_bounds(started, "unpack")?;
+    check_unpacked(fence, result)
+}
+
 fn check_unpacked(fence: &Fence, result: blink_sdk::Result<()>) -> Result<(), TestCaseError> {
     if let Err(e) = &result {
         check_error(e)?;
@@ -236,9 +248,7 @@ proptest! {
             .map(|c| (blob_of(c, &fence.canary), c.gzip, c.honest, c.mislabel))
             .collect();
         let image = image_of(&mut fence, &blobs);
-        let opts = UnpackOptions { max_bytes: MAX_BYTES, max_entries: MAX_ENTRIES };
-        let result = unpack_with(&image, &fence.target, None, &opts, None);
-        check_unpacked(&fence, result)?;
+        unpack_checked(&fence, &image)?;
     }
 
 }
@@ -252,9 +262,7 @@ proptest! {
         let mut fence = Fence::new();
         let bytes = if gz { gzip(&bytes) } else { bytes };
         let image = image_of(&mut fence, &[(bytes, gz, true, false)]);
-        let opts = UnpackOptions { max_bytes: MAX_BYTES, max_entries: MAX_ENTRIES };
-        let result = unpack_with(&image, &fence.target, None, &opts, None);
-        check_unpacked(&fence, result)?;
+        unpack_checked(&fence, &image)?;
     }
 
     /// Escape attempts in two steps: a symlink planted by one entry (or an
@@ -292,9 +300,7 @@ proptest! {
             .map(|l| (build_tar(&with_canary(l, &fence.canary)), false, true, false))
             .collect();
         let image = image_of(&mut fence, &blobs);
-        let opts = UnpackOptions { max_bytes: MAX_BYTES, max_entries: MAX_ENTRIES };
-        let result = unpack_with(&image, &fence.target, None, &opts, None);
-        check_unpacked(&fence, result)?;
+        unpack_checked(&fence, &image)?;
     }
 }
 
@@ -311,13 +317,7 @@ fn deep_tree() {
     entries.push(RawEntry::file(&format!("hop/{chunk}f"), b"deep"));
     entries.push(RawEntry::file(".wh.d", b""));
     let image = image_of(&mut fence, &[(build_tar(&entries), false, true, false)]);
-    let opts = UnpackOptions {
-        max_bytes: MAX_BYTES,
-        max_entries: MAX_ENTRIES,
-    };
-    let result = unpack_with(&image, &fence.target, None, &opts, None);
-    let r: Result<(), TestCaseError> = check_unpacked(&fence, result);
-    r.unwrap();
+    unpack_checked(&fence, &image).unwrap();
 }
 
 /// Limits: a layer over the byte or entry limit fails with `too_large`.
@@ -385,12 +385,6 @@ fn huge_mtimes() {
         })
         .collect();
         let image = image_of(&mut fence, &[(build_tar(&entries), false, true, false)]);
-        let opts = UnpackOptions {
-            max_bytes: MAX_BYTES,
-            max_entries: MAX_ENTRIES,
-        };
-        let result = unpack_with(&image, &fence.target, None, &opts, None);
-        let r: Result<(), TestCaseError> = check_unpacked(&fence, result);
-        r.unwrap();
+        unpack_checked(&fence, &image).unwrap();
     }
 }

@@ -344,6 +344,28 @@ pub fn apply_damage(mut data: Vec<u8>, d: &Damage) -> Vec<u8> {
     data
 }
 
+/// Bounded time and memory: one case of an operation on hostile input
+/// finishes in seconds, and the process never grows past 2 GiB (the peak
+/// resident size covers every case run so far, so a decompression or
+/// allocation bomb anywhere fails the test that hit it or the next one).
+pub fn check_bounds(started: std::time::Instant, what: &str) -> Result<(), TestCaseError> {
+    let secs = started.elapsed().as_secs_f64();
+    prop_assert!(secs < 30.0, "{} took {:.1} s", what, secs);
+    // SAFETY: getrusage only writes the struct it is given.
+    let peak_kib = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage.ru_maxrss
+    };
+    prop_assert!(
+        peak_kib < 2 << 20,
+        "{} left a peak RSS of {} KiB",
+        what,
+        peak_kib
+    );
+    Ok(())
+}
+
 /// An error must carry a message a person can read.
 pub fn check_error(e: &blink_sdk::Error) -> Result<(), TestCaseError> {
     let msg = e.to_string();
