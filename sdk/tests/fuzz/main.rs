@@ -15,6 +15,7 @@
 //!   only its optional LLVM plugins (CMPLOG and the like) need LLVM 22
 //!   tools, which Debian 12 does not have (its llvm-config and afl++ 4.04c
 //!   are LLVM 14).
+//!
 //! Neither is a `cargo test` case, so CI runs these properties, and the
 //! top-level `fuzz/` directory keeps cargo-fuzz targets over the same entry
 //! points for long sessions (docs/TESTING.md).
