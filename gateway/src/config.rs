@@ -192,6 +192,13 @@ impl FileConfig {
                 )));
             }
         }
+        // One semaphore permit per connection.
+        if l.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::Invalid(format!(
+                "ssh.limits.max_connections must be at most {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            )));
+        }
         for name in &self.ssh.env_allow {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
                 return Err(ConfigError::Invalid(format!(
@@ -202,6 +209,9 @@ impl FileConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;
 
 #[cfg(test)]
 mod tests {

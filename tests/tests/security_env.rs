@@ -397,4 +397,14 @@ fn a_session_cannot_brick_its_disk_or_learn_host_paths() {
     assert_no_host_path(&blink, "the next run", &a.body.to_string());
     assert_eq!(a.status, 200, "{:?}", a.body);
     assert_eq!(stdout(&a.body), "alive\n", "{:?}", a.body);
+
+    // Removing the session removes its deep tree too, and the server lives
+    // on (a recursive removal would overflow its stack at such depths).
+    let sandboxes = blink.data_dir.path().join("sandboxes");
+    let disks = || std::fs::read_dir(&sandboxes).map_or(0, |d| d.count());
+    assert_eq!(disks(), 1);
+    let a = server.delete("/api/sessions/s1?force=true");
+    assert!(a.status == 200 || a.status == 204, "{:?}", a.body);
+    assert_eq!(disks(), 0, "the disk is gone");
+    assert_eq!(server.get("/api/health").status, 200);
 }

@@ -85,6 +85,18 @@ impl RestConfig {
                 return Err(format!("rest.{name} must be at least 1"));
             }
         }
+        // Each is the permit count of a semaphore.
+        for (name, value) in [
+            ("max_concurrent_runs", self.max_concurrent_runs),
+            ("max_attachments", self.max_attachments),
+        ] {
+            if value > tokio::sync::Semaphore::MAX_PERMITS {
+                return Err(format!(
+                    "rest.{name} must be at most {}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                ));
+            }
+        }
         if self.token.as_deref().is_some_and(str::is_empty) {
             return Err("rest.token must not be empty".into());
         }

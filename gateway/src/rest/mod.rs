@@ -7,6 +7,8 @@
 mod checkpoints;
 pub mod config;
 mod error;
+#[cfg(test)]
+pub(crate) mod fuzz_tests;
 mod guard;
 mod keys;
 mod openapi;

@@ -322,7 +322,12 @@ impl RunRegistry {
     pub async fn drain(&self, grace: Duration) {
         self.accepting.store(false, Ordering::SeqCst);
         self.closing.send_replace(true);
-        let deadline = tokio::time::Instant::now() + grace;
+        // A grace past what an Instant holds (rest.shutdown_grace_secs is
+        // any u64) waits as if for ever.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(grace)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86400));
         loop {
             let idle = self.idle.notified();
             let running = self.running.load(Ordering::SeqCst);
@@ -479,10 +484,12 @@ async fn queue(
         // Unknown sessions and bad names fail now, not in the queue.
         state.manager.session_info(name)?;
     }
+    // Saturating: `timeout_secs` is not validated yet (prepare does that).
     let limit = Duration::from_secs(
         req.timeout_secs
             .unwrap_or(state.config.max_run_timeout_secs),
-    ) + Duration::from_secs(60);
+    )
+    .saturating_add(Duration::from_secs(60));
     let (program, options) = prepare(&state, req, session.clone())?;
     let id = state
         .runs

@@ -231,3 +231,6 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -21,6 +21,7 @@
 
 mod flags;
 mod metadata;
+mod tree;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -34,6 +35,7 @@ use rustix::io::Errno;
 
 pub use flags::OpenFlags;
 pub use metadata::{DirEntry, FileType, Metadata};
+pub use tree::remove_tree;
 
 use crate::error::{Error, Result};
 
@@ -763,27 +765,78 @@ fn list_dir(dir: BorrowedFd<'_>) -> std::result::Result<Vec<DirEntry>, Errno> {
 
 /// Remove `name` in `dir`: a tree if it is a directory (never following
 /// symlinks), else the single entry.
+///
+/// Iterative, with one open directory per level on an explicit stack: a
+/// recursive walk overflows the thread's stack on a deep tree (an image
+/// layer can build thousands of levels), which aborts the process. A tree
+/// deeper than the descriptor limit fails with `EMFILE` instead.
 fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno> {
-    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-    if Metadata::from_stat(&st).file_type != FileType::Dir {
-        return rustix::fs::unlinkat(dir, name, AtFlags::empty());
+    /// A directory being emptied: its descriptor, the names left in it and
+    /// its own name in its parent.
+    struct Level {
+        fd: OwnedFd,
+        names: Vec<OsString>,
+        name: OsString,
     }
-    {
-        // A single name without a slash, O_NOFOLLOW: cannot leave `dir`.
-        let child = rustix::fs::openat(
-            dir,
+    // A single name without a slash, O_NOFOLLOW: cannot leave the parent.
+    let open = |parent: BorrowedFd<'_>, name: &OsStr| {
+        rustix::fs::openat(
+            parent,
             name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        )?;
-        for entry in dir_names(child.as_fd())? {
-            match remove_tree_at(child.as_fd(), &entry) {
-                Ok(()) | Err(Errno::NOENT) => {}
+        )
+    };
+    let is_dir = |parent: BorrowedFd<'_>, name: &OsStr| {
+        rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| Metadata::from_stat(&st).file_type == FileType::Dir)
+    };
+    if !is_dir(dir, name)? {
+        return rustix::fs::unlinkat(dir, name, AtFlags::empty());
+    }
+    let fd = open(dir, name)?;
+    let names = dir_names(fd.as_fd())?;
+    let mut stack = vec![Level {
+        fd,
+        names,
+        name: name.to_os_string(),
+    }];
+    while let Some(top) = stack.last_mut() {
+        if let Some(entry) = top.names.pop() {
+            // Entries removed meanwhile (NOENT) are fine below the top.
+            let parent = top.fd.as_fd();
+            match is_dir(parent, &entry) {
+                Ok(false) => match rustix::fs::unlinkat(parent, &entry, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e),
+                },
+                Ok(true) => match open(parent, &entry) {
+                    Ok(fd) => {
+                        let names = dir_names(fd.as_fd())?;
+                        stack.push(Level {
+                            fd,
+                            names,
+                            name: entry,
+                        });
+                    }
+                    Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e),
+                },
+                Err(Errno::NOENT) => {}
                 Err(e) => return Err(e),
             }
+            continue;
+        }
+        let Some(done) = stack.pop() else { break };
+        drop(done.fd);
+        let parent = stack.last().map_or(dir, |l| l.fd.as_fd());
+        match rustix::fs::unlinkat(parent, &done.name, AtFlags::REMOVEDIR) {
+            Ok(()) => {}
+            Err(Errno::NOENT) if !stack.is_empty() => {}
+            Err(e) => return Err(e),
         }
     }
-    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+    Ok(())
 }
 
 /// Restores a thread's filesystem ids when dropped.

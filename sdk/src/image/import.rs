@@ -502,6 +502,16 @@ fn pick_manifest(
     depth: usize,
 ) -> Result<Descriptor> {
     if !oci::is_index(&desc.media_type) {
+        // Stored as is in the index, where only manifests resolve.
+        if !desc.media_type.is_empty() && !oci::is_manifest(&desc.media_type) {
+            return Err(invalid(
+                what,
+                format!(
+                    "{} has media type {:?}, not an image manifest or index",
+                    desc.digest, desc.media_type
+                ),
+            ));
+        }
         return Ok(desc.clone());
     }
     if depth > 4 {

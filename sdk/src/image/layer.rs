@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
@@ -83,11 +84,19 @@ impl LayerWriter {
             .map_err(|e| io_err(&self.path, e))
     }
 
+    /// The target is stored verbatim: `append_link` rewrites a short one
+    /// component by component (`/etc/x` as `//etc/x`, `./x` as `x`, `d/`
+    /// as `d`); a long one (GNU long link) it keeps as is.
     pub(crate) fn symlink(&mut self, path: &str, target: &Path) -> Result<()> {
         let mut h = self.header(tar::EntryType::Symlink, 0o777, 0);
-        self.builder
-            .append_link(&mut h, path, target)
-            .map_err(|e| io_err(&self.path, e))
+        let bytes = target.as_os_str().as_bytes();
+        let result = if bytes.len() <= 100 {
+            h.set_link_name_literal(bytes)
+                .and_then(|()| self.builder.append_data(&mut h, path, io::empty()))
+        } else {
+            self.builder.append_link(&mut h, path, target)
+        };
+        result.map_err(|e| io_err(&self.path, e))
     }
 
     pub(crate) fn hard_link(&mut self, path: &str, target: &str) -> Result<()> {

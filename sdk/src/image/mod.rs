@@ -19,6 +19,8 @@ pub mod store;
 pub mod unpack;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::Path;

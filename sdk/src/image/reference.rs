@@ -45,7 +45,16 @@ pub fn normalize(reference: &str) -> Result<String> {
     validate_name(reference, name)?;
     let tag = tag.unwrap_or("latest");
     validate_tag(reference, tag)?;
-    Ok(format!("{name}:{tag}"))
+    let normalized = format!("{name}:{tag}");
+    // Checked again once the tag is added, so that a normalized reference
+    // always normalizes to itself (stores look names up that way).
+    if normalized.len() > MAX_REFERENCE_LEN {
+        return Err(invalid(
+            reference,
+            "it is longer than 255 characters with its tag",
+        ));
+    }
+    Ok(normalized)
 }
 
 fn validate_name(reference: &str, name: &str) -> Result<()> {

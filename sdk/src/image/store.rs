@@ -83,7 +83,10 @@ impl ResolvedImage {
         ImageInfo {
             reference: self.reference.clone(),
             digest: self.digest.clone(),
-            size: self.layers.iter().map(|l| l.size).sum(),
+            size: self
+                .layers
+                .iter()
+                .fold(0u64, |n, l| n.saturating_add(l.size)),
             layers: self.layers.len(),
         }
     }
@@ -325,7 +328,10 @@ impl ImageStore {
         Ok(ImageInfo {
             reference: name.to_owned(),
             digest: desc.digest.clone(),
-            size: manifest.layers.iter().map(|l| l.size).sum(),
+            size: manifest
+                .layers
+                .iter()
+                .fold(0u64, |n, l| n.saturating_add(l.size)),
             layers: manifest.layers.len(),
         })
     }

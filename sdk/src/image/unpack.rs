@@ -66,7 +66,10 @@ pub fn unpack_with(
     if let Some((uid, gid)) = owner {
         root = root.with_owner(uid, gid);
     }
-    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    let total = image
+        .layers
+        .iter()
+        .fold(0u64, |n, l| n.saturating_add(l.size));
     let mut state = State {
         root,
         opts: *opts,
@@ -163,8 +166,12 @@ pub(crate) fn clean_path(raw: &[u8]) -> Option<PathBuf> {
     (out != Path::new("/")).then_some(out)
 }
 
+/// A header's mtime; one past what `SystemTime` holds (a hostile header can
+/// say up to 2^64 - 1 seconds) is the epoch, as for regular files.
 fn mtime(secs: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 fn is_not_found(e: &Error) -> bool {

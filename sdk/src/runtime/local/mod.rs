@@ -261,7 +261,7 @@ impl Runtime for LocalRuntime {
         }
         let image = self.images.resolve(&spec.image)?;
         let staging = self.root.join(format!(".{}.partial", spec.id));
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = crate::fs::remove_tree(&staging);
         let range = self.ids.as_ref().map(IdRanges::allocate).transpose()?;
         let owner = range.map(|r| (r.root, r.root));
         let result: Result<()> = async {
@@ -293,7 +293,7 @@ impl Runtime for LocalRuntime {
         }
         .await;
         if result.is_err() {
-            let _ = std::fs::remove_dir_all(&staging);
+            let _ = crate::fs::remove_tree(&staging);
             if let (Some(ids), Some(range)) = (&self.ids, range) {
                 ids.release(range);
             }
@@ -449,10 +449,10 @@ impl Runtime for LocalRuntime {
             // Rename first so a crash mid-delete never leaves a half disk
             // under the sandbox's name.
             let doomed = self.root.join(format!(".{id}.removing"));
-            let _ = std::fs::remove_dir_all(&doomed);
+            let _ = crate::fs::remove_tree(&doomed);
             std::fs::rename(&dir, &doomed)
                 .map_err(|e| Error::io(format!("removing sandbox {id}"), e))?;
-            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&doomed))
+            tokio::task::spawn_blocking(move || crate::fs::remove_tree(&doomed))
                 .await
                 .map_err(|e| Error::Runtime(e.to_string()))?
                 .map_err(|e| Error::io(format!("deleting disk of {id}"), e))?;
@@ -481,7 +481,7 @@ impl Runtime for LocalRuntime {
                 .as_ref()
                 .and_then(|ids| ids.recorded(&entry.path()));
             let path = entry.path();
-            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path))
+            tokio::task::spawn_blocking(move || crate::fs::remove_tree(&path))
                 .await
                 .map_err(|e| Error::Runtime(e.to_string()))?
                 .map_err(|e| Error::io(format!("removing sandbox {name}"), e))?;
