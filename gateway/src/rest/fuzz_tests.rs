@@ -30,7 +30,7 @@ use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence, Te
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use super::runs::RunRegistry;
+use super::run_registry::RunRegistry;
 use super::{AppState, RestConfig, router};
 
 /// `n` cases in CI; `PROPTEST_CASES` overrides it for a long run.

@@ -13,6 +13,7 @@ mod guard;
 mod keys;
 mod openapi;
 mod product;
+mod run_registry;
 mod runs;
 mod sessions;
 mod spawn;
@@ -41,7 +42,7 @@ use utoipa_axum::routes;
 
 pub use self::config::RestConfig;
 use self::error::ApiError;
-use self::runs::RunRegistry;
+use self::run_registry::RunRegistry;
 
 /// What every handler sees.
 #[derive(Clone)]
