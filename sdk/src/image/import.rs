@@ -25,6 +25,7 @@ use serde::Deserialize;
 use tar::EntryType;
 use tracing::{debug, info, warn};
 
+use super::counted::Counted;
 use super::oci::{
     self, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Capped, Compression, Descriptor,
     GZIP_MAGIC, HashingWriter, ImageConfig, Index, MT_OCI_CONFIG, MT_OCI_LAYER_GZIP,
@@ -207,20 +208,6 @@ fn sniff(path: &Path) -> Result<Compression> {
     } else {
         Compression::None
     })
-}
-
-/// Counts bytes read from the archive file, for progress.
-struct Counted {
-    file: File,
-    count: Rc<Cell<u64>>,
-}
-
-impl Read for Counted {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
-        Ok(n)
-    }
 }
 
 #[derive(Deserialize)]

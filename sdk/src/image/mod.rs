@@ -10,6 +10,7 @@
 //! - [`default_image`]: building the default image and debootstrap images
 //! - [`oci`]: OCI JSON types and digest helpers
 
+mod counted;
 pub mod default_image;
 pub mod import;
 mod layer;

@@ -23,6 +23,7 @@ use tar::EntryType;
 use tracing::{debug, info};
 
 use super::Progress;
+use super::counted::Counted;
 use super::oci::{Capped, Compression, GZIP_MAGIC, HashingReader, TOO_LARGE_MARK, ZSTD_MAGIC};
 use super::store::{Layer, ResolvedImage};
 use crate::error::{Error, Result};
@@ -112,20 +113,6 @@ struct State<'a> {
 enum Stream {
     Plain(HashingReader<BufReader<Counted>>),
     Gzip(Box<flate2::read::MultiGzDecoder<HashingReader<BufReader<Counted>>>>),
-}
-
-/// Counts bytes read from the blob file, shared with the progress reporter.
-struct Counted {
-    file: File,
-    count: Rc<Cell<u64>>,
-}
-
-impl Read for Counted {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
-        Ok(n)
-    }
 }
 
 impl Read for Stream {
