@@ -128,6 +128,48 @@ def exec_stdin(t: Target, size: int, consumer: str) -> dict:
     return {"bytes": size, "seconds": secs, "mib_s": size / secs / 2**20}
 
 
+def tree_rss_kib(root: int) -> int:
+    """Resident memory of a process and all its descendants."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    total = 0
+    for pid in parents:
+        p = pid
+        while p and p != root and p in parents:
+            p = parents[p]
+        if p == root:
+            try:
+                total += rss_kib(pid)
+            except OSError:
+                pass
+    return total
+
+
+def late_reader(t: Target, size: int, server_pid: int) -> dict:
+    """`size` bytes into a program that starts reading after 5 s: the data
+    must arrive whole, and the server must not buffer it (peak RSS of the
+    server's process tree above its level before the transfer)."""
+    baseline = tree_rss_kib(server_pid)
+    peak = baseline
+    start = time.perf_counter()
+    producer = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+    client = subprocess.Popen(t.ssh("sleep 5; wc -c"), stdin=producer.stdout, stdout=subprocess.PIPE)
+    producer.stdout.close()
+    while client.poll() is None:
+        peak = max(peak, tree_rss_kib(server_pid))
+        time.sleep(0.05)
+    out = client.stdout.read().decode().strip()
+    producer.wait()
+    secs = time.perf_counter() - start
+    return {"bytes_received": int(out or 0), "complete": int(out or 0) == size, "seconds": secs,
+            "peak_rss_above_idle_mib": (peak - baseline) / 1024}
+
+
 def sftp_transfer(t: Target, work: Path, size: int) -> dict:
     src = work / f"sftp-src-{t.name}"
     back = work / f"sftp-back-{t.name}"
@@ -391,6 +433,14 @@ def main() -> int:
                 lambda t: exec_stdin(t, sizes["stream"], "cat"), "mib_s", "higher")
         compare("exec stdin, `dd bs=1M` (gateway alone)", "MiB/s",
                 lambda t: exec_stdin(t, sizes["stream"], "dd"), "mib_s", "higher")
+        compare("stdin to a reader starting after 5 s: peak server RSS above idle", "MiB",
+                lambda t: late_reader(t, sizes["stream"], server.pid if t is blink else sshd.pid),
+                "peak_rss_above_idle_mib", "lower")
+        rows.append({**rows[-1], "figure": "stdin to a reader starting after 5 s: bytes arrived whole (1 = yes)",
+                     "unit": "ok", "blink": float(rows[-1]["blink_raw"]["complete"]),
+                     "openssh": float(rows[-1]["openssh_raw"]["complete"]),
+                     "ratio": ratio(float(rows[-1]["blink_raw"]["complete"]),
+                                    float(rows[-1]["openssh_raw"]["complete"])), "better": "higher"})
         compare("sftp upload", "MiB/s", lambda t: sftp_transfer(t, work, sizes["sftp"]), "upload_mib_s", "higher")
         rows.append({**rows[-1], "figure": "sftp download", "blink": rows[-1]["blink_raw"]["download_mib_s"],
                      "openssh": rows[-1]["openssh_raw"]["download_mib_s"],
