@@ -8,11 +8,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Blink;
-use crate::ssh::{Client, run};
 
 /// The attack cannot be tried here: say why, or fail under CI.
 pub fn unavailable(reason: &str) {
@@ -271,30 +270,6 @@ pub fn wait_for(path: &Path, limit: Duration) -> bool {
     path.exists()
 }
 
-/// `ssh LOGIN@127.0.0.1 -p PORT` with the client's key `id`.
-pub fn ssh_to(client: &Client, port: u16, login: &str) -> Command {
-    let mut cmd = Command::new("ssh");
-    cmd.args(client.common_opts("id"))
-        .arg("-p")
-        .arg(port.to_string())
-        .arg(format!("{login}@127.0.0.1"));
-    cmd
-}
-
-/// OpenSSH `sftp -b` with a batch (stops at the first failing command).
-pub fn sftp_batch(client: &Client, port: u16, login: &str, batch: &str) -> Output {
-    let file = client.path("batch");
-    std::fs::write(&file, batch).expect("write batch");
-    let mut cmd = Command::new("sftp");
-    cmd.args(client.common_opts("id"))
-        .arg("-P")
-        .arg(port.to_string())
-        .arg("-b")
-        .arg(&file)
-        .arg(format!("{login}@127.0.0.1"));
-    run(cmd, b"")
-}
-
 /// Strings that would give away where a Blink's data dir is on the host.
 pub fn host_paths(blink: &Blink) -> Vec<String> {
     let dir = blink.data_dir.path();
@@ -325,6 +300,35 @@ pub fn assert_no_host_path(blink: &Blink, what: &str, text: &str) {
 /// command line never holds them in clear.
 pub fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Old entry point: `ssh LOGIN@127.0.0.1 -p PORT` with the client's key `id`.
+pub fn ssh_to(client: &crate::ssh::Client, port: u16, login: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args(client.common_opts("id"))
+        .arg("-p")
+        .arg(port.to_string())
+        .arg(format!("{login}@127.0.0.1"));
+    cmd
+}
+
+/// Old entry point: OpenSSH `sftp -b` with a batch.
+pub fn sftp_batch(
+    client: &crate::ssh::Client,
+    port: u16,
+    login: &str,
+    batch: &str,
+) -> std::process::Output {
+    let file = client.path("batch");
+    std::fs::write(&file, batch).expect("write batch");
+    let mut cmd = Command::new("sftp");
+    cmd.args(client.common_opts("id"))
+        .arg("-P")
+        .arg(port.to_string())
+        .arg("-b")
+        .arg(&file)
+        .arg(format!("{login}@127.0.0.1"));
+    crate::run(&mut cmd, b"")
 }
 
 /// A server config giving this test's sandboxes host id ranges of their

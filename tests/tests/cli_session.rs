@@ -497,8 +497,7 @@ fn start_holder(blink: &Blink, name: &str, secs: u32) -> (std::process::Child, S
     let ready = blink.disk_path(&box_id, "/var/blink/memory/ready");
     let script = format!("touch /var/blink/memory/ready; sleep {secs}");
     let holder = blink
-        .cli()
-        .args(["session", "exec", "--name", name, "--", "sh", "-c", &script])
+        .cli(&["session", "exec", "--name", name, "--", "sh", "-c", &script])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
