@@ -335,12 +335,10 @@ pub fn sftp_batch(
 /// own, away from the default base (0x70000000) that every other Blink on
 /// the host (other tests running at the same time) starts from: attacks on
 /// per-user quotas (inotify, processes) then never touch anyone else's
-/// sandboxes, nor theirs ours. Returns the config file's path.
-pub fn private_id_base_config(blink: &Blink) -> String {
+/// sandboxes, nor theirs ours. Its TOML, for [`crate::ServerBuilder::config`].
+pub fn private_id_base_config() -> String {
     // 0x78000000 + k * 65536, k < 2000: ranges up to 0x7FD00000 plus a
     // few sandboxes, below 2^31.
     let base: u64 = 0x7800_0000 + (rand::random::<u64>() % 2000) * 65536;
-    let path = blink.data_dir.path().join("abuse.toml");
-    std::fs::write(&path, format!("[sandbox]\nid_base = {base}\n")).expect("write config");
-    path.to_str().expect("utf-8").to_owned()
+    format!("[sandbox]\nid_base = {base}\n")
 }
