@@ -302,35 +302,6 @@ pub fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Old entry point: `ssh LOGIN@127.0.0.1 -p PORT` with the client's key `id`.
-pub fn ssh_to(client: &crate::ssh::Client, port: u16, login: &str) -> std::process::Command {
-    let mut cmd = std::process::Command::new("ssh");
-    cmd.args(client.common_opts("id"))
-        .arg("-p")
-        .arg(port.to_string())
-        .arg(format!("{login}@127.0.0.1"));
-    cmd
-}
-
-/// Old entry point: OpenSSH `sftp -b` with a batch.
-pub fn sftp_batch(
-    client: &crate::ssh::Client,
-    port: u16,
-    login: &str,
-    batch: &str,
-) -> std::process::Output {
-    let file = client.path("batch");
-    std::fs::write(&file, batch).expect("write batch");
-    let mut cmd = Command::new("sftp");
-    cmd.args(client.common_opts("id"))
-        .arg("-P")
-        .arg(port.to_string())
-        .arg("-b")
-        .arg(&file)
-        .arg(format!("{login}@127.0.0.1"));
-    crate::run(&mut cmd, b"")
-}
-
 /// A server config giving this test's sandboxes host id ranges of their
 /// own, away from the default base (0x70000000) that every other Blink on
 /// the host (other tests running at the same time) starts from: attacks on

@@ -132,11 +132,6 @@ impl Blink {
         run(&mut self.cli(args), b"")
     }
 
-    /// Old entry point: `run(&mut blink.cli(args), input)`.
-    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        run(&mut self.cli(args), input)
-    }
-
     /// Run and insist on success; returns stdout as text.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);

@@ -8,33 +8,9 @@ use serde_json::Value;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use crate::Blink;
-pub use crate::Server;
+use crate::Server;
 
 pub type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
-
-/// Options of [`start`] (old entry point; see [`crate::ServerBuilder`]).
-#[derive(Default)]
-pub struct Options<'a> {
-    /// Extra command-line arguments.
-    pub args: Vec<&'a str>,
-    /// `BLINK_API_TOKEN`.
-    pub token: Option<&'a str>,
-    /// More variables in the server's environment.
-    pub env: Vec<(&'a str, &'a str)>,
-}
-
-/// Old entry point: a [`crate::ServerBuilder`] with these options.
-pub fn start(blink: &Blink, options: Options<'_>) -> Server {
-    let mut builder = blink.server().args(&options.args);
-    if let Some(token) = options.token {
-        builder = builder.token(token);
-    }
-    for (name, value) in options.env {
-        builder = builder.env(name, value);
-    }
-    builder.start()
-}
 
 /// An HTTP answer: status and the body as JSON (`Null` when empty).
 #[derive(Debug)]

@@ -156,7 +156,6 @@ impl ServerBuilder {
         std::thread::spawn(move || for _ in lines {});
         Server {
             child,
-            port: ssh_port,
             ssh_port,
             http_port,
             fingerprint,
@@ -169,8 +168,6 @@ impl ServerBuilder {
 /// A running `blink-server`, killed when dropped.
 pub struct Server {
     child: Child,
-    /// Old name of `ssh_port`.
-    pub port: u16,
     pub ssh_port: u16,
     pub http_port: u16,
     /// The host key's `SHA256:` fingerprint.

@@ -6,8 +6,7 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
-pub use crate::Server;
-use crate::{Blink, Running, ServerBuilder};
+use crate::{Blink, Running, Server, ServerBuilder, run};
 
 /// Keys, known_hosts and config of one test, outside the data dir.
 pub struct Client {
@@ -77,7 +76,7 @@ impl Client {
             .arg("-b")
             .arg(&file)
             .arg(format!("{login}@127.0.0.1"));
-        crate::run(&mut cmd, b"")
+        run(&mut cmd, b"")
     }
 
     /// OpenSSH `scp` (the sftp protocol) with the `id` key; remote paths
@@ -89,7 +88,7 @@ impl Client {
             .arg(server.ssh_port.to_string())
             .arg(from)
             .arg(to);
-        crate::run(&mut cmd, b"")
+        run(&mut cmd, b"")
     }
 
     pub fn common_opts(&self, key: &str) -> Vec<String> {
@@ -128,7 +127,7 @@ pub fn sha(bytes: &[u8]) -> String {
 
 /// A session `s1` whose own key file authorizes the client's `id` key;
 /// its box id.
-pub fn setup(blink: &Blink, client: &Client) -> String {
+fn setup(blink: &Blink, client: &Client) -> String {
     let (code, opened) = blink.json(&["session", "open", "--name", "s1"]);
     assert_eq!(code, Some(0), "{opened}");
     let out = blink.ok(&[
@@ -190,7 +189,7 @@ impl SshFixture {
     /// Run `ssh s1@… ARGS` (options and/or the remote command) with the
     /// `id` key, `input` on its stdin.
     pub fn ssh(&self, args: &[&str], input: &[u8]) -> Output {
-        crate::run(self.ssh_command().args(args), input)
+        run(self.ssh_command().args(args), input)
     }
 
     /// A command in `s1` that must succeed; its stdout.
@@ -205,27 +204,4 @@ impl SshFixture {
     pub fn sftp(&self, batch: &str) -> Output {
         self.client.sftp(&self.server, &[], "s1", batch)
     }
-}
-
-/// Old entry point: `blink.server().args(extra).start()`.
-pub fn start_server(blink: &Blink, extra: &[&str]) -> Server {
-    blink.server().args(extra).start()
-}
-
-/// Old entry point: `blink.server().args(extra).log_filter(filter).start()`.
-pub fn start_server_logging(blink: &Blink, extra: &[&str], filter: &str) -> Server {
-    blink.server().args(extra).log_filter(filter).start()
-}
-
-/// Old entry point: write a server config beside the client's keys; its
-/// path. (`ServerBuilder::config` writes one itself.)
-pub fn config_file(client: &Client, text: &str) -> String {
-    let path = client.path("blink.toml");
-    write_file(&path, text);
-    path.to_str().expect("utf-8").to_string()
-}
-
-/// Old entry point: [`crate::run`] taking the command by value.
-pub fn run(mut cmd: Command, input: &[u8]) -> Output {
-    crate::run(&mut cmd, input)
 }
