@@ -60,18 +60,22 @@ pub fn run_with<T: Send>(
     cmd: &mut Command,
     feed: impl FnOnce(ChildStdin) -> T + Send,
 ) -> (Output, T) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    let mut child = spawn_piped(cmd);
     let stdin = child.stdin.take().expect("stdin");
     std::thread::scope(|scope| {
         let writer = scope.spawn(move || feed(stdin));
         let out = child.wait_with_output().expect("wait");
         (out, writer.join().expect("stdin writer"))
     })
+}
+
+/// Spawn `cmd` with stdin, stdout and stderr piped.
+pub(crate) fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
 }
 
 /// Wait up to `limit` for `child` to exit; its status, or None if it

@@ -2,7 +2,7 @@
 //! [`crate::run`] for input sent, and output read, as the test goes.
 
 use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,12 +20,7 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+        let mut child = crate::spawn_piped(cmd);
         let program = cmd.get_program().to_string_lossy().into_owned();
         let stdin = child.stdin.take();
         let stdout = Arc::new(Mutex::new(Vec::new()));
