@@ -8,11 +8,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Blink;
-use crate::ssh::{Client, run};
 
 /// The attack cannot be tried here: say why, or fail under CI.
 pub fn unavailable(reason: &str) {
@@ -271,30 +270,6 @@ pub fn wait_for(path: &Path, limit: Duration) -> bool {
     path.exists()
 }
 
-/// `ssh LOGIN@127.0.0.1 -p PORT` with the client's key `id`.
-pub fn ssh_to(client: &Client, port: u16, login: &str) -> Command {
-    let mut cmd = Command::new("ssh");
-    cmd.args(client.common_opts("id"))
-        .arg("-p")
-        .arg(port.to_string())
-        .arg(format!("{login}@127.0.0.1"));
-    cmd
-}
-
-/// OpenSSH `sftp -b` with a batch (stops at the first failing command).
-pub fn sftp_batch(client: &Client, port: u16, login: &str, batch: &str) -> Output {
-    let file = client.path("batch");
-    std::fs::write(&file, batch).expect("write batch");
-    let mut cmd = Command::new("sftp");
-    cmd.args(client.common_opts("id"))
-        .arg("-P")
-        .arg(port.to_string())
-        .arg("-b")
-        .arg(&file)
-        .arg(format!("{login}@127.0.0.1"));
-    run(cmd, b"")
-}
-
 /// Strings that would give away where a Blink's data dir is on the host.
 pub fn host_paths(blink: &Blink) -> Vec<String> {
     let dir = blink.data_dir.path();
@@ -331,12 +306,10 @@ pub fn hex(text: &str) -> String {
 /// own, away from the default base (0x70000000) that every other Blink on
 /// the host (other tests running at the same time) starts from: attacks on
 /// per-user quotas (inotify, processes) then never touch anyone else's
-/// sandboxes, nor theirs ours. Returns the config file's path.
-pub fn private_id_base_config(blink: &Blink) -> String {
+/// sandboxes, nor theirs ours. Its TOML, for [`crate::ServerBuilder::config`].
+pub fn private_id_base_config() -> String {
     // 0x78000000 + k * 65536, k < 2000: ranges up to 0x7FD00000 plus a
     // few sandboxes, below 2^31.
     let base: u64 = 0x7800_0000 + (rand::random::<u64>() % 2000) * 65536;
-    let path = blink.data_dir.path().join("abuse.toml");
-    std::fs::write(&path, format!("[sandbox]\nid_base = {base}\n")).expect("write config");
-    path.to_str().expect("utf-8").to_owned()
+    format!("[sandbox]\nid_base = {base}\n")
 }

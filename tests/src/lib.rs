@@ -3,10 +3,31 @@
 //!
 //! The binaries are found in `$BLINK_BIN_DIR`, else in the workspace's
 //! `target/debug` (build them first: `cargo build --workspace`).
+//!
+//! - [`Blink`]: a data dir and `blink-cli` on it; [`Blink::with_runtime`]
+//!   for tests that need real sandboxes (`None`, reported skipped, when
+//!   this machine cannot make them).
+//! - [`Blink::server`]: a [`ServerBuilder`] for `blink-server` (SSH and
+//!   REST alike), started as a [`Server`].
+//! - [`ssh`]: OpenSSH clients with throwaway keys, and [`ssh::SshFixture`]
+//!   (a session `s1` the client logs in to, and a server).
+//! - [`rest`]: HTTP and WebSocket calls to a [`Server`].
+//! - [`run`] / [`run_with`]: the one way to run a program to its end with
+//!   stdin fed; [`Running`] for one the test talks to as it runs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub mod abuse;
+pub mod rest;
+mod running;
+mod server;
+pub mod ssh;
+
+pub use running::Running;
+pub use server::{Server, ServerBuilder};
 
 /// Where the built binaries are.
 pub fn bin(name: &str) -> PathBuf {
@@ -20,6 +41,56 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Run `cmd` to its end with `input` on its stdin (written from another
+/// thread, so a program that writes before it reads never deadlocks);
+/// stdout and stderr are collected.
+pub fn run(cmd: &mut Command, input: &[u8]) -> Output {
+    run_with(cmd, |mut stdin| {
+        let _ = stdin.write_all(input);
+    })
+    .0
+}
+
+/// [`run`] with stdin fed by `feed` (for input made as it is sent, never
+/// held whole); its result comes back beside the output. Stdin closes when
+/// `feed` returns.
+pub fn run_with<T: Send>(
+    cmd: &mut Command,
+    feed: impl FnOnce(ChildStdin) -> T + Send,
+) -> (Output, T) {
+    let mut child = spawn_piped(cmd);
+    let stdin = child.stdin.take().expect("stdin");
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || feed(stdin));
+        let out = child.wait_with_output().expect("wait");
+        (out, writer.join().expect("stdin writer"))
+    })
+}
+
+/// Spawn `cmd` with stdin, stdout and stderr piped.
+pub(crate) fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
+}
+
+/// Wait up to `limit` for `child` to exit; its status, or None if it
+/// still runs.
+pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
 
 /// A Blink installation in a temporary data dir.
@@ -43,37 +114,26 @@ impl Blink {
         }
     }
 
-    /// A `blink-cli` command on this data dir.
-    pub fn cli(&self) -> Command {
+    /// A Blink for a test that needs real sandboxes; `None` when this
+    /// machine cannot make them (see [`local_runtime_available`]): the
+    /// test then returns at once.
+    pub fn with_runtime() -> Option<Self> {
+        local_runtime_available().then(Self::new)
+    }
+
+    /// `blink-cli ARGS` on this data dir, not yet run.
+    pub fn cli(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("blink-cli"));
         cmd.arg("--data-dir").arg(self.data_dir.path());
         cmd.env_remove("BLINK_DATA_DIR");
+        cmd.args(args);
         cmd
     }
 
-    /// Run `blink-cli ARGS` with empty stdin.
+    /// Run `blink-cli ARGS` with empty stdin (to feed it some:
+    /// `run(&mut blink.cli(args), input)`).
     pub fn run(&self, args: &[&str]) -> Output {
-        self.run_with_stdin(args, b"")
-    }
-
-    /// Run `blink-cli ARGS` feeding `input` on stdin.
-    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = self
-            .cli()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn blink-cli");
-        let mut stdin = child.stdin.take().expect("stdin");
-        let input = input.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
-        let out = child.wait_with_output().expect("wait blink-cli");
-        let _ = writer.join();
-        out
+        run(&mut self.cli(args), b"")
     }
 
     /// Run and insist on success; returns stdout as text.
@@ -104,31 +164,27 @@ impl Blink {
         (out.status.code(), value)
     }
 
-    /// Write an executable script into a temp dir and return its path.
+    /// A `blink-server` on this data dir, to configure and start.
+    pub fn server(&self) -> ServerBuilder {
+        ServerBuilder::new(self)
+    }
+
+    /// Where [`Blink::script`] writes: the servers' script directory.
+    pub fn scripts_dir(&self) -> PathBuf {
+        self.data_dir.path().join("host-scripts")
+    }
+
+    /// Write an executable script into the scripts dir and return its path.
     pub fn script(&self, name: &str, body: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
-        let dir = self.data_dir.path().join("host-scripts");
+        let dir = self.scripts_dir();
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = dir.join(name);
         std::fs::write(&path, body).expect("write script");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         path
     }
-}
 
-/// Wait up to 10 s for a file to appear (a sandbox signalling readiness
-/// through its disk); true if it did.
-pub fn wait_for_file(path: &Path) -> bool {
-    for _ in 0..400 {
-        if path.exists() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    false
-}
-
-impl Blink {
     /// Host path of a file inside a session's disk.
     pub fn disk_path(&self, box_id: &str, sandbox_path: &str) -> PathBuf {
         self.data_dir
@@ -138,6 +194,26 @@ impl Blink {
             .join("rootfs")
             .join(sandbox_path.trim_start_matches('/'))
     }
+}
+
+/// Real sandboxes and a server of the defaults on them; `None` as for
+/// [`Blink::with_runtime`].
+pub fn server_fixture() -> Option<(Blink, Server)> {
+    let blink = Blink::with_runtime()?;
+    let server = blink.server().start();
+    Some((blink, server))
+}
+
+/// Wait up to 10 s for a file to appear (a sandbox signalling readiness
+/// through its disk); true if it did.
+pub fn wait_for_file(path: &Path) -> bool {
+    for _ in 0..400 {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
 }
 
 /// stdout and stderr of an output as text.
@@ -162,266 +238,3 @@ pub fn local_runtime_available() -> bool {
         "bubblewrap cannot create namespaces here (install bubblewrap; run `blink-cli doctor`)",
     )
 }
-
-/// Helpers for the SSH gateway tests: a `blink-server` on a free loopback
-/// port and OpenSSH clients with throwaway keys and known_hosts.
-pub mod ssh {
-    use std::io::{BufRead, BufReader, Write};
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, ExitStatus, Output, Stdio};
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
-    use sha2::{Digest, Sha256};
-
-    use super::{Blink, bin};
-
-    /// A running `blink-server`, killed when dropped.
-    pub struct Server {
-        child: Child,
-        pub port: u16,
-        pub fingerprint: String,
-        /// Everything the server wrote to stderr so far (its log).
-        log: Arc<Mutex<String>>,
-    }
-
-    impl Server {
-        /// The server's log so far.
-        pub fn log(&self) -> String {
-            self.log.lock().map(|l| l.clone()).unwrap_or_default()
-        }
-
-        /// Wait up to 20 s for a log line containing all of `needles`;
-        /// returns that line.
-        pub fn wait_log(&self, needles: &[&str]) -> Option<String> {
-            for _ in 0..800 {
-                let found = self
-                    .log()
-                    .lines()
-                    .find(|l| needles.iter().all(|n| l.contains(n)))
-                    .map(str::to_string);
-                if found.is_some() {
-                    return found;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(25));
-            }
-            None
-        }
-
-        /// Send the server a signal by name (`TERM`, `INT`, ...).
-        pub fn signal(&self, name: &str) {
-            let status = Command::new("kill")
-                .arg(format!("-{name}"))
-                .arg(self.child.id().to_string())
-                .status()
-                .expect("kill");
-            assert!(status.success(), "kill -{name} failed");
-        }
-
-        /// Wait up to `limit` for the server to exit; its status, or None
-        /// if it is still running.
-        pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-            let until = Instant::now() + limit;
-            loop {
-                if let Some(status) = self.child.try_wait().expect("try_wait") {
-                    return Some(status);
-                }
-                if Instant::now() >= until {
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    /// Keys, known_hosts and config of one test, outside the data dir.
-    pub struct Client {
-        pub dir: tempfile::TempDir,
-    }
-
-    impl Default for Client {
-        fn default() -> Self {
-            Self::new()
-        }
-    }
-
-    impl Client {
-        pub fn new() -> Self {
-            let client = Self {
-                dir: tempfile::Builder::new()
-                    .prefix("blink-ssh-")
-                    .tempdir()
-                    .expect("tempdir"),
-            };
-            client.keygen("id");
-            client.keygen("other");
-            client
-        }
-
-        pub fn path(&self, name: &str) -> PathBuf {
-            self.dir.path().join(name)
-        }
-
-        pub fn keygen(&self, name: &str) {
-            let status = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-                .arg(self.path(name))
-                .status()
-                .expect("ssh-keygen");
-            assert!(status.success());
-        }
-
-        /// `ssh` with a key, this test's known_hosts, and no agent or config.
-        pub fn ssh(&self, server: &Server, key: &str, login: &str) -> Command {
-            let mut cmd = Command::new("ssh");
-            cmd.args(self.common_opts(key))
-                .arg("-p")
-                .arg(server.port.to_string())
-                .arg(format!("{login}@127.0.0.1"));
-            cmd
-        }
-
-        pub fn common_opts(&self, key: &str) -> Vec<String> {
-            vec![
-                "-F".into(),
-                "/dev/null".into(),
-                "-o".into(),
-                "BatchMode=yes".into(),
-                "-o".into(),
-                format!("UserKnownHostsFile={}", self.path("known_hosts").display()),
-                "-o".into(),
-                "StrictHostKeyChecking=accept-new".into(),
-                "-o".into(),
-                "IdentitiesOnly=yes".into(),
-                "-o".into(),
-                "IdentityAgent=none".into(),
-                "-o".into(),
-                "LogLevel=ERROR".into(),
-                "-i".into(),
-                self.path(key).display().to_string(),
-            ]
-        }
-    }
-
-    /// Start `blink-server` on a free loopback port; the server prints the
-    /// address it bound, so nothing is guessed or waited for by the clock.
-    /// Write a server config file beside the client's keys; its path, for
-    /// `--config`.
-    pub fn config_file(client: &Client, text: &str) -> String {
-        let path = client.path("blink.toml");
-        write_file(&path, text);
-        path.to_str().expect("utf-8").to_string()
-    }
-
-    pub fn start_server(blink: &Blink, extra: &[&str]) -> Server {
-        start_server_logging(blink, extra, "warn")
-    }
-
-    /// `start_server` with `RUST_LOG` set to `filter`; the log is kept
-    /// (see `Server::log`) and echoed to the test's stderr.
-    pub fn start_server_logging(blink: &Blink, extra: &[&str], filter: &str) -> Server {
-        let mut child = Command::new(bin("blink-server"))
-            .arg("--data-dir")
-            .arg(blink.data_dir.path())
-            .args(["--ssh-listen", "127.0.0.1:0"])
-            // The REST API of the same process must not collide either.
-            .args(["--http-listen", "127.0.0.1:0"])
-            .args(extra)
-            .env_remove("BLINK_DATA_DIR")
-            .env_remove("BLINK_CONFIG")
-            .env("RUST_LOG", filter)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn blink-server");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                if let Ok(mut l) = sink.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut fingerprint = String::new();
-        let mut port = 0;
-        for line in lines.by_ref() {
-            let line = line.expect("server stdout");
-            if let Some(rest) = line.strip_prefix("ssh host key ") {
-                fingerprint = rest.split_whitespace().next().unwrap_or("").to_string();
-            }
-            if let Some(addr) = line.strip_prefix("ssh listening on ") {
-                port = addr
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .expect("port");
-                break;
-            }
-        }
-        assert!(port != 0, "blink-server did not start");
-        // Keep draining stdout so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            port,
-            fingerprint,
-            log,
-        }
-    }
-
-    pub fn run(mut cmd: Command, input: &[u8]) -> Output {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let mut stdin = child.stdin.take().expect("stdin");
-        let input = input.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
-        let out = child.wait_with_output().expect("wait");
-        let _ = writer.join();
-        out
-    }
-
-    pub fn sha(bytes: &[u8]) -> String {
-        hex::encode(Sha256::digest(bytes))
-    }
-
-    /// A session `s1` whose own key file authorizes the client's `id` key.
-    pub fn setup(blink: &Blink, client: &Client) {
-        blink.ok(&["session", "open", "--name", "s1"]);
-        let out = blink.ok(&[
-            "session",
-            "keys",
-            "add",
-            "--name",
-            "s1",
-            client.path("id.pub").to_str().expect("utf-8"),
-        ]);
-        assert!(out.contains("SHA256:"), "{out}");
-    }
-
-    pub fn write_file(path: &Path, text: &str) {
-        std::fs::write(path, text).expect("write");
-    }
-}
-pub mod abuse;
-pub mod rest;

@@ -1,112 +1,16 @@
-//! Helpers for the REST API tests: a `blink-server` with its HTTP API and
-//! SSH gateway on free loopback ports, a small JSON client and WebSocket
-//! attach.
+//! Helpers for the REST API tests: a small JSON client and WebSocket
+//! attach, as methods of [`Server`] (started by [`crate::ServerBuilder`]).
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use super::{Blink, bin};
+use crate::Server;
 
 pub type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
-
-/// A running `blink-server`, killed when dropped.
-pub struct Server {
-    child: Option<Child>,
-    pub http_port: u16,
-    pub ssh_port: u16,
-    pub token: Option<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Options of [`start`].
-#[derive(Default)]
-pub struct Options<'a> {
-    /// Extra command-line arguments.
-    pub args: Vec<&'a str>,
-    /// `BLINK_API_TOKEN`.
-    pub token: Option<&'a str>,
-    /// More variables in the server's environment.
-    pub env: Vec<(&'a str, &'a str)>,
-}
-
-/// Start `blink-server` on free ports, with `<data>/host-scripts` (where
-/// [`Blink::script`] writes) as its script directory. The server prints
-/// the addresses it bound; nothing is guessed or waited for by the clock.
-pub fn start(blink: &Blink, options: Options<'_>) -> Server {
-    let scripts = blink.data_dir.path().join("host-scripts");
-    std::fs::create_dir_all(&scripts).expect("mkdir host-scripts");
-    let mut cmd = Command::new(bin("blink-server"));
-    cmd.arg("--data-dir")
-        .arg(blink.data_dir.path())
-        .args([
-            "--ssh-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--script-dir")
-        .arg(&scripts)
-        .args(&options.args)
-        .env_remove("BLINK_DATA_DIR")
-        .env_remove("BLINK_CONFIG")
-        .env_remove("BLINK_BIND")
-        .env_remove("BLINK_API_TOKEN")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if let Some(token) = options.token {
-        cmd.env("BLINK_API_TOKEN", token);
-    }
-    cmd.envs(options.env.iter().copied());
-    let mut child = cmd.spawn().expect("spawn blink-server");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut http_port, mut ssh_port) = (0, 0);
-    let port = |addr: &str| -> u16 {
-        addr.rsplit(':')
-            .next()
-            .and_then(|p| p.trim().parse().ok())
-            .expect("port")
-    };
-    for line in lines.by_ref() {
-        let line = line.expect("server stdout");
-        if let Some(addr) = line.strip_prefix("http listening on ") {
-            http_port = port(addr);
-        }
-        if let Some(addr) = line.strip_prefix("ssh listening on ") {
-            ssh_port = port(addr);
-        }
-        if http_port != 0 && ssh_port != 0 {
-            break;
-        }
-    }
-    assert!(
-        http_port != 0 && ssh_port != 0,
-        "blink-server did not start"
-    );
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child: Some(child),
-        http_port,
-        ssh_port,
-        token: options.token.map(str::to_owned),
-    }
-}
 
 /// An HTTP answer: status and the body as JSON (`Null` when empty).
 #[derive(Debug)]
@@ -205,6 +109,24 @@ impl Server {
         answer(ureq::get(&self.url(path)).call())
     }
 
+    /// Create a session; its box id.
+    pub fn open_session(&self, name: &str) -> String {
+        let a = self.post("/api/sessions", serde_json::json!({"name": name}));
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        a.body["session"]["box_id"]
+            .as_str()
+            .expect("box id")
+            .to_owned()
+    }
+
+    /// POST a run to `path` (`/api/runs`, `/api/sessions/NAME/runs`) with
+    /// `?wait=true`; the finished run.
+    pub fn run_wait(&self, path: &str, body: Value) -> Value {
+        let a = self.post(&format!("{path}?wait=true"), body);
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        a.body
+    }
+
     /// Poll a run until it has finished.
     pub fn wait_run(&self, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -263,22 +185,11 @@ impl Server {
         }
         Ok(socket)
     }
+}
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
-    }
-
-    /// Send a signal (`TERM`, `KILL`) and wait for the exit.
-    pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let mut child = self.child.take().expect("running");
-        child.wait().expect("wait")
-    }
+/// A run's stdout as text.
+pub fn stdout(run: &Value) -> String {
+    run["stdout"]["data"].as_str().unwrap_or("").to_owned()
 }
 
 /// What a WebSocket session received.

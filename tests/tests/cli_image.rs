@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use blink_e2e::{Blink, local_runtime_available, texts};
+use blink_e2e::{Blink, texts};
 
 /// A minimal `docker save` tarball: one layer with the host's static
 /// busybox as /bin/busybox and /bin/sh, tagged `mini:1`.
@@ -71,10 +71,9 @@ fn docker_save(path: &Path) {
 
 #[test]
 fn import_run_and_remove_an_image() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let (code, built) = blink.json(&["image", "build"]);
     assert_eq!(code, Some(0));
     assert_eq!(built["reference"], "blink/default:latest");

@@ -1,14 +1,13 @@
 //! `blink-cli run` and `session` commands against the real local runtime.
 
-use blink_e2e::{Blink, local_runtime_available, texts};
+use blink_e2e::{Blink, texts};
 use sha2::{Digest, Sha256};
 
 #[test]
 fn run_separates_stdout_stderr_and_passes_exit_codes() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let script = blink.script(
         "agent.sh",
         "#!/bin/sh\necho to-out\necho to-err >&2\nexit 3\n",
@@ -28,10 +27,9 @@ fn run_separates_stdout_stderr_and_passes_exit_codes() {
 
 #[test]
 fn run_json_reports_structured_result_with_isolation() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let script = blink.script("j.sh", "#!/bin/sh\nprintf hello\nprintf oops >&2\nexit 7\n");
     let (code, v) = blink.json(&["run", script.to_str().unwrap()]);
     assert_eq!(code, Some(7));
@@ -45,10 +43,9 @@ fn run_json_reports_structured_result_with_isolation() {
 
 #[test]
 fn one_mib_of_random_bytes_comes_through_stdout_byte_exact() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     // The sandbox makes the bytes and reports their checksum on stderr.
     let script = blink.script(
         "rand.sh",
@@ -63,10 +60,9 @@ fn one_mib_of_random_bytes_comes_through_stdout_byte_exact() {
 
 #[test]
 fn missing_script_is_named_and_leaves_nothing_behind() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let out = blink.run(&["run", "/nonexistent/agent.sh"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(
@@ -90,10 +86,9 @@ fn missing_script_is_named_and_leaves_nothing_behind() {
 
 #[test]
 fn ephemeral_sandboxes_are_removed_after_the_run() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let script = blink.script("touch.sh", "#!/bin/sh\necho x > /root/file\n");
     let out = blink.run(&["run", script.to_str().unwrap()]);
     assert!(out.status.success(), "{}", texts(&out).1);
@@ -108,10 +103,9 @@ fn ephemeral_sandboxes_are_removed_after_the_run() {
 
 #[test]
 fn timeout_kills_the_run_and_says_so() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let script = blink.script("slow.sh", "#!/bin/sh\necho started\nsleep 60\necho never\n");
     let started = std::time::Instant::now();
     let out = blink.run(&["run", "--timeout", "1", script.to_str().unwrap()]);
@@ -129,10 +123,9 @@ fn timeout_kills_the_run_and_says_so() {
 
 #[test]
 fn unknown_registry_image_is_refused_with_import_hint() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let script = blink.script("a.sh", "#!/bin/sh\ntrue\n");
     let out = blink.run(&["run", "--image", "alpine:3.20", script.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(125));

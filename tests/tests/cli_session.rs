@@ -2,15 +2,14 @@
 
 use std::process::Command;
 
-use blink_e2e::{Blink, bin, local_runtime_available, texts, wait_for_file};
+use blink_e2e::{Blink, bin, run, texts, wait_for_file};
 use rand::RngCore;
 
 #[test]
 fn open_reports_created_then_existing_and_lists_isolation() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let (code, v) = blink.json(&["session", "open", "--name", "my-agent"]);
     assert_eq!(code, Some(0));
     assert_eq!(v["created"], true);
@@ -34,10 +33,9 @@ fn open_reports_created_then_existing_and_lists_isolation() {
 
 #[test]
 fn files_survive_stop_and_new_processes() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     blink.ok(&["session", "open", "--name", "keeper"]);
     blink.ok(&[
         "session",
@@ -65,10 +63,9 @@ fn files_survive_stop_and_new_processes() {
 
 #[test]
 fn session_run_copies_a_host_script_and_exec_passes_exit_codes() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     blink.ok(&["session", "open", "--name", "runner"]);
     let script = blink.script("s.sh", "#!/bin/sh\necho \"in $(hostname)\"\nexit 42\n");
     let out = blink.run(&[
@@ -112,14 +109,14 @@ fn session_run_copies_a_host_script_and_exec_passes_exit_codes() {
 
 #[test]
 fn stdin_streams_through_cat_byte_exact() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     blink.ok(&["session", "open", "--name", "pipe"]);
     let mut data = vec![0u8; 1 << 20];
     rand::rng().fill_bytes(&mut data);
-    let out = blink.run_with_stdin(&["session", "exec", "--name", "pipe", "--", "cat"], &data);
+    let mut cat = blink.cli(&["session", "exec", "--name", "pipe", "--", "cat"]);
+    let out = run(&mut cat, &data);
     assert!(out.status.success(), "{}", texts(&out).1);
     assert_eq!(out.stdout.len(), data.len());
     assert!(out.stdout == data, "bytes differ");
@@ -127,10 +124,9 @@ fn stdin_streams_through_cat_byte_exact() {
 
 #[test]
 fn pty_spawn_has_a_terminal_of_the_given_size() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     blink.ok(&["session", "open", "--name", "term"]);
     // script(1) gives blink-cli a real terminal; stty sets its size, which
     // `spawn --tty` must pass on to the sandbox's terminal.
@@ -157,10 +153,9 @@ fn pty_spawn_has_a_terminal_of_the_given_size() {
 
 #[test]
 fn sandbox_is_isolated_from_host_files_processes_and_network() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     blink.ok(&["session", "open", "--name", "iso"]);
     // A host file outside the sandbox's root.
     let secret = blink.data_dir.path().join("host-secret.txt");
@@ -235,10 +230,9 @@ fn hostname() -> String {
 
 #[test]
 fn bad_inputs_get_clear_errors() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let out = blink.run(&["session", "open", "--name", "Bad/Name"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(
@@ -297,10 +291,9 @@ fn bad_inputs_get_clear_errors() {
 
 #[test]
 fn a_second_process_on_the_same_data_dir_is_refused() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let (mut holder, _) = start_holder(&blink, "held", 30);
     let out = blink.run(&["session", "ls"]);
     let refused = (!out.status.success()).then(|| texts(&out).1);
@@ -316,9 +309,9 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
 
 #[test]
 fn limits_apply_while_running_and_nothing_outlives_the_cli() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
+    };
     let (code, doctor) = Blink::new().json(&["doctor"]);
     assert_eq!(code, Some(0));
     let limits = doctor[0]["checks"]
@@ -334,7 +327,6 @@ fn limits_apply_while_running_and_nothing_outlives_the_cli() {
         ));
         return;
     }
-    let blink = Blink::new();
     let (mut holder, box_id) = start_holder(&blink, "limited", 2);
     // One group per boot of the sandbox: `<box_id>.<boot>`.
     let groups = |ctrl: &str| -> Vec<std::path::PathBuf> {
@@ -381,12 +373,11 @@ fn limits_apply_while_running_and_nothing_outlives_the_cli() {
 #[test]
 fn private_data_dirs_work_and_unreachable_ones_are_named() {
     use std::os::unix::fs::PermissionsExt;
-    if !local_runtime_available() {
-        return;
-    }
     // A data dir of mode 0700 (as `mktemp -d` makes): Blink makes it
     // searchable for the sandbox uid and goes on.
-    let blink = Blink::new();
+    let Some(blink) = Blink::with_runtime() else {
+        return;
+    };
     std::fs::set_permissions(
         blink.data_dir.path(),
         std::fs::Permissions::from_mode(0o700),
@@ -429,10 +420,9 @@ fn tmux(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn spawn_tty_follows_window_size_changes_and_restores_the_terminal() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let (_, opened) = blink.json(&["session", "open", "--name", "winch"]);
     let box_id = opened["session"]["box_id"].as_str().unwrap().to_owned();
     let socket = blink.data_dir.path().join("tmux.sock");
@@ -497,8 +487,7 @@ fn start_holder(blink: &Blink, name: &str, secs: u32) -> (std::process::Child, S
     let ready = blink.disk_path(&box_id, "/var/blink/memory/ready");
     let script = format!("touch /var/blink/memory/ready; sleep {secs}");
     let holder = blink
-        .cli()
-        .args(["session", "exec", "--name", name, "--", "sh", "-c", &script])
+        .cli(&["session", "exec", "--name", name, "--", "sh", "-c", &script])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

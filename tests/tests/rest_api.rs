@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use blink_e2e::rest::{Options, Received, encode, read_until, send_bytes, send_control, start};
-use blink_e2e::{Blink, local_runtime_available};
+use blink_e2e::rest::{Received, encode, read_until, send_bytes, send_control};
+use blink_e2e::ssh::Client;
+use blink_e2e::{Blink, Server, run, server_fixture};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -12,7 +13,7 @@ const WAIT: Duration = Duration::from_secs(20);
 #[test]
 fn health_product_and_openapi() {
     let blink = Blink::new();
-    let server = start(&blink, Options::default());
+    let server = blink.server().start();
     let health = server.get("/api/health");
     assert_eq!(health.status, 200);
     assert_eq!(health.body["status"], "ok");
@@ -84,15 +85,10 @@ fn bad_requests_get_json_errors() {
     let blink = Blink::new();
     // A small body limit, so an oversized body fits in socket buffers and
     // the early 413 is read rather than cut off by a broken pipe.
-    let config = blink.data_dir.path().join("blink.toml");
-    std::fs::write(&config, "[rest]\nmax_body_bytes = 4096\n").unwrap();
-    let server = start(
-        &blink,
-        Options {
-            args: vec!["--config", config.to_str().unwrap()],
-            ..Options::default()
-        },
-    );
+    let server = blink
+        .server()
+        .config("[rest]\nmax_body_bytes = 4096\n")
+        .start();
     let json_ct = Some("application/json");
 
     let a = server.post_raw("/api/sessions", json_ct, b"{not json");
@@ -174,11 +170,9 @@ fn bad_requests_get_json_errors() {
 
 #[test]
 fn runs_are_queued_and_report_results() {
-    if !local_runtime_available() {
+    let Some((blink, server)) = server_fixture() else {
         return;
-    }
-    let blink = Blink::new();
-    let server = start(&blink, Options::default());
+    };
 
     let a = server.post(
         "/api/runs",
@@ -255,11 +249,9 @@ fn runs_are_queued_and_report_results() {
 
 #[test]
 fn session_lifecycle() {
-    if !local_runtime_available() {
+    let Some((blink, server)) = server_fixture() else {
         return;
-    }
-    let blink = Blink::new();
-    let server = start(&blink, Options::default());
+    };
 
     let a = server.post("/api/sessions", json!({"name": "s1"}));
     assert_eq!(a.status, 201, "{:?}", a.body);
@@ -331,19 +323,12 @@ fn session_lifecycle() {
     );
 }
 
-fn open_session(server: &blink_e2e::rest::Server, name: &str) {
-    let a = server.post("/api/sessions", json!({"name": name}));
-    assert_eq!(a.status, 201, "{:?}", a.body);
-}
-
 #[test]
 fn pty_spawn_attach_resize_detach_reattach() {
-    if !local_runtime_available() {
+    let Some((_blink, server)) = server_fixture() else {
         return;
-    }
-    let blink = Blink::new();
-    let server = start(&blink, Options::default());
-    open_session(&server, "s1");
+    };
+    server.open_session("s1");
 
     let a = server.post(
         "/api/sessions/s1/spawn",
@@ -433,12 +418,10 @@ fn pty_spawn_attach_resize_detach_reattach() {
 
 #[test]
 fn pipe_spawn_keeps_streams_apart() {
-    if !local_runtime_available() {
+    let Some((_blink, server)) = server_fixture() else {
         return;
-    }
-    let blink = Blink::new();
-    let server = start(&blink, Options::default());
-    open_session(&server, "s1");
+    };
+    server.open_session("s1");
     let a = server.post(
         "/api/sessions/s1/spawn",
         json!({"command": ["sh", "-c", "read x; echo \"out $x\"; echo err >&2; exit 4"]}),
@@ -460,32 +443,22 @@ fn pipe_spawn_keeps_streams_apart() {
 
 #[test]
 fn keys_over_rest_gate_ssh_and_share_one_manager() {
-    if !local_runtime_available() {
+    let Some((_blink, server)) = server_fixture() else {
         return;
-    }
-    let blink = Blink::new();
-    let server = start(&blink, Options::default());
-    let client = blink_e2e::ssh::Client::new();
-    open_session(&server, "s1");
-
-    let ssh = |cmd: &str| {
-        let mut c = std::process::Command::new("ssh");
-        c.args(client.common_opts("id"))
-            .arg("-p")
-            .arg(server.ssh_port.to_string())
-            .arg("s1@127.0.0.1")
-            .arg(cmd);
-        blink_e2e::ssh::run(c, b"")
     };
+    let client = Client::new();
+    server.open_session("s1");
+
+    let ssh = |cmd: &str| run(client.ssh(&server, "id", "s1").arg(cmd), b"");
     let out = ssh("true");
     assert!(!out.status.success(), "no key yet: must be refused");
 
-    let public = std::fs::read_to_string(client.path("id.pub")).unwrap();
-    let a = server.post("/api/sessions/s1/keys", json!({"key": public.trim()}));
+    let public = client.public_key("id");
+    let a = server.post("/api/sessions/s1/keys", json!({"key": public}));
     assert_eq!(a.status, 201, "{:?}", a.body);
     let fingerprint = a.body["key"]["fingerprint"].as_str().unwrap().to_string();
     assert!(fingerprint.starts_with("SHA256:"));
-    let a = server.post("/api/sessions/s1/keys", json!({"key": public.trim()}));
+    let a = server.post("/api/sessions/s1/keys", json!({"key": public}));
     assert_eq!((a.status, &a.body["added"]), (200, &json!(false)));
     let a = server.post(
         "/api/sessions/s1/keys",
@@ -520,13 +493,7 @@ fn keys_over_rest_gate_ssh_and_share_one_manager() {
 #[test]
 fn bearer_token_when_configured() {
     let blink = Blink::new();
-    let server = start(
-        &blink,
-        Options {
-            token: Some("s3cret-token"),
-            ..Options::default()
-        },
-    );
+    let server = blink.server().token("s3cret-token").start();
     assert_eq!(server.get_anonymous("/api/health").status, 200);
     let a = server.get_anonymous("/api/sessions");
     assert_eq!((a.status, a.code()), (401, "unauthorized"));
@@ -535,12 +502,10 @@ fn bearer_token_when_configured() {
 
 #[test]
 fn sigterm_lets_runs_finish_and_state_survives_sigkill() {
-    if !local_runtime_available() {
+    let Some((blink, mut server)) = server_fixture() else {
         return;
-    }
-    let blink = Blink::new();
-    let mut server = start(&blink, Options::default());
-    open_session(&server, "keep");
+    };
+    server.open_session("keep");
     let a = server.post(
         "/api/sessions/keep/runs",
         json!({"command": ["sh", "-c", "sleep 2; echo done > /var/blink/memory/finished"]}),
@@ -562,18 +527,18 @@ fn sigterm_lets_runs_finish_and_state_survives_sigkill() {
         "did not wait for the run"
     );
 
-    let server = start(&blink, Options::default());
+    let server = blink.server().start();
     let a = server.post(
         "/api/sessions/keep/runs?wait=true",
         json!({"command": ["cat", "/var/blink/memory/finished"]}),
     );
     assert_eq!(a.body["stdout"]["data"], "done\n", "{:?}", a.body);
     let mut server = server;
-    open_session(&server, "after-kill");
+    server.open_session("after-kill");
     let status = server.signal_and_wait("KILL");
     assert!(!status.success());
 
-    let server = start(&blink, Options::default());
+    let server = blink.server().start();
     let a = server.get("/api/sessions");
     let names: Vec<String> = a.body["sessions"]
         .as_array()
@@ -587,20 +552,14 @@ fn sigterm_lets_runs_finish_and_state_survives_sigkill() {
 
 #[test]
 fn websocket_attachments_are_capped_and_released() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
-    let config = blink.data_dir.path().join("blink.toml");
-    std::fs::write(&config, "[rest]\nmax_attachments = 1\n").unwrap();
-    let server = start(
-        &blink,
-        Options {
-            args: vec!["--config", config.to_str().unwrap()],
-            ..Options::default()
-        },
-    );
-    open_session(&server, "s1");
+    };
+    let server = blink
+        .server()
+        .config("[rest]\nmax_attachments = 1\n")
+        .start();
+    server.open_session("s1");
     let a = server.post(
         "/api/sessions/s1/spawn",
         json!({"command": ["sleep", "30"]}),
@@ -630,21 +589,14 @@ fn websocket_attachments_are_capped_and_released() {
 }
 
 /// A server whose config allows one extra host name and one origin.
-fn start_guarded(blink: &Blink) -> blink_e2e::rest::Server {
-    let config = blink.data_dir.path().join("blink.toml");
-    std::fs::write(
-        &config,
-        "[rest]\nallowed_hosts = [\"blink.internal\"]\n\
-         allowed_origins = [\"https://console.example\"]\n",
-    )
-    .unwrap();
-    start(
-        blink,
-        Options {
-            args: vec!["--config", config.to_str().unwrap()],
-            ..Options::default()
-        },
-    )
+fn start_guarded(blink: &Blink) -> Server {
+    blink
+        .server()
+        .config(
+            "[rest]\nallowed_hosts = [\"blink.internal\"]\n\
+             allowed_origins = [\"https://console.example\"]\n",
+        )
+        .start()
 }
 
 #[test]
@@ -695,12 +647,11 @@ fn foreign_hosts_and_origins_are_refused() {
 
 #[test]
 fn websocket_attach_refuses_foreign_origins() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let server = start_guarded(&blink);
-    open_session(&server, "s1");
+    server.open_session("s1");
     let a = server.post(
         "/api/sessions/s1/spawn",
         json!({"command": ["sleep", "30"]}),
@@ -739,15 +690,12 @@ fn websocket_attach_refuses_foreign_origins() {
 
 #[test]
 fn key_options_over_rest_are_enforced_or_refused() {
-    if !local_runtime_available() {
+    let Some((_blink, server)) = server_fixture() else {
         return;
-    }
-    let blink = Blink::new();
-    let server = start(&blink, Options::default());
-    let client = blink_e2e::ssh::Client::new();
-    open_session(&server, "s1");
-    let public = std::fs::read_to_string(client.path("id.pub")).unwrap();
-    let public = public.trim();
+    };
+    let client = Client::new();
+    server.open_session("s1");
+    let public = client.public_key("id");
 
     // Options Blink cannot enforce are refused, naming them.
     for (options, named) in [
@@ -774,13 +722,7 @@ fn key_options_over_rest_are_enforced_or_refused() {
         a.body["key"]["options"],
         r#"command="echo via-rest-forced",from="127.0.0.1""#
     );
-    let mut ssh = std::process::Command::new("ssh");
-    ssh.args(client.common_opts("id"))
-        .arg("-p")
-        .arg(server.ssh_port.to_string())
-        .arg("s1@127.0.0.1")
-        .arg("echo asked");
-    let out = blink_e2e::ssh::run(ssh, b"");
+    let out = run(client.ssh(&server, "id", "s1").arg("echo asked"), b"");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "via-rest-forced\n");
 
     // The same key again with other options replaces them.

@@ -5,44 +5,21 @@
 
 use std::time::Duration;
 
-use blink_e2e::abuse::{
-    Marker, Probe, assert_no_host_path, hex, line, sftp_batch, ssh_to, unavailable, wait_for,
-};
-use blink_e2e::rest::{Options, Received, Server, read_until, start};
-use blink_e2e::ssh::{Client, config_file, run};
-use blink_e2e::{Blink, local_runtime_available, texts};
+use blink_e2e::abuse::{Marker, Probe, assert_no_host_path, hex, line, unavailable, wait_for};
+use blink_e2e::rest::{Received, read_until, stdout};
+use blink_e2e::ssh::Client;
+use blink_e2e::{Blink, Server, local_runtime_available, run, server_fixture, texts};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn open(server: &Server, name: &str) -> String {
-    let a = server.post("/api/sessions", json!({"name": name}));
-    assert_eq!(a.status, 201, "{:?}", a.body);
-    a.body["session"]["box_id"]
-        .as_str()
-        .expect("box id")
-        .to_owned()
-}
-
 /// Authorize the client's `id` key for a session, over REST.
 fn add_key(server: &Server, client: &Client, session: &str) {
-    let public = std::fs::read_to_string(client.path("id.pub")).expect("id.pub");
     let a = server.post(
         &format!("/api/sessions/{session}/keys"),
-        json!({"key": public.trim()}),
+        json!({"key": client.public_key("id")}),
     );
     assert_eq!(a.status, 201, "{:?}", a.body);
-}
-
-/// POST a run and wait for it; the answer's body.
-fn run_wait(server: &Server, path: &str, body: Value) -> Value {
-    let a = server.post(&format!("{path}?wait=true"), body);
-    assert_eq!(a.status, 200, "{:?}", a.body);
-    a.body
-}
-
-fn stdout(run: &Value) -> String {
-    run["stdout"]["data"].as_str().unwrap_or("").to_owned()
 }
 
 /// A spawn, attached until it exits: (exit code, everything it wrote).
@@ -77,30 +54,21 @@ fn a_callers_ld_preload_is_applied_only_inside_the_sandbox() {
     let expected = format!("ran\nabsent\npreload={lib}\n");
     let blink = Blink::new();
     let client = Client::new();
-    let config = config_file(&client, "[ssh]\nenv_allow = [\"LD_PRELOAD\"]\n");
-    let server = start(
-        &blink,
-        Options {
-            args: vec!["--config", &config],
-            ..Options::default()
-        },
-    );
+    let server = blink
+        .server()
+        .config("[ssh]\nenv_allow = [\"LD_PRELOAD\"]\n")
+        .start();
     let env = json!({"LD_PRELOAD": lib});
     let command = json!(["sh", "-c", CHECK_PRELOAD]);
 
     // POST /api/runs (an ephemeral sandbox).
-    let r = run_wait(
-        &server,
-        "/api/runs",
-        json!({"command": command, "env": env}),
-    );
+    let r = server.run_wait("/api/runs", json!({"command": command, "env": env}));
     assert_eq!(stdout(&r), expected, "{r}");
     marker.assert_none("POST /api/runs");
 
     // POST /api/sessions/{name}/runs.
-    open(&server, "s1");
-    let r = run_wait(
-        &server,
+    server.open_session("s1");
+    let r = server.run_wait(
         "/api/sessions/s1/runs",
         json!({"command": command, "env": env}),
     );
@@ -125,21 +93,14 @@ fn a_callers_ld_preload_is_applied_only_inside_the_sandbox() {
     // SSH, with LD_PRELOAD allowed by the server's env_allow.
     add_key(&server, &client, "s1");
     let set_env = format!("SetEnv=LD_PRELOAD={lib}");
-    let mut cmd = ssh_to(&client, server.ssh_port, "s1");
-    cmd.args(["-o", &set_env, CHECK_PRELOAD]);
-    let out = run(cmd, b"");
+    let mut ssh = client.ssh(&server, "id", "s1");
+    ssh.args(["-o", &set_env, CHECK_PRELOAD]);
+    let out = run(&mut ssh, b"");
     let (text, err) = texts(&out);
     assert_eq!(text, expected, "{err}");
     marker.assert_none("ssh -o SetEnv=LD_PRELOAD");
     // The sftp subsystem is an execution too.
-    let batch = client.path("preload-batch");
-    std::fs::write(&batch, "pwd\n").expect("batch");
-    let mut cmd = std::process::Command::new("sftp");
-    cmd.args(client.common_opts("id"))
-        .args(["-o", &set_env, "-P", &server.ssh_port.to_string(), "-b"])
-        .arg(&batch)
-        .arg("s1@127.0.0.1");
-    let out = run(cmd, b"");
+    let out = client.sftp(&server, &["-o", &set_env], "s1", "pwd\n");
     assert_eq!(out.status.code(), Some(0), "{:?}", texts(&out));
     marker.assert_none("sftp -o SetEnv=LD_PRELOAD");
 }
@@ -153,17 +114,14 @@ fn the_servers_environment_never_reaches_a_session() {
     let token = format!("s3cret-token-{:016x}", rand::random::<u64>());
     let other = format!("other-secret-{:016x}", rand::random::<u64>());
     let blink = Blink::new();
-    let server = start(
-        &blink,
-        Options {
-            token: Some(&token),
-            env: vec![("BLINK_E2E_OTHER_SECRET", &other)],
-            ..Options::default()
-        },
-    );
-    let script = probe.copy_to(&blink.data_dir.path().join("host-scripts"));
-    let box_id = open(&server, "s1");
-    let session_run = |body: Value| run_wait(&server, "/api/sessions/s1/runs", body);
+    let server = blink
+        .server()
+        .token(&token)
+        .env("BLINK_E2E_OTHER_SECRET", &other)
+        .start();
+    let script = probe.copy_to(&blink.scripts_dir());
+    let box_id = server.open_session("s1");
+    let session_run = |body: Value| server.run_wait("/api/sessions/s1/runs", body);
     let r = session_run(json!({"script": script, "args": ["install", "/root/probe"]}));
     assert_eq!(r["state"], "succeeded", "{r}");
 
@@ -204,9 +162,9 @@ fn the_servers_environment_never_reaches_a_session() {
     // The same over SSH.
     let client = Client::new();
     add_key(&server, &client, "s1");
-    let mut cmd = ssh_to(&client, server.ssh_port, "s1");
-    cmd.arg("cat /proc/*/environ; env; cat /proc/1/environ");
-    let out = run(cmd, b"");
+    let mut ssh = client.ssh(&server, "id", "s1");
+    ssh.arg("cat /proc/*/environ; env; cat /proc/1/environ");
+    let out = run(&mut ssh, b"");
     let (text, err) = texts(&out);
     for secret in [&token, &other] {
         assert!(
@@ -240,9 +198,8 @@ fn the_servers_environment_never_reaches_a_session() {
         assert_eq!(r["state"], "succeeded", "trigger {i}: {r}");
     }
     for _ in 0..5 {
-        let mut cmd = ssh_to(&client, server.ssh_port, "s1");
-        cmd.arg("true");
-        assert_eq!(run(cmd, b"").status.code(), Some(0));
+        let out = run(client.ssh(&server, "id", "s1").arg("true"), b"");
+        assert_eq!(out.status.code(), Some(0));
     }
     session_run(json!({"command": ["touch", "/root/envwatch.flag.stop"]}));
     let done = server.wait_run(&watcher);
@@ -256,35 +213,26 @@ fn the_servers_environment_never_reaches_a_session() {
 /// Texts a client sees: error bodies, run output, SSH and sftp messages.
 #[test]
 fn errors_seen_by_clients_name_no_host_paths() {
-    if !local_runtime_available() {
+    let Some((blink, server)) = server_fixture() else {
         return;
-    }
-    let blink = Blink::new();
-    let server = start(&blink, Options::default());
-    open(&server, "s1");
+    };
+    server.open_session("s1");
     let mut seen: Vec<(String, String)> = Vec::new();
     let mut keep = |what: &str, v: &Value| seen.push((what.to_owned(), v.to_string()));
 
-    let r = run_wait(
-        &server,
-        "/api/runs",
-        json!({"command": ["/no/such/program"]}),
-    );
+    let r = server.run_wait("/api/runs", json!({"command": ["/no/such/program"]}));
     keep("run of a missing program", &r);
-    let r = run_wait(
-        &server,
+    let r = server.run_wait(
         "/api/sessions/s1/runs",
         json!({"command": ["true"], "cwd": "/no/such/dir"}),
     );
     keep("run in a missing directory", &r);
-    let r = run_wait(
-        &server,
+    let r = server.run_wait(
         "/api/sessions/s1/runs",
         json!({"command": ["sh", "-c", "cat /nonexistent; ls /proc/1/root"]}),
     );
     keep("run with failing commands", &r);
-    let r = run_wait(
-        &server,
+    let r = server.run_wait(
         "/api/runs",
         json!({"command": ["true"], "image": "no/such:image"}),
     );
@@ -331,21 +279,18 @@ fn errors_seen_by_clients_name_no_host_paths() {
         "/no/such/program",
         "exec 3</proc/1/environ",
     ] {
-        let mut cmd = ssh_to(&client, server.ssh_port, "s1");
-        cmd.arg(command);
-        let out = run(cmd, b"");
+        let out = run(client.ssh(&server, "id", "s1").arg(command), b"");
         keep(&format!("ssh {command}"), &json!(texts(&out)));
     }
-    let mut cmd = ssh_to(&client, server.ssh_port, "nope");
-    cmd.arg("true");
-    keep("ssh to a missing session", &json!(texts(&run(cmd, b""))));
+    let out = run(client.ssh(&server, "id", "nope").arg("true"), b"");
+    keep("ssh to a missing session", &json!(texts(&out)));
     for batch in [
         "get /no/such/file /dev/null\n",
         "ls /no/such/dir\n",
         "put /etc/hostname /proc/sys/kernel/hostname\n",
         "rename /proc /x\n",
     ] {
-        let out = sftp_batch(&client, server.ssh_port, "s1", batch);
+        let out = client.sftp(&server, &[], "s1", batch);
         keep(&format!("sftp {batch}"), &json!(texts(&out)));
     }
 
@@ -372,17 +317,15 @@ fn a_session_cannot_brick_its_disk_or_learn_host_paths() {
         return;
     }
     let blink = Blink::new();
-    let server = start(&blink, Options::default());
-    let script = probe.copy_to(&blink.data_dir.path().join("host-scripts"));
-    open(&server, "s1");
-    let r = run_wait(
-        &server,
+    let server = blink.server().start();
+    let script = probe.copy_to(&blink.scripts_dir());
+    server.open_session("s1");
+    let r = server.run_wait(
         "/api/sessions/s1/runs",
         json!({"script": script, "args": ["deepdir", "/root", "2200"]}),
     );
     assert_eq!(line(&stdout(&r), "deepdir"), Some("made depth=2200"), "{r}");
-    let r = run_wait(
-        &server,
+    let r = server.run_wait(
         "/api/sessions/s1/runs",
         json!({"command": ["chown", "1000:1000", "/"]}),
     );

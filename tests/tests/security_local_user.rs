@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use blink_e2e::abuse::{Marker, as_nobody, unavailable};
-use blink_e2e::rest::{Options, Server, start};
-use blink_e2e::ssh::run;
-use blink_e2e::{Blink, local_runtime_available, texts};
+use blink_e2e::{Blink, Server, run, texts};
 use serde_json::{Value, json};
 
 /// Host ids of sandboxes start here.
@@ -18,8 +16,7 @@ const ID_BASE: u32 = 0x7000_0000;
 
 fn nobody(program: &str, args: &[&str]) -> Option<Output> {
     let mut cmd = as_nobody(program)?;
-    cmd.args(args);
-    Some(run(cmd, b""))
+    Some(run(cmd.args(args), b""))
 }
 
 fn session_run(server: &Server, command: &str) -> Value {
@@ -64,15 +61,11 @@ fn assert_denied(out: &Output, what: &str, secret: Option<&str>) {
 }
 
 fn setup() -> Option<(Blink, Server)> {
-    if !local_runtime_available() {
-        return None;
-    }
+    let blink = Blink::with_runtime()?;
     // Without root there is no other user to be, nor id ranges.
     as_nobody("true")?;
-    let blink = Blink::new();
-    let server = start(&blink, Options::default());
-    let a = server.post("/api/sessions", json!({"name": "s1"}));
-    assert_eq!(a.status, 201, "{:?}", a.body);
+    let server = blink.server().start();
+    server.open_session("s1");
     Some((blink, server))
 }
 

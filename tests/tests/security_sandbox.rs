@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use blink_e2e::abuse::{
     Probe, field, hex, is_root, line, private_id_base_config, refused, unavailable, wait_for,
 };
-use blink_e2e::rest::{Options, Server, start};
-use blink_e2e::{Blink, local_runtime_available};
+use blink_e2e::rest::stdout;
+use blink_e2e::{Blink, Server};
 use serde_json::{Value, json};
 
 const EROFS: i32 = 30;
@@ -147,17 +147,18 @@ fn assert_own_range(out: &str) -> u64 {
     uid
 }
 
-fn setup() -> Option<Probe> {
-    if !local_runtime_available() {
-        return None;
-    }
-    Probe::build()
+/// Real sandboxes and the attacker program; `None` when either cannot be
+/// had here.
+fn setup() -> Option<(Blink, Probe)> {
+    let blink = Blink::with_runtime()?;
+    Some((blink, Probe::build()?))
 }
 
 #[test]
 fn escape_attempts_are_refused_in_sessions_and_runs() {
-    let Some(probe) = setup() else { return };
-    let blink = Blink::new();
+    let Some((blink, probe)) = setup() else {
+        return;
+    };
     blink.ok(&["session", "open", "--name", "p"]);
     let in_session = blink.ok(&["session", "run", "--name", "p", probe.arg(), "all"]);
     assert_confined(&in_session);
@@ -184,20 +185,9 @@ fn escape_attempts_are_refused_in_sessions_and_runs() {
     assert_ne!(a, b, "a session and a run share host ids");
 }
 
-fn open(server: &Server, name: &str) -> String {
-    let a = server.post("/api/sessions", json!({"name": name}));
-    assert_eq!(a.status, 201, "{:?}", a.body);
-    a.body["session"]["box_id"]
-        .as_str()
-        .expect("box id")
-        .to_owned()
-}
-
 /// A run in a session, waited for.
 fn run(server: &Server, session: &str, body: Value) -> Value {
-    let a = server.post(&format!("/api/sessions/{session}/runs?wait=true"), body);
-    assert_eq!(a.status, 200, "{:?}", a.body);
-    a.body
+    server.run_wait(&format!("/api/sessions/{session}/runs"), body)
 }
 
 /// A run in a session, not waited for; its id.
@@ -205,10 +195,6 @@ fn run_async(server: &Server, session: &str, body: Value) -> String {
     let a = server.post(&format!("/api/sessions/{session}/runs"), body);
     assert_eq!(a.status, 202, "{:?}", a.body);
     a.body["id"].as_str().expect("run id").to_owned()
-}
-
-fn stdout(run: &Value) -> String {
-    run["stdout"]["data"].as_str().unwrap_or("").to_owned()
 }
 
 /// Wait until a file the sandbox writes on its disk has content.
@@ -230,23 +216,17 @@ fn wait_for_content(path: &std::path::Path, limit: Duration) -> String {
 
 #[test]
 fn sessions_have_their_own_id_ranges_and_inotify_quotas() {
-    let Some(probe) = setup() else { return };
+    let Some((blink, probe)) = setup() else {
+        return;
+    };
     if !is_root() {
         unavailable("per-sandbox id ranges need blink-server running as root");
         return;
     }
-    let blink = Blink::new();
-    let config = private_id_base_config(&blink);
-    let server = start(
-        &blink,
-        Options {
-            args: vec!["--config", &config],
-            ..Options::default()
-        },
-    );
-    let script = probe.copy_to(&blink.data_dir.path().join("host-scripts"));
-    let box_a = open(&server, "a");
-    open(&server, "b");
+    let server = blink.server().config(&private_id_base_config()).start();
+    let script = probe.copy_to(&blink.scripts_dir());
+    let box_a = server.open_session("a");
+    server.open_session("b");
 
     let status = |session: &str| {
         let r = run(
@@ -305,8 +285,9 @@ fn sessions_have_their_own_id_ranges_and_inotify_quotas() {
 
 #[test]
 fn host_processes_files_and_loopback_are_out_of_reach() {
-    let Some(probe) = setup() else { return };
-    let blink = Blink::new();
+    let Some((blink, probe)) = setup() else {
+        return;
+    };
     blink.ok(&["session", "open", "--name", "p"]);
 
     // Processes: only the sandbox's own, under its own init.
@@ -411,19 +392,13 @@ fn host_processes_files_and_loopback_are_out_of_reach() {
 
 #[test]
 fn resource_exhaustion_in_one_session_leaves_another_answering() {
-    let Some(probe) = setup() else { return };
-    let blink = Blink::new();
-    let config = private_id_base_config(&blink);
-    let server = start(
-        &blink,
-        Options {
-            args: vec!["--config", &config],
-            ..Options::default()
-        },
-    );
-    let script = probe.copy_to(&blink.data_dir.path().join("host-scripts"));
-    let box_a = open(&server, "a");
-    open(&server, "b");
+    let Some((blink, probe)) = setup() else {
+        return;
+    };
+    let server = blink.server().config(&private_id_base_config()).start();
+    let script = probe.copy_to(&blink.scripts_dir());
+    let box_a = server.open_session("a");
+    server.open_session("b");
     let r = run(
         &server,
         "a",

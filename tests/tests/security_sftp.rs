@@ -3,75 +3,22 @@
 //! file operation reaches the host's settings, devices or files, and what
 //! it writes belongs to the session's own host ids.
 
+use blink_e2e::abuse::{is_root, unavailable};
+use blink_e2e::ssh::SshFixture;
+use blink_e2e::texts;
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Output};
-
-use blink_e2e::abuse::{is_root, sftp_batch, unavailable};
-use blink_e2e::ssh::{Client, Server, run, setup, start_server};
-use blink_e2e::{Blink, local_runtime_available, texts};
 
 /// Host ids of sandboxes start here.
 const ID_BASE: u32 = 0x7000_0000;
 
-struct Fixture {
-    blink: Blink,
-    client: Client,
-    server: Server,
-    box_id: String,
-}
-
-fn fixture() -> Option<Fixture> {
-    if !local_runtime_available() {
-        return None;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let (_, info) = blink.json(&["session", "info", "--name", "s1"]);
-    let box_id = info["box_id"].as_str().expect("box id").to_owned();
-    let server = start_server(&blink, &[]);
-    Some(Fixture {
-        blink,
-        client,
-        server,
-        box_id,
-    })
-}
-
-impl Fixture {
-    fn sftp(&self, batch: &str) -> Output {
-        sftp_batch(&self.client, self.server.port, "s1", batch)
-    }
-
-    /// A shell command in the session; its stdout.
-    fn sh(&self, command: &str) -> String {
-        let mut cmd = self.client.ssh(&self.server, "id", "s1");
-        cmd.arg(command);
-        let out = run(cmd, b"");
-        let (stdout, stderr) = texts(&out);
-        assert_eq!(out.status.code(), Some(0), "{command}: {stderr}");
-        stdout
-    }
-
-    fn local(&self, name: &str) -> String {
-        self.client.path(name).display().to_string()
-    }
-
-    fn scp_up(&self, from: &str, to: &str) -> Output {
-        let mut cmd = Command::new("scp");
-        cmd.args(self.client.common_opts("id"))
-            .arg("-P")
-            .arg(self.server.port.to_string())
-            .arg(from)
-            .arg(format!("s1@127.0.0.1:{to}"));
-        run(cmd, b"")
-    }
+fn local(f: &SshFixture, name: &str) -> String {
+    f.client.path(name).display().to_string()
 }
 
 #[test]
 fn sftp_cannot_change_host_settings_or_devices() {
-    let Some(f) = fixture() else { return };
+    let Some(f) = SshFixture::new() else { return };
 
     // A host sysctl, uploaded over with the very value it has now: even a
     // success would change nothing, and the put must fail.
@@ -109,10 +56,10 @@ fn sftp_cannot_change_host_settings_or_devices() {
 
 #[test]
 fn sftp_sees_only_the_sandbox() {
-    let Some(f) = fixture() else { return };
+    let Some(f) = SshFixture::new() else { return };
 
     // Kernel symbols: no addresses for the sandbox.
-    let out = f.sftp(&format!("get /proc/kallsyms {}\n", f.local("kallsyms")));
+    let out = f.sftp(&format!("get /proc/kallsyms {}\n", local(&f, "kallsyms")));
     if out.status.code() == Some(0) {
         let text = std::fs::read_to_string(f.client.path("kallsyms")).expect("kallsyms");
         eprintln!(
@@ -138,12 +85,12 @@ fn sftp_sees_only_the_sandbox() {
         "get s {s}\nsymlink /etc/shadow s2\nget s2 {s2}\nln /etc/shadow h1\nget h1 {h1}\n\
          -ln /../../../../etc/shadow h2\n-get h2 {h2}\n-ln /proc/1/root/etc/shadow h3\n\
          -get h3 {h3}\n-symlink /proc/1/root/etc/shadow s3\n-get s3 {s3}\n",
-        s = f.local("s"),
-        s2 = f.local("s2"),
-        h1 = f.local("h1"),
-        h2 = f.local("h2"),
-        h3 = f.local("h3"),
-        s3 = f.local("s3"),
+        s = local(&f, "s"),
+        s2 = local(&f, "s2"),
+        h1 = local(&f, "h1"),
+        h2 = local(&f, "h2"),
+        h3 = local(&f, "h3"),
+        s3 = local(&f, "s3"),
     );
     let out = f.sftp(&batch);
     let (stdout, stderr) = texts(&out);
@@ -189,7 +136,7 @@ fn sftp_sees_only_the_sandbox() {
     // Processes: /proc through sftp holds the sandbox's few, under its init.
     let out = f.sftp(&format!(
         "ls -1 /proc\nget /proc/1/cmdline {}\n",
-        f.local("cmdline")
+        local(&f, "cmdline")
     ));
     assert_eq!(out.status.code(), Some(0), "{:?}", texts(&out));
     let pids = texts(&out)
@@ -213,7 +160,7 @@ fn sftp_sees_only_the_sandbox() {
 
 #[test]
 fn sftp_and_scp_uploads_belong_to_the_sessions_ids() {
-    let Some(f) = fixture() else { return };
+    let Some(f) = SshFixture::new() else { return };
     if !is_root() {
         unavailable("per-sandbox id ranges need blink-server running as root");
         return;
@@ -226,7 +173,11 @@ fn sftp_and_scp_uploads_belong_to_the_sessions_ids() {
         local.display()
     ));
     assert_eq!(out.status.code(), Some(0), "{:?}", texts(&out));
-    let out = f.scp_up(local.to_str().expect("utf-8"), "/root/by-scp");
+    let out = f.client.scp(
+        &f.server,
+        local.to_str().expect("utf-8"),
+        "s1@127.0.0.1:/root/by-scp",
+    );
     assert_eq!(out.status.code(), Some(0), "{:?}", texts(&out));
 
     let root = std::fs::metadata(f.blink.disk_path(&f.box_id, "/"))

@@ -2,12 +2,10 @@
 //! changes on demand, many channels on one connection, and connections
 //! that never authenticate. Driven with the `russh` client.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blink_e2e::ssh::{Client, config_file, setup, start_server, start_server_logging};
-use blink_e2e::{Blink, local_runtime_available};
+use blink_e2e::ssh::SshFixture;
 use russh::client::{Handle, Msg};
 use russh::keys::PrivateKeyWithHashAlg;
 use russh::{Channel, ChannelMsg, Sig};
@@ -34,11 +32,12 @@ async fn connect_only(port: u16) -> Handle<AnyHost> {
         .expect("ssh connect")
 }
 
-async fn connect(port: u16, key: &Path, login: &str) -> Handle<AnyHost> {
-    let mut handle = connect_only(port).await;
-    let key = russh::keys::load_secret_key(key, None).expect("load key");
+/// A connection logged in to `s1` with the `id` key.
+async fn login(f: &SshFixture) -> Handle<AnyHost> {
+    let mut handle = connect_only(f.server.ssh_port).await;
+    let key = russh::keys::load_secret_key(f.client.path("id"), None).expect("load key");
     let auth = handle
-        .authenticate_publickey(login, PrivateKeyWithHashAlg::new(Arc::new(key), None))
+        .authenticate_publickey("s1", PrivateKeyWithHashAlg::new(Arc::new(key), None))
         .await
         .expect("authenticate");
     assert!(auth.success(), "public key refused");
@@ -91,14 +90,8 @@ async fn finish(channel: &mut Channel<Msg>, mut outcome: Outcome) -> Outcome {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signal_requests_reach_the_process() {
-    if !local_runtime_available() {
-        return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &[]);
-    let ssh = connect(server.port, &client.path("id"), "s1").await;
+    let Some(f) = SshFixture::new() else { return };
+    let ssh = login(&f).await;
 
     let mut channel = ssh.channel_open_session().await.expect("open");
     channel
@@ -132,14 +125,8 @@ async fn signal_requests_reach_the_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn window_change_resizes_the_terminal() {
-    if !local_runtime_available() {
-        return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &[]);
-    let ssh = connect(server.port, &client.path("id"), "s1").await;
+    let Some(f) = SshFixture::new() else { return };
+    let ssh = login(&f).await;
 
     let mut channel = ssh.channel_open_session().await.expect("open");
     channel
@@ -171,15 +158,11 @@ async fn window_change_resizes_the_terminal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn channels_per_connection_are_limited() {
-    if !local_runtime_available() {
+    let Some(f) = SshFixture::with(|s| s.config("[ssh.limits]\nmax_channels_per_connection = 2\n"))
+    else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let config = config_file(&client, "[ssh.limits]\nmax_channels_per_connection = 2\n");
-    let server = start_server(&blink, &["--config", &config]);
-    let ssh = connect(server.port, &client.path("id"), "s1").await;
+    };
+    let ssh = login(&f).await;
 
     let mut first = ssh.channel_open_session().await.expect("first");
     let mut second = ssh.channel_open_session().await.expect("second");
@@ -217,20 +200,14 @@ async fn channels_per_connection_are_limited() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn handshake_and_auth_timeouts_close_the_connection() {
-    if !local_runtime_available() {
+    let Some(f) = SshFixture::with(|s| {
+        s.config("[ssh.limits]\nhandshake_timeout_secs = 1\nauth_timeout_secs = 2\n")
+    }) else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let config = config_file(
-        &client,
-        "[ssh.limits]\nhandshake_timeout_secs = 1\nauth_timeout_secs = 2\n",
-    );
-    let server = start_server(&blink, &["--config", &config]);
+    };
 
     // A client that never sends its version string is closed.
-    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", f.server.ssh_port))
         .await
         .expect("connect");
     let mut seen = Vec::new();
@@ -255,7 +232,7 @@ async fn handshake_and_auth_timeouts_close_the_connection() {
 
     // A client that finishes key exchange but never authenticates is
     // closed too.
-    let ssh = connect_only(server.port).await;
+    let ssh = connect_only(f.server.ssh_port).await;
     let closed = tokio::time::timeout(Duration::from_secs(20), async {
         while !ssh.is_closed() {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -266,7 +243,7 @@ async fn handshake_and_auth_timeouts_close_the_connection() {
 
     // One that authenticates in time stays: its channel outlives both
     // timeouts.
-    let ssh = connect(server.port, &client.path("id"), "s1").await;
+    let ssh = login(&f).await;
     let mut channel = ssh.channel_open_session().await.expect("open");
     channel
         .exec(true, "sleep 3; echo late")
@@ -278,14 +255,8 @@ async fn handshake_and_auth_timeouts_close_the_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn many_concurrent_execs_on_one_connection() {
-    if !local_runtime_available() {
-        return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &[]);
-    let ssh = connect(server.port, &client.path("id"), "s1").await;
+    let Some(f) = SshFixture::new() else { return };
+    let ssh = login(&f).await;
 
     let mut channels = Vec::new();
     for i in 0..12u32 {
@@ -309,18 +280,13 @@ async fn many_concurrent_execs_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_attempts_per_connection_are_limited() {
-    if !local_runtime_available() {
+    let Some(f) = SshFixture::with(|s| s.config("[ssh.limits]\nmax_auth_attempts = 2\n")) else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let config = config_file(&client, "[ssh.limits]\nmax_auth_attempts = 2\n");
-    let server = start_server(&blink, &["--config", &config]);
+    };
 
-    let mut ssh = connect_only(server.port).await;
-    let wrong = Arc::new(russh::keys::load_secret_key(client.path("other"), None).expect("key"));
-    let right = Arc::new(russh::keys::load_secret_key(client.path("id"), None).expect("key"));
+    let mut ssh = connect_only(f.server.ssh_port).await;
+    let wrong = Arc::new(russh::keys::load_secret_key(f.client.path("other"), None).expect("key"));
+    let right = Arc::new(russh::keys::load_secret_key(f.client.path("id"), None).expect("key"));
     for _ in 0..2 {
         let auth = ssh
             .authenticate_publickey("s1", PrivateKeyWithHashAlg::new(wrong.clone(), None))
@@ -334,7 +300,7 @@ async fn auth_attempts_per_connection_are_limited() {
     assert!(!matches!(auth, Ok(ref a) if a.success()), "{auth:?}");
 
     // A fresh connection with the right key first is fine.
-    let mut ssh = connect_only(server.port).await;
+    let mut ssh = connect_only(f.server.ssh_port).await;
     let auth = ssh
         .authenticate_publickey("s1", PrivateKeyWithHashAlg::new(wrong, None))
         .await;
@@ -347,17 +313,13 @@ async fn auth_attempts_per_connection_are_limited() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_text_cannot_forge_log_lines() {
-    if !local_runtime_available() {
+    let Some(f) = SshFixture::with(|s| s.log_filter("info")) else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server_logging(&blink, &[], "info");
+    };
 
     // Before login: a login name with a line of its own.
-    let mut ssh = connect_only(server.port).await;
-    let key = Arc::new(russh::keys::load_secret_key(client.path("id"), None).expect("key"));
+    let mut ssh = connect_only(f.server.ssh_port).await;
+    let key = Arc::new(russh::keys::load_secret_key(f.client.path("id"), None).expect("key"));
     let auth = ssh
         .authenticate_publickey(
             "s1\nFAKE LINE from the login",
@@ -366,12 +328,14 @@ async fn client_text_cannot_forge_log_lines() {
         .await;
     assert!(matches!(auth, Ok(ref a) if !a.success()), "{auth:?}");
     drop(ssh);
-    let closed = server.wait_log(&["ssh connection closed", "authenticated=false"]);
-    assert!(closed.is_some(), "{}", server.log());
+    let closed = f
+        .server
+        .wait_log(&["ssh connection closed", "authenticated=false"]);
+    assert!(closed.is_some(), "{}", f.server.log());
 
     // After login: a command with a newline, a carriage return and an
     // escape sequence (in a shell comment, so the command succeeds).
-    let ssh = connect(server.port, &client.path("id"), "s1").await;
+    let ssh = login(&f).await;
     let mut channel = ssh.channel_open_session().await.expect("open");
     channel
         .exec(true, "true\nFAKE=from-the-command true # \r\x1b[2J")
@@ -379,10 +343,10 @@ async fn client_text_cannot_forge_log_lines() {
         .expect("exec");
     let outcome = finish(&mut channel, Outcome::default()).await;
     assert_eq!(outcome.exit_status, Some(0), "{outcome:?}");
-    let line = server.wait_log(&["ssh channel closed"]);
-    assert!(line.is_some(), "{}", server.log());
+    let line = f.server.wait_log(&["ssh channel closed"]);
+    assert!(line.is_some(), "{}", f.server.log());
 
-    let log = server.log();
+    let log = f.server.log();
     assert!(
         log.contains(r"s1\nFAKE LINE from the login"),
         "login not escaped:\n{log}"
@@ -397,14 +361,8 @@ async fn client_text_cannot_forge_log_lines() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn env_name_with_nul_is_refused_alone() {
-    if !local_runtime_available() {
-        return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &[]);
-    let ssh = connect(server.port, &client.path("id"), "s1").await;
+    let Some(f) = SshFixture::new() else { return };
+    let ssh = login(&f).await;
     let mut channel = ssh.channel_open_session().await.expect("open");
 
     // The next reply to a request that wants one.

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use blink_e2e::ssh::{Client, Server, setup, start_server};
-use blink_e2e::{Blink, local_runtime_available};
+use blink_e2e::run_with;
+use blink_e2e::ssh::SshFixture;
 use sha2::{Digest, Sha256};
 
 const GIB: usize = 1 << 30;
@@ -18,21 +18,12 @@ const GIB: usize = 1 << 30;
 /// streamed (never held whole); returns its stdout, exit status and the
 /// input's SHA-256.
 fn feed(
-    client: &Client,
-    server: &Server,
+    f: &SshFixture,
     extra: &[&str],
     command: &str,
     len: usize,
 ) -> (String, Option<i32>, String) {
-    let mut cmd = client.ssh(server, "id", "s1");
-    cmd.args(extra)
-        .arg(command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("ssh");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let writer = std::thread::spawn(move || {
+    let (out, digest) = run_with(f.ssh_command().args(extra).arg(command), |mut stdin| {
         let mut hasher = Sha256::new();
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut chunk = vec![0u8; 1 << 20];
@@ -54,8 +45,6 @@ fn feed(
         drop(stdin);
         hex::encode(hasher.finalize())
     });
-    let out = child.wait_with_output().expect("wait");
-    let digest = writer.join().expect("writer");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("killed"),
@@ -68,35 +57,19 @@ fn feed(
     )
 }
 
-fn started() -> Option<(Blink, Client, Server)> {
-    if !local_runtime_available() {
-        return None;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &[]);
-    Some((blink, client, server))
-}
-
 #[test]
 fn a_program_that_reads_late_gets_a_gibibyte_whole() {
-    let Some((_blink, client, server)) = started() else {
-        return;
-    };
-    let (stdout, status, digest) = feed(&client, &server, &[], "sleep 10; sha256sum", GIB);
+    let Some(f) = SshFixture::new() else { return };
+    let (stdout, status, digest) = feed(&f, &[], "sleep 10; sha256sum", GIB);
     assert_eq!(status, Some(0), "{stdout}");
     assert_eq!(stdout.split_whitespace().next(), Some(digest.as_str()));
 }
 
 #[test]
 fn a_gibibyte_through_cat_into_a_file_is_byte_exact() {
-    let Some((_blink, client, server)) = started() else {
-        return;
-    };
+    let Some(f) = SshFixture::new() else { return };
     let (stdout, status, digest) = feed(
-        &client,
-        &server,
+        &f,
         &[],
         "cat > /root/big && sha256sum /root/big && rm /root/big",
         GIB,
@@ -109,15 +82,13 @@ fn a_gibibyte_through_cat_into_a_file_is_byte_exact() {
 /// first channel's program does not read, the second runs to completion.
 #[test]
 fn a_stalled_channel_does_not_stall_its_connection() {
-    let Some((_blink, client, server)) = started() else {
-        return;
-    };
-    let control = client.path("ctl");
+    let Some(f) = SshFixture::new() else { return };
+    let control = f.client.path("ctl");
     let share = [
         "-o".to_string(),
         format!("ControlPath={}", control.display()),
     ];
-    let mut master = client.ssh(&server, "id", "s1");
+    let mut master = f.ssh_command();
     master
         .args(&share)
         .args(["-o", "ControlMaster=yes", "-N"])
@@ -131,19 +102,11 @@ fn a_stalled_channel_does_not_stall_its_connection() {
     let share_ref: Vec<&str> = share.iter().map(String::as_str).collect();
 
     let stalled = std::thread::scope(|scope| {
-        let first = scope.spawn(|| {
-            feed(
-                &client,
-                &server,
-                &share_ref,
-                "sleep 8; sha256sum",
-                256 << 20,
-            )
-        });
+        let first = scope.spawn(|| feed(&f, &share_ref, "sleep 8; sha256sum", 256 << 20));
         // Let the first channel fill its window, then use the connection.
         std::thread::sleep(Duration::from_secs(2));
-        let mut second = client.ssh(&server, "id", "s1");
-        let out = second
+        let out = f
+            .ssh_command()
             .args(&share_ref)
             .arg("echo alive")
             .output()

@@ -1,24 +1,18 @@
 //! The SSH gateway end to end: the real `blink-server`, the real local
 //! runtime, and OpenSSH's `ssh` with throwaway keys and known_hosts.
 
-use blink_e2e::ssh::{Client, config_file, run, setup, sha, start_server};
-use blink_e2e::{Blink, local_runtime_available, texts};
+use std::time::Duration;
+
+use blink_e2e::ssh::{Client, SshFixture, sha, spawn_ready};
+use blink_e2e::{Blink, run, texts};
 use rand::RngCore;
 
 #[test]
 fn exec_exit_codes_streams_stdin_and_binary_data() {
-    if !local_runtime_available() {
-        return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &[]);
+    let Some(f) = SshFixture::new() else { return };
 
     for code in [0, 1, 42] {
-        let mut cmd = client.ssh(&server, "id", "s1");
-        cmd.arg(format!("echo out; echo err >&2; exit {code}"));
-        let out = run(cmd, b"");
+        let out = f.ssh(&[&format!("echo out; echo err >&2; exit {code}")], b"");
         let (stdout, stderr) = texts(&out);
         assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
         assert_eq!(stdout, "out\n");
@@ -26,24 +20,18 @@ fn exec_exit_codes_streams_stdin_and_binary_data() {
     }
 
     // stdin EOF reaches the command.
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.arg("cat");
-    let out = run(cmd, b"hello\nworld");
+    let out = f.ssh(&["cat"], b"hello\nworld");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"hello\nworld");
 
     // 16 MiB of random bytes in, then out again, byte for byte.
     let mut data = vec![0u8; 16 << 20];
     rand::rng().fill_bytes(&mut data);
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.arg("cat > /tmp/blob && sha256sum /tmp/blob");
-    let out = run(cmd, &data);
+    let out = f.ssh(&["cat > /tmp/blob && sha256sum /tmp/blob"], &data);
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stdout.starts_with(&sha(&data)), "{stdout}");
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.arg("cat /tmp/blob; cat /tmp/blob >&2");
-    let out = run(cmd, b"");
+    let out = f.ssh(&["cat /tmp/blob; cat /tmp/blob >&2"], b"");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout.len(), data.len());
     assert_eq!(sha(&out.stdout), sha(&data));
@@ -52,18 +40,11 @@ fn exec_exit_codes_streams_stdin_and_binary_data() {
 
 #[test]
 fn pty_env_allow_list_and_concurrent_execs() {
-    if !local_runtime_available() {
+    let Some(f) = SshFixture::with(|s| s.config("[ssh]\nenv_allow = [\"FOO\"]\n")) else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let config = config_file(&client, "[ssh]\nenv_allow = [\"FOO\"]\n");
-    let server = start_server(&blink, &["--config", &config]);
+    };
 
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.args(["-tt", "tty; stty size; echo term=$TERM"]);
-    let out = run(cmd, b"");
+    let out = f.ssh(&["-tt", "tty; stty size; echo term=$TERM"], b"");
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("/dev/pts/"), "{stdout}");
@@ -75,13 +56,14 @@ fn pty_env_allow_list_and_concurrent_execs() {
     );
     assert!(stdout.contains("term="), "{stdout}");
 
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.args([
-        "-o",
-        "SetEnv=LANG=C.UTF-8 LC_FOO=lc FOO=foo BAR=bar",
-        "echo \"$LANG|$LC_FOO|$FOO|$BAR\"",
-    ]);
-    let out = run(cmd, b"");
+    let out = f.ssh(
+        &[
+            "-o",
+            "SetEnv=LANG=C.UTF-8 LC_FOO=lc FOO=foo BAR=bar",
+            "echo \"$LANG|$LC_FOO|$FOO|$BAR\"",
+        ],
+        b"",
+    );
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(stdout, "C.UTF-8|lc|foo|\n");
@@ -89,9 +71,9 @@ fn pty_env_allow_list_and_concurrent_execs() {
     // 20 concurrent executions, each with its own output and exit code.
     let handles: Vec<_> = (0..20)
         .map(|i| {
-            let mut cmd = client.ssh(&server, "id", "s1");
+            let mut cmd = f.ssh_command();
             cmd.arg(format!("echo run-{i}; exit {}", i % 7));
-            std::thread::spawn(move || (i, run(cmd, b"")))
+            std::thread::spawn(move || (i, run(&mut cmd, b"")))
         })
         .collect();
     for h in handles {
@@ -104,18 +86,18 @@ fn pty_env_allow_list_and_concurrent_execs() {
 
 #[test]
 fn auth_refusals_look_identical_and_keys_are_managed_live() {
-    if !local_runtime_available() {
+    let Some(SshFixture {
+        blink,
+        client,
+        server,
+        ..
+    }) = SshFixture::new()
+    else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &[]);
+    };
 
     let attempt = |key: &str, login: &str| {
-        let mut cmd = client.ssh(&server, key, login);
-        cmd.arg("true");
-        let out = run(cmd, b"");
+        let out = run(client.ssh(&server, key, login).arg("true"), b"");
         let (_, stderr) = texts(&out);
         (out.status.code(), stderr.replace(login, "LOGIN"))
     };
@@ -154,12 +136,10 @@ fn auth_refusals_look_identical_and_keys_are_managed_live() {
     assert_eq!(v.as_array().map(Vec::len), Some(1));
 
     // Unsupported requests are refused without closing the connection.
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.args(["-s", "no-such-subsystem"]);
-    let out = run(cmd, b"");
+    let ssh = |args: &[&str]| run(client.ssh(&server, "id", "s1").args(args), b"");
+    let out = ssh(&["-s", "no-such-subsystem"]);
     assert_ne!(out.status.code(), Some(0));
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.args([
+    let out = ssh(&[
         "-A",
         "-o",
         "ForwardX11=yes",
@@ -167,11 +147,8 @@ fn auth_refusals_look_identical_and_keys_are_managed_live() {
         "0:127.0.0.1:9",
         "echo still-here",
     ]);
-    let out = run(cmd, b"");
     assert_eq!(texts(&out).0, "still-here\n");
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.args(["-W", "127.0.0.1:9"]);
-    let out = run(cmd, b"");
+    let out = ssh(&["-W", "127.0.0.1:9"]);
     assert_eq!(out.status.code(), Some(255));
     assert!(
         texts(&out).1.contains("forwarding failed"),
@@ -182,30 +159,32 @@ fn auth_refusals_look_identical_and_keys_are_managed_live() {
 
 #[test]
 fn admin_keys_and_stable_host_key() {
-    if !local_runtime_available() {
+    let Some(blink) = Blink::with_runtime() else {
         return;
-    }
-    let blink = Blink::new();
+    };
     let client = Client::new();
     let admin = client.path("admin_keys");
     std::fs::copy(client.path("other.pub"), &admin).expect("copy");
     let admin = admin.to_str().expect("utf-8").to_string();
 
-    let first = start_server(&blink, &["--admin-keys", &admin, "--admin-create-sessions"]);
+    let first = blink
+        .server()
+        .args(&["--admin-keys", &admin, "--admin-create-sessions"])
+        .start();
     assert!(first.fingerprint.starts_with("SHA256:"));
     // An admin key may create a missing session on first login.
-    let mut cmd = client.ssh(&first, "other", "fresh");
-    cmd.arg("echo created");
-    let out = run(cmd, b"");
+    let out = run(
+        client.ssh(&first, "other", "fresh").arg("echo created"),
+        b"",
+    );
     assert_eq!(texts(&out).0, "created\n", "{}", texts(&out).1);
     // A key that is not an admin key cannot.
-    let mut cmd = client.ssh(&first, "id", "fresh2");
-    cmd.arg("true");
-    assert_eq!(run(cmd, b"").status.code(), Some(255));
+    let out = run(client.ssh(&first, "id", "fresh2").arg("true"), b"");
+    assert_eq!(out.status.code(), Some(255));
     drop(first);
 
     let printed = blink.ok(&["gateway", "fingerprint"]);
-    let second = start_server(&blink, &["--admin-keys", &admin]);
+    let second = blink.server().args(&["--admin-keys", &admin]).start();
     assert_eq!(printed.trim(), second.fingerprint);
     let key_file = blink.data_dir.path().join("gateway/ssh_host_ed25519_key");
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -217,55 +196,33 @@ fn admin_keys_and_stable_host_key() {
     // known_hosts from the first run still matches: strict checking passes.
     let mut cmd = client.ssh(&second, "other", "fresh");
     cmd.args(["-o", "StrictHostKeyChecking=yes", "echo again"]);
-    let out = run(cmd, b"");
+    let out = run(&mut cmd, b"");
     assert_eq!(texts(&out).0, "again\n", "{}", texts(&out).1);
 }
 
 #[test]
 fn shell_exit_signal_and_per_session_connection_limit() {
-    if !local_runtime_available() {
+    let Some(f) = SshFixture::with(|s| s.config("[ssh.limits]\nmax_connections_per_session = 1\n"))
+    else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let config = config_file(&client, "[ssh.limits]\nmax_connections_per_session = 1\n");
-    let server = start_server(&blink, &["--config", &config]);
+    };
 
     // A shell without a PTY reads its commands from stdin.
-    let cmd = client.ssh(&server, "id", "s1");
-    let out = run(cmd, b"echo shell-ok\nexit 3\n");
+    let out = f.ssh(&[], b"echo shell-ok\nexit 3\n");
     assert_eq!(out.status.code(), Some(3), "{}", texts(&out).1);
     assert_eq!(texts(&out).0, "shell-ok\n");
 
     // Killed by a signal: all output arrives, then exit-signal, which
     // OpenSSH's ssh reports as 255.
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.arg("echo before; kill -TERM $$; echo after");
-    let out = run(cmd, b"");
+    let out = f.ssh(&["echo before; kill -TERM $$; echo after"], b"");
     assert_eq!(texts(&out).0, "before\n");
     assert_eq!(out.status.code(), Some(255));
 
     // One connection holds the only slot of the session: a second one is
     // refused while it lives.
-    let mut first = client.ssh(&server, "id", "s1");
-    first.arg("echo ready; cat");
-    let mut first = first
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn ssh");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(first.stdout.as_mut().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
-    assert_eq!(line, "ready\n");
-    let mut second = client.ssh(&server, "id", "s1");
-    second.arg("true");
-    assert_eq!(run(second, b"").status.code(), Some(255));
-    drop(first.stdin.take());
-    assert!(first.wait().expect("wait").success());
+    let mut first = spawn_ready(f.ssh_command().arg("echo ready; cat"));
+    assert_eq!(f.ssh(&["true"], b"").status.code(), Some(255));
+    drop(first.take_stdin());
+    let (status, _, _) = first.finish(Duration::from_secs(20));
+    assert!(status.success());
 }

@@ -2,20 +2,17 @@
 //! `blink-cli` (and the admin file), enforced against OpenSSH's `ssh` and
 //! `sftp`. Every connection goes to 127.0.0.1.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use blink_e2e::ssh::{Client, Server, config_file, run, start_server, write_file};
-use blink_e2e::{Blink, local_runtime_available, texts};
+use blink_e2e::ssh::{Client, write_file};
+use blink_e2e::{Blink, Server, run, texts};
 
 /// Authorize the client's `id` key for `s1` with these options in front
 /// (they replace any the key had).
 fn authorize(blink: &Blink, client: &Client, options: &str) -> Output {
-    let public = std::fs::read_to_string(client.path("id.pub")).expect("id.pub");
-    let line = format!("{options} {}", public.trim());
-    blink.run_with_stdin(
-        &["session", "keys", "add", "--name", "s1", "-"],
-        line.as_bytes(),
-    )
+    let line = format!("{options} {}", client.public_key("id"));
+    let mut cmd = blink.cli(&["session", "keys", "add", "--name", "s1", "-"]);
+    run(&mut cmd, line.as_bytes())
 }
 
 fn authorize_ok(blink: &Blink, client: &Client, options: &str) {
@@ -24,22 +21,18 @@ fn authorize_ok(blink: &Blink, client: &Client, options: &str) {
 }
 
 fn ssh(client: &Client, server: &Server, args: &[&str]) -> Output {
-    let mut cmd = client.ssh(server, "id", "s1");
-    cmd.args(args);
-    run(cmd, b"")
+    run(client.ssh(server, "id", "s1").args(args), b"")
 }
 
 fn sftp_pwd(client: &Client, server: &Server) -> Output {
-    let batch = client.path("batch");
-    write_file(&batch, "pwd\n");
-    let mut cmd = Command::new("sftp");
-    cmd.args(client.common_opts("id"))
-        .arg("-P")
-        .arg(server.port.to_string())
-        .arg("-b")
-        .arg(&batch)
-        .arg("s1@127.0.0.1");
-    run(cmd, b"")
+    client.sftp(server, &[], "s1", "pwd\n")
+}
+
+/// Real sandboxes, a session `s1` that no key reaches yet, and a client.
+fn fixture() -> Option<(Blink, Client)> {
+    let blink = Blink::with_runtime()?;
+    blink.ok(&["session", "open", "--name", "s1"]);
+    Some((blink, Client::new()))
 }
 
 fn refused(out: &Output) -> bool {
@@ -48,13 +41,10 @@ fn refused(out: &Output) -> bool {
 
 #[test]
 fn from_and_expiry_time_decide_who_logs_in() {
-    if !local_runtime_available() {
+    let Some((blink, client)) = fixture() else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    blink.ok(&["session", "open", "--name", "s1"]);
-    let server = start_server(&blink, &[]);
+    };
+    let server = blink.server().start();
 
     // The client is at 127.0.0.1: a key for 10/8 only is refused.
     authorize_ok(&blink, &client, r#"from="10.0.0.0/8""#);
@@ -82,13 +72,10 @@ fn from_and_expiry_time_decide_who_logs_in() {
 
 #[test]
 fn forced_command_pty_and_restrict() {
-    if !local_runtime_available() {
+    let Some((blink, client)) = fixture() else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    blink.ok(&["session", "open", "--name", "s1"]);
-    let server = start_server(&blink, &[]);
+    };
+    let server = blink.server().start();
 
     // command=: whatever the client asks, the forced command runs, and
     // sees the client's command in SSH_ORIGINAL_COMMAND.
@@ -101,9 +88,10 @@ fn forced_command_pty_and_restrict() {
     assert_eq!(out.status.code(), Some(0), "{}", texts(&out).1);
     assert_eq!(texts(&out).0, "forced\noriginal=echo asked; exit 3\n");
     // A shell runs it too, without SSH_ORIGINAL_COMMAND.
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.arg("-T");
-    let out = run(cmd, b"echo from-stdin\n");
+    let out = run(
+        client.ssh(&server, "id", "s1").arg("-T"),
+        b"echo from-stdin\n",
+    );
     assert_eq!(texts(&out).0, "forced\noriginal=unset\n");
     // So does sftp: refused.
     let out = sftp_pwd(&client, &server);
@@ -180,41 +168,32 @@ fn options_that_cannot_be_enforced_are_refused() {
 
 #[test]
 fn admin_key_options_are_enforced() {
-    if !local_runtime_available() {
+    let Some((blink, client)) = fixture() else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    blink.ok(&["session", "open", "--name", "s1"]);
-    let public = std::fs::read_to_string(client.path("id.pub")).expect("id.pub");
-    let other = std::fs::read_to_string(client.path("other.pub")).expect("other.pub");
+    };
+    let public = client.public_key("id");
+    let other = client.public_key("other");
     let admin = client.path("admin_keys");
     // `id` only from 10/8; `other` with an option Blink cannot enforce,
     // so its line is skipped, not used without it.
     write_file(
         &admin,
-        &format!(
-            "from=\"10.0.0.0/8\" {}\npermitopen=\"127.0.0.1:22\" {}\n",
-            public.trim(),
-            other.trim()
-        ),
+        &format!("from=\"10.0.0.0/8\" {public}\npermitopen=\"127.0.0.1:22\" {other}\n"),
     );
-    let config = config_file(
-        &client,
-        &format!("[ssh]\nadmin_authorized_keys = {:?}\n", admin.display()),
-    );
-    let server = start_server(&blink, &["--config", &config]);
+    let server = blink
+        .server()
+        .config(&format!(
+            "[ssh]\nadmin_authorized_keys = {:?}\n",
+            admin.display()
+        ))
+        .start();
     assert!(refused(&ssh(&client, &server, &["true"])));
-    let mut cmd = client.ssh(&server, "other", "s1");
-    cmd.arg("true");
-    assert!(refused(&run(cmd, b"")));
+    let out = run(client.ssh(&server, "other", "s1").arg("true"), b"");
+    assert!(refused(&out));
 
     write_file(
         &admin,
-        &format!(
-            "from=\"127.0.0.1\",command=\"echo admin-forced\" {}\n",
-            public.trim()
-        ),
+        &format!("from=\"127.0.0.1\",command=\"echo admin-forced\" {public}\n"),
     );
     let out = ssh(&client, &server, &["echo asked"]);
     assert_eq!(texts(&out).0, "admin-forced\n", "{}", texts(&out).1);

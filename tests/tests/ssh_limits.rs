@@ -2,25 +2,12 @@
 //! control across multiplexed channels, connection limits, timeouts,
 //! keepalives, session start and idle stop, logs, and a PTY shell in tmux.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use blink_e2e::ssh::{Client, config_file, run, setup, start_server, start_server_logging};
-use blink_e2e::{Blink, local_runtime_available, texts};
-
-/// Wait up to `limit` for a child to exit; its status, or None if it still
-/// runs.
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
+use blink_e2e::ssh::{Client, SshFixture, spawn_ready};
+use blink_e2e::{Running, run, texts};
 
 /// A command that stops itself after 60 s of sleeping, so that a test that
 /// fails leaves nothing behind for long.
@@ -28,14 +15,8 @@ const LONG: &str = "sleep 60";
 
 #[test]
 fn unread_stdin_does_not_stall_other_channels_of_the_connection() {
-    if !local_runtime_available() {
-        return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &[]);
-    let control = client.path("cm");
+    let Some(f) = SshFixture::new() else { return };
+    let control = f.client.path("cm");
     let mux = |cmd: &mut Command| {
         cmd.args([
             "-o",
@@ -50,24 +31,12 @@ fn unread_stdin_does_not_stall_other_channels_of_the_connection() {
     // First channel: a program that never reads its stdin, while the
     // client pushes 8 MiB into it (more than russh's per-channel queue and
     // the pipe hold).
-    let mut first = client.ssh(&server, "id", "s1");
+    let mut first = f.ssh_command();
     mux(&mut first);
     first.arg("echo first-started; sleep 30");
-    let mut first = first
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ssh");
-    let mut line = [0u8; 14];
-    first
-        .stdout
-        .as_mut()
-        .expect("stdout")
-        .read_exact(&mut line)
-        .expect("first started");
-    assert_eq!(&line, b"first-started\n");
-    let mut stdin = first.stdin.take().expect("stdin");
+    let mut first = Running::spawn(&mut first);
+    assert_eq!(first.first_line().as_deref(), Some("first-started\n"));
+    let mut stdin = first.take_stdin();
     let pusher = std::thread::spawn(move || {
         let chunk = vec![b'x'; 1 << 20];
         for _ in 0..8 {
@@ -84,20 +53,15 @@ fn unread_stdin_does_not_stall_other_channels_of_the_connection() {
     std::thread::sleep(Duration::from_secs(2));
 
     // Second channel on the same connection (through the control master).
-    let mut second = client.ssh(&server, "id", "s1");
+    let mut second = f.ssh_command();
     mux(&mut second);
     second.arg("echo second-done");
-    let mut second = second
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ssh");
-    let status = wait_exit(&mut second, Duration::from_secs(20));
+    let mut second = Running::spawn(&mut second);
+    drop(second.take_stdin());
+    let status = second.wait_exit(Duration::from_secs(20));
     // The first command still runs: the second finished while it did.
-    let first_running = first.try_wait().expect("try_wait").is_none();
-    let _ = first.kill();
-    let _ = first.wait();
+    let first_running = first.is_running();
+    drop(first);
     let _ = Command::new("ssh")
         .args(["-O", "exit", "-o"])
         .arg(format!("ControlPath={}", control.display()))
@@ -105,72 +69,41 @@ fn unread_stdin_does_not_stall_other_channels_of_the_connection() {
         .stderr(Stdio::null())
         .status();
     let Some(status) = status else {
-        let _ = second.kill();
         panic!("the second channel stalled behind the first one's unread stdin");
     };
-    let mut out = String::new();
-    second
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read");
+    // It has exited: this is all it wrote.
+    let (_, out, _) = second.finish(Duration::from_secs(20));
     assert!(status.success(), "second: {status:?}");
     assert_eq!(out, "second-done\n");
     assert!(first_running, "the first command ended early");
     drop(pusher);
 }
 
-/// `ssh` running `command`, stdout piped, waiting for its first line.
-fn spawn_ready(mut cmd: Command) -> std::process::Child {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ssh");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
-    assert_eq!(line, "ready\n");
-    child
-}
-
 #[test]
 fn total_connections_are_limited_with_a_clean_refusal() {
-    if !local_runtime_available() {
+    let Some(f) = SshFixture::with(|s| {
+        s.config("[ssh.limits]\nmax_connections = 1\n")
+            .log_filter("info")
+    }) else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let config = config_file(&client, "[ssh.limits]\nmax_connections = 1\n");
-    let server = start_server_logging(&blink, &["--config", &config], "info");
+    };
 
-    let mut first = client.ssh(&server, "id", "s1");
-    first.arg("echo ready; cat");
-    let mut first = spawn_ready(first);
-    let mut second = client.ssh(&server, "id", "s1");
-    second.arg("echo second");
-    let out = run(second, b"");
+    let mut first = spawn_ready(f.ssh_command().arg("echo ready; cat"));
+    let out = f.ssh(&["echo second"], b"");
     assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
     assert!(texts(&out).1.contains("closed"), "{:?}", texts(&out));
     assert!(
-        server
+        f.server
             .wait_log(&["ssh connection refused: too many connections"])
             .is_some()
     );
-    drop(first.stdin.take());
-    assert!(first.wait().expect("wait").success());
+    drop(first.take_stdin());
+    let (status, _, _) = first.finish(Duration::from_secs(20));
+    assert!(status.success());
     // The slot is free again once the first connection is gone.
     let mut ok = false;
     for _ in 0..50 {
-        let mut again = client.ssh(&server, "id", "s1");
-        again.arg("echo again");
-        if texts(&run(again, b"")).0 == "again\n" {
+        if texts(&f.ssh(&["echo again"], b"")).0 == "again\n" {
             ok = true;
             break;
         }
@@ -181,143 +114,108 @@ fn total_connections_are_limited_with_a_clean_refusal() {
 
 #[test]
 fn idle_connections_close_but_busy_ones_stay() {
-    if !local_runtime_available() {
-        return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
     // Keepalives every second are answered by ssh: they must not count as
     // activity.
-    let config = config_file(
-        &client,
-        "[ssh.limits]\nidle_timeout_secs = 2\nkeepalive_interval_secs = 1\n",
-    );
-    let server = start_server(&blink, &["--config", &config]);
+    let Some(f) = SshFixture::with(|s| {
+        s.config("[ssh.limits]\nidle_timeout_secs = 2\nkeepalive_interval_secs = 1\n")
+    }) else {
+        return;
+    };
 
     // Output every half second keeps a connection alive past the timeout.
-    let mut busy = client.ssh(&server, "id", "s1");
-    busy.arg("for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.5; done");
-    let out = run(busy, b"");
+    let out = f.ssh(
+        &["for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.5; done"],
+        b"",
+    );
     assert_eq!(out.status.code(), Some(0), "{:?}", texts(&out));
     assert_eq!(texts(&out).0.lines().count(), 8);
 
     // A silent one is closed long before its command ends.
-    let mut idle = client.ssh(&server, "id", "s1");
-    idle.arg(format!("echo ready; {LONG}"));
-    let mut idle = spawn_ready(idle);
-    let status = wait_exit(&mut idle, Duration::from_secs(30));
-    let _ = idle.kill();
+    let mut idle = spawn_ready(f.ssh_command().arg(format!("echo ready; {LONG}")));
+    let status = idle.wait_exit(Duration::from_secs(30));
+    drop(idle);
     let status = status.expect("the idle connection was not closed");
     assert_eq!(status.code(), Some(255));
 }
 
 #[test]
 fn keepalives_close_connections_to_unresponsive_clients() {
-    if !local_runtime_available() {
+    let Some(f) = SshFixture::with(|s| {
+        s.config(
+            "[ssh.limits]\nidle_timeout_secs = 0\nkeepalive_interval_secs = 1\nkeepalive_max = 2\n",
+        )
+        .log_filter("info")
+    }) else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let config = config_file(
-        &client,
-        "[ssh.limits]\nidle_timeout_secs = 0\nkeepalive_interval_secs = 1\nkeepalive_max = 2\n",
-    );
-    let server = start_server_logging(&blink, &["--config", &config], "info");
+    };
 
     // A client that answers keepalives keeps its connection.
-    let mut alive = client.ssh(&server, "id", "s1");
-    alive.arg("sleep 5; echo still-here");
-    let out = run(alive, b"");
+    let out = f.ssh(&["sleep 5; echo still-here"], b"");
     assert_eq!(texts(&out).0, "still-here\n", "{:?}", texts(&out));
 
     // A frozen client does not answer: the server closes the connection.
-    let mut frozen = client.ssh(&server, "id", "s1");
-    frozen.arg(format!("echo ready; {LONG}"));
-    let mut frozen = spawn_ready(frozen);
-    let pid = frozen.id().to_string();
+    let mut frozen = spawn_ready(f.ssh_command().arg(format!("echo ready; {LONG}")));
+    let pid = frozen.pid().to_string();
     let stopped = Command::new("kill").args(["-STOP", &pid]).status();
     assert!(stopped.is_ok_and(|s| s.success()));
-    let closed = server.wait_log(&["ssh channel closed", "sleep 60"]);
+    let closed = f.server.wait_log(&["ssh channel closed", "sleep 60"]);
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
-    let status = wait_exit(&mut frozen, Duration::from_secs(20));
-    let _ = frozen.kill();
+    let status = frozen.wait_exit(Duration::from_secs(20));
+    drop(frozen);
     assert!(closed.is_some(), "the server kept the frozen client");
     assert_eq!(status.and_then(|s| s.code()), Some(255));
 }
 
 #[test]
 fn stopped_sessions_start_on_connect_and_live_channels_hold_them() {
-    if !local_runtime_available() {
+    let Some(f) = SshFixture::with(|s| s.args(&["--session-idle-timeout", "1"])) else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &["--session-idle-timeout", "1"]);
+    };
     // /tmp is a tmpfs of the running sandbox: a marker there disappears
     // when the session stops.
-    let exec = |command: &str| {
-        let mut cmd = client.ssh(&server, "id", "s1");
-        cmd.arg(command);
-        let out = run(cmd, b"");
-        assert_eq!(out.status.code(), Some(0), "{:?}", texts(&out));
-        texts(&out).0
-    };
     let check = "cat /tmp/marker 2>/dev/null || echo gone";
-    exec("echo one > /tmp/marker");
+    f.sh("echo one > /tmp/marker");
     // Nothing runs: the session stops, and the next connection starts it.
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(exec(check), "gone\n");
+    assert_eq!(f.sh(check), "gone\n");
 
     // An open sftp channel, idle, holds the session running.
     let mut sftp = Command::new("sftp");
-    sftp.args(client.common_opts("id"))
+    sftp.args(f.client.common_opts("id"))
         .arg("-P")
-        .arg(server.port.to_string())
+        .arg(f.server.ssh_port.to_string())
         .arg("s1@127.0.0.1");
-    let mut sftp = sftp
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sftp");
-    let mut stdin = sftp.stdin.take().expect("stdin");
-    stdin.write_all(b"pwd\n").expect("write");
-    let mut reader = std::io::BufReader::new(sftp.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    while !line.contains("Remote working directory") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
-        assert!(n > 0, "sftp ended");
-    }
-    exec("echo two > /tmp/marker");
+    let mut sftp = Running::spawn(&mut sftp);
+    sftp.send(b"pwd\n");
+    assert!(
+        sftp.wait_stdout("Remote working directory"),
+        "sftp ended: {}",
+        sftp.stdout()
+    );
+    f.sh("echo two > /tmp/marker");
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(exec(check), "two\n");
-    drop(stdin);
-    let _ = sftp.wait();
+    assert_eq!(f.sh(check), "two\n");
+    drop(sftp.take_stdin());
+    let _ = sftp.wait_exit(Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(exec(check), "gone\n");
+    assert_eq!(f.sh(check), "gone\n");
 }
 
 #[test]
 fn one_structured_log_line_per_connection_and_channel() {
-    if !local_runtime_available() {
+    let Some(f) = SshFixture::with(|s| s.log_filter("info")) else {
         return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server_logging(&blink, &[], "info");
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.args(["-o", "SetEnv=LANG=secret-env-value", "cat; exit 3"]);
-    let out = run(cmd, b"hello");
+    };
+    let out = f.ssh(
+        &["-o", "SetEnv=LANG=secret-env-value", "cat; exit 3"],
+        b"hello",
+    );
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(out.stdout, b"hello");
-    let fingerprint = client_fingerprint(&client);
+    let fingerprint = client_fingerprint(&f.client);
 
-    let channel = server
+    let channel = f
+        .server
         .wait_log(&["blink::ssh::channel", "ssh channel closed", "exit_status=3"])
         .expect("channel line");
     for field in [
@@ -331,7 +229,8 @@ fn one_structured_log_line_per_connection_and_channel() {
     ] {
         assert!(channel.contains(field), "{field} not in {channel}");
     }
-    let connection = server
+    let connection = f
+        .server
         .wait_log(&[
             "blink::ssh::connection",
             "ssh connection closed",
@@ -349,7 +248,7 @@ fn one_structured_log_line_per_connection_and_channel() {
     ] {
         assert!(connection.contains(field), "{field} not in {connection}");
     }
-    let log = server.log();
+    let log = f.server.log();
     assert_eq!(log.matches("ssh channel closed").count(), 1, "{log}");
     assert_eq!(log.matches("ssh connection closed").count(), 1, "{log}");
     assert!(!log.contains("secret-env-value"), "{log}");
@@ -419,20 +318,18 @@ impl Drop for Tmux {
 
 #[test]
 fn pty_shell_ctrl_c_ctrl_d_and_exit_status() {
-    if !local_runtime_available() {
-        return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &[]);
+    let Some(f) = SshFixture::new() else { return };
     let tmux = Tmux {
-        socket: client.path("tmux"),
+        socket: f.client.path("tmux"),
     };
-    let status_file = client.path("status");
+    let status_file = f.client.path("status");
     let mut ssh = vec!["ssh".to_string(), "-t".into()];
-    ssh.extend(client.common_opts("id"));
-    ssh.extend(["-p".into(), server.port.to_string(), "s1@127.0.0.1".into()]);
+    ssh.extend(f.client.common_opts("id"));
+    ssh.extend([
+        "-p".into(),
+        f.server.ssh_port.to_string(),
+        "s1@127.0.0.1".into(),
+    ]);
     let line = format!(
         "TERM=screen-256color {}; echo $? > {}",
         ssh.join(" "),
@@ -497,18 +394,12 @@ fn pty_shell_ctrl_c_ctrl_d_and_exit_status() {
 
 #[test]
 fn unknown_session_and_wrong_key_take_the_same_time() {
-    if !local_runtime_available() {
-        return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &[]);
+    let Some(f) = SshFixture::new() else { return };
     let timed = |key: &str, login: &str| {
-        let mut cmd = client.ssh(&server, key, login);
+        let mut cmd = f.client.ssh(&f.server, key, login);
         cmd.arg("true");
         let start = std::time::Instant::now();
-        let out = run(cmd, b"");
+        let out = run(&mut cmd, b"");
         assert_eq!(out.status.code(), Some(255));
         start.elapsed()
     };
@@ -532,19 +423,14 @@ fn unknown_session_and_wrong_key_take_the_same_time() {
 
 #[test]
 fn unread_stdin_holds_the_client_back_and_never_kills_the_program() {
-    if !local_runtime_available() {
-        return;
-    }
-    let blink = Blink::new();
-    let client = Client::new();
-    setup(&blink, &client);
-    let server = start_server(&blink, &[]);
+    let Some(f) = SshFixture::new() else { return };
     // 24 MiB into a program that never reads: the client is held at the
     // channel's window (renewed only as the program consumes) until the
     // program ends on its own, with its own status.
-    let mut cmd = client.ssh(&server, "id", "s1");
-    cmd.arg("echo started; sleep 2; echo done; exit 7");
-    let out = run(cmd, &vec![b'x'; 24 << 20]);
+    let out = f.ssh(
+        &["echo started; sleep 2; echo done; exit 7"],
+        &vec![b'x'; 24 << 20],
+    );
     let (stdout, stderr) = texts(&out);
     assert_eq!(stdout, "started\ndone\n", "{stderr}");
     assert_eq!(out.status.code(), Some(7), "{stderr}");
@@ -552,5 +438,5 @@ fn unread_stdin_holds_the_client_back_and_never_kills_the_program() {
         !stderr.contains("stopped") && !stderr.contains("killed"),
         "{stderr}"
     );
-    assert!(!server.log().contains("past its channel window"));
+    assert!(!f.server.log().contains("past its channel window"));
 }

@@ -1,0 +1,232 @@
+//! One way to start `blink-server` for every test, SSH and REST alike:
+//! [`ServerBuilder`] sets what a test needs, [`ServerBuilder::start`] runs
+//! it on free loopback ports and reads the addresses it bound from its
+//! stdout (nothing is guessed, nor waited for by the clock).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::{Blink, bin};
+
+/// What a `blink-server` is started with; see [`Blink::server`].
+///
+/// Always: the Blink's data dir, `--ssh-listen` and `--http-listen` on
+/// 127.0.0.1 port 0, `--script-dir` the Blink's scripts dir (where
+/// [`Blink::script`] writes), and none of the `BLINK_*` variables of the
+/// test's own environment.
+pub struct ServerBuilder {
+    data_dir: PathBuf,
+    scripts_dir: PathBuf,
+    config: Option<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    token: Option<String>,
+    log_filter: String,
+}
+
+impl ServerBuilder {
+    pub fn new(blink: &Blink) -> Self {
+        Self {
+            data_dir: blink.data_dir.path().to_owned(),
+            scripts_dir: blink.scripts_dir(),
+            config: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            token: None,
+            log_filter: "warn".into(),
+        }
+    }
+
+    /// A config file with this TOML, written into the data dir and passed
+    /// as `--config`.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_owned());
+        self
+    }
+
+    /// One more command-line argument.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// More command-line arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// A variable in the server's environment.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// `BLINK_API_TOKEN`; [`Server`]'s HTTP calls then send it.
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// `RUST_LOG` of the server (default `warn`); see [`Server::log`].
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log_filter = filter.to_owned();
+        self
+    }
+
+    /// Start the server; returns once it listens on both ports.
+    pub fn start(self) -> Server {
+        std::fs::create_dir_all(&self.scripts_dir).expect("mkdir host-scripts");
+        let mut cmd = Command::new(bin("blink-server"));
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--ssh-listen", "127.0.0.1:0"])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .arg("--script-dir")
+            .arg(&self.scripts_dir);
+        if let Some(toml) = &self.config {
+            let path = self.data_dir.join("blink.toml");
+            std::fs::write(&path, toml).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(&self.args)
+            .env_remove("BLINK_DATA_DIR")
+            .env_remove("BLINK_CONFIG")
+            .env_remove("BLINK_BIND")
+            .env_remove("BLINK_API_TOKEN")
+            .env("RUST_LOG", &self.log_filter)
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(token) = &self.token {
+            cmd.env("BLINK_API_TOKEN", token);
+        }
+        let mut child = cmd.spawn().expect("spawn blink-server");
+
+        // The log is kept (see `Server::log`) and echoed to the test's
+        // stderr.
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut fingerprint, mut http_port, mut ssh_port) = (String::new(), 0, 0);
+        let port = |addr: &str| -> u16 {
+            addr.rsplit(':')
+                .next()
+                .and_then(|p| p.trim().parse().ok())
+                .expect("port")
+        };
+        for line in lines.by_ref() {
+            let line = line.expect("server stdout");
+            if let Some(rest) = line.strip_prefix("ssh host key ") {
+                fingerprint = rest.split_whitespace().next().unwrap_or("").to_string();
+            }
+            if let Some(addr) = line.strip_prefix("http listening on ") {
+                http_port = port(addr);
+            }
+            if let Some(addr) = line.strip_prefix("ssh listening on ") {
+                ssh_port = port(addr);
+            }
+            if http_port != 0 && ssh_port != 0 {
+                break;
+            }
+        }
+        assert!(
+            http_port != 0 && ssh_port != 0,
+            "blink-server did not start:\n{}",
+            log.lock().map(|l| l.clone()).unwrap_or_default()
+        );
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            ssh_port,
+            http_port,
+            fingerprint,
+            token: self.token,
+            log,
+        }
+    }
+}
+
+/// A running `blink-server`, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub ssh_port: u16,
+    pub http_port: u16,
+    /// The host key's `SHA256:` fingerprint.
+    pub fingerprint: String,
+    /// The API token it was started with, sent by the HTTP calls.
+    pub token: Option<String>,
+    /// Everything the server wrote to stderr so far (its log).
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Wait up to 20 s for a log line containing all of `needles`;
+    /// returns that line.
+    pub fn wait_log(&self, needles: &[&str]) -> Option<String> {
+        for _ in 0..800 {
+            let found = self
+                .log()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_string);
+            if found.is_some() {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+
+    /// Send the server a signal by name (`TERM`, `INT`, `KILL`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Wait up to `limit` for the server to exit; its status, or None
+    /// if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        crate::wait_exit(&mut self.child, limit)
+    }
+
+    /// Send a signal and wait, however long it takes, for the exit.
+    pub fn signal_and_wait(&mut self, name: &str) -> ExitStatus {
+        self.signal(name);
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
