@@ -1,10 +1,11 @@
 //! `blink-cli gateway fingerprint`: the SSH host key fingerprint of the
-//! `blink-server` on this data dir, to compare with what `ssh` shows.
+//! `blink-server` on this data dir, to compare with what `ssh` shows. It
+//! reads the public half the server writes beside its key (`<key>.pub`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use blink_sdk::manager::keys;
+use blink_sdk::manager::{gateway_dir, keys::AuthorizedKey};
 use clap::Subcommand;
 
 use crate::output::{self, Context};
@@ -23,14 +24,20 @@ pub enum GatewayCommand {
 pub fn dispatch(ctx: &Context, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GatewayCommand::Fingerprint { host_key } => {
-            let path = host_key.unwrap_or_else(|| keys::default_host_key_path(&ctx.data_dir));
-            if !path.exists() {
-                anyhow::bail!(
-                    "no host key at {}: start blink-server once to generate it",
-                    path.display()
-                );
-            }
-            let fingerprint = keys::private_key_file_fingerprint(&path)?;
+            let path =
+                host_key.unwrap_or_else(|| gateway_dir(&ctx.data_dir).join("ssh_host_ed25519_key"));
+            let mut public = path.clone().into_os_string();
+            public.push(".pub");
+            let public = PathBuf::from(public);
+            let line = std::fs::read_to_string(&public).map_err(|e| {
+                anyhow::anyhow!(
+                    "no host key at {}: start blink-server once to write it ({e})",
+                    public.display()
+                )
+            })?;
+            let fingerprint = AuthorizedKey::parse(&line)?
+                .ok_or_else(|| anyhow::anyhow!("{} holds no public key", public.display()))?
+                .fingerprint;
             if ctx.json {
                 output::print_json(&serde_json::json!({
                     "fingerprint": fingerprint,

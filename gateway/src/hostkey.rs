@@ -1,5 +1,7 @@
 //! The gateway's ed25519 host key: generated on first start, stored 0600,
-//! the same on every later start.
+//! the same on every later start, with its public half beside it
+//! (`<key>.pub`, as ssh-keygen writes it) for `blink-cli gateway
+//! fingerprint` and for operators. All host-key code lives here.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -22,7 +24,46 @@ pub enum HostKeyError {
 
 /// Where the host key lives when the config does not say.
 pub fn default_path(data_dir: &Path) -> PathBuf {
-    blink_sdk::manager::keys::default_host_key_path(data_dir)
+    blink_sdk::manager::gateway_dir(data_dir).join("ssh_host_ed25519_key")
+}
+
+/// The public half's file: `<key>.pub`.
+pub fn public_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// Write `<key>.pub` unless it already holds this key.
+fn write_public(path: &Path, key: &PrivateKey) -> Result<(), HostKeyError> {
+    let public = public_path(path);
+    let io = |source| HostKeyError::Io {
+        path: public.clone(),
+        source,
+    };
+    let line = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| HostKeyError::Key {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+    let line = format!("{line} blink-server host key\n");
+    if std::fs::read_to_string(&public).is_ok_and(|old| old == line) {
+        return Ok(());
+    }
+    let tmp = public.with_extension(format!("pub.tmp{}", std::process::id()));
+    std::fs::write(&tmp, &line).map_err(io)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+    std::fs::rename(&tmp, &public).map_err(io)
+}
+
+/// Load the host key (generating it if missing) and make sure its public
+/// half is written beside it.
+pub fn load(path: &Path) -> Result<PrivateKey, HostKeyError> {
+    let key = load_or_generate(path)?;
+    write_public(path, &key)?;
+    Ok(key)
 }
 
 /// Load the host key, generating it if the file does not exist.
@@ -90,9 +131,9 @@ pub fn load_or_generate(path: &Path) -> Result<PrivateKey, HostKeyError> {
 
 /// `SHA256:...` as `ssh-keygen -l` prints it: the gateway's one host key
 /// fingerprint (startup line, `--fingerprint`). `blink-cli gateway
-/// fingerprint` cannot call it without linking the gateway and russh; it
-/// reads the same file through the SDK's `private_key_file_fingerprint`,
-/// and the test below keeps the two equal.
+/// fingerprint` reads the `.pub` file written beside the key; the SDK's
+/// generic public-key fingerprint of that line is the same value (the
+/// test below checks it).
 pub fn fingerprint(key: &PrivateKey) -> String {
     key.public_key().fingerprint(HashAlg::Sha256).to_string()
 }
@@ -111,10 +152,12 @@ mod tests {
         let b = load_or_generate(&path).unwrap();
         assert_eq!(fingerprint(&a), fingerprint(&b));
         assert!(fingerprint(&a).starts_with("SHA256:"));
-        assert_eq!(
-            blink_sdk::manager::keys::private_key_file_fingerprint(&path).unwrap(),
-            fingerprint(&a)
-        );
+        load(&path).unwrap();
+        let public = std::fs::read_to_string(public_path(&path)).unwrap();
+        let parsed = blink_sdk::manager::keys::AuthorizedKey::parse(&public)
+            .unwrap()
+            .unwrap();
+        assert_eq!(parsed.fingerprint, fingerprint(&a));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(load_or_generate(&path).is_err());
     }

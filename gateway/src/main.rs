@@ -118,7 +118,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .host_key
         .clone()
         .unwrap_or_else(|| hostkey::default_path(&data_dir));
-    let host_key = hostkey::load_or_generate(&key_path)?;
+    let host_key = hostkey::load(&key_path)?;
     let fingerprint = hostkey::fingerprint(&host_key);
     if args.fingerprint {
         println!("{fingerprint}");

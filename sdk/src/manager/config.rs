@@ -83,3 +83,9 @@ pub fn default_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     base.join("blink")
 }
+
+/// Where `blink-server` keeps its own files in a data dir (its SSH host key,
+/// `ssh_host_ed25519_key` and `.pub`): the gateway and the CLI agree on it.
+pub fn gateway_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("gateway")
+}

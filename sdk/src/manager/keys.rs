@@ -259,51 +259,6 @@ fn remove(store: &Store, name: &str, fingerprint: &str) -> Result<Option<Authori
     Ok(Some(removed))
 }
 
-/// Where `blink-server` keeps its SSH host key unless configured otherwise.
-pub fn default_host_key_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("gateway").join("ssh_host_ed25519_key")
-}
-
-/// The SHA-256 fingerprint of the public key stored in an unencrypted or
-/// encrypted OpenSSH private key file (the public part is never encrypted).
-pub fn private_key_file_fingerprint(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    let bad =
-        || Error::InvalidArgument(format!("{} is not an OpenSSH private key", path.display()));
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(body.trim())
-        .map_err(|_| bad())?;
-    let rest = bytes.strip_prefix(b"openssh-key-v1\0").ok_or_else(bad)?;
-    // cipher, kdf, kdf options, then the number of keys and the first key.
-    let mut rest = rest;
-    for _ in 0..3 {
-        rest = skip_string(rest).ok_or_else(bad)?;
-    }
-    let rest = rest.get(4..).ok_or_else(bad)?;
-    let blob = wire_type(rest)
-        .map(|_| ())
-        .and_then(|()| read_string(rest))
-        .ok_or_else(bad)?;
-    Ok(fingerprint(blob))
-}
-
-fn read_string(buf: &[u8]) -> Option<&[u8]> {
-    let len = u32::from_be_bytes(buf.get(..4)?.try_into().ok()?) as usize;
-    buf.get(4..4usize.checked_add(len)?)
-}
-
-fn skip_string(buf: &[u8]) -> Option<&[u8]> {
-    let len = read_string(buf)?.len();
-    buf.get(4 + len..)
-}
-
 fn write_keys(path: &Path, keys: &[AuthorizedKey]) -> Result<()> {
     let mut text = String::new();
     for k in keys {
@@ -379,24 +334,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not an OpenSSH public key"), "{e}");
-    }
-
-    #[test]
-    fn private_key_fingerprint() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k");
-        let ok = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !crate::testing::require(ok, "ssh-keygen is not installed") {
-            return;
-        }
-        let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-        let expected = AuthorizedKey::parse(&public).unwrap().unwrap().fingerprint;
-        assert_eq!(private_key_file_fingerprint(&path).unwrap(), expected);
-        assert!(private_key_file_fingerprint(&path.with_extension("pub")).is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use self::collect::Collected;
-pub use self::config::{MEMORY_DIR, ManagerConfig, default_data_dir};
+pub use self::config::{MEMORY_DIR, ManagerConfig, default_data_dir, gateway_dir};
 pub use self::executions::{EphemeralBox, Lease, Sandbox, Started, Target};
 pub use self::keys::KeyStore;
 pub use self::program::{Program, RunOptions};

@@ -157,28 +157,6 @@ proptest! {
         let keys = keys::read_file(&path).unwrap();
         prop_assert!(keys.len() <= lines.len());
     }
-
-    /// The public half of an OpenSSH private key file, from hostile bytes.
-    #[test]
-    fn private_key_files(body in prop::collection::vec(any::<u8>(), 0..300),
-                         prefix in any::<bool>()) {
-        let mut data = Vec::new();
-        if prefix {
-            data.extend_from_slice(b"openssh-key-v1\0");
-        }
-        data.extend_from_slice(&body);
-        let text = format!(
-            "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n",
-            B64.encode(&data)
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key");
-        std::fs::write(&path, text).unwrap();
-        match keys::private_key_file_fingerprint(&path) {
-            Ok(fp) => prop_assert!(fp.starts_with("SHA256:")),
-            Err(e) => check_error(&e)?,
-        }
-    }
 }
 
 #[test]
