@@ -622,6 +622,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sftp_runs_with_the_clients_symlink_order() {
+        for (order, flag) in [
+            (SymlinkOrder::OpenSsh, "openssh"),
+            (SymlinkOrder::Draft, "draft"),
+        ] {
+            let (argv, kind) = What::Sftp(order).argv();
+            assert_eq!(kind, "sftp");
+            assert_eq!(argv[1..], ["sftp-server", "--symlink-order", flag]);
+        }
+    }
+
+    #[test]
     fn signals_round_trip() {
         for n in 1..=31 {
             assert_eq!(signal_number(&signal_of(n)), Some(n), "{n}");
