@@ -8,11 +8,13 @@
 #   libseccomp-dev  building the sandboxes' seccomp filter (libseccomp)
 #   pkg-config      finding libseccomp when building
 #   gcc libc6-dev   the abuse tests compile their attacker programs (static)
+#   rsync           rsync over ssh in the client tests (tests/tests/ssh_clients.rs)
+# and, with pip, paramiko and asyncssh for the same tests (tests/clients/).
 set -euo pipefail
 
 need=()
 for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
-  libseccomp-dev pkg-config gcc libc6-dev; do
+  libseccomp-dev pkg-config gcc libc6-dev rsync; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -21,4 +23,10 @@ if ((${#need[@]})); then
   [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+if command -v python3 >/dev/null && ! python3 -c 'import paramiko, asyncssh' 2>/dev/null; then
+  echo "installing: paramiko asyncssh (pip)"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    'paramiko>=3.4' 'asyncssh>=2.14'
 fi

@@ -736,3 +736,46 @@ fn key_options_over_rest_are_enforced_or_refused() {
     let a = server.get("/api/sessions/s1/keys");
     assert_eq!(a.body["keys"][0]["options"], "restrict");
 }
+
+#[test]
+fn one_sessions_burst_of_runs_does_not_starve_another() {
+    let Some(blink) = Blink::with_runtime() else {
+        return;
+    };
+    let server = blink
+        .server()
+        .config("[rest]\nmax_concurrent_runs = 1\n")
+        .start();
+    server.open_session("a");
+    server.open_session("b");
+    let submit = |session: &str, command: &[&str]| {
+        let a = server.post(
+            &format!("/api/sessions/{session}/runs"),
+            json!({ "command": command }),
+        );
+        assert_eq!(a.status, 202, "{:?}", a.body);
+        a.body["id"].as_str().expect("id").to_string()
+    };
+    // A's first run holds the one slot while ten more of A's and then one
+    // of B's queue.
+    let mut a_runs = vec![submit("a", &["sleep", "1"])];
+    for _ in 0..10 {
+        a_runs.push(submit("a", &["true"]));
+    }
+    let b_run = submit("b", &["true"]);
+    let started = |id: &str| {
+        let run = server.wait_run(id);
+        assert_eq!(run["state"], "succeeded", "{run}");
+        run["started_at_ms"].as_u64().expect("started")
+    };
+    let b_started = started(&b_run);
+    let a_started: Vec<u64> = a_runs.iter().map(|id| started(id)).collect();
+    // B's run started second: after A's first, before all of A's others.
+    assert!(a_started[0] <= b_started, "{a_started:?} {b_started}");
+    for (i, t) in a_started.iter().enumerate().skip(1) {
+        assert!(
+            b_started <= *t,
+            "A's run {i} started before B's: {a_started:?} {b_started}"
+        );
+    }
+}

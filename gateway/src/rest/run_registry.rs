@@ -4,6 +4,12 @@
 //! stops taking runs and lets running ones finish within a grace period.
 //! The HTTP handlers (runs.rs) only parse requests into runs and present
 //! what the registry holds.
+//!
+//! Waiting runs are queued per session (ephemeral runs share one queue of
+//! their own), and a free slot goes to the queue with the fewest runs
+//! running, then to the one served least recently ([`FairSlots`]): one
+//! session's burst of runs delays another session's run by at most the
+//! runs already running, never by the burst.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,7 +20,7 @@ use blink_sdk::escape::Escaped;
 use blink_sdk::manager::{Manager, Program, RunOptions, Target};
 use blink_sdk::types::{CapturedOutput, RunResult};
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use utoipa::ToSchema;
 
 use axum::http::StatusCode;
@@ -85,7 +91,7 @@ struct Inner {
 /// The registry of runs.
 pub struct RunRegistry {
     inner: Mutex<Inner>,
-    slots: Arc<Semaphore>,
+    slots: Arc<FairSlots>,
     max_queued: usize,
     max_kept: usize,
     accepting: AtomicBool,
@@ -98,7 +104,7 @@ impl RunRegistry {
     pub fn new(max_concurrent: usize, max_queued: usize, max_kept: usize) -> Self {
         Self {
             inner: Mutex::default(),
-            slots: Arc::new(Semaphore::new(max_concurrent)),
+            slots: FairSlots::new(max_concurrent),
             max_queued,
             max_kept,
             accepting: AtomicBool::new(true),
@@ -184,9 +190,18 @@ impl RunRegistry {
             inner.order.push_back(id.clone());
             self.prune(&mut inner);
         }
+        // Queued here, in submission order, not when the task first runs.
+        let class = match &session {
+            Some(name) => Class::Session(name.clone()),
+            None => Class::Ephemeral,
+        };
+        let ticket = self.slots.enqueue(class);
         let me = self.clone();
         let run_id = id.clone();
-        tokio::spawn(async move { me.execute(manager, run_id, session, program, options).await });
+        tokio::spawn(async move {
+            me.execute(manager, run_id, session, program, options, ticket)
+                .await
+        });
         Ok(id)
     }
 
@@ -216,11 +231,14 @@ impl RunRegistry {
         session: Option<String>,
         program: Program,
         options: RunOptions,
+        ticket: Ticket,
     ) {
         let queued_at = Instant::now();
         let mut closing = self.closing.subscribe();
+        // A slot handed over while the shutdown wins this race is given
+        // back when the ticket is dropped.
         let permit = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p.ok(),
+            slot = ticket.ready() => slot,
             _ = closing.wait_for(|c| *c) => None,
         };
         let Some(permit) = permit.filter(|_| !*self.closing.borrow()) else {
@@ -331,6 +349,174 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Which queue a run waits in: its session's, or the one all ephemeral
+/// runs share.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Class {
+    Session(String),
+    Ephemeral,
+}
+
+/// One class's runs: those waiting (each with its arrival number), how
+/// many run, and when it was last given a slot.
+#[derive(Default)]
+struct ClassState {
+    waiting: VecDeque<(u64, oneshot::Sender<Slot>)>,
+    running: usize,
+    served: u64,
+}
+
+#[derive(Default)]
+struct SlotsState {
+    free: usize,
+    /// Counts arrivals and grants: orders waiters and `served`.
+    tick: u64,
+    /// Classes with runs waiting or running; others are forgotten.
+    classes: HashMap<Class, ClassState>,
+}
+
+/// A fixed number of run slots shared fairly between classes. A run gets
+/// a slot at once if one is free (then no run is waiting); else it waits
+/// in its class's queue, first in first out. A slot given back goes to the
+/// class with the fewest runs running, then the one served least recently,
+/// then the one whose next run came first: round-robin between sessions
+/// when slots are scarce, each session's runs in their own order. Every
+/// step costs at most one pass over the classes, which are bounded by the
+/// queue's bound.
+struct FairSlots {
+    state: Mutex<SlotsState>,
+}
+
+/// A slot held by a running run, given back when dropped.
+struct Slot {
+    slots: Arc<FairSlots>,
+    /// `None` once disarmed (a slot that never reached its run).
+    class: Option<Class>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(class) = self.class.take() {
+            self.slots.release(&class);
+        }
+    }
+}
+
+/// A run's place: a slot now, or its turn in its queue.
+enum Ticket {
+    Ready(Slot),
+    Waiting(oneshot::Receiver<Slot>),
+}
+
+impl Ticket {
+    /// Wait for the slot. Dropping a ticket gives up its place, or the
+    /// slot already handed to it.
+    async fn ready(self) -> Option<Slot> {
+        match self {
+            Ticket::Ready(slot) => Some(slot),
+            Ticket::Waiting(rx) => rx.await.ok(),
+        }
+    }
+}
+
+impl FairSlots {
+    fn new(slots: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(SlotsState {
+                free: slots,
+                ..SlotsState::default()
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotsState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Take a slot for a run of `class`, or a place in its queue.
+    fn enqueue(self: &Arc<Self>, class: Class) -> Ticket {
+        let mut state = self.lock();
+        state.tick += 1;
+        let tick = state.tick;
+        if state.free > 0 {
+            state.free -= 1;
+            let class_state = state.classes.entry(class.clone()).or_default();
+            class_state.running += 1;
+            class_state.served = tick;
+            return Ticket::Ready(Slot {
+                slots: self.clone(),
+                class: Some(class),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        state
+            .classes
+            .entry(class)
+            .or_default()
+            .waiting
+            .push_back((tick, tx));
+        Ticket::Waiting(rx)
+    }
+
+    /// A run of `class` gave its slot back: hand it on.
+    fn release(self: &Arc<Self>, class: &Class) {
+        let mut state = self.lock();
+        state.free += 1;
+        if let Some(c) = state.classes.get_mut(class) {
+            c.running = c.running.saturating_sub(1);
+        }
+        self.dispatch(&mut state);
+    }
+
+    /// Give free slots to waiting runs, fairest class first. Waiters that
+    /// gave up (their receiver is gone) are skipped.
+    fn dispatch(self: &Arc<Self>, state: &mut SlotsState) {
+        while state.free > 0 {
+            let mut next: Option<(&Class, (usize, u64, u64))> = None;
+            for (class, c) in state.classes.iter_mut() {
+                while c.waiting.front().is_some_and(|(_, tx)| tx.is_closed()) {
+                    c.waiting.pop_front();
+                }
+                let Some((arrived, _)) = c.waiting.front() else {
+                    continue;
+                };
+                let key = (c.running, c.served, *arrived);
+                if next.as_ref().is_none_or(|(_, best)| key < *best) {
+                    next = Some((class, key));
+                }
+            }
+            let Some(class) = next.map(|(class, _)| class.clone()) else {
+                break;
+            };
+            state.tick += 1;
+            let tick = state.tick;
+            let Some(c) = state.classes.get_mut(&class) else {
+                break;
+            };
+            let Some((_, tx)) = c.waiting.pop_front() else {
+                break;
+            };
+            let slot = Slot {
+                slots: self.clone(),
+                class: Some(class),
+            };
+            if let Err(mut slot) = tx.send(slot) {
+                // Gave up since the check above: the slot stays free.
+                slot.class = None;
+                continue;
+            }
+            c.running += 1;
+            c.served = tick;
+            state.free -= 1;
+        }
+        state
+            .classes
+            .retain(|_, c| c.running > 0 || !c.waiting.is_empty());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,5 +559,102 @@ mod tests {
         let mut left: Vec<_> = inner.runs.keys().cloned().collect();
         left.sort();
         assert_eq!(left, vec!["r0", "r2"]);
+    }
+
+    /// Start every ticket as a task that records its name once it holds a
+    /// slot and holds it until told to finish; returns the start order.
+    async fn start_order(tickets: Vec<(String, Ticket)>, hold: usize) -> Vec<String> {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let n = tickets.len();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for (name, ticket) in tickets {
+            let order = order.clone();
+            let done_tx = done_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let slot = ticket.ready().await.expect("a slot");
+                order.lock().unwrap().push(name);
+                // Hold the slot until the test lets it go.
+                let (tx, rx) = oneshot::channel::<()>();
+                let _ = done_tx.send(tx);
+                let _ = rx.await;
+                drop(slot);
+            }));
+        }
+        // Let `hold` runs hold their slots at once, then finish them one by
+        // one, oldest first.
+        let mut holding = VecDeque::new();
+        for _ in 0..n {
+            let tx = done_rx.recv().await.expect("a run started");
+            holding.push_back(tx);
+            if holding.len() >= hold {
+                let _ = holding.pop_front().expect("held").send(());
+            }
+        }
+        for tx in holding {
+            let _ = tx.send(());
+        }
+        for task in tasks {
+            task.await.expect("run task");
+        }
+        order.lock().unwrap().clone()
+    }
+
+    fn session(name: &str) -> Class {
+        Class::Session(name.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_one_session_does_not_starve_another() {
+        let slots = FairSlots::new(1);
+        let mut tickets = Vec::new();
+        for i in 0..50 {
+            tickets.push((format!("a{i}"), slots.enqueue(session("a"))));
+        }
+        tickets.push(("b0".to_string(), slots.enqueue(session("b"))));
+        let order = start_order(tickets, 1).await;
+        assert_eq!(order.len(), 51);
+        // B's run starts second, right after A's first; A's keep their order.
+        assert_eq!(&order[..3], ["a0", "b0", "a1"]);
+        let rest: Vec<String> = (1..50).map(|i| format!("a{i}")).collect();
+        assert_eq!(order[2..], rest[..]);
+        assert!(slots.lock().classes.is_empty());
+        assert_eq!(slots.lock().free, 1);
+    }
+
+    #[tokio::test]
+    async fn sessions_and_ephemeral_runs_take_turns() {
+        let slots = FairSlots::new(2);
+        let mut tickets = Vec::new();
+        for i in 0..4 {
+            tickets.push((format!("a{i}"), slots.enqueue(session("a"))));
+        }
+        for i in 0..2 {
+            tickets.push((format!("e{i}"), slots.enqueue(Class::Ephemeral)));
+        }
+        for i in 0..2 {
+            tickets.push((format!("b{i}"), slots.enqueue(session("b"))));
+        }
+        let order = start_order(tickets, 2).await;
+        // a0 and a1 take both slots; then the classes with nothing running
+        // go first (in arrival order), and turns alternate.
+        assert_eq!(order, ["a0", "a1", "e0", "b0", "a2", "e1", "b1", "a3"]);
+        assert_eq!(slots.lock().free, 2);
+    }
+
+    #[tokio::test]
+    async fn a_run_that_gives_up_its_place_loses_no_slot() {
+        let slots = FairSlots::new(1);
+        let first = slots.enqueue(session("a"));
+        let gone = slots.enqueue(session("b"));
+        let next = slots.enqueue(session("c"));
+        // b gives up while waiting: skipped.
+        drop(gone);
+        drop(first.ready().await.expect("slot"));
+        // c was handed the slot but gives up before taking it: given back.
+        drop(next);
+        assert_eq!(slots.lock().free, 1);
+        assert!(slots.lock().classes.is_empty());
+        assert!(matches!(slots.enqueue(session("d")), Ticket::Ready(_)));
     }
 }

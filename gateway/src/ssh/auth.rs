@@ -210,8 +210,8 @@ impl Conn {
         match options.forced_command() {
             None => Some((what, env)),
             // sftp runs under `internal-sftp`; nothing else does.
-            Some(INTERNAL_SFTP) => matches!(what, What::Sftp).then_some((what, env)),
-            Some(_) if matches!(what, What::Sftp) => None,
+            Some(INTERNAL_SFTP) => matches!(what, What::Sftp(_)).then_some((what, env)),
+            Some(_) if matches!(what, What::Sftp(_)) => None,
             Some(forced) => {
                 if let What::Exec(original) = what {
                     tracing::info!(peer = %self.peer, original = %Escaped::limit(&original, 256), "ssh forced command (key option) replaces the client's command");

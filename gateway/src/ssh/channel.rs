@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use super::compat::SymlinkOrder;
 use super::connection::ConnStats;
 
 /// What a pty-req asked for.
@@ -34,8 +35,9 @@ pub enum What {
     /// The `sftp` subsystem: an SFTP server inside the sandbox, run as one
     /// of its processes, speaking SFTP on the channel's data. It has the
     /// sandbox's privileges and nothing more (as OpenSSH runs sftp-server
-    /// as the logged-in user).
-    Sftp,
+    /// as the logged-in user). It reads SYMLINK's paths in the client's
+    /// order (`compat.rs`).
+    Sftp(SymlinkOrder),
 }
 
 impl What {
@@ -50,10 +52,12 @@ impl What {
         match self {
             What::Shell => (vec!["/bin/sh".into(), "-l".into()], "shell"),
             What::Exec(c) => (vec!["/bin/sh".into(), "-c".into(), c.clone()], "exec"),
-            What::Sftp => (
+            What::Sftp(order) => (
                 vec![
                     blink_sdk::runtime::local::GUEST_PATH.into(),
                     "sftp-server".into(),
+                    "--symlink-order".into(),
+                    order.flag().into(),
                 ],
                 "sftp",
             ),
@@ -266,7 +270,7 @@ impl Job {
         self.stats.bytes_out.fetch_add(bytes_out, Ordering::SeqCst);
         let command = match &self.what {
             What::Exec(c) => c.as_str(),
-            What::Shell | What::Sftp => "",
+            What::Shell | What::Sftp(_) => "",
         };
         tracing::info!(
             target: "blink::ssh::channel",
@@ -616,6 +620,18 @@ pub fn signal_number(sig: &Sig) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sftp_runs_with_the_clients_symlink_order() {
+        for (order, flag) in [
+            (SymlinkOrder::OpenSsh, "openssh"),
+            (SymlinkOrder::Draft, "draft"),
+        ] {
+            let (argv, kind) = What::Sftp(order).argv();
+            assert_eq!(kind, "sftp");
+            assert_eq!(argv[1..], ["sftp-server", "--symlink-order", flag]);
+        }
+    }
 
     #[test]
     fn signals_round_trip() {

@@ -138,7 +138,7 @@ impl russh::server::Handler for Conn {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let ok = match self.subsystem(name) {
+        let ok = match self.subsystem(name, session.remote_sshid()) {
             Some(what) => self.start(channel, what, session.handle()),
             None => false,
         };

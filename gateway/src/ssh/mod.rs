@@ -9,9 +9,11 @@
 //! - `handler.rs`: russh's callbacks, each turned into a call on `Conn`.
 //! - `requests.rs`: `Conn` and what channel requests do; `auth.rs`: keys.
 //! - `channel.rs`: one channel running a program.
+//! - `compat.rs`: what differs by client, keyed on its version string.
 
 mod auth;
 mod channel;
+mod compat;
 mod connection;
 mod handler;
 mod requests;

@@ -16,6 +16,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tokio_util::task::TaskTracker;
 
 use super::channel::{self, What};
+use super::compat;
 use super::connection::ConnStats;
 use super::server::Gateway;
 use super::shutdown::Shutdown;
@@ -148,13 +149,16 @@ impl Conn {
         }
     }
 
-    /// The program of a subsystem request: sftp only, if the key allows it.
-    pub(super) fn subsystem(&self, name: &str) -> Option<What> {
+    /// The program of a subsystem request: sftp only, if the key allows it,
+    /// fitted to the client (`client_id`, its identification string).
+    pub(super) fn subsystem(&self, name: &str, client_id: &[u8]) -> Option<What> {
         if name != "sftp" || !self.key_allows_subsystem(name) {
             tracing::info!(peer = %self.peer, subsystem = %Escaped::limit(name, 64), "ssh subsystem refused");
             return None;
         }
-        Some(What::Sftp)
+        let order = compat::symlink_order(client_id);
+        tracing::debug!(peer = %self.peer, client = %Escaped::limit(&String::from_utf8_lossy(client_id), 128), symlink_order = order.flag(), "ssh sftp compat");
+        Some(What::Sftp(order))
     }
 
     /// Start a program on a pending channel, in a task of its own. False
@@ -177,7 +181,7 @@ impl Conn {
             return false;
         };
         let pty = match what {
-            What::Sftp => None,
+            What::Sftp(_) => None,
             _ => pending.pty,
         };
         let mut env = pending.env;

@@ -105,6 +105,24 @@ impl Session {
                 }
                 Ok(())
             }
+            // Blink: a client may ask for ssh-userauth again before each
+            // attempt (paramiko does, for every key it tries). Accept it
+            // again, as OpenSSH's sshd does until a login succeeds; the
+            // attempt in progress and the counters are left as they are,
+            // so nothing about authentication changes. Upstream ignored
+            // it, and the client waited for an answer that never came.
+            (EncryptedState::WaitingAuthRequest(_), Some((&msg::SERVICE_REQUEST, mut r))) => {
+                let request = map_err!(String::decode(&mut r))?;
+                map_err!(ensure_end(&r))?;
+                debug!("repeated service request: {request:?}");
+                if request == "ssh-userauth" {
+                    push_packet!(enc.write, {
+                        enc.write.push(msg::SERVICE_ACCEPT);
+                        map_err!("ssh-userauth".encode(&mut enc.write))?;
+                    });
+                }
+                Ok(())
+            }
             (EncryptedState::WaitingAuthRequest(_), Some((&msg::USERAUTH_REQUEST, mut r))) => {
                 enc.server_read_auth_request(
                     rejection_wait_until,
