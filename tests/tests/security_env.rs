@@ -351,3 +351,27 @@ fn a_session_cannot_brick_its_disk_or_learn_host_paths() {
     assert_eq!(disks(), 0, "the disk is gone");
     assert_eq!(server.get("/api/health").status, 200);
 }
+
+/// The disk is seen through an overlay mounted with relative paths: what a
+/// session reads about its mounts (`/proc/*/mountinfo`, `/proc/mounts`)
+/// names no host path (a bind mount of the disk's directory would show its
+/// full path on the host's filesystem).
+#[test]
+fn mount_tables_inside_name_no_host_path() {
+    let Some((blink, server)) = server_fixture() else {
+        return;
+    };
+    if !blink_e2e::abuse::is_root() {
+        unavailable("the disk overlay is mounted only when blink runs as root");
+        return;
+    }
+    server.open_session("s1");
+    let r = server.run_wait(
+        "/api/sessions/s1/runs",
+        json!({"command": ["sh", "-c", "cat /proc/self/mountinfo /proc/1/mountinfo /proc/mounts"]}),
+    );
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let text = stdout(&r);
+    assert!(text.contains(" / "), "the root mount is listed: {text}");
+    assert_no_host_path(&blink, "the sandbox's mount table", &text);
+}

@@ -18,6 +18,7 @@
 //! - Limits go to cgroups where writable, rlimits otherwise (see limits.rs).
 
 mod bwrap;
+mod disk;
 mod exec;
 mod handover;
 mod ids;
@@ -317,12 +318,24 @@ impl Runtime for LocalRuntime {
             });
         }
         let range = self.id_range(&spec.id, &rootfs).await?;
-        let cgroup = SandboxCgroup::create(&self.backend, &spec.id, &spec.limits)
-            .map_err(|e| Error::io(format!("creating cgroup for {}", spec.id), e))?
-            .map(Arc::new);
+        let dir = self.dir(&spec.id);
+        // As root, the disk is seen through an overlay that names no host
+        // path inside (disk.rs); without root it is bound as it is.
+        let root = match range {
+            Some(_) => disk::mount(&dir)
+                .map_err(|e| Error::io(format!("mounting the disk of {}", spec.id), e))?,
+            None => rootfs.clone(),
+        };
+        let cgroup = match SandboxCgroup::create(&self.backend, &spec.id, &spec.limits) {
+            Ok(c) => c.map(Arc::new),
+            Err(e) => {
+                disk::unmount(&dir);
+                return Err(Error::io(format!("creating cgroup for {}", spec.id), e));
+            }
+        };
         let launch = bwrap::Launch {
             bwrap: &self.bwrap,
-            rootfs: &rootfs,
+            rootfs: &root,
             guest: GUEST_BINARY,
             hostname: &spec.hostname,
             ids: range,
@@ -334,6 +347,7 @@ impl Runtime for LocalRuntime {
         let mut started = match started.await {
             Ok(x) => x,
             Err(e) => {
+                disk::unmount(&dir);
                 if let Some(c) = &cgroup {
                     c.remove();
                 }
@@ -364,6 +378,7 @@ impl Runtime for LocalRuntime {
                 if let Some(c) = &cgroup {
                     c.remove();
                 }
+                disk::unmount(&dir);
                 let why = match outcome {
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "timed out".into(),
@@ -392,17 +407,19 @@ impl Runtime for LocalRuntime {
         let mut child = started.child;
         let running = self.running.clone();
         let id = spec.id.clone();
+        let watched_dir = dir.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             let mut msg = String::new();
             if let Some(mut s) = stderr {
                 let _ = s.read_to_string(&mut msg).await;
             }
-            // The cgroup goes first: `stop` returns once the entry is gone,
-            // and by then nothing of the sandbox may be left.
+            // The cgroup and the overlay go first: `stop` returns once the
+            // entry is gone, and by then nothing of the sandbox may be left.
             if let Some(c) = cgroup {
                 c.remove();
             }
+            disk::unmount(&watched_dir);
             let mut map = lock(&running);
             if map.get(&id).is_some_and(|r| r.bwrap_pid == bwrap_pid) {
                 map.remove(&id);
@@ -445,6 +462,7 @@ impl Runtime for LocalRuntime {
         self.stop(id).await?;
         let dir = self.dir(id);
         if dir.exists() {
+            disk::unmount(&dir);
             let range = self.ids.as_ref().and_then(|ids| ids.recorded(&dir));
             // Rename first so a crash mid-delete never leaves a half disk
             // under the sandbox's name.
@@ -471,8 +489,13 @@ impl Runtime for LocalRuntime {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if !entry.path().is_dir() {
+                continue;
+            }
+            // Nothing runs yet: an overlay left by a crash goes.
+            disk::unmount(&entry.path());
             // Partial and half-removed disks start with a dot.
-            if keep.contains(&name) || !entry.path().is_dir() {
+            if keep.contains(&name) {
                 continue;
             }
             tracing::info!(sandbox = %name, "removing a sandbox left by an earlier process");
@@ -481,6 +504,7 @@ impl Runtime for LocalRuntime {
                 .as_ref()
                 .and_then(|ids| ids.recorded(&entry.path()));
             let path = entry.path();
+            disk::unmount(&path);
             tokio::task::spawn_blocking(move || crate::fs::remove_tree(&path))
                 .await
                 .map_err(|e| Error::Runtime(e.to_string()))?
