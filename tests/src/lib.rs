@@ -183,6 +183,8 @@ pub mod ssh {
         pub fingerprint: String,
         /// Everything the server wrote to stderr so far (its log).
         log: Arc<Mutex<String>>,
+        /// The config file the harness gave the server.
+        _config: tempfile::TempDir,
     }
 
     impl Server {
@@ -324,16 +326,77 @@ pub mod ssh {
         start_server_logging(blink, extra, "warn")
     }
 
+    /// Admission limits (`[ssh.limits]`) every test server gets unless its
+    /// config sets them: tests connect from 127.0.0.1 many times, at once
+    /// and with refused keys on purpose, which the defaults (10
+    /// unauthenticated connections per source, penalties) would refuse.
+    /// Tests of those limits set them, and connect from other loopback
+    /// addresses (127.0.0.2, ...) where a source must be limited.
+    pub const TEST_ADMISSION: &[(&str, &str)] = &[
+        ("penalty_exempt", r#"["127.0.0.1"]"#),
+        ("per_source_max_startups", "64"),
+        ("max_startups", r#""64:30:128""#),
+    ];
+
+    /// The server's arguments with the config (`--config FILE` in `extra`,
+    /// or none) completed with [`TEST_ADMISSION`] in a file of `dir`. A
+    /// config that is not valid TOML is passed as it is.
+    fn with_test_admission(extra: &[&str], dir: &Path) -> Vec<String> {
+        let at = extra.iter().position(|a| *a == "--config");
+        let text = match at.and_then(|i| extra.get(i + 1)) {
+            Some(path) => std::fs::read_to_string(path).expect("read the test's config"),
+            None => String::new(),
+        };
+        let Ok(mut doc) = text.parse::<toml::Table>() else {
+            return extra.iter().map(|a| a.to_string()).collect();
+        };
+        let ssh = doc
+            .entry("ssh")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(limits) = ssh.as_table_mut().map(|t| {
+            t.entry("limits")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        }) && let Some(limits) = limits.as_table_mut()
+        {
+            for (key, value) in TEST_ADMISSION {
+                if !limits.contains_key(*key) {
+                    let value: toml::Table = format!("v = {value}").parse().expect("harness TOML");
+                    limits.insert(key.to_string(), value["v"].clone());
+                }
+            }
+        }
+        let path = dir.join("blink.toml");
+        write_file(&path, &doc.to_string());
+        let mut args: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < extra.len() {
+            if Some(i) == at {
+                i += 2;
+                continue;
+            }
+            args.push(extra[i].to_string());
+            i += 1;
+        }
+        args.push("--config".into());
+        args.push(path.display().to_string());
+        args
+    }
+
     /// `start_server` with `RUST_LOG` set to `filter`; the log is kept
     /// (see `Server::log`) and echoed to the test's stderr.
     pub fn start_server_logging(blink: &Blink, extra: &[&str], filter: &str) -> Server {
+        let config = tempfile::Builder::new()
+            .prefix("blink-server-config-")
+            .tempdir()
+            .expect("tempdir");
+        let extra = with_test_admission(extra, config.path());
         let mut child = Command::new(bin("blink-server"))
             .arg("--data-dir")
             .arg(blink.data_dir.path())
             .args(["--ssh-listen", "127.0.0.1:0"])
             // The REST API of the same process must not collide either.
             .args(["--http-listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(&extra)
             .env_remove("BLINK_DATA_DIR")
             .env_remove("BLINK_CONFIG")
             .env("RUST_LOG", filter)
@@ -381,6 +444,7 @@ pub mod ssh {
             port,
             fingerprint,
             log,
+            _config: config,
         }
     }
 
