@@ -8,6 +8,7 @@
 #   libseccomp-dev  building the sandboxes' seccomp filter (libseccomp)
 #   pkg-config      finding libseccomp when building
 #   gcc libc6-dev   the abuse tests compile their attacker programs (static)
+#   ssh-audit       (PyPI) grades the SSH gateway's algorithms
 set -euo pipefail
 
 need=()
@@ -21,4 +22,14 @@ if ((${#need[@]})); then
   [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# ssh-audit (PyPI) grades the SSH gateway's algorithms
+# (tests/tests/ssh_algorithms.rs). Without it the test installs it in a venv
+# under target/ itself.
+if ! command -v ssh-audit >/dev/null 2>&1; then
+  echo "installing: ssh-audit (pip)"
+  python3 -m pip install --quiet ssh-audit ||
+    echo "install-deps: pip install ssh-audit failed; tests/tests/ssh_algorithms.rs will try a venv" >&2
+  hash -r
 fi

@@ -81,6 +81,9 @@ pub struct SshConfig {
     /// On SIGTERM, how long running channels may take to finish before
     /// their connections are closed.
     pub shutdown_grace_secs: u64,
+    /// Offer only post-quantum key exchange (mlkem768x25519-sha256):
+    /// clients older than OpenSSH 9.9 (Debian 12's 9.2) cannot connect.
+    pub post_quantum_only: bool,
     pub limits: Limits,
 }
 
@@ -93,6 +96,7 @@ impl Default for SshConfig {
             admin_create_sessions: false,
             env_allow: Vec::new(),
             shutdown_grace_secs: 10,
+            post_quantum_only: false,
             limits: Limits::default(),
         }
     }

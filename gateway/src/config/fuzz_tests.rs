@@ -28,6 +28,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "admin_authorized_keys",
             "admin_create_sessions",
             "env_allow",
+            "post_quantum_only",
         ],
     ),
     (

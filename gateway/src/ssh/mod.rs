@@ -5,6 +5,7 @@
 //!   stops accepting and waits for every connection.
 //! - `admission.rs`: who may connect before authenticating (MaxStartups,
 //!   per-source limits, penalties), asked by the accept loop.
+//! - `algorithms.rs`: the key exchanges, ciphers and MACs offered.
 //! - `shutdown.rs`: the shutdown signal every task holds.
 //! - `connection.rs`: one connection's life (login grace time, its
 //!   source's penalty, timeouts, its part of a shutdown, its log line).
@@ -13,6 +14,7 @@
 //! - `channel.rs`: one channel running a program.
 
 pub(crate) mod admission;
+mod algorithms;
 mod auth;
 mod channel;
 mod connection;

@@ -45,6 +45,7 @@ impl Gateway {
         methods.push(MethodKind::PublicKey);
         let russh = russh::server::Config {
             server_id: russh::SshId::Standard("SSH-2.0-blink".into()),
+            preferred: super::algorithms::preferred(config.post_quantum_only),
             methods,
             auth_rejection_time: Duration::from_millis(500),
             auth_rejection_time_initial: Some(Duration::ZERO),
