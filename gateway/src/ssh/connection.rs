@@ -88,10 +88,13 @@ pub(super) async fn serve(
                 return;
             }
             Err(_) => {
-                if version_deadline >= grace_deadline {
+                let error = if version_deadline >= grace_deadline {
                     stats.grace_exceeded.store(true, Ordering::SeqCst);
-                }
-                stats.log_closed(peer, started, Some("version exchange timed out".into()));
+                    format!("{GRACE_REASON} (in the version exchange)")
+                } else {
+                    "version exchange timed out".into()
+                };
+                stats.log_closed(peer, started, Some(error));
                 stats.ended_unauthenticated(peer);
                 return;
             }
