@@ -74,7 +74,7 @@ pub(super) async fn serve(
     let grace_deadline = now + grace;
     let version_deadline = now + limits.handshake_timeout().min(grace);
     let cut = CancellationToken::new();
-    let stream = Cuttable::new(socket, &cut);
+    let stream = Cuttable::new(socket, &cut, stats.clone());
     let handshake = tokio::time::timeout_at(
         version_deadline,
         russh::server::run_stream(gateway.russh.clone(), stream, handler),
@@ -357,20 +357,24 @@ impl ConnStats {
 /// The connection's socket, which the login grace time can cut. russh's
 /// session task owns the stream and, until the key exchange is done,
 /// handles none of the application's messages (a disconnect included): a
-/// cut makes its next read or write fail, and the session ends.
+/// cut makes its next read or write fail, and the session ends. Once the
+/// connection has authenticated no cut can come, and reads and writes go
+/// straight to the socket.
 struct Cuttable {
     socket: TcpStream,
     token: CancellationToken,
+    stats: Arc<ConnStats>,
     /// One wait per direction, so each registers its own waker.
     read_cut: Pin<Box<WaitForCancellationFutureOwned>>,
     write_cut: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Cuttable {
-    fn new(socket: TcpStream, token: &CancellationToken) -> Self {
+    fn new(socket: TcpStream, token: &CancellationToken, stats: Arc<ConnStats>) -> Self {
         Self {
             socket,
             token: token.clone(),
+            stats,
             read_cut: Box::pin(token.clone().cancelled_owned()),
             write_cut: Box::pin(token.clone().cancelled_owned()),
         }
@@ -381,12 +385,17 @@ fn cut_error() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, GRACE_REASON)
 }
 
-/// Whether the cut has come (registering `cx` to be woken when it does).
+/// Whether the cut has come (registering `cx` to be woken when it does),
+/// unless the connection has authenticated.
 fn is_cut(
+    stats: &ConnStats,
     token: &CancellationToken,
     wait: &mut Pin<Box<WaitForCancellationFutureOwned>>,
     cx: &mut Context<'_>,
 ) -> bool {
+    if stats.authenticated.load(Ordering::Relaxed) {
+        return false;
+    }
     token.is_cancelled() || wait.as_mut().poll(cx).is_ready()
 }
 
@@ -397,7 +406,7 @@ impl AsyncRead for Cuttable {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if is_cut(&this.token, &mut this.read_cut, cx) {
+        if is_cut(&this.stats, &this.token, &mut this.read_cut, cx) {
             return Poll::Ready(Err(cut_error()));
         }
         Pin::new(&mut this.socket).poll_read(cx, buf)
@@ -411,7 +420,7 @@ impl AsyncWrite for Cuttable {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if is_cut(&this.token, &mut this.write_cut, cx) {
+        if is_cut(&this.stats, &this.token, &mut this.write_cut, cx) {
             return Poll::Ready(Err(cut_error()));
         }
         Pin::new(&mut this.socket).poll_write(cx, buf)
@@ -419,7 +428,7 @@ impl AsyncWrite for Cuttable {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if is_cut(&this.token, &mut this.write_cut, cx) {
+        if is_cut(&this.stats, &this.token, &mut this.write_cut, cx) {
             return Poll::Ready(Err(cut_error()));
         }
         Pin::new(&mut this.socket).poll_flush(cx)
