@@ -9,7 +9,8 @@
 #   pkg-config      finding libseccomp when building
 #   gcc libc6-dev   the abuse tests compile their attacker programs (static)
 #   rsync           rsync over ssh in the client tests (tests/tests/ssh_clients.rs)
-# and, with pip, paramiko and asyncssh for the same tests (tests/clients/).
+# and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
+#   ssh-audit       (PyPI) grades the SSH gateway's algorithms
 set -euo pipefail
 
 need=()
@@ -29,4 +30,13 @@ if command -v python3 >/dev/null && ! python3 -c 'import paramiko, asyncssh' 2>/
   echo "installing: paramiko asyncssh (pip)"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
     'paramiko>=3.4' 'asyncssh>=2.14'
+fi
+# ssh-audit (PyPI) grades the SSH gateway's algorithms
+# (tests/tests/ssh_algorithms.rs). Without it the test installs it in a venv
+# under target/ itself.
+if ! command -v ssh-audit >/dev/null 2>&1; then
+  echo "installing: ssh-audit (pip)"
+  python3 -m pip install --quiet ssh-audit ||
+    echo "install-deps: pip install ssh-audit failed; tests/tests/ssh_algorithms.rs will try a venv" >&2
+  hash -r
 fi

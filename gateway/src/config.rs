@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::ssh::admission::{MaxStartups, NetBlockSize, Network};
+
+/// The longest time a setting may hold, in seconds.
+const MAX_SECS: u64 = 365 * 24 * 3600;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config {path}: {source}")]
@@ -76,6 +81,9 @@ pub struct SshConfig {
     /// On SIGTERM, how long running channels may take to finish before
     /// their connections are closed.
     pub shutdown_grace_secs: u64,
+    /// Offer only post-quantum key exchange (mlkem768x25519-sha256):
+    /// clients older than OpenSSH 9.9 (Debian 12's 9.2) cannot connect.
+    pub post_quantum_only: bool,
     pub limits: Limits,
 }
 
@@ -88,6 +96,7 @@ impl Default for SshConfig {
             admin_create_sessions: false,
             env_allow: Vec::new(),
             shutdown_grace_secs: 10,
+            post_quantum_only: false,
             limits: Limits::default(),
         }
     }
@@ -99,16 +108,43 @@ impl SshConfig {
     }
 }
 
-/// Connection limits. Times are in seconds.
+/// Connection limits. Times are in seconds. The admission limits before
+/// authentication follow OpenSSH 9.8's sshd (`ssh/admission.rs`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Public-key attempts per connection.
     pub max_auth_attempts: usize,
-    /// From TCP accept to the end of the version exchange.
+    /// From TCP accept to the end of the version exchange (at most the
+    /// login grace time).
     pub handshake_timeout_secs: u64,
-    /// From TCP accept to successful authentication.
-    pub auth_timeout_secs: u64,
+    /// From TCP accept to successful authentication (OpenSSH's
+    /// LoginGraceTime). `auth_timeout_secs` is its former name.
+    #[serde(alias = "auth_timeout_secs")]
+    pub login_grace_time_secs: u64,
+    /// Unauthenticated connections in total, `"start:rate:full"`: random
+    /// early drop from `start`, all dropped at `full` (MaxStartups).
+    pub max_startups: MaxStartups,
+    /// Unauthenticated connections per source block (0: no limit).
+    pub per_source_max_startups: usize,
+    /// Prefix lengths grouping sources into blocks, `"v4:v6"`.
+    pub per_source_net_block_size: NetBlockSize,
+    /// Penalize sources that fail or abandon logins (PerSourcePenalties).
+    pub per_source_penalties: bool,
+    /// Penalty for a connection whose keys were all refused.
+    pub penalty_authfail_secs: u64,
+    /// Penalty for a connection closed without trying to authenticate.
+    pub penalty_noauth_secs: u64,
+    /// Penalty for a connection still unauthenticated at the grace time.
+    pub penalty_grace_exceeded_secs: u64,
+    /// A source is refused once its penalty passes this...
+    pub penalty_min_secs: u64,
+    /// ...and accrues at most this much.
+    pub penalty_max_secs: u64,
+    /// Sources (blocks) tracked at most; the soonest to expire go first.
+    pub penalty_max_sources: usize,
+    /// Addresses and networks never penalized (default: none).
+    pub penalty_exempt: Vec<Network>,
     /// Open connections in total.
     pub max_connections: usize,
     /// Authenticated connections per session.
@@ -128,7 +164,22 @@ impl Default for Limits {
         Self {
             max_auth_attempts: 6,
             handshake_timeout_secs: 30,
-            auth_timeout_secs: 60,
+            login_grace_time_secs: 60,
+            max_startups: MaxStartups {
+                start: 10,
+                rate: 30,
+                full: 100,
+            },
+            per_source_max_startups: 10,
+            per_source_net_block_size: NetBlockSize { v4: 32, v6: 128 },
+            per_source_penalties: true,
+            penalty_authfail_secs: 5,
+            penalty_noauth_secs: 1,
+            penalty_grace_exceeded_secs: 10,
+            penalty_min_secs: 15,
+            penalty_max_secs: 600,
+            penalty_max_sources: 65536,
+            penalty_exempt: Vec::new(),
             max_connections: 256,
             max_connections_per_session: 32,
             max_channels_per_connection: 16,
@@ -143,8 +194,8 @@ impl Limits {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
     }
-    pub fn auth_timeout(&self) -> Duration {
-        Duration::from_secs(self.auth_timeout_secs)
+    pub fn login_grace_time(&self) -> Duration {
+        Duration::from_secs(self.login_grace_time_secs)
     }
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
@@ -174,7 +225,8 @@ impl FileConfig {
         let positive = [
             ("max_auth_attempts", l.max_auth_attempts as u64),
             ("handshake_timeout_secs", l.handshake_timeout_secs),
-            ("auth_timeout_secs", l.auth_timeout_secs),
+            ("login_grace_time_secs", l.login_grace_time_secs),
+            ("penalty_max_sources", l.penalty_max_sources as u64),
             ("max_connections", l.max_connections as u64),
             (
                 "max_connections_per_session",
@@ -191,6 +243,31 @@ impl FileConfig {
                     "ssh.limits.{name} must be at least 1"
                 )));
             }
+        }
+        // Times a deadline is computed from (an Instant cannot hold any
+        // number of seconds): at most a year.
+        let times = [
+            ("handshake_timeout_secs", l.handshake_timeout_secs),
+            ("login_grace_time_secs", l.login_grace_time_secs),
+            ("penalty_authfail_secs", l.penalty_authfail_secs),
+            ("penalty_noauth_secs", l.penalty_noauth_secs),
+            ("penalty_grace_exceeded_secs", l.penalty_grace_exceeded_secs),
+            ("penalty_min_secs", l.penalty_min_secs),
+            ("penalty_max_secs", l.penalty_max_secs),
+        ];
+        for (name, value) in times {
+            if value > MAX_SECS {
+                return Err(ConfigError::Invalid(format!(
+                    "ssh.limits.{name} must be at most {MAX_SECS} (a year)"
+                )));
+            }
+        }
+        if l.per_source_penalties && l.penalty_max_secs <= l.penalty_min_secs {
+            return Err(ConfigError::Invalid(
+                "ssh.limits.penalty_max_secs must be above penalty_min_secs, or no source \
+                 would ever be refused (set per_source_penalties = false to turn them off)"
+                    .into(),
+            ));
         }
         // One semaphore permit per connection.
         if l.max_connections > tokio::sync::Semaphore::MAX_PERMITS {

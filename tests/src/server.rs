@@ -27,6 +27,42 @@ pub struct ServerBuilder {
     log_filter: String,
 }
 
+/// Admission limits (`[ssh.limits]`) every test server gets unless its
+/// config sets them: tests connect from 127.0.0.1 many times, at once and
+/// with refused keys on purpose, which the defaults (10 unauthenticated
+/// connections per source, penalties) would refuse. Tests of those limits
+/// set them, and connect from other loopback addresses (127.0.0.2, ...)
+/// where a source must be limited.
+pub const TEST_ADMISSION: &[(&str, &str)] = &[
+    ("penalty_exempt", r#"["127.0.0.1"]"#),
+    ("per_source_max_startups", "64"),
+    ("max_startups", r#""64:30:128""#),
+];
+
+/// A test's config completed with [`TEST_ADMISSION`]; a config that is not
+/// valid TOML is passed as it is (tests of config errors).
+fn with_test_admission(text: &str) -> String {
+    let Ok(mut doc) = text.parse::<toml::Table>() else {
+        return text.to_owned();
+    };
+    let ssh = doc
+        .entry("ssh")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(limits) = ssh.as_table_mut().map(|t| {
+        t.entry("limits")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+    }) && let Some(limits) = limits.as_table_mut()
+    {
+        for (key, value) in TEST_ADMISSION {
+            if !limits.contains_key(*key) {
+                let value: toml::Table = format!("v = {value}").parse().expect("harness TOML");
+                limits.insert((*key).to_string(), value["v"].clone());
+            }
+        }
+    }
+    doc.to_string()
+}
+
 impl ServerBuilder {
     pub fn new(blink: &Blink) -> Self {
         Self {
@@ -87,11 +123,13 @@ impl ServerBuilder {
             .args(["--http-listen", "127.0.0.1:0"])
             .arg("--script-dir")
             .arg(&self.scripts_dir);
-        if let Some(toml) = &self.config {
-            let path = self.data_dir.join("blink.toml");
-            std::fs::write(&path, toml).expect("write config");
-            cmd.arg("--config").arg(path);
-        }
+        let path = self.data_dir.join("blink.toml");
+        std::fs::write(
+            &path,
+            with_test_admission(self.config.as_deref().unwrap_or("")),
+        )
+        .expect("write config");
+        cmd.arg("--config").arg(path);
         cmd.args(&self.args)
             .env_remove("BLINK_DATA_DIR")
             .env_remove("BLINK_CONFIG")

@@ -127,7 +127,7 @@ pub fn sha(bytes: &[u8]) -> String {
 
 /// A session `s1` whose own key file authorizes the client's `id` key;
 /// its box id.
-fn setup(blink: &Blink, client: &Client) -> String {
+pub fn setup(blink: &Blink, client: &Client) -> String {
     let (code, opened) = blink.json(&["session", "open", "--name", "s1"]);
     assert_eq!(code, Some(0), "{opened}");
     let out = blink.ok(&[

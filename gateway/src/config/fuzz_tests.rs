@@ -28,6 +28,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "admin_authorized_keys",
             "admin_create_sessions",
             "env_allow",
+            "post_quantum_only",
         ],
     ),
     (
@@ -36,6 +37,18 @@ const KEYS: &[(&str, &[&str])] = &[
             "max_auth_attempts",
             "handshake_timeout_secs",
             "auth_timeout_secs",
+            "login_grace_time_secs",
+            "max_startups",
+            "per_source_max_startups",
+            "per_source_net_block_size",
+            "per_source_penalties",
+            "penalty_authfail_secs",
+            "penalty_noauth_secs",
+            "penalty_grace_exceeded_secs",
+            "penalty_min_secs",
+            "penalty_max_secs",
+            "penalty_max_sources",
+            "penalty_exempt",
             "max_connections",
             "max_connections_per_session",
             "max_channels_per_connection",
@@ -77,6 +90,8 @@ fn value() -> impl Strategy<Value = String> {
         2 => prop::sample::select(vec![
             "\"127.0.0.1:0\"", "\"[::1]:65535\"", "\"0.0.0.0:99999\"", "\"localhost:22\"",
             "\"\"", "\"EDITOR\"", "\"A=B\"", "\"/tmp\"", "1979-05-27T07:32:00Z",
+            "\"10:30:100\"", "\"0:1:1\"", "\"32:128\"", "\"0:0\"", "\"127.0.0.0/8\"",
+            "[\"::1\", \"10.0.0.0/8\"]",
         ])
         .prop_map(str::to_string),
     ];
@@ -133,7 +148,20 @@ fn document() -> impl Strategy<Value = String> {
 /// What `blink-server` does with a config that loaded.
 fn check_usable(config: &FileConfig) -> Result<(), TestCaseError> {
     let limits = &config.ssh.limits;
-    let _ = (limits.handshake_timeout(), limits.auth_timeout());
+    let _ = (limits.handshake_timeout(), limits.login_grace_time());
+    // ssh::start: the admission state, and deadlines from now.
+    let admission = crate::ssh::admission::Admission::new(limits);
+    let now = tokio::time::Instant::now();
+    let _ = (
+        now + limits.login_grace_time(),
+        now + limits.handshake_timeout(),
+    );
+    // A source penalized to the maximum, then refused or let in.
+    let peer = std::net::IpAddr::from([192, 0, 2, 1]);
+    if let Ok(startup) = admission.admit(peer) {
+        let _ = startup.ended(crate::ssh::admission::Outcome::GraceExceeded);
+    }
+    let _ = admission.admit(peer);
     let _ = (limits.idle_timeout(), limits.keepalive_interval());
     // ssh::run: one permit per connection.
     let _ = tokio::sync::Semaphore::new(limits.max_connections);

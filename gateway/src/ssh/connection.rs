@@ -1,22 +1,34 @@
-//! One accepted connection, start to end: the version exchange (bounded),
-//! the authentication deadline, the idle watch, the server's shutdown, and
-//! one log line when it closes.
+//! One accepted connection, start to end: the login grace time (from
+//! accept to authentication, enforced by cutting the socket), the penalty
+//! its source earns if it never authenticates (`admission.rs`), the idle
+//! watch, the server's shutdown, and one log line when it closes.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use russh::server::{Handle, RunningSession};
+use russh::server::{Auth, Handle, RunningSession};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
+use super::admission::{Outcome, Startup};
 use super::requests::Conn;
 use super::server::Gateway;
 use super::shutdown::Shutdown;
 
 /// What every client still connected is told when the server shuts down.
 pub const SHUTDOWN_REASON: &str = "blink-server is shutting down";
+
+/// What a client still unauthenticated at the login grace time is told
+/// (when its key exchange is done: before that it is only cut off).
+pub const GRACE_REASON: &str = "login grace time exceeded";
 
 /// Once its channels are done during a shutdown, how long a client that
 /// ran something gets to hang up by itself before it is told to go:
@@ -30,18 +42,24 @@ const HANG_UP_WAIT: Duration = Duration::from_secs(1);
 /// tasks to stop their programs.
 pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
-/// Serve one connection until it closes. On shutdown: no new channel,
-/// running channels finish until the deadline, then the client gets a
-/// disconnect with [`SHUTDOWN_REASON`].
+/// Once told that its grace time is over, how long an unauthenticated
+/// connection may take to close before its socket is cut.
+const GRACE_GOODBYE: Duration = Duration::from_millis(500);
+
+/// Serve one connection until it closes. Unauthenticated, it is cut at the
+/// login grace time. On shutdown: no new channel, running channels finish
+/// until the deadline, then the client gets a disconnect with
+/// [`SHUTDOWN_REASON`].
 pub(super) async fn serve(
     gateway: Arc<Gateway>,
     socket: TcpStream,
     peer: SocketAddr,
+    startup: Startup,
     mut shutdown: Shutdown,
 ) {
     let _ = socket.set_nodelay(true);
     let started = Instant::now();
-    let stats = Arc::new(ConnStats::new());
+    let stats = Arc::new(ConnStats::new(startup));
     let channels = TaskTracker::new();
     let handler = Conn::new(
         gateway.clone(),
@@ -51,19 +69,33 @@ pub(super) async fn serve(
         shutdown.clone(),
     );
     let limits = &gateway.config.limits;
-    let handshake = tokio::time::timeout(
-        limits.handshake_timeout(),
-        russh::server::run_stream(gateway.russh.clone(), socket, handler),
+    let grace = limits.login_grace_time();
+    let now = tokio::time::Instant::now();
+    let grace_deadline = now + grace;
+    let version_deadline = now + limits.handshake_timeout().min(grace);
+    let cut = CancellationToken::new();
+    let stream = Cuttable::new(socket, &cut, stats.clone());
+    let handshake = tokio::time::timeout_at(
+        version_deadline,
+        russh::server::run_stream(gateway.russh.clone(), stream, handler),
     );
     let mut running = tokio::select! {
         handshake = handshake => match handshake {
             Ok(Ok(running)) => running,
             Ok(Err(e)) => {
-                tracing::info!(%peer, error = %e, "ssh handshake failed");
+                stats.log_closed(peer, started, Some(format!("version exchange: {e}")));
+                stats.ended_unauthenticated(peer);
                 return;
             }
             Err(_) => {
-                tracing::info!(%peer, "ssh handshake timed out");
+                let error = if version_deadline >= grace_deadline {
+                    stats.grace_exceeded.store(true, Ordering::SeqCst);
+                    format!("{GRACE_REASON} (in the version exchange)")
+                } else {
+                    "version exchange timed out".into()
+                };
+                stats.log_closed(peer, started, Some(error));
+                stats.ended_unauthenticated(peer);
                 return;
             }
         },
@@ -73,25 +105,35 @@ pub(super) async fn serve(
         }
     };
     let handle = running.handle();
-    let auth_watch = tokio::spawn(auth_watch(
+    let grace_watch = tokio::spawn(grace_watch(
         handle.clone(),
         stats.clone(),
-        limits.auth_timeout(),
+        cut,
+        grace_deadline,
+        peer,
     ));
     let idle_watch = limits
         .idle_timeout()
         .map(|limit| tokio::spawn(idle_watch(handle.clone(), stats.clone(), limit)));
+    let mut shut_down = false;
     let result = tokio::select! {
         result = &mut running => result.map_err(|e| e.to_string()),
         deadline = shutdown.recv() => {
+            shut_down = true;
             close_for_shutdown(peer, &handle, &stats, &channels, deadline, &mut running).await
         }
     };
-    auth_watch.abort();
+    grace_watch.abort();
     if let Some(idle) = idle_watch {
         idle.abort();
     }
     stats.log_closed(peer, started, result.err());
+    if shut_down {
+        // Closed by the server: nothing held against the source.
+        drop(stats.take_startup());
+    } else {
+        stats.ended_unauthenticated(peer);
+    }
 }
 
 /// The connection's part of a shutdown (no channel opens or starts any
@@ -137,18 +179,34 @@ async fn close_for_shutdown(
         .unwrap_or_else(|_| Err("did not close after the shutdown disconnect".into()))
 }
 
-/// Disconnect a client that has not authenticated within `limit`.
-async fn auth_watch(handle: Handle, stats: Arc<ConnStats>, limit: Duration) {
-    tokio::time::sleep(limit).await;
-    if !stats.authenticated.load(Ordering::SeqCst) {
-        let _ = handle
-            .disconnect(
-                russh::Disconnect::ByApplication,
-                "authentication timed out".into(),
-                String::new(),
-            )
-            .await;
+/// At the login grace time, end a connection that has not authenticated:
+/// tell it why (heard only once its key exchange is done: russh reads no
+/// message of ours before that), then cut its socket.
+async fn grace_watch(
+    handle: Handle,
+    stats: Arc<ConnStats>,
+    cut: CancellationToken,
+    deadline: tokio::time::Instant,
+    peer: SocketAddr,
+) {
+    tokio::time::sleep_until(deadline).await;
+    if stats.authenticated.load(Ordering::SeqCst) {
+        return;
     }
+    stats.grace_exceeded.store(true, Ordering::SeqCst);
+    tracing::info!(target: "blink::ssh::connection", %peer, "ssh login grace time exceeded: closing");
+    let goodbye = tokio::time::Instant::now() + GRACE_GOODBYE;
+    let _ = tokio::time::timeout_at(
+        goodbye,
+        handle.disconnect(
+            russh::Disconnect::ByApplication,
+            GRACE_REASON.into(),
+            String::new(),
+        ),
+    )
+    .await;
+    tokio::time::sleep_until(goodbye).await;
+    cut.cancel();
 }
 
 /// Disconnect once nothing but keepalives crossed the connection for
@@ -177,6 +235,13 @@ pub struct ConnStats {
     /// When channel traffic last crossed the connection (None: at start).
     pub last_activity: Mutex<Option<Instant>>,
     pub authenticated: AtomicBool,
+    /// The connection's place among unauthenticated ones, until it
+    /// authenticates or ends.
+    startup: Mutex<Option<Startup>>,
+    /// Authentication attempts refused.
+    pub auth_failures: AtomicU32,
+    /// Still unauthenticated at the login grace time.
+    pub grace_exceeded: AtomicBool,
     /// (login, key fingerprint) of the last attempt or the success.
     pub who: Mutex<(String, String)>,
     pub channels: AtomicU64,
@@ -185,10 +250,73 @@ pub struct ConnStats {
 }
 
 impl ConnStats {
-    fn new() -> Self {
-        let stats = Self::default();
+    fn new(startup: Startup) -> Self {
+        let stats = Self {
+            startup: Mutex::new(Some(startup)),
+            ..Self::default()
+        };
         stats.touch();
         stats
+    }
+
+    fn take_startup(&self) -> Option<Startup> {
+        self.startup.lock().ok().and_then(|mut s| s.take())
+    }
+
+    /// Note the answer to an authentication attempt (`handler.rs`): a
+    /// verified success frees the connection's place among unauthenticated
+    /// ones; a refusal counts towards its source's penalty.
+    pub fn auth_answered(&self, auth: &Auth, verified: bool) {
+        match auth {
+            Auth::Accept if verified => {
+                if let Some(startup) = self.take_startup() {
+                    startup.authenticated();
+                }
+            }
+            Auth::Accept => {}
+            _ => {
+                self.auth_failures.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// The connection ended without authenticating: penalize its source
+    /// for how (`admission.rs`), logging a penalty that makes it refused.
+    fn ended_unauthenticated(&self, peer: SocketAddr) {
+        let Some(startup) = self.take_startup() else {
+            return;
+        };
+        let outcome = if self.grace_exceeded.load(Ordering::SeqCst) {
+            Outcome::GraceExceeded
+        } else if self.auth_failures.load(Ordering::SeqCst) > 0 {
+            Outcome::AuthFailed
+        } else {
+            Outcome::NoAuth
+        };
+        let Some(p) = startup.ended(outcome) else {
+            return;
+        };
+        let source = format_args!("{}/{}", p.block, p.block_len);
+        if p.newly_active {
+            tracing::info!(
+                target: "blink::ssh::admission",
+                %peer,
+                %source,
+                penalty = outcome.as_str(),
+                penalty_secs = p.remaining.as_secs(),
+                "ssh source penalized: refused until its penalty ends"
+            );
+        } else {
+            tracing::debug!(
+                target: "blink::ssh::admission",
+                %peer,
+                %source,
+                penalty = outcome.as_str(),
+                penalty_secs = p.remaining.as_secs(),
+                active = p.active,
+                "ssh source penalty"
+            );
+        }
     }
 
     /// Note traffic on the connection (for the idle timeout).
@@ -223,5 +351,90 @@ impl ConnStats {
             error = error.as_deref().unwrap_or(""),
             "ssh connection closed"
         );
+    }
+}
+
+/// The connection's socket, which the login grace time can cut. russh's
+/// session task owns the stream and, until the key exchange is done,
+/// handles none of the application's messages (a disconnect included): a
+/// cut makes its next read or write fail, and the session ends. Once the
+/// connection has authenticated no cut can come, and reads and writes go
+/// straight to the socket.
+struct Cuttable {
+    socket: TcpStream,
+    token: CancellationToken,
+    stats: Arc<ConnStats>,
+    /// One wait per direction, so each registers its own waker.
+    read_cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    write_cut: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Cuttable {
+    fn new(socket: TcpStream, token: &CancellationToken, stats: Arc<ConnStats>) -> Self {
+        Self {
+            socket,
+            token: token.clone(),
+            stats,
+            read_cut: Box::pin(token.clone().cancelled_owned()),
+            write_cut: Box::pin(token.clone().cancelled_owned()),
+        }
+    }
+}
+
+fn cut_error() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, GRACE_REASON)
+}
+
+/// Whether the cut has come (registering `cx` to be woken when it does),
+/// unless the connection has authenticated.
+fn is_cut(
+    stats: &ConnStats,
+    token: &CancellationToken,
+    wait: &mut Pin<Box<WaitForCancellationFutureOwned>>,
+    cx: &mut Context<'_>,
+) -> bool {
+    if stats.authenticated.load(Ordering::Relaxed) {
+        return false;
+    }
+    token.is_cancelled() || wait.as_mut().poll(cx).is_ready()
+}
+
+impl AsyncRead for Cuttable {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if is_cut(&this.stats, &this.token, &mut this.read_cut, cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut this.socket).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Cuttable {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if is_cut(&this.stats, &this.token, &mut this.write_cut, cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut this.socket).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if is_cut(&this.stats, &this.token, &mut this.write_cut, cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut this.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
     }
 }

@@ -25,9 +25,11 @@ impl russh::server::Handler for Conn {
         user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self
+        let auth = self
             .check_key(user, offer.public_key, offer.algorithm, false)
-            .await)
+            .await;
+        self.stats.auth_answered(&auth, false);
+        Ok(auth)
     }
 
     async fn auth_publickey(
@@ -35,9 +37,11 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self
+        let auth = self
             .check_key(user, key.public_key, key.algorithm, true)
-            .await)
+            .await;
+        self.stats.auth_answered(&auth, true);
+        Ok(auth)
     }
 
     async fn channel_open_session(

@@ -3,14 +3,19 @@
 //!
 //! - `server.rs`: [`start`] binds and accepts; [`SshServer::shutdown`]
 //!   stops accepting and waits for every connection.
+//! - `admission.rs`: who may connect before authenticating (MaxStartups,
+//!   per-source limits, penalties), asked by the accept loop.
+//! - `algorithms.rs`: the key exchanges, ciphers and MACs offered.
 //! - `shutdown.rs`: the shutdown signal every task holds.
-//! - `connection.rs`: one connection's life (handshake, timeouts, its part
-//!   of a shutdown, its log line).
+//! - `connection.rs`: one connection's life (login grace time, its
+//!   source's penalty, timeouts, its part of a shutdown, its log line).
 //! - `handler.rs`: russh's callbacks, each turned into a call on `Conn`.
 //! - `requests.rs`: `Conn` and what channel requests do; `auth.rs`: keys.
 //! - `channel.rs`: one channel running a program.
 //! - `compat.rs`: what differs by client, keyed on its version string.
 
+pub(crate) mod admission;
+mod algorithms;
 mod auth;
 mod channel;
 mod compat;

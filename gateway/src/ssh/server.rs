@@ -1,5 +1,6 @@
-//! The SSH server: bind, accept, one tracked task per connection
-//! (`connection.rs`), and the shutdown that waits for all of them.
+//! The SSH server: bind, accept (asking `admission.rs` first), one tracked
+//! task per connection (`connection.rs`), and the shutdown that waits for
+//! all of them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
+use super::admission::{Admission, RefusalLog};
 use super::auth::KeyCheck;
 use super::connection::{self, CLOSE_WAIT};
 use super::shutdown::{Shutdown, Trigger};
@@ -32,6 +34,8 @@ pub(super) struct Gateway {
     /// Authenticated connections per session.
     pub(super) per_session: Mutex<HashMap<String, usize>>,
     pub(super) keys: KeyCheck,
+    /// Who may connect before authenticating.
+    pub(super) admission: Arc<Admission>,
 }
 
 impl Gateway {
@@ -41,6 +45,7 @@ impl Gateway {
         methods.push(MethodKind::PublicKey);
         let russh = russh::server::Config {
             server_id: russh::SshId::Standard("SSH-2.0-blink".into()),
+            preferred: super::algorithms::preferred(config.post_quantum_only),
             methods,
             auth_rejection_time: Duration::from_millis(500),
             auth_rejection_time_initial: Some(Duration::ZERO),
@@ -61,12 +66,14 @@ impl Gateway {
             ..Default::default()
         };
         let keys = KeyCheck::new(manager.keys(), config.admin_authorized_keys.clone());
+        let admission = Admission::new(limits);
         Arc::new(Self {
             manager,
             config,
             russh: Arc::new(russh),
             per_session: Mutex::new(HashMap::new()),
             keys,
+            admission,
         })
     }
 }
@@ -147,7 +154,9 @@ impl SshServer {
 }
 
 /// Accept connections until the shutdown; each runs in a task of its own
-/// (handshakes included), tracked in `connections`.
+/// (handshakes included), tracked in `connections`. Nothing here waits on
+/// a client: admission is a lookup, and a refusal is said and closed in a
+/// task of its own.
 async fn accept_loop(
     gateway: Arc<Gateway>,
     listener: TcpListener,
@@ -156,6 +165,8 @@ async fn accept_loop(
 ) {
     let max = gateway.config.limits.max_connections;
     let slots = Arc::new(Semaphore::new(max));
+    let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
+    let mut refusals = RefusalLog::default();
     loop {
         let (socket, peer) = tokio::select! {
             biased;
@@ -168,17 +179,29 @@ async fn accept_loop(
                 }
             },
         };
+        let startup = match gateway.admission.admit(peer.ip()) {
+            Ok(startup) => startup,
+            Err(refusal) => {
+                refusals.refused(peer, &refusal);
+                refuse(socket, refusal.client_line(), &lingering);
+                continue;
+            }
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                target: "blink::ssh::connection",
-                %peer,
-                max_connections = max,
-                "ssh connection refused: too many connections"
-            );
-            tokio::spawn(refuse(socket));
+            if refusals.line_allowed("max_connections") {
+                tracing::warn!(
+                    target: "blink::ssh::connection",
+                    %peer,
+                    reason = "max_connections",
+                    max_connections = max,
+                    "ssh connection refused: too many connections"
+                );
+            }
+            refuse(socket, TOO_MANY_CONNECTIONS, &lingering);
             continue;
         };
-        let connection = connection::serve(gateway.clone(), socket, peer, shutdown.clone());
+        let connection =
+            connection::serve(gateway.clone(), socket, peer, startup, shutdown.clone());
         connections.spawn(async move {
             connection.await;
             drop(permit);
@@ -201,16 +224,38 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// Close a connection over the limit cleanly: a line before the version
-/// string (RFC 4253 4.2 allows it), then an orderly shutdown, so the client
-/// sees the connection closed rather than reset.
-async fn refuse(mut socket: TcpStream) {
-    use tokio::io::AsyncWriteExt as _;
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = socket
-            .write_all(b"blink: too many connections, try again later\r\n")
-            .await;
-        let _ = socket.shutdown().await;
-    })
-    .await;
+/// What a connection over `max_connections` is told.
+const TOO_MANY_CONNECTIONS: &str = "blink: too many connections, try again later\r\n";
+
+/// Refused connections closed in an orderly way at once; past that, a
+/// refused socket is closed at once after a non-blocking write.
+const MAX_LINGERING: usize = 64;
+
+/// How long a refused connection may linger for its orderly close.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Close a refused connection cleanly: a line before the version string
+/// (RFC 4253 4.2 allows it), an orderly shutdown, then what the client
+/// sent is read and dropped until it closes too (for at most [`LINGER`]),
+/// so the client reads the line and sees the connection closed rather than
+/// reset. Under a flood, past [`MAX_LINGERING`] at once, the line is
+/// written without waiting and the socket closed.
+fn refuse(socket: TcpStream, line: &'static str, lingering: &Arc<Semaphore>) {
+    let Ok(permit) = lingering.clone().try_acquire_owned() else {
+        let _ = socket.try_write(line.as_bytes());
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut socket = socket;
+        let _ = tokio::time::timeout(LINGER, async {
+            socket.write_all(line.as_bytes()).await?;
+            socket.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while socket.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        drop(permit);
+    });
 }
