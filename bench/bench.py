@@ -348,7 +348,12 @@ def start_blink(work: Path, user_key: Path, bin_dir: Path,
     # the default of 32 connections per session would refuse the
     # concurrency row by policy, not by capacity.
     config = work / "blink.toml"
-    config.write_text("[ssh.limits]\nmax_connections = 512\nmax_connections_per_session = 200\n")
+    # The same admission as the reference sshd (MaxStartups 200, and 9.2 has
+    # no per-source limits or penalties): all clients come from 127.0.0.1.
+    config.write_text(
+        "[ssh.limits]\nmax_connections = 512\nmax_connections_per_session = 200\n"
+        'max_startups = "200:30:200"\nper_source_max_startups = 0\nper_source_penalties = false\n'
+    )
     proc = subprocess.Popen(
         [str(bin_dir / "blink-server"), "--config", str(config), "--data-dir", str(data), "--ssh-listen",
          f"127.0.0.1:{port}", "--http-listen", f"127.0.0.1:{http_port}",
