@@ -76,6 +76,29 @@ pub struct RunView {
     pub error: Option<ErrorDetail>,
 }
 
+impl RunView {
+    /// A run just queued: nothing known yet but its id and session.
+    fn queued(id: String, session: Option<String>) -> Self {
+        Self {
+            id,
+            state: RunState::Queued,
+            session,
+            created_at_ms: now_ms(),
+            started_at_ms: None,
+            finished_at_ms: None,
+            queued_ms: None,
+            duration_ms: None,
+            exit_code: None,
+            signal: None,
+            stdout: None,
+            stderr: None,
+            box_id: None,
+            isolation: None,
+            error: None,
+        }
+    }
+}
+
 struct Entry {
     view: RunView,
     done: watch::Sender<bool>,
@@ -167,23 +190,7 @@ impl RunRegistry {
             inner.runs.insert(
                 id.clone(),
                 Entry {
-                    view: RunView {
-                        id: id.clone(),
-                        state: RunState::Queued,
-                        session: session.clone(),
-                        created_at_ms: now_ms(),
-                        started_at_ms: None,
-                        finished_at_ms: None,
-                        queued_ms: None,
-                        duration_ms: None,
-                        exit_code: None,
-                        signal: None,
-                        stdout: None,
-                        stderr: None,
-                        box_id: None,
-                        isolation: None,
-                        error: None,
-                    },
+                    view: RunView::queued(id.clone(), session.clone()),
                     done: watch::channel(false).0,
                 },
             );
@@ -534,21 +541,8 @@ mod tests {
                 id.clone(),
                 Entry {
                     view: RunView {
-                        id: id.clone(),
                         state: st,
-                        session: None,
-                        created_at_ms: 0,
-                        started_at_ms: None,
-                        finished_at_ms: None,
-                        queued_ms: None,
-                        duration_ms: None,
-                        exit_code: None,
-                        signal: None,
-                        stdout: None,
-                        stderr: None,
-                        box_id: None,
-                        isolation: None,
-                        error: None,
+                        ..RunView::queued(id.clone(), None)
                     },
                     done: watch::channel(false).0,
                 },
