@@ -50,6 +50,8 @@ struct SigInfo([u64; 16]);
 
 const TIOCSCTTY: u64 = 0x540E;
 const PR_SET_DUMPABLE: i32 = 4;
+const PR_SET_PDEATHSIG: i32 = 1;
+const SIGKILL: i32 = 9;
 const PR_SET_SECCOMP: i32 = 22;
 const SECCOMP_MODE_FILTER: u64 = 2;
 const SIGCHLD: i32 = 17;
@@ -81,6 +83,10 @@ fn init(args: &[String]) -> ExitCode {
     // SAFETY: prctl with integer arguments on our own process.
     unsafe {
         prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        // The sandbox ends with bubblewrap's outer process. bubblewrap asks
+        // the same, but too late if that process was killed right after
+        // making us; a host killed before that shows below.
+        prctl(PR_SET_PDEATHSIG, SIGKILL as u64, 0, 0, 0);
     }
     if let [flag, fd] = args
         && flag == "--ready-fd"
@@ -88,7 +94,11 @@ fn init(args: &[String]) -> ExitCode {
     {
         // SAFETY: the host passed this descriptor for us to own.
         let mut ready = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let _ = std::io::Write::write_all(&mut ready, b"ready\n");
+        // Nobody reads (EPIPE; Rust ignores SIGPIPE): the host that started
+        // us is gone, and a sandbox nobody can reach must not live on.
+        if std::io::Write::write_all(&mut ready, b"ready\n").is_err() {
+            return ExitCode::from(1);
+        }
     }
     reap_forever()
 }

@@ -25,6 +25,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod upload;
+
 unsafe extern "C" {
     fn open(path: *const c_char, flags: i32, ...) -> i32;
     fn truncate(path: *const c_char, length: i64) -> i32;
@@ -584,6 +586,8 @@ impl Out {
 
 enum Handle {
     File(File),
+    /// A whole-file upload, published under its name by CLOSE (upload.rs).
+    Upload(File, upload::Upload),
     Dir {
         entries: ReadDir,
         path: Vec<u8>,
@@ -632,7 +636,7 @@ impl Handles {
 
     fn file(&self, raw: &[u8]) -> Option<&File> {
         match self.slots[self.index(raw)?].as_ref() {
-            Some(Handle::File(f)) => Some(f),
+            Some(Handle::File(f) | Handle::Upload(f, _)) => Some(f),
             _ => None,
         }
     }
@@ -876,14 +880,17 @@ impl Server {
         } else {
             0o666
         };
-        let res = cstr(path).and_then(|p| {
-            // SAFETY: a NUL-terminated path; the descriptor returned is
-            // owned by the File made from it.
-            let fd = unsafe { open(p.as_ptr(), flags | O_CLOEXEC | O_NOCTTY, mode) };
-            check(fd).map(|()| unsafe { File::from_raw_fd(fd) })
+        let res = cstr(path).and_then(|p| match upload::plan(path, flags, mode)? {
+            upload::Plan::Staged(file, target) => Ok(Handle::Upload(file, target)),
+            upload::Plan::InPlace => {
+                // SAFETY: a NUL-terminated path; the descriptor returned is
+                // owned by the File made from it.
+                let fd = unsafe { open(p.as_ptr(), flags | O_CLOEXEC | O_NOCTTY, mode) };
+                check(fd).map(|()| Handle::File(unsafe { File::from_raw_fd(fd) }))
+            }
         });
         match res {
-            Ok(file) => match self.handles.insert(Handle::File(file)) {
+            Ok(handle) => match self.handles.insert(handle) {
                 Some(h) => self.send_handle(id, h),
                 None => self.out.status(id, FX_FAILURE, "Too many open handles"),
             },
@@ -901,6 +908,12 @@ impl Server {
     fn close(&mut self, id: u32, r: &mut Reader) -> Option<()> {
         let h = r.string()?;
         match self.handles.remove(h) {
+            Some(Handle::Upload(file, target)) => {
+                // Published only whole; on failure the unnamed file goes
+                // with its descriptor and the old file (if any) stays.
+                let res = target.finish(&file);
+                self.out.result(id, res);
+            }
             Some(Handle::File(file)) => {
                 // Report close(2)'s own error (e.g. from NFS or a full disk).
                 let fd = ManuallyDrop::new(file).as_raw_fd();

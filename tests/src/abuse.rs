@@ -308,8 +308,18 @@ pub fn hex(text: &str) -> String {
 /// per-user quotas (inotify, processes) then never touch anyone else's
 /// sandboxes, nor theirs ours. Its TOML, for [`crate::ServerBuilder::config`].
 pub fn private_id_base_config() -> String {
+    id_base_config(private_id_base())
+}
+
+/// A random id base away from the default one; see
+/// [`private_id_base_config`].
+pub fn private_id_base() -> u64 {
     // 0x78000000 + k * 65536, k < 2000: ranges up to 0x7FD00000 plus a
     // few sandboxes, below 2^31.
-    let base: u64 = 0x7800_0000 + (rand::random::<u64>() % 2000) * 65536;
+    0x7800_0000 + (rand::random::<u64>() % 2000) * 65536
+}
+
+/// The TOML setting `[sandbox] id_base`.
+pub fn id_base_config(base: u64) -> String {
     format!("[sandbox]\nid_base = {base}\n")
 }

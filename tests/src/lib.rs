@@ -21,6 +21,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod abuse;
+pub mod leftovers;
 pub mod rest;
 mod running;
 mod server;

@@ -779,3 +779,43 @@ fn one_sessions_burst_of_runs_does_not_starve_another() {
         );
     }
 }
+
+#[test]
+fn one_sessions_burst_cannot_take_every_place_in_the_queue() {
+    let Some(blink) = Blink::with_runtime() else {
+        return;
+    };
+    let server = blink
+        .server()
+        .config("[rest]\nmax_concurrent_runs = 1\nmax_queued_runs = 8\nmax_queued_runs_per_session = 2\n")
+        .start();
+    server.open_session("a");
+    server.open_session("b");
+    let submit = |session: &str, command: &[&str]| {
+        server.post(
+            &format!("/api/sessions/{session}/runs"),
+            json!({ "command": command }),
+        )
+    };
+    // A's first run holds the slot (wait until it runs, so it no longer
+    // counts as queued); two more of A's queue; the next is refused.
+    let first = submit("a", &["sleep", "3"]);
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    let id = first.body["id"].as_str().expect("id").to_owned();
+    for _ in 0..200 {
+        if server.get(&format!("/api/runs/{id}")).body["state"] == "running" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    for _ in 0..2 {
+        let a = submit("a", &["true"]);
+        assert_eq!(a.status, 202, "{:?}", a.body);
+    }
+    let refused = submit("a", &["true"]);
+    assert_eq!(refused.status, 429, "{:?}", refused.body);
+    assert_eq!(refused.code(), "session_queue_full");
+    // Another session still gets a place.
+    let b = submit("b", &["true"]);
+    assert_eq!(b.status, 202, "{:?}", b.body);
+}

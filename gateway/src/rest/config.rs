@@ -25,6 +25,9 @@ pub struct RestConfig {
     pub max_concurrent_runs: usize,
     /// Runs waiting to start; more are refused with 429.
     pub max_queued_runs: usize,
+    /// Runs of one session waiting to start; more of that session's are
+    /// refused with 429 (`session_queue_full`) while others still queue.
+    pub max_queued_runs_per_session: usize,
     /// Runs remembered for `GET /api/runs/{id}`; the oldest finished ones
     /// are forgotten first.
     pub max_runs_kept: usize,
@@ -56,6 +59,7 @@ impl Default for RestConfig {
             max_body_bytes: 1 << 20,
             max_concurrent_runs: 4,
             max_queued_runs: 256,
+            max_queued_runs_per_session: 64,
             max_runs_kept: 1000,
             max_attachments: 256,
             max_run_timeout_secs: 3600,
@@ -78,6 +82,10 @@ impl RestConfig {
             ("max_body_bytes", self.max_body_bytes),
             ("max_concurrent_runs", self.max_concurrent_runs),
             ("max_queued_runs", self.max_queued_runs),
+            (
+                "max_queued_runs_per_session",
+                self.max_queued_runs_per_session,
+            ),
             ("max_runs_kept", self.max_runs_kept),
             ("max_attachments", self.max_attachments),
         ] {

@@ -96,7 +96,7 @@ impl Env {
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
         let state = AppState {
             manager,
-            runs: Arc::new(RunRegistry::new(2, 1000, 100)),
+            runs: Arc::new(RunRegistry::new(2, 1000, 1000, 100)),
             config: Arc::new(rest),
             script_dirs: Arc::new(Vec::new()),
             shutdown,
@@ -418,6 +418,7 @@ pub(crate) fn check_rest_config_usable(config: &RestConfig) -> Result<(), TestCa
     let runs = RunRegistry::new(
         config.max_concurrent_runs,
         config.max_queued_runs,
+        config.max_queued_runs_per_session,
         config.max_runs_kept,
     );
     let _ = tokio::sync::Semaphore::new(config.max_attachments);

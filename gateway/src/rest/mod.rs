@@ -181,6 +181,7 @@ pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<
     let runs = Arc::new(RunRegistry::new(
         config.max_concurrent_runs,
         config.max_queued_runs,
+        config.max_queued_runs_per_session,
         config.max_runs_kept,
     ));
     let grace = config.shutdown_grace();

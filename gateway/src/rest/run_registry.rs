@@ -116,6 +116,7 @@ pub struct RunRegistry {
     inner: Mutex<Inner>,
     slots: Arc<FairSlots>,
     max_queued: usize,
+    max_queued_per_session: usize,
     max_kept: usize,
     accepting: AtomicBool,
     closing: watch::Sender<bool>,
@@ -124,11 +125,20 @@ pub struct RunRegistry {
 }
 
 impl RunRegistry {
-    pub fn new(max_concurrent: usize, max_queued: usize, max_kept: usize) -> Self {
+    /// `max_queued` runs may wait in all, `max_queued_per_session` of
+    /// them for one session (so one session's burst cannot take every
+    /// place); ephemeral runs share the global bound only.
+    pub fn new(
+        max_concurrent: usize,
+        max_queued: usize,
+        max_queued_per_session: usize,
+        max_kept: usize,
+    ) -> Self {
         Self {
             inner: Mutex::default(),
             slots: FairSlots::new(max_concurrent),
             max_queued,
+            max_queued_per_session,
             max_kept,
             accepting: AtomicBool::new(true),
             closing: watch::channel(false).0,
@@ -175,17 +185,34 @@ impl RunRegistry {
         let id = format!("r-{}", uuid::Uuid::new_v4().simple());
         {
             let mut inner = self.lock();
-            let queued = inner
-                .runs
-                .values()
-                .filter(|e| e.view.state == RunState::Queued)
-                .count();
-            if queued >= self.max_queued {
+            let queued = || {
+                inner
+                    .runs
+                    .values()
+                    .filter(|e| e.view.state == RunState::Queued)
+            };
+            let total = queued().count();
+            if total >= self.max_queued {
                 return Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "queue_full",
-                    format!("{queued} runs are already queued (rest.max_queued_runs); try later"),
+                    format!("{total} runs are already queued (rest.max_queued_runs); try later"),
                 ));
+            }
+            if let Some(name) = &session {
+                let mine = queued()
+                    .filter(|e| e.view.session.as_deref() == Some(name.as_str()))
+                    .count();
+                if mine >= self.max_queued_per_session {
+                    return Err(ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "session_queue_full",
+                        format!(
+                            "{mine} runs of session {} are already queued (rest.max_queued_runs_per_session); try later",
+                            Escaped(name)
+                        ),
+                    ));
+                }
             }
             inner.runs.insert(
                 id.clone(),
@@ -530,7 +557,7 @@ mod tests {
 
     #[test]
     fn prune_drops_oldest_finished_only() {
-        let reg = RunRegistry::new(1, 10, 2);
+        let reg = RunRegistry::new(1, 10, 10, 2);
         let mut inner = reg.lock();
         for (i, st) in [RunState::Running, RunState::Succeeded, RunState::Failed]
             .into_iter()

@@ -271,24 +271,40 @@ async fn serve_socket(
         }
     }
     let mut exit = att.exit.clone();
+    let input = att.input();
+    // Input on its way to the program. While it waits for room (the
+    // program is not reading), the socket is not read, which holds the
+    // client back, and output keeps flowing.
+    let mut pending: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send>>> = None;
     loop {
         if exit.borrow().is_some() {
             break;
         }
         tokio::select! {
-            msg = socket.recv() => {
+            () = async {
+                match pending.as_mut() {
+                    Some(write) => { write.await; }
+                    None => std::future::pending().await,
+                }
+            } => pending = None,
+            msg = socket.recv(), if pending.is_none() => {
+                let write = |data: Vec<u8>| {
+                    let input = input.clone();
+                    Box::pin(async move { input.write(data).await })
+                };
                 match msg {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                    Some(Ok(Message::Binary(data))) => {
-                        let _ = att.write(data.to_vec()).await;
-                    }
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = control(&att, text.as_str()).await
-                            && socket.send(reply).await.is_err()
-                        {
-                            return;
+                    Some(Ok(Message::Binary(data))) => pending = Some(write(data.to_vec())),
+                    Some(Ok(Message::Text(text))) => match control(&att, text.as_str()) {
+                        Reply::Nothing => {}
+                        // In order: after the input before it.
+                        Reply::CloseInput => pending = Some(write(Vec::new())),
+                        Reply::Send(reply) => {
+                            if socket.send(reply).await.is_err() {
+                                return;
+                            }
                         }
-                    }
+                    },
                     Some(Ok(_)) => {}
                 }
             }
@@ -351,8 +367,17 @@ async fn serve_socket(
 }
 
 /// Apply a control message; returns an error event for bad ones.
-async fn control(att: &Attachment, text: &str) -> Option<Message> {
-    let err = |code: &'static str, message: String| Some(event(&Event::Error { code, message }));
+/// What a control message asks of the socket's loop.
+enum Reply {
+    Nothing,
+    Send(Message),
+    /// Close the program's stdin, after the input queued before.
+    CloseInput,
+}
+
+fn control(att: &Attachment, text: &str) -> Reply {
+    let err =
+        |code: &'static str, message: String| Reply::Send(event(&Event::Error { code, message }));
     let msg: Control = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => return err("invalid_control", format!("bad control message: {e}")),
@@ -378,9 +403,7 @@ async fn control(att: &Attachment, text: &str) -> Option<Message> {
                 return err(e.code(), e.client_message());
             }
         }
-        Control::Eof => {
-            let _ = att.write(Vec::new()).await;
-        }
+        Control::Eof => return Reply::CloseInput,
     }
-    None
+    Reply::Nothing
 }

@@ -8,12 +8,39 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 
 use super::ActivityGuard;
 use crate::runtime::Execution;
 use crate::runtime::exec::{ByteReader, ExecControl};
 use crate::types::ExitStatus;
+
+/// Bytes of input queued for one spawn's stdin at most. A writer waits for
+/// room while the program is not reading, and the client behind it is
+/// held back (a WebSocket stops being read): backpressure, never a drop.
+pub const INPUT_BUDGET: usize = 4 << 20;
+
+/// The way into a spawn's stdin, for as many writers as are attached.
+#[derive(Clone)]
+pub struct Input {
+    queue: mpsc::Sender<(Vec<u8>, OwnedSemaphorePermit)>,
+    /// Permits are bytes: taken by a write, given back once the program
+    /// has read them.
+    budget: Arc<Semaphore>,
+}
+
+impl Input {
+    /// Queue bytes for the program's stdin (an empty write closes it),
+    /// waiting while [`INPUT_BUDGET`] bytes are already queued. False once
+    /// stdin is closed.
+    pub async fn write(&self, data: Vec<u8>) -> bool {
+        let bytes = data.len().min(INPUT_BUDGET) as u32;
+        let Ok(permit) = self.budget.clone().acquire_many_owned(bytes).await else {
+            return false;
+        };
+        self.queue.send((data, permit)).await.is_ok()
+    }
+}
 
 /// Which stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +111,7 @@ pub struct Spawned {
     pub tty: bool,
     pub started_at: u64,
     pub control: Arc<dyn ExecControl>,
-    input: mpsc::Sender<Vec<u8>>,
+    input: Input,
     replay: Mutex<Replay>,
     live: broadcast::Sender<Chunk>,
     exit: watch::Receiver<Option<ExitStatus>>,
@@ -122,9 +149,14 @@ impl Drop for Attachment {
 }
 
 impl Attachment {
-    /// Send bytes to the process's stdin (or terminal).
+    /// Send bytes to the process's stdin (or terminal); see [`Input::write`].
     pub async fn write(&self, data: Vec<u8>) -> bool {
-        self.spawn.input.send(data).await.is_ok()
+        self.spawn.input.write(data).await
+    }
+
+    /// The process's stdin, to write to while also reading its output.
+    pub fn input(&self) -> Input {
+        self.spawn.input.clone()
     }
 }
 
@@ -139,7 +171,13 @@ impl Spawned {
         replay_limit: usize,
         guard: ActivityGuard,
     ) -> Arc<Self> {
-        let (input, mut input_rx) = mpsc::channel::<Vec<u8>>(64);
+        // The budget bounds the bytes; the queue only the number of
+        // writes (tiny ones included).
+        let (queue, mut input_rx) = mpsc::channel(1024);
+        let input = Input {
+            queue,
+            budget: Arc::new(Semaphore::new(INPUT_BUDGET)),
+        };
         let (live, _) = broadcast::channel(1024);
         let (exit_tx, exit) = watch::channel(None);
         let spawned = Arc::new(Self {
@@ -166,7 +204,8 @@ impl Spawned {
         });
         if let Some(mut stdin) = exec.stdin.take() {
             tokio::spawn(async move {
-                while let Some(data) = input_rx.recv().await {
+                // Each write's permit goes back once the program read it.
+                while let Some((data, _permit)) = input_rx.recv().await {
                     if data.is_empty() {
                         break; // an empty write means EOF
                     }

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use tokio::io::AsyncReadExt;
 use tokio::process::Child;
 
+use super::disk::Overlay;
 use super::exec::GUEST_PATH;
 use super::handover;
 use super::ids::{self, IdRange};
@@ -28,9 +29,18 @@ const USERNS_BLOCK_FD: i32 = 8;
 /// key, interrupts, buses): read-only for everyone in it, root included.
 const READ_ONLY_PROC: [&str; 4] = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"];
 
+/// What bubblewrap binds as the sandbox's `/`.
+pub enum Root<'a> {
+    /// A directory, bound as it is (without root).
+    Bind(&'a Path),
+    /// The disk's overlay, mounted by bubblewrap's process in a mount
+    /// namespace of its own (disk.rs).
+    Overlay(Overlay),
+}
+
 pub struct Launch<'a> {
     pub bwrap: &'a Path,
-    pub rootfs: &'a Path,
+    pub root: Root<'a>,
     /// The guest helper's bytes: copied into the sandbox's own tmpfs, so
     /// no host path of it shows inside.
     pub guest: &'a [u8],
@@ -51,7 +61,10 @@ impl Launch<'_> {
         // The root directory is handed over as an open descriptor, so
         // bubblewrap needs no search permission on the path to the data dir
         // (which is 0700).
-        let rootfs = high(open_path(self.rootfs)?)?;
+        let (rootfs, overlay) = match self.root {
+            Root::Bind(path) => (Some(high(open_path(path)?)?), None),
+            Root::Overlay(overlay) => (None, Some(overlay)),
+        };
         let guest = high(handover::bytes("blink-guest", self.guest)?)?;
         let seccomp = self
             .seccomp
@@ -118,11 +131,13 @@ impl Launch<'_> {
         cmd.kill_on_drop(true);
 
         let mut fds = vec![
-            (rootfs.as_raw_fd(), ROOTFS_FD),
             (guest.as_raw_fd(), GUEST_FD),
             (info_tx.as_raw_fd(), INFO_FD),
             (ready_tx.as_raw_fd(), READY_FD),
         ];
+        if let Some(fd) = &rootfs {
+            fds.push((fd.as_raw_fd(), ROOTFS_FD));
+        }
         if let Some(fd) = &seccomp {
             fds.push((fd.as_raw_fd(), SECCOMP_FD));
         }
@@ -132,6 +147,7 @@ impl Launch<'_> {
         let procs = self.cgroup_procs;
         let rlimits = self.rlimits;
         let owner = self.ids.map(|r| r.root);
+        let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure only makes raw syscalls on memory prepared
         // before the fork.
         unsafe {
@@ -144,6 +160,16 @@ impl Launch<'_> {
                     if libc::dup2(from, to) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
+                }
+                // As host root still: the overlay, in this process's own
+                // mount namespace (the numbers above are taken, so the
+                // new descriptor is none of them).
+                if let Some(overlay) = &overlay {
+                    let fd = overlay.mount_in_child()?;
+                    if libc::dup2(fd, ROOTFS_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
                 }
                 // Nothing else of ours reaches the sandbox.
                 libc::syscall(
@@ -160,6 +186,17 @@ impl Launch<'_> {
                         || libc::setuid(id) != 0)
                 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // bubblewrap's --die-with-parent comes too late for a
+                // parent killed before bubblewrap runs (and a change of
+                // uid clears the setting): set it here, after the uid
+                // change, and leave if the parent is already gone, or a
+                // sandbox would wait forever for an id map nobody writes.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    libc::_exit(1);
                 }
                 Ok(())
             });

@@ -7,28 +7,37 @@
 //! mount of a directory would show its full path on the host's filesystem).
 //! Without root, the disk is bound directly.
 //!
-//! The overlay lives in the host's mount namespace while the sandbox runs
-//! and is detached when it stops; one left by a crash is detached before
-//! the next mount or removal.
+//! The overlay is mounted by bubblewrap's own process, between fork and
+//! exec, in a mount namespace of its own (a slave of the host's, so nothing
+//! mounted there reaches the host). It exists only while the sandbox's
+//! processes hold that namespace: when the sandbox ends, however it ends
+//! (blink-server killed with SIGKILL included), the kernel takes the mount
+//! away. Nothing is ever left mounted on the host.
 
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const LOWER: &str = "lower";
 const WORK: &str = "work";
 const MERGED: &str = "merged";
 const OPTIONS: &str = "lowerdir=lower,upperdir=rootfs,workdir=work";
 
-/// Where the overlay of the sandbox directory `dir` is mounted.
-pub fn merged(dir: &Path) -> PathBuf {
-    dir.join(MERGED)
+/// Everything the forked child needs to mount a sandbox's overlay, made
+/// before the fork (the child may not allocate).
+#[derive(Debug)]
+pub struct Overlay {
+    dir: CString,
+    source: CString,
+    target: CString,
+    options: CString,
+    root: CString,
 }
 
-/// Mount the overlay of `dir` (a sandbox directory holding `rootfs`);
-/// returns the path to bind as the sandbox's root.
-pub fn mount(dir: &Path) -> io::Result<PathBuf> {
+/// Make the overlay's directories in the sandbox directory `dir` (which
+/// holds `rootfs`) and prepare its mount.
+pub fn prepare(dir: &Path) -> io::Result<Overlay> {
     use std::os::unix::fs::DirBuilderExt;
     for (name, mode) in [(LOWER, 0o755), (WORK, 0o700), (MERGED, 0o755)] {
         match std::fs::DirBuilder::new().mode(mode).create(dir.join(name)) {
@@ -37,59 +46,74 @@ pub fn mount(dir: &Path) -> io::Result<PathBuf> {
             Err(e) => return Err(e),
         }
     }
-    unmount(dir);
-    let dir_c = CString::new(dir.as_os_str().as_bytes())?;
-    let source = CString::new("overlay")?;
-    let target = CString::new(MERGED)?;
-    let options = CString::new(OPTIONS)?;
-    // The relative paths need the sandbox directory as working directory,
-    // which is per process: a short-lived child does the mount.
-    // SAFETY: the child makes only async-signal-safe syscalls on memory
-    // prepared before the fork, then _exits.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: as above; in the child.
+    Ok(Overlay {
+        dir: CString::new(dir.as_os_str().as_bytes())?,
+        source: CString::new("overlay")?,
+        target: CString::new(MERGED)?,
+        options: CString::new(OPTIONS)?,
+        root: CString::new("/")?,
+    })
+}
+
+impl Overlay {
+    /// In a freshly forked child, as host root: enter a new mount
+    /// namespace that receives the host's mounts but sends none back,
+    /// mount the overlay there and return a descriptor (O_PATH) of it.
+    /// The relative paths need the sandbox directory as working
+    /// directory; the child's own, so this is safe.
+    ///
+    /// # Safety
+    /// Only in a freshly forked child: raw syscalls on memory prepared
+    /// before the fork.
+    pub unsafe fn mount_in_child(&self) -> io::Result<i32> {
+        let fail = || Err(io::Error::last_os_error());
+        // SAFETY: as documented for the function.
         unsafe {
-            let code = if libc::chdir(dir_c.as_ptr()) != 0 {
-                1
-            } else if libc::mount(
-                source.as_ptr(),
-                target.as_ptr(),
-                source.as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                options.as_ptr().cast(),
-            ) != 0
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    self.root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::chdir(self.dir.as_ptr()) != 0
+                || libc::mount(
+                    self.source.as_ptr(),
+                    self.target.as_ptr(),
+                    self.source.as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    self.options.as_ptr().cast(),
+                ) != 0
             {
-                *libc::__errno_location()
-            } else {
-                0
-            };
-            libc::_exit(code.clamp(0, 255));
+                return fail();
+            }
+            let fd = libc::open(
+                self.target.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            );
+            if fd < 0 || libc::chdir(self.root.as_ptr()) != 0 {
+                return fail();
+            }
+            Ok(fd)
         }
-    }
-    let mut status = 0;
-    // SAFETY: waiting for the child forked above.
-    if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
-        Some(0) => Ok(merged(dir)),
-        Some(1) => Err(io::Error::other("cannot enter the sandbox directory")),
-        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
-        None => Err(io::Error::other("the mount helper died")),
     }
 }
 
-/// Detach the overlay of `dir`, if one is mounted.
-pub fn unmount(dir: &Path) {
-    if let Ok(target) = CString::new(merged(dir).as_os_str().as_bytes()) {
-        // SAFETY: umount2 on a path we own; EINVAL (not mounted) and ENOENT
-        // are expected and ignored.
-        unsafe {
-            libc::umount2(target.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW);
+/// Detach an overlay of `dir` from the host's mount table: versions before
+/// the private mount namespace mounted it there, and one killed left it.
+/// Every one, should one be stacked on another.
+pub fn unmount_legacy(dir: &Path) {
+    let Ok(target) = CString::new(dir.join(MERGED).as_os_str().as_bytes()) else {
+        return;
+    };
+    for _ in 0..16 {
+        // SAFETY: umount2 on a path we own; EINVAL (nothing mounted) and
+        // ENOENT end the loop.
+        let detached =
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+        if detached != 0 {
+            break;
         }
     }
 }

@@ -67,21 +67,51 @@ fn probe_dir(parent: &Path) -> bool {
     ok
 }
 
-/// Remove sandbox cgroups left by processes that died without cleaning
-/// up. Only empty groups can be removed (rmdir fails on a live one), and
-/// only ones older than a minute, so a group another process has just made
-/// for a sandbox it is starting is left alone.
-pub fn remove_stale(backend: &LimitBackend) {
-    let parents: Vec<PathBuf> = match backend {
-        LimitBackend::Rlimit => return,
+/// The parent groups holding one group per sandbox boot.
+fn parents(backend: &LimitBackend) -> Vec<PathBuf> {
+    match backend {
+        LimitBackend::Rlimit => Vec::new(),
         LimitBackend::CgroupV2(root) => vec![root.join(GROUP)],
         LimitBackend::CgroupV1 => ["memory", "pids", "cpu"]
             .iter()
             .map(|c| Path::new(CGROUP_ROOT).join(c).join(GROUP))
             .collect(),
-    };
+    }
+}
+
+/// Remove the groups of these sandboxes, which an earlier process of this
+/// data dir left when it was killed (the caller holds the data dir, so
+/// none of them is in use): whatever still runs in one is killed first,
+/// then the group goes, young or old.
+pub fn remove_left_by(backend: &LimitBackend, boxes: &std::collections::HashSet<String>) {
+    for parent in parents(backend) {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owned = name
+                .rsplit_once('.')
+                .is_some_and(|(id, _boot)| boxes.contains(id));
+            if !owned || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let group = SandboxCgroup {
+                dirs: vec![entry.path()],
+            };
+            group.remove();
+            tracing::info!(cgroup = %entry.path().display(), "removed a cgroup left by an earlier process");
+        }
+    }
+}
+
+/// Remove sandbox cgroups left by processes that died without cleaning
+/// up. Only empty groups can be removed (rmdir fails on a live one), and
+/// only ones older than a minute, so a group another process has just made
+/// for a sandbox it is starting is left alone.
+pub fn remove_stale(backend: &LimitBackend) {
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-    for parent in parents {
+    for parent in parents(backend) {
         let Ok(entries) = std::fs::read_dir(&parent) else {
             continue;
         };
@@ -199,8 +229,39 @@ impl SandboxCgroup {
             .collect()
     }
 
-    /// Remove the cgroup directories; processes must be gone.
+    /// SIGKILL every process in the group: `cgroup.kill` where the kernel
+    /// has it (v2), else each pid of `cgroup.procs` until none is left.
+    fn kill_members(&self) {
+        for dir in &self.dirs {
+            if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+                continue;
+            }
+            for _ in 0..50 {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                let pids: Vec<i32> = procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    // SAFETY: kill(2) on a member of a group only Blink's
+                    // sandboxes of this data dir are put in.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Remove the cgroup directories once the sandbox has ended: a process
+    /// still in one (say an nsenter wrapper outside the sandbox's pid
+    /// namespace) is killed first, so no group outlives its sandbox.
     pub fn remove(&self) {
+        self.kill_members();
         for dir in &self.dirs {
             for _ in 0..50 {
                 match std::fs::remove_dir(dir) {

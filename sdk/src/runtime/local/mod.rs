@@ -122,6 +122,10 @@ impl LocalRuntime {
             None => None,
         };
         let spawner = Spawner::new().map_err(|e| Error::io("starting the sandbox spawner", e))?;
+        let backend = LimitBackend::detect();
+        // Groups a killed predecessor left; then old empty ones of others.
+        limits::remove_left_by(&backend, &box_ids(&options.root));
+        limits::remove_stale(&backend);
         Ok(Self {
             root: options.root,
             images,
@@ -129,11 +133,7 @@ impl LocalRuntime {
             seccomp,
             bwrap,
             nsenter,
-            backend: {
-                let backend = LimitBackend::detect();
-                limits::remove_stale(&backend);
-                backend
-            },
+            backend,
             spawner,
             running: Arc::default(),
         })
@@ -322,20 +322,18 @@ impl Runtime for LocalRuntime {
         // As root, the disk is seen through an overlay that names no host
         // path inside (disk.rs); without root it is bound as it is.
         let root = match range {
-            Some(_) => disk::mount(&dir)
-                .map_err(|e| Error::io(format!("mounting the disk of {}", spec.id), e))?,
-            None => rootfs.clone(),
+            Some(_) => bwrap::Root::Overlay(
+                disk::prepare(&dir)
+                    .map_err(|e| Error::io(format!("preparing the disk of {}", spec.id), e))?,
+            ),
+            None => bwrap::Root::Bind(&rootfs),
         };
-        let cgroup = match SandboxCgroup::create(&self.backend, &spec.id, &spec.limits) {
-            Ok(c) => c.map(Arc::new),
-            Err(e) => {
-                disk::unmount(&dir);
-                return Err(Error::io(format!("creating cgroup for {}", spec.id), e));
-            }
-        };
+        let cgroup = SandboxCgroup::create(&self.backend, &spec.id, &spec.limits)
+            .map_err(|e| Error::io(format!("creating cgroup for {}", spec.id), e))?
+            .map(Arc::new);
         let launch = bwrap::Launch {
             bwrap: &self.bwrap,
-            rootfs: &root,
+            root,
             guest: GUEST_BINARY,
             hostname: &spec.hostname,
             ids: range,
@@ -347,7 +345,6 @@ impl Runtime for LocalRuntime {
         let mut started = match started.await {
             Ok(x) => x,
             Err(e) => {
-                disk::unmount(&dir);
                 if let Some(c) = &cgroup {
                     c.remove();
                 }
@@ -378,7 +375,6 @@ impl Runtime for LocalRuntime {
                 if let Some(c) = &cgroup {
                     c.remove();
                 }
-                disk::unmount(&dir);
                 let why = match outcome {
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "timed out".into(),
@@ -407,19 +403,18 @@ impl Runtime for LocalRuntime {
         let mut child = started.child;
         let running = self.running.clone();
         let id = spec.id.clone();
-        let watched_dir = dir.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             let mut msg = String::new();
             if let Some(mut s) = stderr {
                 let _ = s.read_to_string(&mut msg).await;
             }
-            // The cgroup and the overlay go first: `stop` returns once the
-            // entry is gone, and by then nothing of the sandbox may be left.
+            // The cgroup goes first (the overlay went with the sandbox's
+            // mount namespace): `stop` returns once the entry is gone, and
+            // by then nothing of the sandbox may be left.
             if let Some(c) = cgroup {
                 c.remove();
             }
-            disk::unmount(&watched_dir);
             let mut map = lock(&running);
             if map.get(&id).is_some_and(|r| r.bwrap_pid == bwrap_pid) {
                 map.remove(&id);
@@ -462,7 +457,7 @@ impl Runtime for LocalRuntime {
         self.stop(id).await?;
         let dir = self.dir(id);
         if dir.exists() {
-            disk::unmount(&dir);
+            disk::unmount_legacy(&dir);
             let range = self.ids.as_ref().and_then(|ids| ids.recorded(&dir));
             // Rename first so a crash mid-delete never leaves a half disk
             // under the sandbox's name.
@@ -492,8 +487,9 @@ impl Runtime for LocalRuntime {
             if !entry.path().is_dir() {
                 continue;
             }
-            // Nothing runs yet: an overlay left by a crash goes.
-            disk::unmount(&entry.path());
+            // Nothing runs yet: an overlay an older version left on the
+            // host goes.
+            disk::unmount_legacy(&entry.path());
             // Partial and half-removed disks start with a dot.
             if keep.contains(&name) {
                 continue;
@@ -504,7 +500,6 @@ impl Runtime for LocalRuntime {
                 .as_ref()
                 .and_then(|ids| ids.recorded(&entry.path()));
             let path = entry.path();
-            disk::unmount(&path);
             tokio::task::spawn_blocking(move || crate::fs::remove_tree(&path))
                 .await
                 .map_err(|e| Error::Runtime(e.to_string()))?
@@ -626,6 +621,28 @@ fn own_dir(dir: &Path, range: Option<IdRange>) -> Result<()> {
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))
+}
+
+/// The ids of every sandbox with a directory under `root`, whole, being
+/// made (`.<id>.partial`) or being removed (`.<id>.removing`).
+fn box_ids(root: &Path) -> std::collections::HashSet<String> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Default::default();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = match name.strip_prefix('.') {
+                Some(rest) => rest
+                    .strip_suffix(".partial")
+                    .or_else(|| rest.strip_suffix(".removing"))?
+                    .to_owned(),
+                None => name,
+            };
+            validate_id(&id).is_ok().then_some(id)
+        })
+        .collect()
 }
 
 /// Sandbox ids become directory names: keep them boring.
