@@ -9,13 +9,14 @@
 #   pkg-config      finding libseccomp when building
 #   gcc libc6-dev   the abuse tests compile their attacker programs (static)
 #   rsync           rsync over ssh in the client tests (tests/tests/ssh_clients.rs)
+#   e2fsprogs       mkfs.ext4: session disks are ext4 images (docs/DISKS.md)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
 #   ssh-audit       (PyPI) grades the SSH gateway's algorithms
 set -euo pipefail
 
 need=()
 for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
-  libseccomp-dev pkg-config gcc libc6-dev rsync; do
+  libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

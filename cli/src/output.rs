@@ -101,3 +101,44 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
         _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
 }
+
+/// A size in MiB from the command line: `512M`, `20G`, `1T` (binary units;
+/// `MiB`, `GiB`, `TiB` too); a plain number is MiB.
+pub fn parse_mib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a size like 512M or 20G, got {s:?}"))?;
+    let factor = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => 1,
+        "G" | "GB" | "GIB" => 1024,
+        "T" | "TB" | "TIB" => 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (use M, G or T)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_mib;
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_mib("512"), Ok(512));
+        assert_eq!(parse_mib("512M"), Ok(512));
+        assert_eq!(parse_mib("20G"), Ok(20 * 1024));
+        assert_eq!(parse_mib("2GiB"), Ok(2048));
+        assert_eq!(parse_mib("1t"), Ok(1 << 20));
+        assert!(parse_mib("").is_err());
+        assert!(parse_mib("G").is_err());
+        assert!(parse_mib("5X").unwrap_err().contains("unit"));
+        assert!(parse_mib("99999999999999999999G").is_err());
+    }
+}

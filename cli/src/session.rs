@@ -32,6 +32,10 @@ pub enum SessionCommand {
         /// Image for a new session (default: the built-in default image).
         #[arg(long)]
         image: Option<String>,
+        /// Disk size of a new session, its disk quota (`512M`, `20G`;
+        /// plain numbers are MiB). Default: the configured size (10G).
+        #[arg(long, value_name = "SIZE", value_parser = output::parse_mib)]
+        disk_size: Option<u64>,
     },
     /// Copy a host script or binary into the session and run it.
     Run {
@@ -102,7 +106,12 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
     };
     let manager = ctx.manager().await?;
     match cmd {
-        SessionCommand::Open { name, warm, image } => {
+        SessionCommand::Open {
+            name,
+            warm,
+            image,
+            disk_size,
+        } => {
             let progress = Progress::start(ctx, "preparing session disk");
             let opened = manager
                 .open_session(
@@ -110,6 +119,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
                     OpenOptions {
                         image,
                         warm: warm.then_some(true),
+                        disk_mib: disk_size,
                     },
                 )
                 .await;

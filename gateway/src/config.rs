@@ -53,6 +53,9 @@ pub struct SandboxConfig {
     /// First host id of the per-sandbox id ranges (65536 ids each) when
     /// running as root. Give each Blink on one host its own base.
     pub id_base: u32,
+    /// Disk size of a new session in MiB (its disk quota) unless it asks
+    /// for its own (`disk_mib` in `POST /api/sessions`).
+    pub disk_size_mib: u64,
 }
 
 impl Default for SandboxConfig {
@@ -60,6 +63,7 @@ impl Default for SandboxConfig {
         Self {
             seccomp: blink_sdk::runtime::local::SeccompProfile::Default,
             id_base: blink_sdk::runtime::local::DEFAULT_ID_BASE,
+            disk_size_mib: blink_sdk::runtime::local::DEFAULT_DISK_MIB,
         }
     }
 }
@@ -221,6 +225,13 @@ impl FileConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        use blink_sdk::runtime::local::{MAX_DISK_MIB, MIN_DISK_MIB};
+        let disk = self.sandbox.disk_size_mib;
+        if !(MIN_DISK_MIB..=MAX_DISK_MIB).contains(&disk) {
+            return Err(ConfigError::Invalid(format!(
+                "sandbox.disk_size_mib must be between {MIN_DISK_MIB} and {MAX_DISK_MIB}, not {disk}"
+            )));
+        }
         let l = &self.ssh.limits;
         let positive = [
             ("max_auth_attempts", l.max_auth_attempts as u64),

@@ -130,6 +130,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut manager_config = ManagerConfig::new(&data_dir);
     manager_config.seccomp = file.sandbox.seccomp;
     manager_config.id_base = Some(file.sandbox.id_base);
+    manager_config.limits.disk_mib = Some(file.sandbox.disk_size_mib);
     if file.sandbox.seccomp == blink_sdk::runtime::local::SeccompProfile::Unconfined {
         tracing::warn!(
             "[sandbox] seccomp = \"unconfined\": sandboxes run without a seccomp filter"

@@ -53,7 +53,7 @@ pub async fn open_session(name: &str, image: &str) -> Result<(String, bool)> {
             name,
             OpenOptions {
                 image: Some(image.to_owned()),
-                warm: None,
+                ..OpenOptions::default()
             },
         )
         .await?;

@@ -42,8 +42,8 @@ async fn open(m: &Manager, name: &str, warm: bool) -> String {
     m.open_session(
         name,
         OpenOptions {
-            image: None,
             warm: Some(warm),
+            ..OpenOptions::default()
         },
     )
     .await

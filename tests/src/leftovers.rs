@@ -112,6 +112,32 @@ pub fn cgroups_of(box_id: &str) -> Vec<String> {
     names
 }
 
+/// A process of a running sandbox (found through its cgroup) whose root
+/// is the sandbox's, not the host's.
+pub fn sandbox_process(box_id: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let host = std::fs::metadata("/").ok()?;
+    let groups = cgroups_of(box_id);
+    let parents = ["pids", "memory", "cpu", "unified"]
+        .iter()
+        .map(|c| Path::new("/sys/fs/cgroup").join(c).join("blink"))
+        .chain([Path::new("/sys/fs/cgroup/blink").to_path_buf()]);
+    for parent in parents {
+        for group in &groups {
+            let procs = std::fs::read_to_string(parent.join(group).join("cgroup.procs"))
+                .unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                if let Ok(root) = std::fs::metadata(format!("/proc/{pid}/root/"))
+                    && (root.dev(), root.ino()) != (host.dev(), host.ino())
+                {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Box ids with a directory in a data dir's sandboxes dir (made, being
 /// made or being removed).
 pub fn box_ids(data_dir: &Path) -> Vec<String> {

@@ -186,14 +186,24 @@ impl Blink {
         path
     }
 
-    /// Host path of a file inside a session's disk.
+    /// A host path of a file of a session's disk. A disk that is a
+    /// directory (made without root) is read where it is; a disk image is
+    /// mounted only inside its sandbox, so its files are reached through a
+    /// process of the running sandbox (`/proc/<pid>/root`), waited for up
+    /// to 10 s.
     pub fn disk_path(&self, box_id: &str, sandbox_path: &str) -> PathBuf {
-        self.data_dir
-            .path()
-            .join("sandboxes")
-            .join(box_id)
-            .join("rootfs")
-            .join(sandbox_path.trim_start_matches('/'))
+        let relative = sandbox_path.trim_start_matches('/');
+        let dir = self.data_dir.path().join("sandboxes").join(box_id);
+        if dir.join("rootfs").is_dir() {
+            return dir.join("rootfs").join(relative);
+        }
+        for _ in 0..400 {
+            if let Some(pid) = leftovers::sandbox_process(box_id) {
+                return PathBuf::from(format!("/proc/{pid}/root")).join(relative);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("sandbox {box_id} is not running: its disk cannot be read");
     }
 }
 

@@ -484,7 +484,6 @@ fn spawn_tty_follows_window_size_changes_and_restores_the_terminal() {
 fn start_holder(blink: &Blink, name: &str, secs: u32) -> (std::process::Child, String) {
     let (_, opened) = blink.json(&["session", "open", "--name", name]);
     let box_id = opened["session"]["box_id"].as_str().unwrap().to_owned();
-    let ready = blink.disk_path(&box_id, "/var/blink/memory/ready");
     let script = format!("touch /var/blink/memory/ready; sleep {secs}");
     let holder = blink
         .cli(&["session", "exec", "--name", name, "--", "sh", "-c", &script])
@@ -493,6 +492,8 @@ fn start_holder(blink: &Blink, name: &str, secs: u32) -> (std::process::Child, S
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Reached through the running sandbox, once the CLI has started it.
+    let ready = blink.disk_path(&box_id, "/var/blink/memory/ready");
     assert!(wait_for_file(&ready), "the command in {name} never started");
     (holder, box_id)
 }

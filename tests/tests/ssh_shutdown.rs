@@ -73,11 +73,11 @@ fn a_command_ends_within_the_grace_and_idle_clients_go_at_once() {
     assert!(f.server.wait_log(&["ssh login"]).is_some());
 
     // A command that needs a second more after the signal.
-    let started = f.blink.disk_path(&f.box_id, "/root/started");
     let exec = Running::spawn(
         f.ssh_command()
             .arg("touch /root/started; sleep 1; echo done"),
     );
+    let started = f.blink.disk_path(&f.box_id, "/root/started");
     assert!(wait_for_file(&started), "the command did not start");
 
     let signalled = Instant::now();

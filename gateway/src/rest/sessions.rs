@@ -22,6 +22,9 @@ pub struct OpenRequest {
     pub warm: Option<bool>,
     /// Image of a new session (default image when absent).
     pub image: Option<String>,
+    /// Disk size of a new session in MiB: its disk quota (a program that
+    /// writes past it gets ENOSPC). Default: `[sandbox] disk_size_mib`.
+    pub disk_mib: Option<u64>,
     /// Answer 409 instead of opening a session that already exists.
     #[serde(default)]
     pub exclusive: bool,
@@ -86,6 +89,7 @@ pub async fn open(
             OpenOptions {
                 image: req.image,
                 warm: req.warm,
+                disk_mib: req.disk_mib,
             },
         )
         .await?;

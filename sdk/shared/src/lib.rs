@@ -70,6 +70,17 @@ pub struct SessionInfo {
     pub last_used_at: u64,
     /// Executions currently running in the session.
     pub active_executions: u32,
+    /// The session's disk: its quota and what it holds on the host's disk
+    /// (absent where the runtime has no per-session disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskUsage>,
+}
+
+/// A session disk's size (its quota) and the host disk space it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    pub size_bytes: u64,
+    pub used_bytes: u64,
 }
 
 /// Result of `open`: the session and whether this call created it.

@@ -62,6 +62,7 @@ impl ManagerConfig {
                 memory_mib: Some(2048),
                 cpus: None,
                 pids: Some(1024),
+                disk_mib: None,
             },
             max_script_bytes: 64 << 20,
         }

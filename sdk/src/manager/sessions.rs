@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::store::SessionRecord;
 use super::{Manager, lock, names, now, now_ms};
 use crate::error::{Error, Result};
-use crate::runtime::SandboxSpec;
+use crate::runtime::{Limits, SandboxSpec};
 use crate::types::{OpenedSession, SessionInfo, SessionState};
 
 /// Options of `open_session`.
@@ -18,6 +18,9 @@ pub struct OpenOptions {
     /// `Some(true)` makes the session warm (kept running), `Some(false)`
     /// makes it cold again, `None` keeps what it was.
     pub warm: Option<bool>,
+    /// Disk size in MiB (the session's quota) when it is created; the
+    /// configured default when `None`. An existing session keeps its own.
+    pub disk_mib: Option<u64>,
 }
 
 /// In-memory state of one session.
@@ -84,6 +87,7 @@ impl Manager {
         let r = lock(&slot.record).clone();
         let rt = self.runtime.info();
         SessionInfo {
+            disk: self.runtime.disk_usage(&r.box_id),
             state: if self.runtime.is_running(&r.box_id) {
                 SessionState::Running
             } else {
@@ -142,7 +146,10 @@ impl Manager {
             runtime: self.runtime.info().name,
             created_at: t,
             last_used_at: t,
-            limits: self.config.limits.clone(),
+            limits: Limits {
+                disk_mib: options.disk_mib.or(self.config.limits.disk_mib),
+                ..self.config.limits.clone()
+            },
         };
         let spec = self.spec_of(&record);
         self.runtime.create(&spec).await?;

@@ -26,6 +26,10 @@ pub struct Limits {
     /// CPU quota in cores (1.5 = one and a half cores).
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
+    /// Disk size in MiB: the session's quota (runtimes with per-session
+    /// disks; `None` is the runtime's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
 }
 
 /// Everything a runtime needs to make a sandbox.
@@ -82,6 +86,12 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     async fn remove_file(&self, id: &str, path: &str) -> Result<()>;
 
     /// Disk snapshot hooks: the checkpoint issue implements them.
+    /// The sandbox disk's size and the host space it takes, where the
+    /// runtime gives each sandbox a disk of its own.
+    fn disk_usage(&self, _id: &str) -> Option<crate::types::DiskUsage> {
+        None
+    }
+
     async fn checkpoint(&self, _id: &str, _name: &str) -> Result<()> {
         Err(Error::Unsupported("checkpoint".into()))
     }

@@ -35,7 +35,7 @@ pub enum Root<'a> {
     Bind(&'a Path),
     /// The disk's overlay, mounted by bubblewrap's process in a mount
     /// namespace of its own (disk.rs).
-    Overlay(Overlay),
+    Overlay(Box<Overlay>),
 }
 
 pub struct Launch<'a> {

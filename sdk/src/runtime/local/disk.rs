@@ -1,11 +1,19 @@
-//! The sandbox's root as its processes see it. When Blink runs as root the
-//! disk (`<box>/rootfs`) is the upper layer of an overlay mounted at
-//! `<box>/merged`, over an empty lower layer, and that overlay is what
-//! bubblewrap binds as `/`. The overlay is mounted with paths relative to
-//! the sandbox's directory, so `/proc/self/mountinfo` inside shows
-//! `lowerdir=lower,upperdir=rootfs,workdir=work` and no host path (a bind
-//! mount of a directory would show its full path on the host's filesystem).
-//! Without root, the disk is bound directly.
+//! The sandbox's root as its processes see it. When Blink runs as root it
+//! is an overlay mounted at `<box>/merged`, and that overlay is what
+//! bubblewrap binds as `/`. Its layers:
+//! - layered disks (made since disks became copy-on-write): the image's
+//!   shared tree (trees.rs), id-mapped to the sandbox's id range and
+//!   read-only, at `<box>/lower`, under the session's own filesystem
+//!   (`<box>/disk.img` on a loop device, disk_image.rs) at `<box>/disk`,
+//!   whose `upper` holds the session's changes. Nothing of the image is
+//!   copied; the disk's size is the session's quota.
+//! - legacy disks: `<box>/rootfs` (a full copy of the image) over an empty
+//!   lower layer.
+//!
+//! The overlay is mounted with paths relative to the sandbox's directory,
+//! so `/proc/self/mountinfo` inside shows `lowerdir=lower,upperdir=...` and
+//! no host path (a bind mount of a directory would show its full path on
+//! the host's filesystem). Without root, the disk is bound directly.
 //!
 //! The overlay is mounted by bubblewrap's own process, between fork and
 //! exec, in a mount namespace of its own (a slave of the host's, so nothing
@@ -16,13 +24,42 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 const LOWER: &str = "lower";
 const WORK: &str = "work";
 const MERGED: &str = "merged";
-const OPTIONS: &str = "lowerdir=lower,upperdir=rootfs,workdir=work";
+/// Mount point of a layered disk's own filesystem (disk_image.rs).
+const DISK: &str = "disk";
+const LEGACY_OPTIONS: &str = "lowerdir=lower,upperdir=rootfs,workdir=work";
+const LAYERED_OPTIONS: &str = "lowerdir=lower,upperdir=disk/upper,workdir=disk/work";
+
+/// What the overlay is made of.
+#[derive(Debug)]
+enum Layers {
+    /// Disks made before layered disks: `rootfs` (a full copy of the
+    /// image) is the upper layer, over an empty lower.
+    Legacy,
+    /// The image's shared tree, id-mapped to the sandbox's range and
+    /// read-only, under the session's own filesystem (a loop device).
+    Layered {
+        device: CString,
+        image: CString,
+        /// The user namespace whose map the image tree is seen through.
+        userns: OwnedFd,
+        /// The sandbox's root id: owner of the upper layer's root.
+        owner: u32,
+        ext4: CString,
+        source_key: CString,
+        discard: CString,
+        disk: CString,
+        upper: CString,
+        lower: CString,
+        empty: CString,
+    },
+}
 
 /// Everything the forked child needs to mount a sandbox's overlay, made
 /// before the fork (the child may not allocate).
@@ -33,34 +70,93 @@ pub struct Overlay {
     target: CString,
     options: CString,
     root: CString,
+    layers: Layers,
 }
 
-/// Make the overlay's directories in the sandbox directory `dir` (which
-/// holds `rootfs`) and prepare its mount.
-pub fn prepare(dir: &Path) -> io::Result<Overlay> {
+fn make_dirs(dir: &Path, names: &[(&str, u32)]) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    for (name, mode) in [(LOWER, 0o755), (WORK, 0o700), (MERGED, 0o755)] {
-        match std::fs::DirBuilder::new().mode(mode).create(dir.join(name)) {
+    for (name, mode) in names {
+        match std::fs::DirBuilder::new()
+            .mode(*mode)
+            .create(dir.join(name))
+        {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+/// The overlay of a legacy sandbox directory `dir` (which holds `rootfs`).
+pub fn prepare_legacy(dir: &Path) -> io::Result<Overlay> {
+    make_dirs(dir, &[(LOWER, 0o755), (WORK, 0o700), (MERGED, 0o755)])?;
+    overlay(dir, LEGACY_OPTIONS, Layers::Legacy)
+}
+
+/// The overlay of a layered sandbox directory `dir`: `image` (the shared
+/// tree) under the filesystem on `device` (its disk image, attached).
+pub fn prepare_layered(
+    dir: &Path,
+    device: &Path,
+    image: &Path,
+    userns: OwnedFd,
+    owner: u32,
+) -> io::Result<Overlay> {
+    make_dirs(dir, &[(LOWER, 0o755), (DISK, 0o700), (MERGED, 0o755)])?;
+    let c = |s: &str| CString::new(s);
+    let layers = Layers::Layered {
+        device: CString::new(device.as_os_str().as_bytes())?,
+        image: CString::new(image.as_os_str().as_bytes())?,
+        userns,
+        owner,
+        ext4: c("ext4")?,
+        source_key: c("source")?,
+        discard: c("discard")?,
+        disk: c(DISK)?,
+        upper: c("disk/upper")?,
+        lower: c(LOWER)?,
+        empty: c("")?,
+    };
+    overlay(dir, LAYERED_OPTIONS, layers)
+}
+
+fn overlay(dir: &Path, options: &str, layers: Layers) -> io::Result<Overlay> {
     Ok(Overlay {
         dir: CString::new(dir.as_os_str().as_bytes())?,
         source: CString::new("overlay")?,
         target: CString::new(MERGED)?,
-        options: CString::new(OPTIONS)?,
+        options: CString::new(options)?,
         root: CString::new("/")?,
+        layers,
     })
 }
+
+/// `struct mount_attr` (linux/mount.h).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 
 impl Overlay {
     /// In a freshly forked child, as host root: enter a new mount
     /// namespace that receives the host's mounts but sends none back,
-    /// mount the overlay there and return a descriptor (O_PATH) of it.
-    /// The relative paths need the sandbox directory as working
-    /// directory; the child's own, so this is safe.
+    /// mount the layers and the overlay there and return a descriptor
+    /// (O_PATH) of it. The relative paths need the sandbox directory as
+    /// working directory; the child's own, so this is safe.
     ///
     /// # Safety
     /// Only in a freshly forked child: raw syscalls on memory prepared
@@ -78,13 +174,21 @@ impl Overlay {
                     std::ptr::null(),
                 ) != 0
                 || libc::chdir(self.dir.as_ptr()) != 0
-                || libc::mount(
-                    self.source.as_ptr(),
-                    self.target.as_ptr(),
-                    self.source.as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    self.options.as_ptr().cast(),
-                ) != 0
+            {
+                return fail();
+            }
+            if let Layers::Layered { .. } = &self.layers
+                && self.mount_layers().is_err()
+            {
+                return fail();
+            }
+            if libc::mount(
+                self.source.as_ptr(),
+                self.target.as_ptr(),
+                self.source.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                self.options.as_ptr().cast(),
+            ) != 0
             {
                 return fail();
             }
@@ -97,6 +201,118 @@ impl Overlay {
             }
             Ok(fd)
         }
+    }
+
+    /// The session's filesystem at `disk` (the upper layer's root owned by
+    /// the sandbox's root id) and the image tree, id-mapped and read-only,
+    /// at `lower`.
+    ///
+    /// # Safety
+    /// As [`Overlay::mount_in_child`].
+    unsafe fn mount_layers(&self) -> io::Result<()> {
+        let Layers::Layered {
+            device,
+            image,
+            userns,
+            owner,
+            ext4,
+            source_key,
+            discard,
+            disk,
+            upper,
+            lower,
+            empty,
+        } = &self.layers
+        else {
+            return Ok(());
+        };
+        let check = |ret: libc::c_long| {
+            if ret < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(ret as i32)
+            }
+        };
+        // SAFETY: as documented; every pointer is to memory made before
+        // the fork, every descriptor is our own.
+        unsafe {
+            let fs = check(libc::syscall(libc::SYS_fsopen, ext4.as_ptr(), 1))?;
+            check(libc::syscall(
+                libc::SYS_fsconfig,
+                fs,
+                FSCONFIG_SET_STRING,
+                source_key.as_ptr(),
+                device.as_ptr(),
+                0,
+            ))?;
+            check(libc::syscall(
+                libc::SYS_fsconfig,
+                fs,
+                FSCONFIG_SET_FLAG,
+                discard.as_ptr(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            ))?;
+            check(libc::syscall(
+                libc::SYS_fsconfig,
+                fs,
+                FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            ))?;
+            let m = check(libc::syscall(
+                libc::SYS_fsmount,
+                fs,
+                1,
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            ))?;
+            libc::close(fs);
+            check(libc::syscall(
+                libc::SYS_move_mount,
+                m,
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                disk.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ))?;
+            libc::close(m);
+            check(libc::chown(upper.as_ptr(), *owner, *owner).into())?;
+
+            let tree = check(libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                image.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            ))?;
+            let attr = MountAttr {
+                attr_set: MOUNT_ATTR_IDMAP
+                    | MOUNT_ATTR_RDONLY
+                    | MOUNT_ATTR_NOSUID
+                    | MOUNT_ATTR_NODEV,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: userns.as_raw_fd() as u64,
+            };
+            check(libc::syscall(
+                libc::SYS_mount_setattr,
+                tree,
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            ))?;
+            check(libc::syscall(
+                libc::SYS_move_mount,
+                tree,
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                lower.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ))?;
+            libc::close(tree);
+        }
+        Ok(())
     }
 }
 

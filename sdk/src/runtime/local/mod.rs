@@ -19,14 +19,18 @@
 
 mod bwrap;
 mod disk;
+mod disk_image;
 mod exec;
 mod handover;
+mod idmap;
 mod ids;
 mod limits;
+mod loopdev;
 mod namespaces;
 mod pty;
 mod seccomp;
 mod spawner;
+mod trees;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -37,6 +41,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 
+pub use self::disk_image::{MAX_MIB as MAX_DISK_MIB, MIN_MIB as MIN_DISK_MIB};
 pub use self::exec::GUEST_PATH;
 pub use self::ids::DEFAULT_BASE as DEFAULT_ID_BASE;
 use self::ids::{IdRange, IdRanges};
@@ -57,6 +62,9 @@ pub const GUEST_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/blink-
 
 /// How long bubblewrap may take to set a sandbox up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A disk's size when neither the session nor the config names one.
+pub const DEFAULT_DISK_MIB: u64 = 10 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
@@ -92,6 +100,9 @@ pub struct LocalRuntime {
     backend: LimitBackend,
     spawner: Spawner,
     running: Arc<Mutex<HashMap<String, Running>>>,
+    /// Shared image trees (layered disks only).
+    trees: Arc<trees::Trees>,
+    templates: Arc<disk_image::Templates>,
 }
 
 impl LocalRuntime {
@@ -122,6 +133,12 @@ impl LocalRuntime {
             None => None,
         };
         let spawner = Spawner::new().map_err(|e| Error::io("starting the sandbox spawner", e))?;
+        let data = options
+            .root
+            .parent()
+            .map_or_else(|| options.root.clone(), Path::to_path_buf);
+        let trees = Arc::new(trees::Trees::new(data.join("image-trees"), images.clone()));
+        let templates = Arc::new(disk_image::Templates::new(data.join("disk-templates")));
         let backend = LimitBackend::detect();
         // Groups a killed predecessor left; then old empty ones of others.
         limits::remove_left_by(&backend, &box_ids(&options.root));
@@ -136,6 +153,8 @@ impl LocalRuntime {
             backend,
             spawner,
             running: Arc::default(),
+            trees,
+            templates,
         })
     }
 
@@ -264,32 +283,17 @@ impl Runtime for LocalRuntime {
         let staging = self.root.join(format!(".{}.partial", spec.id));
         let _ = crate::fs::remove_tree(&staging);
         let range = self.ids.as_ref().map(IdRanges::allocate).transpose()?;
-        let owner = range.map(|r| (r.root, r.root));
         let result: Result<()> = async {
-            let rootfs = staging.join("rootfs");
-            std::fs::create_dir_all(&rootfs).map_err(|e| Error::io("creating sandbox dir", e))?;
+            std::fs::create_dir_all(&staging).map_err(|e| Error::io("creating sandbox dir", e))?;
             own_dir(&staging, range)?;
             if let (Some(ids), Some(range)) = (&self.ids, range) {
                 ids.record(&staging, range)?;
             }
-            let images = self.images.clone();
-            let target = rootfs.clone();
-            tokio::task::spawn_blocking(move || images.unpack(&image, &target, owner))
-                .await
-                .map_err(|e| Error::Runtime(format!("unpack task failed: {e}")))??;
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(&rootfs, Some(uid), Some(gid))
-                    .map_err(|e| Error::io("chown rootfs", e))?;
+            if range.is_some() && disk_image::available() {
+                self.create_layered(spec, &image, &staging).await?;
+            } else {
+                self.create_copy(&image, &staging, range).await?;
             }
-            // The image's files, still unreachable by the sandbox: host
-            // root may write them.
-            let root = ConfinedRoot::open(&rootfs)?;
-            let root = match owner {
-                Some((uid, gid)) => root.with_owner(uid, gid),
-                None => root,
-            };
-            root.create_dir_all("/.blink", 0o755)?;
-            root.create_dir_all("/var/blink/memory", 0o755)?;
             std::fs::rename(&staging, &dir).map_err(|e| Error::io("committing sandbox dir", e))
         }
         .await;
@@ -303,7 +307,16 @@ impl Runtime for LocalRuntime {
     }
 
     fn exists(&self, id: &str) -> bool {
-        validate_id(id).is_ok() && self.rootfs(id).is_dir()
+        validate_id(id).is_ok()
+            && (self.rootfs(id).is_dir() || self.dir(id).join(disk_image::FILE).is_file())
+    }
+
+    fn disk_usage(&self, id: &str) -> Option<crate::types::DiskUsage> {
+        validate_id(id).ok()?;
+        disk_image::usage(&self.dir(id)).map(|u| crate::types::DiskUsage {
+            size_bytes: u.size_bytes,
+            used_bytes: u.used_bytes,
+        })
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<()> {
@@ -311,21 +324,48 @@ impl Runtime for LocalRuntime {
             return Ok(());
         }
         let rootfs = self.rootfs(&spec.id);
-        if !rootfs.is_dir() {
+        if !self.exists(&spec.id) {
             return Err(Error::SandboxDead {
                 id: spec.id.clone(),
                 reason: "its disk is missing".into(),
             });
         }
-        let range = self.id_range(&spec.id, &rootfs).await?;
         let dir = self.dir(&spec.id);
+        let layered = dir.join(disk_image::FILE).is_file();
+        if layered && self.ids.is_none() {
+            return Err(Error::RuntimeUnavailable {
+                runtime: "local".into(),
+                reason: format!(
+                    "the disk of {} is a disk image, which only a server running as root can mount",
+                    spec.id
+                ),
+            });
+        }
+        let range = self.id_range(&spec.id, &rootfs).await?;
+        let prepare = |e| Error::io(format!("preparing the disk of {}", spec.id), e);
         // As root, the disk is seen through an overlay that names no host
-        // path inside (disk.rs); without root it is bound as it is.
+        // path inside (disk.rs); without root it is bound as it is. The
+        // loop device is ours until bubblewrap has mounted it.
+        let mut device = None;
         let root = match range {
-            Some(_) => bwrap::Root::Overlay(
-                disk::prepare(&dir)
-                    .map_err(|e| Error::io(format!("preparing the disk of {}", spec.id), e))?,
-            ),
+            Some(range) if layered => {
+                let key = trees::named_by(&dir).ok_or_else(|| Error::SandboxDead {
+                    id: spec.id.clone(),
+                    reason: "its disk names no image".into(),
+                })?;
+                let tree = self.trees.path(&key).ok_or_else(|| Error::SandboxDead {
+                    id: spec.id.clone(),
+                    reason: format!("its image (sha256:{key}) is no longer on this host"),
+                })?;
+                let attached = loopdev::attach(&dir.join(disk_image::FILE)).map_err(prepare)?;
+                let userns = idmap::userns_for(range).map_err(prepare)?;
+                let overlay =
+                    disk::prepare_layered(&dir, attached.path(), &tree, userns, range.root)
+                        .map_err(prepare)?;
+                device = Some(attached);
+                bwrap::Root::Overlay(Box::new(overlay))
+            }
+            Some(_) => bwrap::Root::Overlay(Box::new(disk::prepare_legacy(&dir).map_err(prepare)?)),
             None => bwrap::Root::Bind(&rootfs),
         };
         let cgroup = SandboxCgroup::create(&self.backend, &spec.id, &spec.limits)
@@ -341,8 +381,10 @@ impl Runtime for LocalRuntime {
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
             rlimits: (self.backend == LimitBackend::Rlimit).then(|| spec.limits.clone()),
         };
-        let started = launch.start(&self.spawner);
-        let mut started = match started.await {
+        let started = launch.start(&self.spawner).await;
+        // Mounted (or failed): the device goes with its mount from now on.
+        drop(device);
+        let mut started = match started {
             Ok(x) => x,
             Err(e) => {
                 if let Some(c) = &cgroup {
@@ -508,6 +550,18 @@ impl Runtime for LocalRuntime {
                 ids.release(range);
             }
         }
+        // Image trees no remaining disk names (their image was removed,
+        // or their last session).
+        let used: std::collections::HashSet<String> = std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| trees::named_by(&e.path()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let trees = self.trees.clone();
+        let _ = tokio::task::spawn_blocking(move || trees.remove_unused(&used)).await;
         Ok(())
     }
 
@@ -537,6 +591,71 @@ impl Runtime for LocalRuntime {
 }
 
 impl LocalRuntime {
+    /// A layered disk: the image's shared tree (unpacked now if this is
+    /// its first disk) and an empty disk image of the session's size.
+    async fn create_layered(
+        &self,
+        spec: &SandboxSpec,
+        image: &crate::image::ResolvedImage,
+        staging: &Path,
+    ) -> Result<()> {
+        let mib = spec.limits.disk_mib.unwrap_or(DEFAULT_DISK_MIB);
+        if !(disk_image::MIN_MIB..=disk_image::MAX_MIB).contains(&mib) {
+            return Err(Error::InvalidArgument(format!(
+                "disk size {mib} MiB is out of range ({} MiB to {} MiB)",
+                disk_image::MIN_MIB,
+                disk_image::MAX_MIB
+            )));
+        }
+        let trees = self.trees.clone();
+        let templates = self.templates.clone();
+        let image = image.clone();
+        let staging = staging.to_path_buf();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            trees.ensure(&image)?;
+            std::fs::write(staging.join(trees::FILE), trees::Trees::key(&image))
+                .map_err(|e| Error::io("naming the disk's image", e))?;
+            templates
+                .make_disk(mib, &staging.join(disk_image::FILE))
+                .map_err(|e| Error::io("making the disk image", e))
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("disk task failed: {e}")))?
+    }
+
+    /// A disk that is a full copy of the image (without root: no loop
+    /// devices, no id maps).
+    async fn create_copy(
+        &self,
+        image: &crate::image::ResolvedImage,
+        staging: &Path,
+        range: Option<IdRange>,
+    ) -> Result<()> {
+        let owner = range.map(|r| (r.root, r.root));
+        let rootfs = staging.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(|e| Error::io("creating sandbox dir", e))?;
+        let images = self.images.clone();
+        let target = rootfs.clone();
+        let image = image.clone();
+        tokio::task::spawn_blocking(move || images.unpack(&image, &target, owner))
+            .await
+            .map_err(|e| Error::Runtime(format!("unpack task failed: {e}")))??;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&rootfs, Some(uid), Some(gid))
+                .map_err(|e| Error::io("chown rootfs", e))?;
+        }
+        // The image's files, still unreachable by the sandbox: host root
+        // may write them.
+        let root = ConfinedRoot::open(&rootfs)?;
+        let root = match owner {
+            Some((uid, gid)) => root.with_owner(uid, gid),
+            None => root,
+        };
+        root.create_dir_all("/.blink", 0o755)?;
+        root.create_dir_all("/var/blink/memory", 0o755)?;
+        Ok(())
+    }
+
     /// The sandbox's host id range, recorded in its directory. A disk made
     /// before ranges existed (no record) moves into a new range first, and
     /// the record is written only once that is done.
