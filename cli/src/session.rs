@@ -36,6 +36,29 @@ pub enum SessionCommand {
         /// plain numbers are MiB). Default: the configured size (10G).
         #[arg(long, value_name = "SIZE", value_parser = output::parse_mib)]
         disk_size: Option<u64>,
+        /// Make the new session a copy of session A as it is now, or of
+        /// its snapshot S (`A@S`); the image is shared, not copied.
+        #[arg(long, value_name = "A[@S]")]
+        from: Option<String>,
+    },
+    /// Snapshot a session's disk (`checkpoint rm` removes a snapshot).
+    Checkpoint(crate::checkpoint::CheckpointArgs),
+    /// List a session's snapshots.
+    List {
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// Put a session's disk back as a snapshot was (files made since are
+    /// gone, removed ones back); the session is stopped for it and started
+    /// again if it was running or is warm.
+    Restore {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long, short = 's')]
+        snapshot: String,
+        /// Restore even while something runs in the session (it is stopped).
+        #[arg(long)]
+        force: bool,
     },
     /// Copy a host script or binary into the session and run it.
     Run {
@@ -111,7 +134,12 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             warm,
             image,
             disk_size,
+            from,
         } => {
+            let from = from
+                .as_deref()
+                .map(blink_sdk::manager::CloneSource::parse)
+                .transpose()?;
             let progress = Progress::start(ctx, "preparing session disk");
             let opened = manager
                 .open_session(
@@ -120,6 +148,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
                         image,
                         warm: warm.then_some(true),
                         disk_mib: disk_size,
+                        from,
                     },
                 )
                 .await;
@@ -182,6 +211,15 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             env,
             command,
         } => spawn(ctx, &manager, &name.name, tty, env, command).await,
+        SessionCommand::Checkpoint(args) => {
+            crate::checkpoint::checkpoint(ctx, &manager, args).await
+        }
+        SessionCommand::List { name } => crate::checkpoint::list(ctx, &manager, &name.name),
+        SessionCommand::Restore {
+            name,
+            snapshot,
+            force,
+        } => crate::checkpoint::restore(ctx, &manager, &name.name, &snapshot, force).await,
         SessionCommand::Ls => {
             let sessions = manager.list_sessions();
             if ctx.json {
@@ -254,6 +292,13 @@ fn print_info(s: &SessionInfo) {
     println!("created at: {}", s.created_at);
     println!("last used:  {}", s.last_used_at);
     println!("running:    {} execution(s)", s.active_executions);
+    if let Some(d) = &s.disk {
+        println!(
+            "disk:       {} MiB, {:.1} MiB used on the host",
+            d.size_bytes >> 20,
+            d.used_bytes as f64 / f64::from(1 << 20)
+        );
+    }
 }
 
 /// Spawn and stay attached until the process ends.

@@ -43,6 +43,12 @@ pub enum Error {
     #[error("execution {0:?} not found")]
     ExecutionNotFound(String),
 
+    #[error("session {session:?} has no snapshot {snapshot:?}")]
+    SnapshotNotFound { session: String, snapshot: String },
+
+    #[error("session {session:?} already has a snapshot {snapshot:?}")]
+    SnapshotExists { session: String, snapshot: String },
+
     #[error("image {reference:?} not found: {hint}")]
     ImageNotFound { reference: String, hint: String },
 
@@ -122,6 +128,8 @@ impl Error {
             Self::SessionExists(_) => "session_exists",
             Self::SessionBusy { .. } => "session_busy",
             Self::ExecutionNotFound(_) => "execution_not_found",
+            Self::SnapshotNotFound { .. } => "snapshot_not_found",
+            Self::SnapshotExists { .. } => "snapshot_exists",
             Self::ImageNotFound { .. } => "image_not_found",
             Self::InvalidImage { .. } => "invalid_image",
             Self::ScriptNotFound(_) => "script_not_found",
@@ -144,11 +152,13 @@ impl Error {
             Self::PathOutsideSandbox { .. } => ErrorKind::Invalid,
             Self::SessionNotFound(_)
             | Self::ExecutionNotFound(_)
+            | Self::SnapshotNotFound { .. }
             | Self::ImageNotFound { .. }
             | Self::ScriptNotFound(_) => ErrorKind::NotFound,
-            Self::SessionExists(_) | Self::SessionBusy { .. } | Self::DataDirLocked { .. } => {
-                ErrorKind::Conflict
-            }
+            Self::SessionExists(_)
+            | Self::SnapshotExists { .. }
+            | Self::SessionBusy { .. }
+            | Self::DataDirLocked { .. } => ErrorKind::Conflict,
             Self::TooLarge { .. } => ErrorKind::TooLarge,
             Self::InvalidImage { .. } => ErrorKind::Unprocessable,
             Self::Unsupported(_) | Self::RuntimeUnavailable { .. } => ErrorKind::Unsupported,

@@ -26,12 +26,26 @@ struct Guest {
     local: PathBuf,
 }
 
+/// The guest binary, written once per test process before any test
+/// spawns it: a binary written while another thread forks can fail to
+/// execute with ETXTBSY (the child holds the write descriptor until it
+/// execs).
+fn guest_binary() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("blink-guest-{}", std::process::id()));
+        let _ = std::fs::remove_file(&bin);
+        std::fs::write(&bin, GUEST_BINARY).expect("write guest");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        bin
+    })
+}
+
 impl Guest {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let bin = dir.path().join("blink-guest");
-        std::fs::write(&bin, GUEST_BINARY).expect("write guest");
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let bin = guest_binary().to_path_buf();
         let home = dir.path().join("home");
         let local = dir.path().join("local");
         std::fs::create_dir(&home).expect("mkdir home");

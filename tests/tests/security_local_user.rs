@@ -29,19 +29,25 @@ fn session_run(server: &Server, command: &str) -> Value {
     a.body
 }
 
-/// The host path of a file a session made, found as root.
-fn on_disk(blink: &Blink, sandbox_path: &str) -> PathBuf {
-    let sandboxes = blink.data_dir.path().join("sandboxes");
-    std::fs::read_dir(&sandboxes)
+/// The directory of the test's one session.
+fn session_dir(blink: &Blink) -> PathBuf {
+    std::fs::read_dir(blink.data_dir.path().join("sandboxes"))
         .expect("list sandboxes")
         .flatten()
-        .map(|e| {
-            e.path()
-                .join("rootfs")
-                .join(sandbox_path.trim_start_matches('/'))
-        })
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{sandbox_path} is on no disk"))
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .expect("a session's directory")
+}
+
+/// A host path of a file a session made, found as root: on the disk where
+/// the disk is a directory; through a process of the running sandbox where
+/// it is a disk image (mounted only inside).
+fn on_disk(blink: &Blink, sandbox_path: &str) -> PathBuf {
+    let dir = session_dir(blink);
+    let box_id = dir.file_name().expect("name").to_str().expect("utf-8");
+    let path = blink.disk_path(box_id, sandbox_path);
+    assert!(path.exists(), "{sandbox_path} is on no disk");
+    path
 }
 
 /// A local user's attempt must fail for lack of permission.
@@ -84,13 +90,9 @@ fn the_data_dir_and_session_disks_are_closed_to_other_users() {
     let data = blink.data_dir.path().to_str().expect("utf-8").to_owned();
     let sandboxes = format!("{data}/sandboxes");
     let secret_path = secret.to_str().expect("utf-8");
-    let disk = secret
-        .ancestors()
-        .nth(2)
-        .expect("rootfs")
-        .to_str()
-        .expect("utf-8")
-        .to_owned();
+    let session = session_dir(&blink);
+    let disk = session.to_str().expect("utf-8").to_owned();
+    let image = session.join("disk.img");
 
     let Some(out) = nobody("ls", &[&data]) else {
         return;
@@ -102,6 +104,10 @@ fn the_data_dir_and_session_disks_are_closed_to_other_users() {
     assert_denied(&out, "list a session's disk", None);
     let out = nobody("cat", &[secret_path]).expect("as nobody");
     assert_denied(&out, "read a session's private file", Some("top-secret"));
+    if image.exists() {
+        let out = nobody("cat", &[image.to_str().expect("utf-8")]).expect("as nobody");
+        assert_denied(&out, "read a session's disk image", Some("top-secret"));
+    }
 }
 
 #[test]

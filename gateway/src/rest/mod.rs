@@ -78,6 +78,7 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(keys::remove))
         .routes(routes!(checkpoints::create, checkpoints::list))
         .routes(routes!(checkpoints::restore))
+        .routes(routes!(checkpoints::remove))
         .routes(routes!(checkpoints::export))
         .routes(routes!(checkpoints::download))
         .routes(routes!(checkpoints::import))

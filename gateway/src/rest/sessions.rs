@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use blink_sdk::OpenOptions;
-use blink_sdk::manager::names;
+use blink_sdk::manager::{CloneSource, names};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -25,6 +25,10 @@ pub struct OpenRequest {
     /// Disk size of a new session in MiB: its disk quota (a program that
     /// writes past it gets ENOSPC). Default: `[sandbox] disk_size_mib`.
     pub disk_mib: Option<u64>,
+    /// Make the new session a copy of session `A` as it is now (consistent)
+    /// or of its snapshot `A@S`, with its image and settings; the name must
+    /// be free (409 otherwise).
+    pub from: Option<String>,
     /// Answer 409 instead of opening a session that already exists.
     #[serde(default)]
     pub exclusive: bool,
@@ -90,6 +94,7 @@ pub async fn open(
                 image: req.image,
                 warm: req.warm,
                 disk_mib: req.disk_mib,
+                from: req.from.as_deref().map(CloneSource::parse).transpose()?,
             },
         )
         .await?;

@@ -12,6 +12,7 @@
 //! - `spawns.rs` and `spawn.rs`: attachable executions and their registry.
 //! - `keys.rs`, `key_options.rs`: SSH keys of sessions; `store.rs`: files.
 
+mod checkpoints;
 mod collect;
 mod config;
 mod executions;
@@ -31,6 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use self::checkpoints::CloneSource;
 pub use self::collect::Collected;
 pub use self::config::{MEMORY_DIR, ManagerConfig, default_data_dir, gateway_dir};
 pub use self::executions::{EphemeralBox, Lease, Sandbox, Started, Target};
@@ -136,6 +138,12 @@ impl Manager {
 
     pub fn runtime_info(&self) -> RuntimeInfo {
         self.runtime.info()
+    }
+
+    /// Whether sessions here have snapshots and clones (local runtime:
+    /// disk images, so a server running as root).
+    pub fn snapshots_supported(&self) -> bool {
+        self.runtime.snapshots_supported()
     }
 
     pub fn images(&self) -> &Arc<ImageStore> {

@@ -36,6 +36,16 @@ pub fn validate(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Snapshot names follow the same rules (they become file names too).
+pub fn validate_snapshot(name: &str) -> Result<()> {
+    validate(name).map_err(|e| match e {
+        Error::InvalidName { name, reason } => {
+            Error::InvalidArgument(format!("invalid snapshot name {name:?}: {reason}"))
+        }
+        other => other,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::validate;

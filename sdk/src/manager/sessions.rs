@@ -21,6 +21,10 @@ pub struct OpenOptions {
     /// Disk size in MiB (the session's quota) when it is created; the
     /// configured default when `None`. An existing session keeps its own.
     pub disk_mib: Option<u64>,
+    /// Make the new session's disk a copy of another session's (or of one
+    /// of its snapshots), with its image and settings. The name must be
+    /// free.
+    pub from: Option<super::CloneSource>,
 }
 
 /// In-memory state of one session.
@@ -105,7 +109,7 @@ impl Manager {
         }
     }
 
-    fn spec_of(&self, record: &SessionRecord) -> SandboxSpec {
+    pub(super) fn spec_of(&self, record: &SessionRecord) -> SandboxSpec {
         SandboxSpec {
             id: record.box_id.clone(),
             image: record.image.clone(),
@@ -118,6 +122,13 @@ impl Manager {
     pub async fn open_session(&self, name: &str, options: OpenOptions) -> Result<OpenedSession> {
         names::validate(name)?;
         let _catalog = self.catalog.lock().await;
+        if let Some(from) = &options.from {
+            if self.slot(name).is_ok() {
+                return Err(Error::SessionExists(name.into()));
+            }
+            drop(_catalog);
+            return self.clone_session(name, from, options.warm).await;
+        }
         if let Ok(slot) = self.slot(name) {
             if let Some(warm) = options.warm {
                 let mut r = lock(&slot.record).clone();
@@ -162,6 +173,65 @@ impl Manager {
         lock(&self.slots).insert(name.into(), slot.clone());
         drop(_catalog);
         tracing::info!(session = %name, box_id = %record.box_id, image = %record.image, "session created");
+        if record.warm {
+            self.ensure_running(name).await?;
+        }
+        Ok(OpenedSession {
+            session: self.info_of(&slot),
+            created: true,
+        })
+    }
+
+    /// A new session `name` whose disk is a copy of `from`'s (its disk now,
+    /// consistent, or one of its snapshots); unchanged image data stays
+    /// shared.
+    async fn clone_session(
+        &self,
+        name: &str,
+        from: &super::CloneSource,
+        warm: Option<bool>,
+    ) -> Result<OpenedSession> {
+        let source = self.slot(&from.session)?;
+        // The source stays as it is (no stop, restore or removal) while
+        // its disk is copied; the catalog is taken only after (removal
+        // takes the catalog, then the session).
+        let source_life = source.lifecycle.lock().await;
+        if source.removed.load(Ordering::SeqCst) {
+            return Err(Error::SessionNotFound(from.session.clone()));
+        }
+        let origin = lock(&source.record).clone();
+        let t = now();
+        let record = SessionRecord {
+            name: name.into(),
+            box_id: format!("s-{}", uuid::Uuid::new_v4().simple()),
+            image: origin.image.clone(),
+            warm: warm.unwrap_or(false),
+            runtime: self.runtime.info().name,
+            created_at: t,
+            last_used_at: t,
+            limits: origin.limits.clone(),
+        };
+        let spec = self.spec_of(&record);
+        self.runtime
+            .create_from(&spec, &origin.box_id, from.snapshot.as_deref())
+            .await
+            .map_err(|e| super::checkpoints::named(e, &from.session))?;
+        drop(source_life);
+        let _catalog = self.catalog.lock().await;
+        if self.slot(name).is_ok() {
+            // Made meanwhile by another request.
+            let _ = self.runtime.remove(&spec.id).await;
+            return Err(Error::SessionExists(name.into()));
+        }
+        if let Err(e) = self.store.save(&record) {
+            let _ = self.runtime.remove(&spec.id).await;
+            let _ = self.store.delete(name);
+            return Err(e);
+        }
+        let slot = Arc::new(new_slot(record.clone(), t.saturating_mul(1000)));
+        lock(&self.slots).insert(name.into(), slot.clone());
+        drop(_catalog);
+        tracing::info!(session = %name, from = %from.session, snapshot = from.snapshot.as_deref().unwrap_or(""), box_id = %record.box_id, "session cloned");
         if record.warm {
             self.ensure_running(name).await?;
         }

@@ -142,12 +142,25 @@ impl DataDirLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        if rustix::fs::flock(
-            file.as_fd(),
-            rustix::fs::FlockOperation::NonBlockingLockExclusive,
-        )
-        .is_err()
-        {
+        let try_lock = || {
+            rustix::fs::flock(
+                file.as_fd(),
+                rustix::fs::FlockOperation::NonBlockingLockExclusive,
+            )
+            .is_ok()
+        };
+        let mut locked = try_lock();
+        // A holder that has exited can leave the lock for a moment to a
+        // child it forked (one between fork and exec when it was killed):
+        // wait for that to pass, a few seconds at most.
+        for _ in 0..120 {
+            if locked || holder_alive(&path) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            locked = try_lock();
+        }
+        if !locked {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             let holder = holder.trim();
             return Err(Error::DataDirLocked {
@@ -167,6 +180,20 @@ impl DataDirLock {
             .map_err(|e| Error::io("truncating lock file", e))?;
         let _ = write!(file, "pid {} ({me})", std::process::id());
         Ok(Self { _file: file })
+    }
+}
+
+/// Whether the process the lock file names still runs.
+fn holder_alive(path: &Path) -> bool {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let pid = text
+        .strip_prefix("pid ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        // Unknown: assume it runs (refuse rather than wait).
+        None => true,
     }
 }
 

@@ -32,6 +32,19 @@ pub struct Limits {
     pub disk_mib: Option<u64>,
 }
 
+/// One snapshot of a sandbox's disk.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotInfo {
+    pub name: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Host bytes the snapshot takes.
+    pub size_bytes: u64,
+    /// How long the sandbox's processes were frozen for it (0 when it was
+    /// not running).
+    pub frozen_ms: u64,
+}
+
 /// Everything a runtime needs to make a sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
@@ -85,19 +98,52 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Delete a file in the sandbox; a missing file is not an error.
     async fn remove_file(&self, id: &str, path: &str) -> Result<()>;
 
-    /// Disk snapshot hooks: the checkpoint issue implements them.
     /// The sandbox disk's size and the host space it takes, where the
     /// runtime gives each sandbox a disk of its own.
     fn disk_usage(&self, _id: &str) -> Option<crate::types::DiskUsage> {
         None
     }
 
-    async fn checkpoint(&self, _id: &str, _name: &str) -> Result<()> {
-        Err(Error::Unsupported("checkpoint".into()))
+    /// Whether disks here have snapshots and clones.
+    fn snapshots_supported(&self) -> bool {
+        false
     }
 
+    /// Snapshot the sandbox's disk as `name`: consistent, freezing a
+    /// running sandbox's processes for the copy. Names are checked by the
+    /// caller; an existing one is `SnapshotExists`.
+    async fn snapshot(&self, _id: &str, _name: &str) -> Result<SnapshotInfo> {
+        Err(Error::Unsupported(
+            "snapshots on this runtime (they need a disk image: a server running as root)".into(),
+        ))
+    }
+
+    /// The sandbox's snapshots, oldest first.
+    fn snapshots(&self, _id: &str) -> Result<Vec<SnapshotInfo>> {
+        Ok(Vec::new())
+    }
+
+    /// Put the disk back as snapshot `name` was. The sandbox must be
+    /// stopped.
     async fn restore(&self, _id: &str, _name: &str) -> Result<()> {
-        Err(Error::Unsupported("restore".into()))
+        Err(Error::Unsupported(
+            "restoring snapshots on this runtime".into(),
+        ))
+    }
+
+    async fn remove_snapshot(&self, _id: &str, _name: &str) -> Result<()> {
+        Err(Error::Unsupported("snapshots on this runtime".into()))
+    }
+
+    /// Make `spec`'s disk a copy of sandbox `source`'s (as it is now, or
+    /// as its snapshot `snapshot` was). Leaves nothing behind on failure.
+    async fn create_from(
+        &self,
+        _spec: &SandboxSpec,
+        _source: &str,
+        _snapshot: Option<&str>,
+    ) -> Result<()> {
+        Err(Error::Unsupported("cloning disks on this runtime".into()))
     }
 
     async fn export(&self, _id: &str, _dest: &Path) -> Result<()> {

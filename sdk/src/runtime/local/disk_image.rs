@@ -140,7 +140,7 @@ pub fn available() -> bool {
 }
 
 /// Copy a sparse file, its data only: holes stay holes.
-fn copy_sparse(src: &Path, dest: &Path) -> io::Result<()> {
+pub fn copy_sparse(src: &Path, dest: &Path) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let from = std::fs::File::open(src)?;
     let len = from.metadata()?.len();

@@ -8,17 +8,15 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use super::ids::{IdRange, RANGE};
 
 /// Make the namespace: a child unshares a user namespace and waits; host
-/// root writes its maps; the namespace is kept open and the child killed.
+/// root writes its maps; the namespace is kept open and the child let go.
+/// The child waits on a pipe only we write to, so it ends when we are done
+/// with it or gone, whichever comes first: it never outlives us (it holds
+/// copies of our descriptors, the data dir's lock among them).
 pub fn userns_for(range: IdRange) -> io::Result<OwnedFd> {
-    let mut pipe = [0i32; 2];
-    // SAFETY: pipe2 into a two-element array.
-    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two fresh descriptors we own.
-    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
-    // SAFETY: the child only makes async-signal-safe syscalls, then waits
-    // to be killed.
+    let (ready_rx, ready_tx) = pipe()?;
+    let (hold_rx, hold_tx) = pipe()?;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the child only makes async-signal-safe syscalls, then exits.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error());
@@ -27,21 +25,26 @@ pub fn userns_for(range: IdRange) -> io::Result<OwnedFd> {
         use std::os::fd::AsRawFd;
         // SAFETY: in the child, raw syscalls only.
         unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            libc::close(hold_tx.as_raw_fd());
             let code: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
                 0
             } else {
                 1
             };
-            libc::write(tx.as_raw_fd(), (&code as *const u8).cast(), 1);
-            loop {
-                libc::pause();
-            }
+            libc::write(ready_tx.as_raw_fd(), (&code as *const u8).cast(), 1);
+            let mut byte = 0u8;
+            while libc::read(hold_rx.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) > 0 {}
+            libc::_exit(0);
         }
     }
-    drop(tx);
+    drop((ready_tx, hold_rx));
     let result = (|| {
         let mut code = [1u8];
-        let n = rustix::io::read(&rx, &mut code).map_err(io::Error::from)?;
+        let n = rustix::io::read(&ready_rx, &mut code).map_err(io::Error::from)?;
         if n != 1 || code[0] != 0 {
             return Err(io::Error::other(
                 "could not make a user namespace for an id map",
@@ -53,10 +56,22 @@ pub fn userns_for(range: IdRange) -> io::Result<OwnedFd> {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
         Ok(OwnedFd::from(ns))
     })();
-    // SAFETY: our own child; killed and reaped whatever happened.
+    // Let the child go, and reap it.
+    drop(hold_tx);
+    // SAFETY: waiting for our own child, which exits on EOF.
     unsafe {
-        libc::kill(pid, libc::SIGKILL);
         libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
     result
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 into a two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

@@ -72,7 +72,7 @@ fn parents(backend: &LimitBackend) -> Vec<PathBuf> {
     match backend {
         LimitBackend::Rlimit => Vec::new(),
         LimitBackend::CgroupV2(root) => vec![root.join(GROUP)],
-        LimitBackend::CgroupV1 => ["memory", "pids", "cpu"]
+        LimitBackend::CgroupV1 => ["memory", "pids", "cpu", "freezer"]
             .iter()
             .map(|c| Path::new(CGROUP_ROOT).join(c).join(GROUP))
             .collect(),
@@ -156,10 +156,18 @@ impl SandboxCgroup {
                 let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
                 vec![parent.join(id)]
             }
-            LimitBackend::CgroupV1 => ["memory", "pids", "cpu"]
-                .iter()
-                .map(|c| Path::new(CGROUP_ROOT).join(c).join(GROUP).join(id))
-                .collect(),
+            LimitBackend::CgroupV1 => {
+                let mut dirs: Vec<PathBuf> = ["memory", "pids", "cpu"]
+                    .iter()
+                    .map(|c| Path::new(CGROUP_ROOT).join(c).join(GROUP).join(id))
+                    .collect();
+                // The freezer, where there is one, for consistent snapshots.
+                let freezer = Path::new(CGROUP_ROOT).join("freezer").join(GROUP);
+                if std::fs::create_dir_all(&freezer).is_ok() {
+                    dirs.push(freezer.join(id));
+                }
+                dirs
+            }
         };
         for dir in &dirs {
             match std::fs::create_dir(dir) {
@@ -229,6 +237,41 @@ impl SandboxCgroup {
             .collect()
     }
 
+    /// Freeze (or thaw) every process of the sandbox, waiting until they
+    /// are; false where no freezer is available (rlimits, or a v1 host
+    /// without the freezer hierarchy).
+    pub fn freeze(&self, frozen: bool) -> std::io::Result<bool> {
+        for dir in &self.dirs {
+            let (file, value, done_file, done) = if dir.join("cgroup.freeze").exists() {
+                (
+                    "cgroup.freeze",
+                    if frozen { "1" } else { "0" },
+                    "cgroup.events",
+                    if frozen { "frozen 1" } else { "frozen 0" },
+                )
+            } else if dir.join("freezer.state").exists() {
+                let state = if frozen { "FROZEN" } else { "THAWED" };
+                ("freezer.state", state, "freezer.state", state)
+            } else {
+                continue;
+            };
+            std::fs::write(dir.join(file), value)?;
+            // Bounded: a freeze waits for tasks in uninterruptible sleep.
+            for _ in 0..1000 {
+                let now = std::fs::read_to_string(dir.join(done_file)).unwrap_or_default();
+                if now.lines().any(|l| l.trim() == done) {
+                    return Ok(true);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            return Err(std::io::Error::other(format!(
+                "the sandbox's processes did not become {} within 5 s",
+                if frozen { "frozen" } else { "thawed" }
+            )));
+        }
+        Ok(false)
+    }
+
     /// SIGKILL every process in the group: `cgroup.kill` where the kernel
     /// has it (v2), else each pid of `cgroup.procs` until none is left.
     fn kill_members(&self) {
@@ -261,6 +304,8 @@ impl SandboxCgroup {
     /// still in one (say an nsenter wrapper outside the sandbox's pid
     /// namespace) is killed first, so no group outlives its sandbox.
     pub fn remove(&self) {
+        // Frozen tasks would not die (cgroup v1).
+        let _ = self.freeze(false);
         self.kill_members();
         for dir in &self.dirs {
             for _ in 0..50 {

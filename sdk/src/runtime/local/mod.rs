@@ -29,6 +29,7 @@ mod loopdev;
 mod namespaces;
 mod pty;
 mod seccomp;
+mod snapshots;
 mod spawner;
 mod trees;
 
@@ -52,6 +53,7 @@ pub use self::seccomp::SeccompProfile;
 use self::spawner::Spawner;
 use super::{
     Check, Diagnosis, ExecSpec, Execution, IsolationClass, Runtime, RuntimeInfo, SandboxSpec,
+    SnapshotInfo,
 };
 use crate::error::{Error, Result};
 use crate::fs::ConfinedRoot;
@@ -565,6 +567,135 @@ impl Runtime for LocalRuntime {
         Ok(())
     }
 
+    fn snapshots_supported(&self) -> bool {
+        self.ids.is_some() && disk_image::available()
+    }
+
+    async fn snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        let running = self.frozen_parts(id);
+        let id_owned = id.to_owned();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let freeze = running
+                .as_ref()
+                .and_then(|(cgroup, ns)| cgroup.as_ref().map(|c| (c, ns)))
+                .map(|(cgroup, ns)| snapshots::Freeze {
+                    cgroup,
+                    root: &ns.root,
+                });
+            if running.is_some() && freeze.is_none() {
+                return Err(Error::Unsupported(
+                    "a snapshot of a running session without cgroups on this host; stop the session first".into(),
+                ));
+            }
+            snapshots::take(&dir, &id_owned, &name, freeze)
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("snapshot task failed: {e}")))?
+    }
+
+    fn snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>> {
+        validate_id(id)?;
+        Ok(snapshots::list(&self.dir(id)))
+    }
+
+    async fn restore(&self, id: &str, name: &str) -> Result<()> {
+        validate_id(id)?;
+        if self.is_running(id) {
+            return Err(Error::SessionBusy {
+                name: id.into(),
+                reason: "a sandbox is restored only while stopped".into(),
+            });
+        }
+        let dir = self.dir(id);
+        let (id, name) = (id.to_owned(), name.to_owned());
+        tokio::task::spawn_blocking(move || snapshots::restore(&dir, &id, &name))
+            .await
+            .map_err(|e| Error::Runtime(format!("restore task failed: {e}")))?
+    }
+
+    async fn remove_snapshot(&self, id: &str, name: &str) -> Result<()> {
+        validate_id(id)?;
+        snapshots::remove(&self.dir(id), id, name)
+    }
+
+    async fn create_from(
+        &self,
+        spec: &SandboxSpec,
+        source: &str,
+        snapshot: Option<&str>,
+    ) -> Result<()> {
+        validate_id(&spec.id)?;
+        validate_id(source)?;
+        let source_dir = self.dir(source);
+        let (Some(ids), true) = (&self.ids, source_dir.join(disk_image::FILE).is_file()) else {
+            return Err(Error::Unsupported(
+                "cloning this session: its disk is a directory (made without root, or before disk images)".into(),
+            ));
+        };
+        let snapshot_image = match snapshot {
+            Some(name) => Some(snapshots::image_of(&source_dir, name).ok_or_else(|| {
+                Error::SnapshotNotFound {
+                    session: source.into(),
+                    snapshot: name.into(),
+                }
+            })?),
+            None => None,
+        };
+        let dir = self.dir(&spec.id);
+        if dir.exists() {
+            return Err(Error::Runtime(format!(
+                "sandbox {} already has a disk",
+                spec.id
+            )));
+        }
+        let staging = self.root.join(format!(".{}.partial", spec.id));
+        let _ = crate::fs::remove_tree(&staging);
+        let range = ids.allocate()?;
+        let running = if snapshot_image.is_none() {
+            self.frozen_parts(source)
+        } else {
+            None
+        };
+        let made: Result<()> = async {
+            std::fs::create_dir_all(&staging).map_err(|e| Error::io("creating sandbox dir", e))?;
+            own_dir(&staging, Some(range))?;
+            ids.record(&staging, range)?;
+            std::fs::copy(source_dir.join(trees::FILE), staging.join(trees::FILE))
+                .map_err(|e| Error::io("naming the disk's image", e))?;
+            let (src_dir, stage) = (source_dir.clone(), staging.clone());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let disk = stage.join(disk_image::FILE);
+                match snapshot_image {
+                    Some(image) => disk_image::copy_sparse(&image, &disk)
+                        .map_err(|e| Error::io("copying the snapshot", e))?,
+                    None => {
+                        let freeze = running
+                            .as_ref()
+                            .and_then(|(cgroup, ns)| cgroup.as_ref().map(|c| (c, ns)))
+                            .map(|(cgroup, ns)| snapshots::Freeze {
+                                cgroup,
+                                root: &ns.root,
+                            });
+                        snapshots::copy_disk(&src_dir, &disk, freeze)?;
+                    }
+                }
+                snapshots::move_into_range(&disk, &stage.join("disk"), range)
+            })
+            .await
+            .map_err(|e| Error::Runtime(format!("clone task failed: {e}")))??;
+            std::fs::rename(&staging, &dir).map_err(|e| Error::io("committing sandbox dir", e))
+        }
+        .await;
+        if made.is_err() {
+            let _ = crate::fs::remove_tree(&staging);
+            ids.release(range);
+        }
+        made
+    }
+
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<Execution> {
         let target = self.target(id)?;
         exec::start(target, spec).await
@@ -591,6 +722,19 @@ impl Runtime for LocalRuntime {
 }
 
 impl LocalRuntime {
+    /// What freezing a running sandbox needs (its cgroup, its root); `None`
+    /// when it is not running.
+    #[allow(clippy::type_complexity)]
+    fn frozen_parts(&self, id: &str) -> Option<(Option<Arc<SandboxCgroup>>, Arc<Namespaces>)> {
+        if !self.is_running(id) {
+            return None;
+        }
+        let running = lock(&self.running);
+        running
+            .get(id)
+            .map(|r| (r.cgroup.clone(), r.namespaces.clone()))
+    }
+
     /// A layered disk: the image's shared tree (unpacked now if this is
     /// its first disk) and an empty disk image of the session's size.
     async fn create_layered(
