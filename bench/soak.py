@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import (  # noqa: E402  (bench.py is this directory's module)
     BENCH, BLINK_BENCH_LIMITS, NOTES_BEGIN, ROOT, SOAK_BEGIN, SOAK_END, Target,
-    machine, percentile, results_tail, rss_kib, start_blink, start_sshd,
+    machine, percentile, results_tail, start_blink, start_sshd,
 )
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -129,6 +129,7 @@ def server_sample(pid: int) -> dict:
         "zombies": sum(1 for k in tree if k["state"] == "Z"),
         "sandbox_processes": len(sandboxes),
         "sandbox_rss_kib": sum(p["rss_kib"] for p in sandboxes),
+        "loadavg_1m": os.getloadavg()[0],  # the machine is shared: how busy it was
     }
 
 
@@ -148,6 +149,14 @@ LOG_LINE = re.compile(r"^\S+Z\s+(TRACE|DEBUG|INFO|WARN|ERROR)\s+(\S+): (.*)$")
 def field(line: str, name: str) -> str | None:
     m = re.search(rf' {name}=("(?:[^"\\]|\\.)*"|\S*)', line)
     return m.group(1).strip('"') if m else None
+
+
+def ops_per_minute(samples: list[dict], load_seconds: float) -> list[int]:
+    """Operations finished in each whole minute of the load (from the
+    samples nearest each minute's bounds)."""
+    def ops_at(t: float) -> int:
+        return min(samples, key=lambda s: abs(s["t_s"] - t))["ops"]
+    return [ops_at(60 * (m + 1)) - ops_at(60 * m) for m in range(int(load_seconds // 60))]
 
 
 def log_summary(log: Path, since: int = 0) -> dict:
@@ -580,15 +589,19 @@ def logins(t: Target, count: int, spacing: float, timeout: float, flood: Flood |
     }
 
 
-def count_admission_log(log: Path, since: int, kind: str) -> dict:
-    """What the server logged about refusals from byte `since` of its log on."""
+def count_admission_log(log: Path, kind: str) -> dict:
+    """What a server logged about refusing or closing connections before
+    authentication, over its whole run. Blink logs up to 20 refusals a
+    second one line each and counts the rest in a line logged before the
+    next refusal (so a flood's last second shows only if something else is
+    refused later); sshd logs the connections it dropped when a spell of
+    MaxStartups throttling ends."""
     counts: collections.Counter = collections.Counter()
     with open(log, errors="replace") as f:
-        f.seek(since)
         for raw in f:
             line = ANSI.sub("", raw)
             if kind == "blink":
-                if "ssh connection refused without a line each" in line:
+                if "refused without a line each" in line:
                     for reason, n in re.findall(r"(\w+)=(\d+)", line.split("by_reason=", 1)[-1]):
                         counts[f"refused {reason}"] += int(n)
                 elif "ssh connection refused" in line:
@@ -626,10 +639,9 @@ def run_preauth(args, work: Path, key: Path) -> dict:
               "blink_admission": "defaults (no [ssh.limits])", "sshd_admission": "defaults (no MaxStartups)",
               "rows": []}
     try:
-        for t, proc, log, kind in ((blink, server, blink_log, "blink"), (ref, sshd, sshd_log, "openssh")):
+        for t, log, kind in ((blink, blink_log, "blink"), (ref, sshd_log, "openssh")):
             subprocess.run(t.ssh("true"), check=True, timeout=60, capture_output=True)  # known_hosts
             for mode in ("none", "hold", "refill"):
-                since = log.stat().st_size
                 flood = None
                 if mode != "none":
                     flood = Flood(t.port, args.silent, sources, refill=(mode == "refill"))
@@ -643,7 +655,6 @@ def run_preauth(args, work: Path, key: Path) -> dict:
                 # Let the server see the flood's closes, and Blink's penalties
                 # for them (1 s per connection, at most 5 per source) run out.
                 time.sleep(args.flood_pause if flood else 1)
-                row["server_log"] = count_admission_log(log, since, kind)
                 result["rows"].append(row)
                 print(f"{t.name} flood={mode}: {row['succeeded']}/{row['logins']} ok, p50 "
                       f"{row['p50_ms']} ms, p95 {row['p95_ms']} ms, held {row['flood_held_at_login_start']}, "
@@ -651,6 +662,8 @@ def run_preauth(args, work: Path, key: Path) -> dict:
     finally:
         stop(server)
         stop(sshd)
+    result["server_logs"] = {"blink": count_admission_log(blink_log, "blink"),
+                             "openssh": count_admission_log(sshd_log, "openssh")}
     if args.keep_logs:
         shutil.copy(blink_log, Path(args.out) / "preauth-blink.log")
         shutil.copy(sshd_log, Path(args.out) / "preauth-sshd.log")
@@ -690,7 +703,8 @@ def markdown(results: dict) -> str:
                   f"(sha256 checked), `ssh -tt` typing {s['pty_lines']} lines and `exit`. "
                   f"Nothing is retried.", "",
                   f"**{s['operations']} operations, {s['errors']} errors** "
-                  f"({s['operations'] / s['load_seconds']:.1f} operations/s).", "",
+                  f"({s['operations'] / s['load_seconds']:.1f} operations/s; per minute: "
+                  f"{', '.join(map(str, ops_per_minute(s['samples'], s['load_seconds']))) or '-'}).", "",
                   "| operation | count | errors | p50 ms | p95 ms | max ms | p50 first minute | p50 last minute |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for op, o in s["by_op"].items():
@@ -710,7 +724,8 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {v['start']} | {v['peak']} | {v['end']} | {v['slope_per_min']:.1f} | "
                          f"{v['slope_per_min_second_half']:.1f} |")
         g = s["server_log"]
-        lines += ["", f"Zombies in the tree at most: {s['zombies_peak']}. blink-server's log from the first "
+        lines += ["", f"Zombies in the tree: at most {s['zombies_peak']} in a sample (exited, not yet reaped), "
+                  f"{s['end_sample']['zombies']} at the end. blink-server's log from the first "
                   f"client on: {g['lines']} lines, by level {g['levels']}; WARN/ERROR messages: "
                   f"{g['warn_error_messages'] or 'none'}; connections and channels that ended with an error, "
                   f"a signal or a non-zero exit: {g['ended_badly'] or 'none'}."]
@@ -729,15 +744,21 @@ def markdown(results: dict) -> str:
                   "`refill`: each closed one is opened again 1 s later. Latencies are of the successful logins.",
                   "",
                   "| server | flood | ok | p50 ms | p95 ms | max ms | silent held (median at login) | "
-                  "failures | server log |",
+                  "failed logins | silent ones closed by the server (line sent) |",
                   "|---|---|---:|---:|---:|---:|---:|---|---|"]
         for r in p["rows"]:
             held = r["flood_held_at_login_start"]
             fails = "; ".join(f"{n}× `{t}`" for t, n in r["failures"].items()) or "-"
-            logs = ", ".join(f"{k}: {v}" for k, v in r["server_log"].items()) or "-"
+            fs = r.get("flood_stats")
+            closed = (f"{fs['closed_by_server']} of {fs['opened']} opened (" + "; ".join(
+                f"{n}× `{t}`" for t, n in fs["server_closed_first_line"].items()) + ")") if fs else "-"
             lines.append(f"| {r['target']} | {r['flood']} | {r['succeeded']}/{r['logins']} | {fmt(r['p50_ms'])} | "
                          f"{fmt(r['p95_ms'])} | {fmt(r['max_ms'])} | {fmt(held['median'] if held else None)} | "
-                         f"{fails} | {logs} |")
+                         f"{fails} | {closed} |")
+        if p.get("server_logs"):
+            lines += ["", "The servers' logs over the whole benchmark: " + "; ".join(
+                f"{who}: " + (", ".join(f"{k} {v}" for k, v in c.items()) or "nothing") for who, c in
+                p["server_logs"].items()) + "."]
         lines.append("")
     lines.append(SOAK_END)
     return "\n".join(lines)
