@@ -284,6 +284,18 @@ def negotiated(t: Target) -> dict:
     return found
 
 
+# The reference sshd's admission in the comparison: MaxStartups 200.
+SSHD_BENCH_ADMISSION = "MaxStartups 200\nMaxSessions 200\n"
+# Blink given the same admission as the reference sshd (MaxStartups 200, and
+# 9.2 has no per-source limits or penalties): all clients come from
+# 127.0.0.1, and the default of 32 connections per session would refuse the
+# concurrency row by policy, not by capacity.
+BLINK_BENCH_LIMITS = (
+    "max_connections = 512\nmax_connections_per_session = 200\n"
+    'max_startups = "200:30:200"\nper_source_max_startups = 0\nper_source_penalties = false\n'
+)
+
+
 # Sandboxes run as host ids of their own ranges (sdk/src/runtime/local/ids.rs).
 SANDBOX_IDS = range(0x7000_0000, 0x8000_0000)
 
@@ -310,7 +322,12 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def start_sshd(work: Path, user_key: Path) -> tuple[subprocess.Popen, Target]:
+def start_sshd(work: Path, user_key: Path, admission: str | None = SSHD_BENCH_ADMISSION,
+               log: Path | None = None) -> tuple[subprocess.Popen, Target]:
+    """A throwaway sshd on loopback. `admission` is appended to its config
+    (None: sshd's own defaults, MaxStartups 10:30:100); `work` must be a
+    directory of its own for each sshd."""
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     host_key = work / "sshd_host_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
@@ -323,17 +340,25 @@ def start_sshd(work: Path, user_key: Path) -> tuple[subprocess.Popen, Target]:
         f"AuthorizedKeysFile {auth}\nPidFile {work}/sshd.pid\nUsePAM no\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PermitRootLogin prohibit-password\nStrictModes no\n"
-        f"Subsystem sftp {SFTP_SERVER}\nMaxStartups 200\nMaxSessions 200\n"
+        f"Subsystem sftp {SFTP_SERVER}\n{admission or ''}"
     )
     Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    stderr = open(log, "ab") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=stderr)
+    if log:
+        stderr.close()
     wait_port(port)
     user = os.environ.get("USER") or "root"
     return proc, Target("openssh", port, user, user_key, work / "known_sshd")
 
 
-def start_blink(work: Path, user_key: Path, bin_dir: Path,
-                image: str | None = None) -> tuple[subprocess.Popen, Target, int]:
+def start_blink(work: Path, user_key: Path, bin_dir: Path, image: str | None = None,
+                limits: str | None = BLINK_BENCH_LIMITS, sandbox: str = "",
+                log: Path | None = None) -> tuple[subprocess.Popen, Target, int]:
+    """blink-server on loopback with the session `bench` warm. `limits` is
+    its `[ssh.limits]` table (None: Blink's defaults), `sandbox` its
+    `[sandbox]` table; `log` takes its stderr (info level)."""
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     http_port = free_port()
     if image and image.startswith("blink/debian:"):
@@ -344,21 +369,16 @@ def start_blink(work: Path, user_key: Path, bin_dir: Path,
     admin = work / "blink_admin_keys"
     shutil.copy(f"{user_key}.pub", admin)
     data = work / "blink-data"
-    # The same admission limits as the reference sshd (MaxStartups 200):
-    # the default of 32 connections per session would refuse the
-    # concurrency row by policy, not by capacity.
     config = work / "blink.toml"
-    # The same admission as the reference sshd (MaxStartups 200, and 9.2 has
-    # no per-source limits or penalties): all clients come from 127.0.0.1.
-    config.write_text(
-        "[ssh.limits]\nmax_connections = 512\nmax_connections_per_session = 200\n"
-        'max_startups = "200:30:200"\nper_source_max_startups = 0\nper_source_penalties = false\n'
-    )
+    config.write_text((f"[sandbox]\n{sandbox}\n" if sandbox else "") + (f"[ssh.limits]\n{limits}" if limits else ""))
+    out = open(log, "ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
         [str(bin_dir / "blink-server"), "--config", str(config), "--data-dir", str(data), "--ssh-listen",
          f"127.0.0.1:{port}", "--http-listen", f"127.0.0.1:{http_port}",
          "--admin-keys", str(admin), "--admin-create-sessions"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=out, stderr=out)
+    if log:
+        out.close()
     wait_port(port)
     wait_port(http_port)
     http(http_port, "POST", "/api/sessions", {"name": "bench", "warm": True, **({"image": image} if image else {})})
@@ -514,11 +534,29 @@ def write_markdown(path: Path, results: dict) -> None:
             lines.append(f"- {k}: {v}")
     lines += ["", "Sizes: " + ", ".join(f"{k}={v}" for k, v in results["sizes"].items()), ""]
     lines += ["![ratios](ratios.png)", ""]
+    path.write_text("\n".join(lines + results_tail(soak_section(path))))
+
+
+# bench/soak.py's section of RESULTS.md, kept when bench.py rewrites the rest.
+SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
+NOTES_BEGIN = "<!-- bench/NOTES.md follows -->"
+
+
+def soak_section(path: Path) -> str | None:
+    text = path.read_text() if path.exists() else ""
+    if SOAK_BEGIN in text and SOAK_END in text:
+        return SOAK_BEGIN + text.split(SOAK_BEGIN, 1)[1].split(SOAK_END, 1)[0] + SOAK_END
+    return None
+
+
+def results_tail(soak: str | None) -> list[str]:
+    """The end of RESULTS.md: the soak section, then the hand-written
+    findings (what was profiled, what each change bought)."""
+    lines = [soak, ""] if soak else []
     notes = BENCH / "NOTES.md"
     if notes.exists():
-        # Hand-written findings: what was profiled, what each change bought.
-        lines += [notes.read_text()]
-    path.write_text("\n".join(lines))
+        lines += [NOTES_BEGIN, "", notes.read_text()]
+    return lines
 
 
 def draw_chart(path: Path, rows: list[dict]) -> None:

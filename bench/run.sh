@@ -3,6 +3,11 @@
 # results are committed). Builds release binaries, installs sshd and
 # matplotlib if missing, then runs bench/bench.py. Pass --quick to check the
 # harness with small sizes.
+#
+# `bash bench/run.sh --soak [soak.py's options]` runs bench/soak.py instead:
+# a 10-minute soak of 100 clients (--duration, --clients) and logins under
+# 200 silent pre-auth connections, against sshd's defaults (--only soak or
+# --only preauth for one; --quick: 30 s, 10 clients).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +19,10 @@ dpkg-query -W -f='${Status}' openssh-server 2>/dev/null | grep -q "install ok in
 # service is not needed.
 command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
 cargo build --release --locked -p blink-server -p blink-cli
+if [[ ${1:-} == --soak ]]; then
+  shift
+  exec python3 bench/soak.py "$@"
+fi
 venv=bench/.venv
 [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
 "$venv/bin/python" -c 'import matplotlib' 2>/dev/null || "$venv/bin/pip" install -q matplotlib
