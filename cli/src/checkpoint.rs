@@ -165,7 +165,8 @@ mod tests {
     #[test]
     fn times_and_sizes_read_well() {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
-        assert_eq!(utc(1_795_913_789), "2026-11-28 23:36:29");
+        assert_eq!(utc(1_795_913_789), "2026-11-29 00:56:29");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 << 20), "3.0 MiB");
     }

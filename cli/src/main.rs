@@ -4,6 +4,7 @@
 //! exit with the sandbox command's exit code; Blink's own failures exit
 //! with 125 (like `docker run`), after a message naming the problem.
 
+mod archive;
 mod checkpoint;
 mod doctor;
 mod gateway;

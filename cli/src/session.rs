@@ -43,6 +43,30 @@ pub enum SessionCommand {
     },
     /// Snapshot a session's disk (`checkpoint rm` removes a snapshot).
     Checkpoint(crate::checkpoint::CheckpointArgs),
+    /// Write a session to a `.boxlite` archive (docs/ARCHIVE.md).
+    Export {
+        #[command(flatten)]
+        name: NameArg,
+        /// The archive (default: NAME.boxlite here).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        /// Leave the image's layers out (the importing host must have it).
+        #[arg(long)]
+        no_image: bool,
+        /// Put the session's snapshots in too.
+        #[arg(long)]
+        snapshots: bool,
+    },
+    /// Make a session from a `.boxlite` archive.
+    Import {
+        file: PathBuf,
+        /// The new session's name (default: the archive's).
+        #[arg(long, short = 'n')]
+        name: Option<String>,
+        /// Replace a session of that name.
+        #[arg(long)]
+        replace: bool,
+    },
     /// List a session's snapshots.
     List {
         #[command(flatten)]
@@ -214,6 +238,17 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
         SessionCommand::Checkpoint(args) => {
             crate::checkpoint::checkpoint(ctx, &manager, args).await
         }
+        SessionCommand::Export {
+            name,
+            output,
+            no_image,
+            snapshots,
+        } => crate::archive::export(ctx, &manager, &name.name, output, no_image, snapshots).await,
+        SessionCommand::Import {
+            file,
+            name,
+            replace,
+        } => crate::archive::import(ctx, &manager, &file, name.as_deref(), replace).await,
         SessionCommand::List { name } => crate::checkpoint::list(ctx, &manager, &name.name),
         SessionCommand::Restore {
             name,

@@ -49,6 +49,9 @@ pub enum Error {
     #[error("session {session:?} already has a snapshot {snapshot:?}")]
     SnapshotExists { session: String, snapshot: String },
 
+    #[error("invalid session archive: {0}")]
+    InvalidArchive(String),
+
     #[error("image {reference:?} not found: {hint}")]
     ImageNotFound { reference: String, hint: String },
 
@@ -130,6 +133,7 @@ impl Error {
             Self::ExecutionNotFound(_) => "execution_not_found",
             Self::SnapshotNotFound { .. } => "snapshot_not_found",
             Self::SnapshotExists { .. } => "snapshot_exists",
+            Self::InvalidArchive(_) => "invalid_archive",
             Self::ImageNotFound { .. } => "image_not_found",
             Self::InvalidImage { .. } => "invalid_image",
             Self::ScriptNotFound(_) => "script_not_found",
@@ -160,7 +164,7 @@ impl Error {
             | Self::SessionBusy { .. }
             | Self::DataDirLocked { .. } => ErrorKind::Conflict,
             Self::TooLarge { .. } => ErrorKind::TooLarge,
-            Self::InvalidImage { .. } => ErrorKind::Unprocessable,
+            Self::InvalidImage { .. } | Self::InvalidArchive(_) => ErrorKind::Unprocessable,
             Self::Unsupported(_) | Self::RuntimeUnavailable { .. } => ErrorKind::Unsupported,
             Self::SandboxDead { .. }
             | Self::CorruptState { .. }

@@ -11,6 +11,7 @@
 //! The free functions below are the brief's convenience API; they share one
 //! process-wide manager on the default data dir.
 
+pub mod archive;
 pub mod error;
 pub mod escape;
 pub mod fs;

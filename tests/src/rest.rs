@@ -70,6 +70,25 @@ impl Server {
 
     /// GET with extra headers, such as a forged `Host` or an `Origin`; the
     /// connection still goes to 127.0.0.1.
+    /// GET raw bytes: status, `Content-Length`, body.
+    pub fn get_bytes(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Option<u64>, Vec<u8>) {
+        let mut req = self.request("GET", path);
+        for (name, value) in headers {
+            req = req.set(name, value);
+        }
+        let response = match req.call() {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("GET {path}: {e}"),
+        };
+        let status = response.status();
+        let length = response
+            .header("Content-Length")
+            .and_then(|v| v.parse().ok());
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut body).expect("body");
+        (status, length, body)
+    }
+
     pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
         let mut req = self.request("GET", path);
         for (name, value) in headers {
@@ -97,6 +116,39 @@ impl Server {
     }
 
     /// POST JSON bytes with chunked transfer encoding (no length given).
+    /// POST a multipart form: text fields and one file field.
+    pub fn post_multipart(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        file: Option<(&str, &[u8])>,
+    ) -> Answer {
+        let boundary = format!("blink-{}", rand::random::<u64>());
+        let mut body = Vec::new();
+        for (name, value) in fields {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            );
+        }
+        if let Some((name, data)) = file {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"a.boxlite\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        self.post_raw(
+            path,
+            Some(&format!("multipart/form-data; boundary={boundary}")),
+            &body,
+        )
+    }
+
     pub fn post_chunked(&self, path: &str, body: &[u8]) -> Answer {
         let req = self
             .request("POST", path)

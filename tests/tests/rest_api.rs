@@ -23,7 +23,12 @@ fn health_product_and_openapi() {
     assert_eq!(product.body["runtime"]["name"], "local");
     assert_eq!(product.body["isolation"], "namespace");
     assert_eq!(product.body["features"]["runs"], true);
-    assert_eq!(product.body["features"]["checkpoints"], false);
+    // Disk features come together: all where disks are images (root).
+    let disks = &product.body["features"]["checkpoints"];
+    assert!(disks.is_boolean(), "{:?}", product.body);
+    for feature in ["clone", "export", "import"] {
+        assert_eq!(&product.body["features"][feature], disks, "{feature}");
+    }
 
     let doc = server.get("/api/openapi.json");
     assert_eq!(doc.status, 200);
@@ -44,6 +49,7 @@ fn health_product_and_openapi() {
         ("/api/sessions/{name}/executions/{id}/attach", &["get"]),
         ("/api/sessions/{name}/checkpoints", &["get", "post"]),
         ("/api/sessions/{name}/checkpoints/{snap}/restore", &["post"]),
+        ("/api/sessions/{name}/checkpoints/{snap}", &["delete"]),
         ("/api/sessions/{name}/export", &["post"]),
         ("/api/exports/{filename}", &["get"]),
         ("/api/import", &["post"]),

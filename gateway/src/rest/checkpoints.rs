@@ -1,7 +1,5 @@
-//! Checkpoints (snapshots of a session's disk: make, list, restore,
-//! remove), and export, download and import, which answer 501 with a clear
-//! message until they land, so clients can tell "not here" from "no such
-//! route".
+//! Checkpoints: snapshots of a session's disk (make, list, restore,
+//! remove).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,18 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorResponse};
+use super::error::{ApiJson, ApiPath, ApiQuery, ApiResult, ErrorResponse};
 use super::sessions::ForceQuery;
-
-fn not_yet(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        format!(
-            "{what} is not available in this release of Blink (export and import are planned); GET /api/product lists what is"
-        ),
-    )
-}
 
 /// `POST /api/sessions/{name}/checkpoints`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -135,39 +123,4 @@ pub async fn remove(
 ) -> ApiResult<StatusCode> {
     state.manager.remove_checkpoint(&name, &snap).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Export a session to an archive (not available yet: 501).
-#[utoipa::path(
-    post,
-    path = "/api/sessions/{name}/export",
-    tag = "checkpoints",
-    params(("name" = String, Path, description = "Session name")),
-    responses((status = 501, description = "Not available in this release", body = ErrorResponse))
-)]
-pub async fn export() -> ApiError {
-    not_yet("exporting sessions")
-}
-
-/// Download an export (not available yet: 501).
-#[utoipa::path(
-    get,
-    path = "/api/exports/{filename}",
-    tag = "checkpoints",
-    params(("filename" = String, Path, description = "Export file name")),
-    responses((status = 501, description = "Not available in this release", body = ErrorResponse))
-)]
-pub async fn download() -> ApiError {
-    not_yet("downloading exports")
-}
-
-/// Import an exported session (not available yet: 501).
-#[utoipa::path(
-    post,
-    path = "/api/import",
-    tag = "checkpoints",
-    responses((status = 501, description = "Not available in this release", body = ErrorResponse))
-)]
-pub async fn import() -> ApiError {
-    not_yet("importing sessions")
 }

@@ -33,6 +33,10 @@ pub struct RestConfig {
     pub max_runs_kept: usize,
     /// WebSocket attachments open at once; more are refused with 429.
     pub max_attachments: usize,
+    /// Largest archive `POST /api/import` takes (413 past it).
+    pub max_import_bytes: u64,
+    /// How long an export stays downloadable.
+    pub export_retention_secs: u64,
     /// Longest `timeout_secs` a run may ask for.
     pub max_run_timeout_secs: u64,
     /// On SIGTERM, how long running runs may take to finish.
@@ -62,6 +66,8 @@ impl Default for RestConfig {
             max_queued_runs_per_session: 64,
             max_runs_kept: 1000,
             max_attachments: 256,
+            max_import_bytes: 16 << 30,
+            export_retention_secs: 24 * 3600,
             max_run_timeout_secs: 3600,
             shutdown_grace_secs: 30,
             token: None,

@@ -7,6 +7,7 @@
 mod checkpoints;
 pub mod config;
 mod error;
+mod exports;
 #[cfg(test)]
 pub(crate) mod fuzz_tests;
 mod guard;
@@ -34,7 +35,6 @@ use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -79,9 +79,9 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(checkpoints::create, checkpoints::list))
         .routes(routes!(checkpoints::restore))
         .routes(routes!(checkpoints::remove))
-        .routes(routes!(checkpoints::export))
-        .routes(routes!(checkpoints::download))
-        .routes(routes!(checkpoints::import))
+        .routes(routes!(exports::export))
+        .routes(routes!(exports::download))
+        .routes(routes!(exports::import))
         .with_state(state.clone())
         .split_for_parts();
     let json = doc.to_json().unwrap_or_else(|_| "{}".into());
@@ -89,7 +89,10 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .fallback(not_found)
         .layer(Extension(openapi::Document(Arc::new(json))))
         .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_body,
+        ))
         .layer(axum::middleware::from_fn_with_state(state, require_token))
         // Before the token: a browser page is refused whatever it sends.
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
@@ -109,6 +112,32 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         );
     (app, doc)
+}
+
+/// Bodies are bounded by `rest.max_body_bytes`, uploads to `/api/import`
+/// by `rest.max_import_bytes` (its handler streams them to disk).
+async fn limit_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = if req.uri().path() == "/api/import" {
+        usize::try_from(state.config.max_import_bytes).unwrap_or(usize::MAX)
+    } else {
+        state.config.max_body_bytes
+    };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|n| *n > limit as u64) {
+        return ApiError::from(blink_sdk::Error::TooLarge {
+            what: "the request body".into(),
+            size,
+            limit: limit as u64,
+        })
+        .into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let body = axum::body::Body::new(http_body_util::Limited::new(body, limit));
+    next.run(Request::from_parts(parts, body)).await
 }
 
 async fn not_found() -> ApiError {
@@ -197,6 +226,11 @@ pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<
         script_dirs: Arc::new(script_dirs),
         shutdown: shutdown_rx.clone(),
     };
+    exports::clean_up(
+        exports::dir(&state),
+        Duration::from_secs(state.config.export_retention_secs),
+        shutdown_rx.clone(),
+    );
     let guard = Arc::new(guard::Guard::new(&state.config, local_addr));
     let (app, _) = router(state, guard);
     let mut stop = shutdown_rx;

@@ -72,8 +72,8 @@ pub async fn product(State(state): State<AppState>) -> axum::Json<Product> {
         ("host_scripts", !state.script_dirs.is_empty()),
         ("checkpoints", state.manager.snapshots_supported()),
         ("clone", state.manager.snapshots_supported()),
-        ("export", false),
-        ("import", false),
+        ("export", state.manager.snapshots_supported()),
+        ("import", state.manager.snapshots_supported()),
         ("api_token", state.config.token.is_some()),
     ]);
     axum::Json(Product {

@@ -389,6 +389,34 @@ impl ConfinedRoot {
         self.chown_created(dir.as_fd(), name, "mkfifo", path)
     }
 
+    /// Make an overlayfs whiteout (a character device 0/0): in an
+    /// overlay's upper layer it hides the lower layer's file of that name.
+    pub fn whiteout(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let (dir, name) = self.parent("whiteout", path)?;
+        self.creating(|| {
+            rustix::fs::mknodat(
+                &dir,
+                name,
+                rustix::fs::FileType::CharacterDevice,
+                Mode::empty(),
+                0,
+            )
+        })
+        .map_err(|e| err("whiteout", path, e))?;
+        self.chown_created(dir.as_fd(), name, "whiteout", path)
+    }
+
+    /// Set an extended attribute, following symlinks inside the root
+    /// (through a descriptor: never a path the kernel resolves again).
+    pub fn set_xattr(&self, path: impl AsRef<Path>, name: &str, value: &[u8]) -> Result<()> {
+        let path = path.as_ref();
+        let fd = self.opath("setxattr", path)?;
+        let proc = proc_fd_path(&fd);
+        rustix::fs::setxattr(&proc, name, value, rustix::fs::XattrFlags::empty())
+            .map_err(|e| err("setxattr", path, e))
+    }
+
     // ---- directories ----------------------------------------------------
 
     /// Create one directory; its parent must exist.

@@ -12,6 +12,7 @@
 
 mod counted;
 pub mod default_image;
+mod export;
 pub mod import;
 mod layer;
 pub mod oci;

@@ -12,6 +12,7 @@
 //! - `spawns.rs` and `spawn.rs`: attachable executions and their registry.
 //! - `keys.rs`, `key_options.rs`: SSH keys of sessions; `store.rs`: files.
 
+mod archives;
 mod checkpoints;
 mod collect;
 mod config;
@@ -32,6 +33,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use self::archives::{ByteProgress, ExportOptions};
 pub use self::checkpoints::CloneSource;
 pub use self::collect::Collected;
 pub use self::config::{MEMORY_DIR, ManagerConfig, default_data_dir, gateway_dir};
@@ -168,6 +170,11 @@ impl Manager {
             let _ = self.store.save(&r);
         }
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    now()
 }
 
 fn now() -> u64 {

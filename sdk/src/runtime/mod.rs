@@ -32,6 +32,30 @@ pub struct Limits {
     pub disk_mib: Option<u64>,
 }
 
+/// What [`Runtime::export`] writes.
+pub struct ExportRequest {
+    pub id: String,
+    pub header: crate::archive::Header,
+    /// The image as an OCI archive, when it goes in.
+    pub image_archive: Option<std::path::PathBuf>,
+    pub dest: std::path::PathBuf,
+    /// Bytes of file data written so far.
+    pub progress: std::sync::Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+/// Checks an archive's header before an import writes anything.
+pub type HeaderCheck = Box<dyn FnMut(&crate::archive::Header) -> Result<()> + Send>;
+
+/// What [`Runtime::import`] reads.
+pub struct ImportRequest {
+    pub spec: SandboxSpec,
+    pub archive: std::path::PathBuf,
+    /// Checks the archive's header (names, sizes) before anything is made.
+    pub check: HeaderCheck,
+    /// Bytes of the archive read so far.
+    pub progress: std::sync::Arc<dyn Fn(u64) + Send + Sync>,
+}
+
 /// One snapshot of a sandbox's disk.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotInfo {
@@ -146,12 +170,23 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
         Err(Error::Unsupported("cloning disks on this runtime".into()))
     }
 
-    async fn export(&self, _id: &str, _dest: &Path) -> Result<()> {
-        Err(Error::Unsupported("export".into()))
+    /// Write a session archive (crate::archive) of the sandbox's disk to
+    /// `dest`: `header` first, the image archive if given, its changes
+    /// (consistent: a running sandbox is frozen while its disk is copied),
+    /// and the snapshots named in the header.
+    async fn export(&self, _request: ExportRequest) -> Result<u64> {
+        Err(Error::Unsupported(
+            "export on this runtime (it needs disk images: a server running as root)".into(),
+        ))
     }
 
-    async fn import(&self, _archive: &Path, _id: &str) -> Result<()> {
-        Err(Error::Unsupported("import".into()))
+    /// Make `spec`'s disk (and snapshots) from a session archive; the
+    /// header is checked by `check` before anything is written. Leaves
+    /// nothing behind on failure.
+    async fn import(&self, _request: ImportRequest) -> Result<crate::archive::Header> {
+        Err(Error::Unsupported(
+            "import on this runtime (it needs disk images: a server running as root)".into(),
+        ))
     }
 }
 

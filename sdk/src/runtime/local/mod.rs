@@ -17,6 +17,7 @@
 //!   /tmp persist between executions like on a VM.
 //! - Limits go to cgroups where writable, rlimits otherwise (see limits.rs).
 
+mod archives;
 mod bwrap;
 mod disk;
 mod disk_image;
@@ -45,6 +46,7 @@ use tokio::io::AsyncReadExt;
 pub use self::disk_image::{MAX_MIB as MAX_DISK_MIB, MIN_MIB as MIN_DISK_MIB};
 pub use self::exec::GUEST_PATH;
 pub use self::ids::DEFAULT_BASE as DEFAULT_ID_BASE;
+pub use self::ids::RANGE as ID_RANGE;
 use self::ids::{IdRange, IdRanges};
 pub use self::limits::LimitBackend;
 use self::limits::SandboxCgroup;
@@ -52,8 +54,8 @@ use self::namespaces::Namespaces;
 pub use self::seccomp::SeccompProfile;
 use self::spawner::Spawner;
 use super::{
-    Check, Diagnosis, ExecSpec, Execution, IsolationClass, Runtime, RuntimeInfo, SandboxSpec,
-    SnapshotInfo,
+    Check, Diagnosis, ExecSpec, Execution, ExportRequest, ImportRequest, IsolationClass, Runtime,
+    RuntimeInfo, SandboxSpec, SnapshotInfo,
 };
 use crate::error::{Error, Result};
 use crate::fs::ConfinedRoot;
@@ -687,6 +689,140 @@ impl Runtime for LocalRuntime {
             .await
             .map_err(|e| Error::Runtime(format!("clone task failed: {e}")))??;
             std::fs::rename(&staging, &dir).map_err(|e| Error::io("committing sandbox dir", e))
+        }
+        .await;
+        if made.is_err() {
+            let _ = crate::fs::remove_tree(&staging);
+            ids.release(range);
+        }
+        made
+    }
+
+    async fn export(&self, request: ExportRequest) -> Result<u64> {
+        validate_id(&request.id)?;
+        let dir = self.dir(&request.id);
+        let (Some(ids), true) = (&self.ids, dir.join(disk_image::FILE).is_file()) else {
+            return Err(Error::Unsupported(
+                "exporting this session: its disk is a directory (made without root, or before disk images)".into(),
+            ));
+        };
+        let range = ids
+            .recorded(&dir)
+            .ok_or_else(|| Error::Runtime(format!("sandbox {} has no id range", request.id)))?;
+        let running = self.frozen_parts(&request.id);
+        let source = dir.clone();
+        let copy_disk = move |dest: &Path| -> Result<u64> {
+            let freeze = running
+                .as_ref()
+                .and_then(|(cgroup, ns)| cgroup.as_ref().map(|c| (c, ns)))
+                .map(|(cgroup, ns)| snapshots::Freeze {
+                    cgroup,
+                    root: &ns.root,
+                });
+            snapshots::copy_disk(&source, dest, freeze)
+        };
+        let ExportRequest {
+            header,
+            image_archive,
+            dest,
+            progress,
+            ..
+        } = request;
+        tokio::task::spawn_blocking(move || {
+            archives::export(
+                dir,
+                range.root,
+                header,
+                image_archive,
+                dest,
+                copy_disk,
+                progress,
+            )
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("export task failed: {e}")))?
+    }
+
+    async fn import(&self, request: ImportRequest) -> Result<crate::archive::Header> {
+        let ImportRequest {
+            spec,
+            archive,
+            check,
+            progress,
+        } = request;
+        validate_id(&spec.id)?;
+        let Some(ids) = &self.ids.as_ref().filter(|_| disk_image::available()) else {
+            return Err(Error::Unsupported(
+                "import on this server: it needs disk images (a server running as root)".into(),
+            ));
+        };
+        let dir = self.dir(&spec.id);
+        if dir.exists() {
+            return Err(Error::Runtime(format!(
+                "sandbox {} already has a disk",
+                spec.id
+            )));
+        }
+        let staging = self.root.join(format!(".{}.partial", spec.id));
+        let _ = crate::fs::remove_tree(&staging);
+        let range = ids.allocate()?;
+        let made: Result<crate::archive::Header> = async {
+            std::fs::create_dir_all(&staging).map_err(|e| Error::io("creating sandbox dir", e))?;
+            own_dir(&staging, Some(range))?;
+            ids.record(&staging, range)?;
+            let (stage, templates) = (staging.clone(), self.templates.clone());
+            let default_mib = spec.limits.disk_mib.unwrap_or(DEFAULT_DISK_MIB);
+            let imported = tokio::task::spawn_blocking(move || {
+                archives::import(
+                    stage,
+                    archive,
+                    range.root,
+                    templates,
+                    default_mib,
+                    check,
+                    progress,
+                )
+            })
+            .await
+            .map_err(|e| Error::Runtime(format!("import task failed: {e}")))??;
+            if !staging.join(disk_image::FILE).is_file() {
+                return Err(Error::InvalidArchive("it holds no changes/ section".into()));
+            }
+            // The image: from the archive when it came along, else this
+            // host's copy; either way the digest must be the header's.
+            let image_file = staging.join("image.oci.tar");
+            if imported.has_image {
+                let images = self.images.clone();
+                let file = image_file.clone();
+                tokio::task::spawn_blocking(move || images.import_archive(&file, None))
+                    .await
+                    .map_err(|e| Error::Runtime(format!("image import task failed: {e}")))??;
+            }
+            let _ = std::fs::remove_file(&image_file);
+            let header = imported.header;
+            let image = self.images.resolve(&header.image.digest).map_err(|_| {
+                Error::InvalidArchive(format!(
+                    "its image {} ({}) is not on this host and not in the archive",
+                    header.image.reference, header.image.digest
+                ))
+            })?;
+            let trees = self.trees.clone();
+            let resolved = image.clone();
+            tokio::task::spawn_blocking(move || trees.ensure(&resolved))
+                .await
+                .map_err(|e| Error::Runtime(format!("tree task failed: {e}")))??;
+            std::fs::write(staging.join(trees::FILE), trees::Trees::key(&image))
+                .map_err(|e| Error::io("naming the disk's image", e))?;
+            for s in &header.snapshots {
+                snapshots::record_imported(&staging, &s.name, s.created_at)?;
+            }
+            for entry in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with("import-") {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+            std::fs::rename(&staging, &dir).map_err(|e| Error::io("committing sandbox dir", e))?;
+            Ok(header)
         }
         .await;
         if made.is_err() {

@@ -46,6 +46,16 @@ struct Meta {
     frozen_ms: u64,
 }
 
+/// Record when an imported snapshot was made (its image is in place).
+pub fn record_imported(sandbox: &Path, name: &str, created_at: u64) -> Result<()> {
+    let m = serde_json::to_vec(&Meta {
+        created_at,
+        frozen_ms: 0,
+    })
+    .map_err(|e| Error::Runtime(e.to_string()))?;
+    std::fs::write(meta(sandbox, name), m).map_err(|e| Error::io("recording a snapshot", e))
+}
+
 /// Whether the snapshot exists.
 pub fn exists(sandbox: &Path, name: &str) -> bool {
     image(sandbox, name).is_file()
