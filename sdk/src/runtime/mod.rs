@@ -128,6 +128,23 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// A TCP connection to `port` on the sandbox's own loopback (inside its
+    /// network namespace, never the host's). The sandbox runs.
+    async fn connect_loopback(&self, id: &str, _port: u16) -> Result<tokio::net::TcpStream> {
+        Err(Error::Unsupported(format!(
+            "connections into sandbox {id} on this runtime"
+        )))
+    }
+
+    /// A listener on the sandbox's loopback at `port` (0: any free one),
+    /// accepted from the host side: what the sandbox's programs connect
+    /// to reaches Blink. The sandbox runs.
+    async fn listen_loopback(&self, id: &str, _port: u16) -> Result<tokio::net::TcpListener> {
+        Err(Error::Unsupported(format!(
+            "listeners in sandbox {id} on this runtime"
+        )))
+    }
+
     /// Whether disks here have snapshots and clones.
     fn snapshots_supported(&self) -> bool {
         false

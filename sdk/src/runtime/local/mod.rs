@@ -569,6 +569,44 @@ impl Runtime for LocalRuntime {
         Ok(())
     }
 
+    async fn connect_loopback(&self, id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let ns = self.namespaces_of(id)?;
+        let stream = tokio::task::spawn_blocking(move || {
+            ns.in_network(move || {
+                let stream = std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    Duration::from_secs(10),
+                )?;
+                stream.set_nonblocking(true)?;
+                Ok(stream)
+            })
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("connect task failed: {e}")))?
+        .map_err(|e| Error::io(format!("connecting to port {port} in sandbox {id}"), e))?;
+        tokio::net::TcpStream::from_std(stream)
+            .map_err(|e| Error::io("registering a connection", e))
+    }
+
+    async fn listen_loopback(&self, id: &str, port: u16) -> Result<tokio::net::TcpListener> {
+        let ns = self.namespaces_of(id)?;
+        let listener = tokio::task::spawn_blocking(move || {
+            ns.in_network(move || {
+                let listener = std::net::TcpListener::bind(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    port,
+                )))?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("listen task failed: {e}")))?
+        .map_err(|e| Error::io(format!("listening on port {port} in sandbox {id}"), e))?;
+        tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| Error::io("registering a listener", e))
+    }
+
     fn snapshots_supported(&self) -> bool {
         self.ids.is_some() && disk_image::available()
     }
@@ -858,6 +896,18 @@ impl Runtime for LocalRuntime {
 }
 
 impl LocalRuntime {
+    /// The namespaces of a running sandbox.
+    fn namespaces_of(&self, id: &str) -> Result<Arc<Namespaces>> {
+        let running = lock(&self.running);
+        running
+            .get(id)
+            .map(|r| r.namespaces.clone())
+            .ok_or_else(|| Error::SandboxDead {
+                id: id.into(),
+                reason: "it is not running".into(),
+            })
+    }
+
     /// What freezing a running sandbox needs (its cgroup, its root); `None`
     /// when it is not running.
     #[allow(clippy::type_complexity)]

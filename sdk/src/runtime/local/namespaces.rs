@@ -52,6 +52,34 @@ impl Namespaces {
         &self.ns[0]
     }
 
+    /// The network namespace.
+    pub fn net(&self) -> &OwnedFd {
+        &self.ns[5]
+    }
+
+    /// Run `make` on a short-lived thread that has joined the sandbox's
+    /// network namespace: a socket made there belongs to that namespace for
+    /// good, whichever thread uses it afterwards. This is how the host side
+    /// reaches the sandbox's loopback (SSH forwarding, the egress proxy's
+    /// listener) without any process inside.
+    pub fn in_network<T: Send + 'static>(
+        &self,
+        make: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let net = rustix::io::dup(self.net())?;
+        std::thread::Builder::new()
+            .name("blink-netns".into())
+            .spawn(move || {
+                // SAFETY: setns on this thread with a namespace descriptor.
+                if unsafe { libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                make()
+            })?
+            .join()
+            .map_err(|_| io::Error::other("the network-namespace thread panicked"))?
+    }
+
     /// Open the sandbox's terminal multiplexer. The path is resolved inside
     /// the sandbox's root with no symlinks at all, and the result must be
     /// on a devpts: the sandbox owns its /dev and could plant a link there.
