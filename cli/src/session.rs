@@ -67,6 +67,22 @@ pub enum SessionCommand {
         #[arg(long)]
         replace: bool,
     },
+    /// Show or change a session's egress policy (docs/NETWORK.md):
+    /// `--none`, or `--allow RULE` (repeatable) and `--deny RULE`.
+    Network {
+        #[command(flatten)]
+        name: NameArg,
+        /// Loopback only.
+        #[arg(long, conflicts_with_all = ["allow", "deny"])]
+        none: bool,
+        /// Allow a destination: NAME, *.SUFFIX, *, ADDRESS or CIDR, with
+        /// an optional :PORT.
+        #[arg(long, value_name = "RULE")]
+        allow: Vec<String>,
+        /// Deny a destination (wins over allow).
+        #[arg(long, value_name = "RULE")]
+        deny: Vec<String>,
+    },
     /// List a session's snapshots.
     List {
         #[command(flatten)]
@@ -173,6 +189,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
                         warm: warm.then_some(true),
                         disk_mib: disk_size,
                         from,
+                        network: None,
                     },
                 )
                 .await;
@@ -249,6 +266,41 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             name,
             replace,
         } => crate::archive::import(ctx, &manager, &file, name.as_deref(), replace).await,
+        SessionCommand::Network {
+            name,
+            none,
+            allow,
+            deny,
+        } => {
+            if none || !allow.is_empty() || !deny.is_empty() {
+                let mode = if none {
+                    blink_sdk::network::Mode::None
+                } else {
+                    blink_sdk::network::Mode::Proxy
+                };
+                manager
+                    .set_network(
+                        &name.name,
+                        blink_sdk::network::NetworkPolicy { mode, allow, deny },
+                    )
+                    .await?;
+            }
+            let info = manager.session_info(&name.name)?.network;
+            if ctx.json {
+                output::print_json(&info)?;
+            } else {
+                let p = &info.policy;
+                println!("mode:  {:?}", p.mode);
+                println!("allow: {}", p.allow.join(" "));
+                println!("deny:  {}", p.deny.join(" "));
+                let e = &info.egress;
+                println!(
+                    "egress: {} allowed, {} denied, {} bytes sent, {} received",
+                    e.allowed_connections, e.denied_connections, e.bytes_sent, e.bytes_received
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         SessionCommand::List { name } => crate::checkpoint::list(ctx, &manager, &name.name),
         SessionCommand::Restore {
             name,

@@ -42,6 +42,32 @@ pub struct FileConfig {
     pub rest: crate::rest::RestConfig,
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+/// The `[network]` table: sessions' egress (docs/NETWORK.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// `"none"` (loopback only, the default) or `"proxy"`: the policy of a
+    /// new session that does not bring its own.
+    pub mode: blink_sdk::network::Mode,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// Names the egress proxy resolves itself, before the host's resolver
+    /// (an operator's table; its addresses count as explicitly allowed).
+    pub resolve: std::collections::BTreeMap<String, std::net::IpAddr>,
+}
+
+impl NetworkConfig {
+    pub fn policy(&self) -> blink_sdk::network::NetworkPolicy {
+        blink_sdk::network::NetworkPolicy {
+            mode: self.mode,
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+        }
+    }
 }
 
 /// The `[sandbox]` table: how sandboxes are confined.
@@ -232,6 +258,8 @@ impl FileConfig {
                 "sandbox.disk_size_mib must be between {MIN_DISK_MIB} and {MAX_DISK_MIB}, not {disk}"
             )));
         }
+        blink_sdk::network::validate(&self.network.policy())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let l = &self.ssh.limits;
         let positive = [
             ("max_auth_attempts", l.max_auth_attempts as u64),

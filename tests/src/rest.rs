@@ -101,6 +101,10 @@ impl Server {
         answer(self.request("DELETE", path).call())
     }
 
+    pub fn put(&self, path: &str, body: Value) -> Answer {
+        answer(self.request("PUT", path).send_json(body))
+    }
+
     pub fn post(&self, path: &str, body: Value) -> Answer {
         answer(self.request("POST", path).send_json(body))
     }

@@ -382,7 +382,7 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
         .unwrap();
     let _ = std::io::Read::read_to_string(&mut socket, &mut answer);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(answer.contains("too_large"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
     // A form without the archive.
     let a = server.post_multipart("/api/import", &[("name", "evil")], None);
     assert_eq!(a.status, 400, "{:?}", a.body);

@@ -54,6 +54,7 @@ fn health_product_and_openapi() {
         ("/api/exports/{filename}", &["get"]),
         ("/api/import", &["post"]),
         ("/api/sessions/{name}/stop", &["post"]),
+        ("/api/sessions/{name}/network", &["get", "put"]),
         ("/api/sessions/{name}/keys", &["get", "post"]),
         ("/api/sessions/{name}/keys/{fingerprint}", &["delete"]),
     ];
@@ -67,23 +68,34 @@ fn health_product_and_openapi() {
     }
     assert_eq!(paths.len(), expected.len(), "{:?}", paths.keys());
 
-    // Checkpoint routes exist and say clearly that they are not here yet.
-    for (method, path) in [
-        ("POST", "/api/sessions/s1/checkpoints"),
-        ("GET", "/api/sessions/s1/checkpoints"),
-        ("POST", "/api/sessions/s1/checkpoints/c1/restore"),
-        ("POST", "/api/sessions/s1/export"),
-        ("GET", "/api/exports/x.boxlite"),
-        ("POST", "/api/import"),
+    // Checkpoint and archive routes are here: an unknown session or
+    // export is theirs to name, and a body that is not a form is refused.
+    for (method, path, code) in [
+        ("POST", "/api/sessions/s1/checkpoints", "session_not_found"),
+        ("GET", "/api/sessions/s1/checkpoints", "session_not_found"),
+        (
+            "POST",
+            "/api/sessions/s1/checkpoints/c1/restore",
+            "session_not_found",
+        ),
+        ("POST", "/api/sessions/s1/export", "session_not_found"),
+        ("GET", "/api/exports/x.boxlite", "export_not_found"),
+        ("GET", "/api/sessions/s1/network", "session_not_found"),
     ] {
-        let a = if method == "GET" {
-            server.get(path)
-        } else {
-            server.post(path, json!({}))
+        let a = match method {
+            "GET" => server.get(path),
+            _ if path.ends_with("checkpoints") => server.post(path, json!({"snapshot": "c1"})),
+            _ => server.post_raw(path, None, b""),
         };
-        assert_eq!(a.status, 501, "{method} {path}");
-        assert_eq!(a.code(), "not_implemented");
+        assert_eq!(
+            (a.status, a.code()),
+            (404, code),
+            "{method} {path}: {:?}",
+            a.body
+        );
     }
+    let a = server.post("/api/import", json!({}));
+    assert!(matches!(a.status, 400 | 415), "{:?}", a.body);
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod exports;
 pub(crate) mod fuzz_tests;
 mod guard;
 mod keys;
+mod network;
 mod openapi;
 mod product;
 mod run_registry;
@@ -69,6 +70,7 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(sessions::list, sessions::open))
         .routes(routes!(sessions::info, sessions::remove))
         .routes(routes!(sessions::stop))
+        .routes(routes!(network::get, network::put))
         .routes(routes!(runs::session_run))
         .routes(routes!(spawn::spawn))
         .routes(routes!(spawn::list))
@@ -127,13 +129,8 @@ async fn limit_body(State(state): State<AppState>, req: Request, next: Next) -> 
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(size) = declared.filter(|n| *n > limit as u64) {
-        return ApiError::from(blink_sdk::Error::TooLarge {
-            what: "the request body".into(),
-            size,
-            limit: limit as u64,
-        })
-        .into_response();
+    if declared.is_some_and(|n| n > limit as u64) {
+        return error::body_too_large().into_response();
     }
     let (parts, body) = req.into_parts();
     let body = axum::body::Body::new(http_body_util::Limited::new(body, limit));

@@ -29,6 +29,11 @@ pub struct OpenRequest {
     /// or of its snapshot `A@S`, with its image and settings; the name must
     /// be free (409 otherwise).
     pub from: Option<String>,
+    /// Egress policy of a new session (`{"mode": "proxy", "allow": [...],
+    /// "deny": [...]}`; docs/NETWORK.md). Default: `[network]` in the
+    /// config (loopback only).
+    #[schema(value_type = Object)]
+    pub network: Option<blink_sdk::network::NetworkPolicy>,
     /// Answer 409 instead of opening a session that already exists.
     #[serde(default)]
     pub exclusive: bool,
@@ -95,6 +100,7 @@ pub async fn open(
                 warm: req.warm,
                 disk_mib: req.disk_mib,
                 from: req.from.as_deref().map(CloneSource::parse).transpose()?,
+                network: req.network,
             },
         )
         .await?;

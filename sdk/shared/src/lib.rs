@@ -74,6 +74,49 @@ pub struct SessionInfo {
     /// (absent where the runtime has no per-session disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskUsage>,
+    /// The session's egress policy and what went through its proxy.
+    #[serde(default)]
+    pub network: NetworkInfo,
+}
+
+/// Whether a session's programs reach anything beyond its own loopback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// Loopback only: no proxy, no route out.
+    #[default]
+    None,
+    /// Through the session's egress proxy, by the allow and deny lists.
+    Proxy,
+}
+
+/// A session's egress policy (docs/NETWORK.md): rules are `HOST[:PORT]`
+/// with HOST a name, `*.suffix`, `*`, an address or a CIDR.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    #[serde(default)]
+    pub mode: NetworkMode,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// Egress counters of a session since its server started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressCounters {
+    pub allowed_connections: u64,
+    pub denied_connections: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// A session's network, as session info reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub policy: NetworkPolicy,
+    pub egress: EgressCounters,
 }
 
 /// A session disk's size (its quota) and the host disk space it takes.

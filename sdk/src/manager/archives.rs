@@ -205,6 +205,7 @@ impl Manager {
             created_at: t,
             last_used_at: t,
             limits: header.session.limits.clone(),
+            network: self.config.network.clone(),
         };
         if let Err(e) = self.store.save(&record) {
             let _ = self.runtime.remove(&box_id).await;

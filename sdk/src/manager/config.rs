@@ -42,6 +42,10 @@ pub struct ManagerConfig {
     pub limits: Limits,
     /// Largest script a run may copy into a sandbox.
     pub max_script_bytes: u64,
+    /// Egress policy of a new session unless it asks for its own.
+    pub network: crate::network::NetworkPolicy,
+    /// The operator's name table for the egress proxy (`[network] resolve`).
+    pub resolve: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 impl ManagerConfig {
@@ -65,6 +69,8 @@ impl ManagerConfig {
                 disk_mib: None,
             },
             max_script_bytes: 64 << 20,
+            network: Default::default(),
+            resolve: Default::default(),
         }
     }
 }

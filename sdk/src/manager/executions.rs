@@ -79,6 +79,9 @@ pub struct Sandbox {
     lease: Lease,
     box_id: String,
     image: String,
+    /// Blink's variables for this sandbox (its egress proxy's), before
+    /// the caller's.
+    env: Vec<(String, String)>,
 }
 
 impl Sandbox {
@@ -100,6 +103,7 @@ impl Manager {
                 let record = lock(&slot.record).clone();
                 Ok(Sandbox {
                     lease: Lease::Session(guard),
+                    env: Self::proxy_env(&record),
                     box_id: record.box_id,
                     image: record.image,
                 })
@@ -111,6 +115,7 @@ impl Manager {
                     box_id: ephemeral.id.clone(),
                     lease: Lease::Ephemeral(ephemeral),
                     image,
+                    env: Vec::new(),
                 })
             }
         }
@@ -128,9 +133,11 @@ impl Manager {
         let (argv, copied) = self
             .materialize(&sandbox.box_id, program, &options.args)
             .await?;
+        let mut env = sandbox.env.clone();
+        env.extend(options.env.iter().cloned());
         let mut spec = ExecSpec {
             argv,
-            env: options.env.clone(),
+            env,
             cwd: options.cwd.clone(),
             tty,
         };

@@ -16,6 +16,7 @@ mod archives;
 mod checkpoints;
 mod collect;
 mod config;
+mod egress;
 mod executions;
 mod idle;
 mod key_options;
@@ -58,6 +59,8 @@ pub struct Manager {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Serializes session creation and removal by name.
     catalog: tokio::sync::Mutex<()>,
+    /// Names to addresses for the egress proxies.
+    resolver: Arc<crate::network::Resolver>,
     spawns: Mutex<HashMap<String, Arc<Spawned>>>,
     _lock: DataDirLock,
 }
@@ -119,7 +122,9 @@ impl Manager {
         lock: DataDirLock,
     ) -> Result<Arc<Self>> {
         let store = Store::open(&config.data_dir)?;
+        let resolver = Arc::new(crate::network::Resolver::new(config.resolve.clone()));
         let manager = Arc::new(Self {
+            resolver,
             config,
             runtime,
             images,

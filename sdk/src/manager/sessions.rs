@@ -25,11 +25,13 @@ pub struct OpenOptions {
     /// of its snapshots), with its image and settings. The name must be
     /// free.
     pub from: Option<super::CloneSource>,
+    /// Egress policy of a new session; the configured default when `None`.
+    pub network: Option<crate::network::NetworkPolicy>,
 }
 
 /// In-memory state of one session.
 #[derive(Debug)]
-pub(super) struct Slot {
+pub(crate) struct Slot {
     pub(super) record: Mutex<SessionRecord>,
     /// Serializes start, stop and remove.
     pub(super) lifecycle: tokio::sync::Mutex<()>,
@@ -38,6 +40,9 @@ pub(super) struct Slot {
     /// idle policy stop a session the moment a second boundary passes.
     pub(super) last_used: AtomicU64,
     pub(super) removed: std::sync::atomic::AtomicBool,
+    /// Its egress proxy while the sandbox runs with a policy (egress.rs).
+    pub(super) egress: Mutex<Option<super::egress::RunningEgress>>,
+    pub(super) egress_stats: Arc<crate::network::EgressStats>,
 }
 
 /// Keeps a session from idling out while it lives: one per execution,
@@ -92,6 +97,10 @@ impl Manager {
         let rt = self.runtime.info();
         SessionInfo {
             disk: self.runtime.disk_usage(&r.box_id),
+            network: crate::types::NetworkInfo {
+                policy: r.network.clone(),
+                egress: slot.egress_stats.snapshot(),
+            },
             state: if self.runtime.is_running(&r.box_id) {
                 SessionState::Running
             } else {
@@ -161,6 +170,13 @@ impl Manager {
                 disk_mib: options.disk_mib.or(self.config.limits.disk_mib),
                 ..self.config.limits.clone()
             },
+            network: match options.network {
+                Some(n) => {
+                    crate::network::validate(&n)?;
+                    n
+                }
+                None => self.config.network.clone(),
+            },
         };
         let spec = self.spec_of(&record);
         self.runtime.create(&spec).await?;
@@ -210,6 +226,7 @@ impl Manager {
             created_at: t,
             last_used_at: t,
             limits: origin.limits.clone(),
+            network: origin.network.clone(),
         };
         let spec = self.spec_of(&record);
         self.runtime
@@ -274,7 +291,7 @@ impl Manager {
         if !self.runtime.is_running(&record.box_id) {
             self.runtime.start(&self.spec_of(&record)).await?;
         }
-        Ok(())
+        self.ensure_egress(slot, &record).await
     }
 
     /// Stop a session's sandbox; its disk is kept. Refused while something
@@ -328,5 +345,7 @@ pub(super) fn new_slot(record: SessionRecord, last_used_ms: u64) -> Slot {
         active: AtomicU32::new(0),
         last_used: AtomicU64::new(last_used_ms),
         removed: Default::default(),
+        egress: Mutex::default(),
+        egress_stats: Arc::default(),
     }
 }

@@ -23,6 +23,9 @@ pub struct SessionRecord {
     pub last_used_at: u64,
     #[serde(default)]
     pub limits: Limits,
+    /// Its egress policy (loopback only when absent).
+    #[serde(default)]
+    pub network: crate::network::NetworkPolicy,
 }
 
 /// The session records under `<data>/sessions/<name>/session.json`.
@@ -211,6 +214,7 @@ mod tests {
             created_at: 1,
             last_used_at: 2,
             limits: Limits::default(),
+            network: Default::default(),
         }
     }
 
