@@ -159,3 +159,28 @@ fn disk_sizes_out_of_range_are_refused_and_leave_nothing() {
     assert_ne!(out.status.code(), Some(0));
     assert!(texts(&out).1.contains("unit"), "{:?}", texts(&out));
 }
+
+#[test]
+fn a_disk_survives_quick_stop_and_start_cycles() {
+    // The kernel unmounts a stopped sandbox's disk a moment after its end;
+    // a start that mounted it again before would run two filesystems on
+    // one image ("Structure needs cleaning").
+    let Some((_blink, server)) = server_fixture() else {
+        return;
+    };
+    server.open_session("cycle");
+    for i in 0..15 {
+        let run = server.run_wait(
+            "/api/sessions/cycle/runs",
+            json!({"command": ["sh", "-c", format!("echo {i} >> /root/log && sync && wc -l < /root/log")]}),
+        );
+        assert_eq!(run["exit_code"], 0, "round {i}: {run}");
+        assert_eq!(
+            blink_e2e::rest::stdout(&run).trim(),
+            (i + 1).to_string(),
+            "round {i}"
+        );
+        let a = server.post_raw("/api/sessions/cycle/stop?force=true", None, b"");
+        assert_eq!(a.status, 200, "round {i}: {:?}", a.body);
+    }
+}

@@ -25,6 +25,8 @@ const MAX_CONNECTIONS: usize = 256;
 /// How long a program has to send its request, and a connection to open.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each direction of a relayed connection copies through this much.
+const RELAY_BUFFER: usize = 64 * 1024;
 /// Largest HTTP request head.
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -192,9 +194,15 @@ async fn relay(
         log(true, Some(addr), "the program went away", 0, 0);
         return;
     };
-    let (up, down) = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
-        .await
-        .unwrap_or((0, 0));
+    // Large buffers: a bulk download moves in few, big reads and writes.
+    let (up, down) = tokio::io::copy_bidirectional_with_sizes(
+        &mut inbound,
+        &mut outbound,
+        RELAY_BUFFER,
+        RELAY_BUFFER,
+    )
+    .await
+    .unwrap_or((0, 0));
     let up = up + sent;
     egress.stats.bytes_sent.fetch_add(up, Ordering::Relaxed);
     egress

@@ -55,6 +55,41 @@ impl LoopDevice {
     }
 }
 
+/// Wait until no loop device is backed by `image` any more, up to
+/// `limit`; false if one still is. A sandbox's filesystem is unmounted by
+/// the kernel once the last process and descriptor of its mount namespace
+/// are gone, which can be a moment after the sandbox "ended": mounting the
+/// image again before that would run two ext4 instances on one file.
+pub async fn wait_released(image: &Path, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if !in_use(image) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether a loop device is backed by `image` (by its path, as the kernel
+/// records it).
+pub fn in_use(image: &Path) -> bool {
+    let Ok(image) = std::fs::canonicalize(image) else {
+        return false;
+    };
+    let image = image.as_path();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        e.file_name().to_string_lossy().starts_with("loop")
+            && std::fs::read_to_string(e.path().join("loop/backing_file"))
+                .is_ok_and(|b| Path::new(b.trim_end()) == image)
+    })
+}
+
 /// Attach `image` to a free loop device.
 pub fn attach(image: &Path) -> io::Result<LoopDevice> {
     let control = std::fs::OpenOptions::new()

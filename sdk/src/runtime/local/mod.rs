@@ -361,6 +361,7 @@ impl Runtime for LocalRuntime {
                     id: spec.id.clone(),
                     reason: format!("its image (sha256:{key}) is no longer on this host"),
                 })?;
+                self.disk_released(&spec.id).await?;
                 let attached = loopdev::attach(&dir.join(disk_image::FILE)).map_err(prepare)?;
                 let userns = idmap::userns_for(range).map_err(prepare)?;
                 let overlay =
@@ -615,6 +616,9 @@ impl Runtime for LocalRuntime {
         validate_id(id)?;
         let dir = self.dir(id);
         let running = self.frozen_parts(id);
+        if running.is_none() && dir.join(disk_image::FILE).is_file() {
+            self.disk_released(id).await?;
+        }
         let id_owned = id.to_owned();
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -650,6 +654,7 @@ impl Runtime for LocalRuntime {
             });
         }
         let dir = self.dir(id);
+        self.disk_released(id).await?;
         let (id, name) = (id.to_owned(), name.to_owned());
         tokio::task::spawn_blocking(move || snapshots::restore(&dir, &id, &name))
             .await
@@ -699,6 +704,9 @@ impl Runtime for LocalRuntime {
         } else {
             None
         };
+        if snapshot_image.is_none() && running.is_none() {
+            self.disk_released(source).await?;
+        }
         let made: Result<()> = async {
             std::fs::create_dir_all(&staging).map_err(|e| Error::io("creating sandbox dir", e))?;
             own_dir(&staging, Some(range))?;
@@ -748,6 +756,9 @@ impl Runtime for LocalRuntime {
             .recorded(&dir)
             .ok_or_else(|| Error::Runtime(format!("sandbox {} has no id range", request.id)))?;
         let running = self.frozen_parts(&request.id);
+        if running.is_none() {
+            self.disk_released(&request.id).await?;
+        }
         let source = dir.clone();
         let copy_disk = move |dest: &Path| -> Result<u64> {
             let freeze = running
@@ -896,6 +907,21 @@ impl Runtime for LocalRuntime {
 }
 
 impl LocalRuntime {
+    /// Wait (briefly) for the kernel to let go of a stopped sandbox's disk:
+    /// its filesystem is unmounted once the last reference to its mount
+    /// namespace is gone, which can trail the sandbox's end. Nothing may
+    /// mount, copy or replace the disk image before.
+    async fn disk_released(&self, id: &str) -> Result<()> {
+        let image = self.dir(id).join(disk_image::FILE);
+        if loopdev::wait_released(&image, Duration::from_secs(20)).await {
+            return Ok(());
+        }
+        Err(Error::SessionBusy {
+            name: id.into(),
+            reason: "its disk is still mounted by its previous run; try again in a moment".into(),
+        })
+    }
+
     /// The namespaces of a running sandbox.
     fn namespaces_of(&self, id: &str) -> Result<Arc<Namespaces>> {
         let running = lock(&self.running);
