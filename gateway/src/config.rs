@@ -82,6 +82,9 @@ pub struct SandboxConfig {
     /// Disk size of a new session in MiB (its disk quota) unless it asks
     /// for its own (`disk_mib` in `POST /api/sessions`).
     pub disk_size_mib: u64,
+    /// Ephemeral sandboxes of the default image kept started ahead of
+    /// time, so a run does not wait for one to boot (0: none).
+    pub ephemeral_pool: usize,
 }
 
 impl Default for SandboxConfig {
@@ -90,6 +93,7 @@ impl Default for SandboxConfig {
             seccomp: blink_sdk::runtime::local::SeccompProfile::Default,
             id_base: blink_sdk::runtime::local::DEFAULT_ID_BASE,
             disk_size_mib: blink_sdk::runtime::local::DEFAULT_DISK_MIB,
+            ephemeral_pool: 2,
         }
     }
 }
@@ -252,6 +256,11 @@ impl FileConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         use blink_sdk::runtime::local::{MAX_DISK_MIB, MIN_DISK_MIB};
+        if self.sandbox.ephemeral_pool > 64 {
+            return Err(ConfigError::Invalid(
+                "sandbox.ephemeral_pool must be at most 64".into(),
+            ));
+        }
         let disk = self.sandbox.disk_size_mib;
         if !(MIN_DISK_MIB..=MAX_DISK_MIB).contains(&disk) {
             return Err(ConfigError::Invalid(format!(

@@ -132,6 +132,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     manager_config.id_base = Some(file.sandbox.id_base);
     manager_config.limits.disk_mib = Some(file.sandbox.disk_size_mib);
     manager_config.network = file.network.policy();
+    manager_config.ephemeral_pool = file.sandbox.ephemeral_pool;
     manager_config.resolve = file.network.resolve.clone();
     if file.sandbox.seccomp == blink_sdk::runtime::local::SeccompProfile::Unconfined {
         tracing::warn!(

@@ -39,12 +39,24 @@ pub const TEST_ADMISSION: &[(&str, &str)] = &[
     ("max_startups", r#""64:30:128""#),
 ];
 
-/// A test's config completed with [`TEST_ADMISSION`]; a config that is not
-/// valid TOML is passed as it is (tests of config errors).
+/// A test's config completed with [`TEST_ADMISSION`] and no pool of
+/// ephemeral sandboxes (`[sandbox] ephemeral_pool = 0`: most tests make no
+/// ephemeral runs, and a pool's sandboxes would only load the machine;
+/// tests of the pool set it); a config that is not valid TOML is passed as
+/// it is (tests of config errors).
 fn with_test_admission(text: &str) -> String {
     let Ok(mut doc) = text.parse::<toml::Table>() else {
         return text.to_owned();
     };
+    if let Some(sandbox) = doc
+        .entry("sandbox")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+    {
+        sandbox
+            .entry("ephemeral_pool")
+            .or_insert(toml::Value::Integer(0));
+    }
     let ssh = doc
         .entry("ssh")
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));

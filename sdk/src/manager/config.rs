@@ -42,6 +42,9 @@ pub struct ManagerConfig {
     pub limits: Limits,
     /// Largest script a run may copy into a sandbox.
     pub max_script_bytes: u64,
+    /// Ephemeral sandboxes of the default image kept started ahead of
+    /// time (0: none; each run then makes its own).
+    pub ephemeral_pool: usize,
     /// Egress policy of a new session unless it asks for its own.
     pub network: crate::network::NetworkPolicy,
     /// The operator's name table for the egress proxy (`[network] resolve`).
@@ -71,6 +74,7 @@ impl ManagerConfig {
             max_script_bytes: 64 << 20,
             network: Default::default(),
             resolve: Default::default(),
+            ephemeral_pool: 0,
         }
     }
 }

@@ -30,6 +30,10 @@ pub struct EphemeralBox {
 }
 
 impl EphemeralBox {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
         self.runtime.remove(&self.id).await
@@ -110,7 +114,10 @@ impl Manager {
             }
             Target::Ephemeral => {
                 let image = self.resolve_image(image).await?;
-                let ephemeral = self.new_ephemeral(&image).await?;
+                let ephemeral = match self.take_pooled(&image) {
+                    Some(ready) => ready,
+                    None => self.new_ephemeral(&image).await?,
+                };
                 Ok(Sandbox {
                     box_id: ephemeral.id.clone(),
                     lease: Lease::Ephemeral(ephemeral),
@@ -190,7 +197,7 @@ impl Manager {
     }
 
     /// Create and start a fresh sandbox that is removed when released.
-    async fn new_ephemeral(&self, image: &str) -> Result<EphemeralBox> {
+    pub(super) async fn new_ephemeral(&self, image: &str) -> Result<EphemeralBox> {
         let id = format!("run-{}", uuid::Uuid::new_v4().simple());
         let sandbox = SandboxSpec {
             id: id.clone(),
@@ -258,7 +265,12 @@ impl Manager {
                 drop(guard);
                 Ok(())
             }
-            Lease::Ephemeral(b) => b.release().await,
+            // Removed off the caller's path: dropping it removes it in
+            // the background (the result is already in hand).
+            Lease::Ephemeral(b) => {
+                drop(b);
+                Ok(())
+            }
         }
     }
 

@@ -23,6 +23,7 @@ mod key_options;
 pub mod keys;
 pub mod names;
 pub mod policy;
+mod pool;
 mod program;
 mod sessions;
 mod spawn;
@@ -61,6 +62,8 @@ pub struct Manager {
     catalog: tokio::sync::Mutex<()>,
     /// Names to addresses for the egress proxies.
     resolver: Arc<crate::network::Resolver>,
+    /// Ephemeral sandboxes made ahead of time.
+    pool: pool::Pool,
     spawns: Mutex<HashMap<String, Arc<Spawned>>>,
     _lock: DataDirLock,
 }
@@ -125,6 +128,7 @@ impl Manager {
         let resolver = Arc::new(crate::network::Resolver::new(config.resolve.clone()));
         let manager = Arc::new(Self {
             resolver,
+            pool: Default::default(),
             config,
             runtime,
             images,
@@ -136,6 +140,7 @@ impl Manager {
         });
         manager.recover().await?;
         manager.start_policy();
+        manager.start_pool();
         Ok(manager)
     }
 
