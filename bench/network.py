@@ -141,7 +141,7 @@ def main() -> int:
         "| Measurement | Through the session's proxy | Direct on the host | Ratio / difference | Target |",
         "|---|---|---|---|---|",
         f"| download | {d['proxied']:.0f} MiB/s | {d['direct']:.0f} MiB/s | {d['ratio']:.2f} | >= 0.5 |",
-        f"| time per connection | {c['proxied']:.2f} ms | {c['direct']:.2f} ms | +{c['added']:.2f} ms | <= 2 ms added |",
+        f"| time per connection | {c['proxied']:.2f} ms | {c['direct']:.2f} ms | {c['added']:+.2f} ms | <= 2 ms added |",
         END,
         "",
     ])
