@@ -265,10 +265,18 @@ impl Manager {
                 drop(guard);
                 Ok(())
             }
-            // Removed off the caller's path: dropping it removes it in
-            // the background (the result is already in hand).
+            // Removed off the caller's path (the result is already in
+            // hand); `shutdown` waits for it.
             Lease::Ephemeral(b) => {
-                drop(b);
+                let removal = tokio::spawn(async move {
+                    let id = b.id().to_owned();
+                    if let Err(e) = b.release().await {
+                        tracing::warn!(sandbox = %id, error = %e, "removing ephemeral sandbox failed");
+                    }
+                });
+                let mut removals = lock(&self.removals);
+                removals.retain(|r| !r.is_finished());
+                removals.push(removal);
                 Ok(())
             }
         }

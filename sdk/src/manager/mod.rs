@@ -64,6 +64,9 @@ pub struct Manager {
     resolver: Arc<crate::network::Resolver>,
     /// Ephemeral sandboxes made ahead of time.
     pool: pool::Pool,
+    /// Removals of used ephemeral sandboxes, done off the callers' path;
+    /// `shutdown` waits for them.
+    removals: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     spawns: Mutex<HashMap<String, Arc<Spawned>>>,
     _lock: DataDirLock,
 }
@@ -129,6 +132,7 @@ impl Manager {
         let manager = Arc::new(Self {
             resolver,
             pool: Default::default(),
+            removals: Mutex::default(),
             config,
             runtime,
             images,
@@ -167,8 +171,16 @@ impl Manager {
         KeyStore::new(self.store.clone())
     }
 
-    /// Stop every running sandbox (for an orderly shutdown).
+    /// Stop every running sandbox (for an orderly shutdown), remove the
+    /// pool's and wait for the removals of used ephemeral ones.
     pub async fn shutdown(&self) {
+        for b in self.drain_pool() {
+            let _ = b.release().await;
+        }
+        let removals: Vec<_> = std::mem::take(&mut *lock(&self.removals));
+        for r in removals {
+            let _ = r.await;
+        }
         let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
         for slot in slots {
             let box_id = lock(&slot.record).box_id.clone();

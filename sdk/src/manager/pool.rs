@@ -45,6 +45,11 @@ impl Manager {
         taken
     }
 
+    /// Take every pooled sandbox (at shutdown).
+    pub(super) fn drain_pool(&self) -> Vec<EphemeralBox> {
+        lock(&self.pool.ready).drain(..).collect()
+    }
+
     /// The filler: keeps `ephemeral_pool` sandboxes of the default image
     /// ready, woken after each take. It holds the manager only while it
     /// works, so the manager can go.
