@@ -260,6 +260,13 @@ async fn ephemeral_runs_leave_nothing_and_scripts_are_cleaned_up() {
         .await
         .expect("run");
     assert_eq!((r.exit_code, r.stdout.data.as_str()), (0, "hi\n"));
+    // Removed off the caller's path, soon after.
+    for _ in 0..200 {
+        if fx.runtime.ids().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     assert!(
         fx.runtime.ids().is_empty(),
         "the ephemeral sandbox is removed"
