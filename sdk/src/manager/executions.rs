@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::program::{Program, RunOptions};
 use super::sessions::ActivityGuard;
-use super::{Manager, collect, lock};
+use super::{Manager, collect};
 use crate::error::Result;
 use crate::runtime::{ExecSpec, Execution, PtySize, Runtime, SandboxSpec};
 use crate::types::RunResult;
@@ -94,10 +94,7 @@ impl Manager {
     pub async fn acquire(&self, target: Target<'_>, image: Option<&str>) -> Result<Sandbox> {
         match target {
             Target::Session(name) => {
-                let slot = self.slot(name)?;
-                let guard = ActivityGuard::hold(slot.clone());
-                self.start_slot(&slot, name).await?;
-                let record = lock(&slot.record).clone();
+                let (guard, _, record) = self.hold_running(name).await?;
                 Ok(Sandbox {
                     lease: Lease::Session(guard),
                     box_id: record.box_id,
