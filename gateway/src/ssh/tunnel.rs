@@ -319,7 +319,12 @@ async fn read_client(
     ClientEnd::Closed
 }
 
-/// Write queued client data to the socket, each chunk credited back to the
+/// Most bytes written to the socket at once: chunks already queued are
+/// joined up to this, so a fast client costs one write (and one credit)
+/// per batch rather than one per packet.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// Write queued client data to the socket, each batch credited back to the
 /// client's window once written; on the client's EOF, shut the socket's
 /// writing side. Ends then, or when the queue ends (the client closed the
 /// channel), or on a write error.
@@ -329,20 +334,29 @@ async fn feed_socket(
     backlog: Arc<AtomicUsize>,
     credit: impl Fn(usize),
 ) -> Result<(), String> {
-    while let Some(input) = queue.recv().await {
-        match input {
-            Input::Data(data) => {
-                let written = socket.write_all(&data).await;
-                backlog.fetch_sub(data.len(), Ordering::SeqCst);
-                credit(data.len());
-                written.map_err(|e| format!("writing to the forwarded connection: {e}"))?;
+    let mut eof = false;
+    while !eof {
+        let mut batch = match queue.recv().await {
+            Some(Input::Data(data)) => data,
+            Some(Input::Eof) => break,
+            None => return Ok(()),
+        };
+        while batch.len() < WRITE_BATCH {
+            match queue.try_recv() {
+                Ok(Input::Data(data)) => batch.extend_from_slice(&data),
+                Ok(Input::Eof) => eof = true,
+                Err(_) => break,
             }
-            Input::Eof => {
-                let _ = socket.shutdown().await;
-                return Ok(());
+            if eof {
+                break;
             }
         }
+        let written = socket.write_all(&batch).await;
+        backlog.fetch_sub(batch.len(), Ordering::SeqCst);
+        credit(batch.len());
+        written.map_err(|e| format!("writing to the forwarded connection: {e}"))?;
     }
+    let _ = socket.shutdown().await;
     Ok(())
 }
 
