@@ -4,17 +4,21 @@
 //! other, and one log line.
 //!
 //! Flow control is the exec channels' (`channel.rs`): the client's data is
-//! drained from the channel at once (so russh's connection loop never
-//! blocks on this channel) and written to the socket by another task,
-//! which reports each chunk consumed once written; only then does the
-//! client get its window back (patches/russh). A socket whose reader is
-//! slow thus holds the client back, at most a window buffered here. The
-//! other way, the socket is read only as fast as the client's window lets
-//! its data out, so a slow client holds back the program writing to it.
+//! taken off the channel at once (so russh's connection loop never blocks
+//! on this channel) and written to the socket, at once if it has room,
+//! else in one write of all that came meanwhile; each write is reported
+//! consumed once done, and only then does the client get its window back
+//! (patches/russh). A socket whose reader is slow thus holds the client
+//! back, at most a window waiting here. The other way, the socket is read
+//! only as fast as the client's window lets its data out, so a slow client
+//! holds back the program writing to it.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use blink_sdk::escape::Escaped;
@@ -24,7 +28,7 @@ use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelReadHalf}
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::channel::STDIN_BACKLOG_LIMIT;
 use super::connection::ConnStats;
@@ -200,18 +204,17 @@ impl Tunnel {
     }
 }
 
-/// Client data and EOF, in order, for the socket.
-enum Input {
-    Data(Vec<u8>),
-    Eof,
-}
-
-/// Why the client's side stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClientEnd {
+/// How the client's side into the socket ended.
+enum Inbound {
+    /// The client's EOF reached the socket (its writing side is shut);
+    /// the channel's read half, still watched for the client's close.
+    Eof(ChannelReadHalf),
+    /// The client closed the channel (or its connection ended); what it
+    /// sent before was given [`DRAIN_WAIT`] to reach the socket.
     Closed,
-    /// More than `STDIN_BACKLOG_LIMIT` bytes queued: past the window.
+    /// More than `STDIN_BACKLOG_LIMIT` bytes waiting: past the window.
     Overflow,
+    Failed(String),
 }
 
 /// Both directions until both sides have sent their EOF, either fails, or
@@ -226,31 +229,39 @@ async fn carry(
     let id = channel.id();
     let (reader, writer) = channel.split();
     let (from_socket, to_socket) = stream.into_split();
-    let (queue, queued) = mpsc::unbounded_channel();
-    let backlog = Arc::new(AtomicUsize::new(0));
-    let mut from_client = tokio::spawn(read_client(
-        reader,
-        queue,
-        backlog.clone(),
-        traffic.bytes_in.clone(),
-    ));
     let credit_to = handle.clone();
     let credit = move |bytes: usize| credit_to.consumed(id, bytes as u32);
-    let mut to_sandbox = tokio::spawn(feed_socket(queued, to_socket, backlog, credit));
-    let mut to_client = tokio::spawn(pump_socket(
+    let mut inbound = tokio::spawn(client_to_socket(
+        reader,
+        to_socket,
+        credit,
+        traffic.bytes_in.clone(),
+    ));
+    let mut outbound = tokio::spawn(pump_socket(
         from_socket,
         writer.make_writer(),
         traffic.bytes_out.clone(),
         stats.clone(),
     ));
+    // Once the client's EOF is through: its side, watched for its close.
+    let mut after_eof: Option<ChannelReadHalf> = None;
     let (mut sent_in, mut sent_out) = (false, false);
     let end = loop {
         tokio::select! {
-            done = &mut to_sandbox, if !sent_in => match flatten(done) {
-                Ok(()) => sent_in = true,
-                Err(e) => break End::Failed(e),
+            done = &mut inbound, if !sent_in => match done {
+                Ok(Inbound::Eof(reader)) => {
+                    after_eof = Some(reader);
+                    sent_in = true;
+                }
+                Ok(Inbound::Closed) => break End::ClientClosed,
+                Ok(Inbound::Overflow) => {
+                    tracing::warn!(channel = %id, "ssh client sent past its forwarded channel's window: closing it");
+                    break End::Failed("the client sent past its channel window".into());
+                }
+                Ok(Inbound::Failed(e)) => break End::Failed(e),
+                Err(e) => break End::Failed(e.to_string()),
             },
-            done = &mut to_client, if !sent_out => match done {
+            done = &mut outbound, if !sent_out => match done {
                 Ok(Ok(())) => {
                     let _ = writer.eof().await;
                     sent_out = true;
@@ -259,105 +270,221 @@ async fn carry(
                 Ok(Err(Stop::Failed(e))) => break End::Failed(e),
                 Err(e) => break End::Failed(e.to_string()),
             },
-            why = &mut from_client => match why {
-                Ok(ClientEnd::Overflow) => {
-                    tracing::warn!(channel = %id, "ssh client sent past its forwarded channel's window: closing it");
-                    break End::Failed("the client sent past its channel window".into());
-                }
-                _ => {
-                    // What the client sent before closing still goes to
-                    // the socket, if it reads it soon.
-                    if !sent_in {
-                        let _ = tokio::time::timeout(DRAIN_WAIT, &mut to_sandbox).await;
-                    }
-                    break End::ClientClosed;
-                }
-            },
+            () = closed(&mut after_eof), if after_eof.is_some() => break End::ClientClosed,
         }
         if sent_in && sent_out {
             break End::Done;
         }
     };
-    from_client.abort();
-    to_sandbox.abort();
-    to_client.abort();
+    inbound.abort();
+    outbound.abort();
     let _ = writer.close().await;
     end
 }
 
-fn flatten(joined: Result<Result<(), String>, tokio::task::JoinError>) -> Result<(), String> {
-    joined.map_err(|e| e.to_string()).and_then(|r| r)
-}
-
-/// Drain the client's side of the channel without ever waiting on the
-/// socket: data is queued (at most a window of it, since the window is
-/// renewed only as the socket takes it). Ends when the client closes the
-/// channel, or sends past its window.
-async fn read_client(
-    mut reader: ChannelReadHalf,
-    queue: mpsc::UnboundedSender<Input>,
-    backlog: Arc<AtomicUsize>,
-    bytes_in: Arc<AtomicU64>,
-) -> ClientEnd {
-    while let Some(msg) = reader.wait().await {
-        match msg {
-            ChannelMsg::Data { data } => {
-                bytes_in.fetch_add(data.len() as u64, Ordering::SeqCst);
-                let queued = backlog.fetch_add(data.len(), Ordering::SeqCst) + data.len();
-                if queued > STDIN_BACKLOG_LIMIT {
-                    return ClientEnd::Overflow;
-                }
-                // A closed receiver means the socket is done: drop it.
-                let _ = queue.send(Input::Data(data.to_vec()));
-            }
-            ChannelMsg::Eof => {
-                let _ = queue.send(Input::Eof);
-            }
-            _ => {}
-        }
+/// Until the client closes the channel (anything it sends after its EOF
+/// is dropped).
+async fn closed(reader: &mut Option<ChannelReadHalf>) {
+    match reader {
+        Some(reader) => while reader.wait().await.is_some() {},
+        None => std::future::pending().await,
     }
-    ClientEnd::Closed
 }
 
-/// Most bytes written to the socket at once: chunks already queued are
-/// joined up to this, so a fast client costs one write (and one credit)
+/// Most bytes taken off the channel for one write: what is already
+/// waiting is joined, so a fast client costs one write (and one credit)
 /// per batch rather than one per packet.
 const WRITE_BATCH: usize = 256 * 1024;
 
-/// Write queued client data to the socket, each batch credited back to the
-/// client's window once written; on the client's EOF, shut the socket's
-/// writing side. Ends then, or when the queue ends (the client closed the
-/// channel), or on a write error.
-async fn feed_socket(
-    mut queue: mpsc::UnboundedReceiver<Input>,
-    mut socket: OwnedWriteHalf,
-    backlog: Arc<AtomicUsize>,
+/// Bytes written are credited back to the client's window in steps of at
+/// least this much (256 KiB): each credit is a message to the
+/// connection's loop, and russh grants window only once half of it is
+/// free, so smaller steps buy nothing. Well under that half, so a client
+/// that has used its whole window is never left waiting on a credit held
+/// here.
+const CREDIT_STEP: usize = super::server::CHANNEL_WINDOW as usize / 8;
+
+/// Credits written bytes back to the client's window, in steps.
+struct Credit<F: Fn(usize)> {
+    send: F,
+    held: usize,
+}
+
+impl<F: Fn(usize)> Credit<F> {
+    fn written(&mut self, bytes: usize) {
+        self.held += bytes;
+        if self.held >= CREDIT_STEP {
+            (self.send)(std::mem::take(&mut self.held));
+        }
+    }
+}
+
+/// What [`finished`] gives back: the socket, the bytes, how it went.
+type Written = (OwnedWriteHalf, usize, std::io::Result<()>);
+
+/// A write to the socket in flight; it hands the socket back.
+type Write = Pin<Box<dyn Future<Output = Written> + Send>>;
+
+/// The client's data into the socket, in one task. The channel is read at
+/// once whatever the socket does (russh's connection loop must never wait
+/// on a channel); at most a window waits here, since the window is renewed
+/// only as the socket takes the data. What arrives is written at once if
+/// the socket has room, else in one write of all that came meanwhile, and
+/// credited back to the client's window once written ([`CREDIT_STEP`]).
+/// On the client's EOF, once all is written, the socket's writing side is
+/// shut.
+async fn client_to_socket(
+    mut reader: ChannelReadHalf,
+    socket: OwnedWriteHalf,
     credit: impl Fn(usize),
-) -> Result<(), String> {
+    bytes_in: Arc<AtomicU64>,
+) -> Inbound {
+    let mut credit = Credit {
+        send: credit,
+        held: 0,
+    };
+    let mut idle = Some(socket);
+    let mut writing: Option<Write> = None;
+    let mut waiting: Vec<u8> = Vec::new();
+    let mut in_flight = 0;
     let mut eof = false;
-    while !eof {
-        let mut batch = match queue.recv().await {
-            Some(Input::Data(data)) => data,
-            Some(Input::Eof) => break,
-            None => return Ok(()),
-        };
-        while batch.len() < WRITE_BATCH {
-            match queue.try_recv() {
-                Ok(Input::Data(data)) => batch.extend_from_slice(&data),
-                Ok(Input::Eof) => eof = true,
-                Err(_) => break,
+    loop {
+        if let Some(mut socket) = idle.take() {
+            if !waiting.is_empty() {
+                match socket.try_write(&waiting) {
+                    Ok(n) => {
+                        waiting.drain(..n);
+                        credit.written(n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Inbound::Failed(write_error(&e)),
+                }
             }
-            if eof {
-                break;
+            if !waiting.is_empty() {
+                let data = std::mem::take(&mut waiting);
+                in_flight = data.len();
+                writing = Some(Box::pin(async move {
+                    let result = socket.write_all(&data).await;
+                    (socket, data.len(), result)
+                }));
+            } else if eof {
+                let _ = socket.shutdown().await;
+                return Inbound::Eof(reader);
+            } else {
+                idle = Some(socket);
             }
         }
-        let written = socket.write_all(&batch).await;
-        backlog.fetch_sub(batch.len(), Ordering::SeqCst);
-        credit(batch.len());
-        written.map_err(|e| format!("writing to the forwarded connection: {e}"))?;
+        let step = tokio::select! {
+            done = finished(&mut writing), if writing.is_some() => {
+                writing = None;
+                in_flight = 0;
+                match done {
+                    (socket, n, Ok(())) => {
+                        credit.written(n);
+                        idle = Some(socket);
+                        Step::Go
+                    }
+                    (_, _, Err(e)) => return Inbound::Failed(write_error(&e)),
+                }
+            },
+            msg = reader.wait() => {
+                let mut step = take(msg, &mut waiting, in_flight, &mut eof, &bytes_in);
+                // Join what is already there into the next write.
+                while step == Step::Go && waiting.len() < WRITE_BATCH {
+                    match ready(&mut reader) {
+                        Some(msg) => step = take(msg, &mut waiting, in_flight, &mut eof, &bytes_in),
+                        None => break,
+                    }
+                }
+                step
+            },
+        };
+        match step {
+            Step::Go => {}
+            Step::Overflow => return Inbound::Overflow,
+            Step::Closed => {
+                // What the client sent before closing still goes to the
+                // socket, if it takes it soon.
+                let rest = async move {
+                    let socket = match (writing, idle) {
+                        (Some(write), _) => match write.await {
+                            (socket, _, Ok(())) => socket,
+                            (_, _, Err(_)) => return,
+                        },
+                        (None, Some(socket)) => socket,
+                        (None, None) => return,
+                    };
+                    let mut socket = socket;
+                    let _ = socket.write_all(&waiting).await;
+                };
+                let _ = tokio::time::timeout(DRAIN_WAIT, rest).await;
+                return Inbound::Closed;
+            }
+        }
     }
-    let _ = socket.shutdown().await;
-    Ok(())
+}
+
+fn write_error(e: &std::io::Error) -> String {
+    format!("writing to the forwarded connection: {e}")
+}
+
+/// What one message from the client does to [`client_to_socket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Go,
+    Closed,
+    Overflow,
+}
+
+/// Take one message from the client: data joins what waits for the
+/// socket (anything after its EOF is dropped), EOF is noted, the end of
+/// the channel ends it.
+fn take(
+    msg: Option<ChannelMsg>,
+    waiting: &mut Vec<u8>,
+    in_flight: usize,
+    eof: &mut bool,
+    bytes_in: &AtomicU64,
+) -> Step {
+    match msg {
+        Some(ChannelMsg::Data { data }) => {
+            bytes_in.fetch_add(data.len() as u64, Ordering::SeqCst);
+            if *eof {
+                return Step::Go;
+            }
+            if waiting.len() + in_flight + data.len() > STDIN_BACKLOG_LIMIT {
+                return Step::Overflow;
+            }
+            waiting.extend_from_slice(&data);
+            Step::Go
+        }
+        Some(ChannelMsg::Eof) => {
+            *eof = true;
+            Step::Go
+        }
+        Some(_) => Step::Go,
+        None => Step::Closed,
+    }
+}
+
+/// The next message if one is already waiting on the channel; never waits.
+fn ready(reader: &mut ChannelReadHalf) -> Option<Option<ChannelMsg>> {
+    let mut next = std::pin::pin!(reader.wait());
+    match next
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        Poll::Ready(msg) => Some(msg),
+        Poll::Pending => None,
+    }
+}
+
+/// The write in flight, once done (never, if there is none).
+async fn finished(writing: &mut Option<Write>) -> Written {
+    match writing {
+        Some(write) => write.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why copying to the channel stopped early.
