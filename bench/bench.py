@@ -128,6 +128,79 @@ def exec_stdin(t: Target, size: int, consumer: str) -> dict:
     return {"bytes": size, "seconds": secs, "mib_s": size / secs / 2**20}
 
 
+# Listeners on the server's side for `ssh -L`: a sink that reads and a
+# source that writes 1 MiB at a time. The same program on both servers:
+# busybox (the host has busybox-static; Blink's default image is busybox)
+# or perl (perl-base, in the host and in a Debian image).
+FORWARD_LISTENERS = {
+    "busybox": {
+        "up": "busybox nc -l -p PORT -e dd of=/dev/null bs=1M",
+        "down": "busybox nc -l -p PORT -e dd if=/dev/zero bs=1M count=MIB",
+    },
+    "perl": {
+        "up": "perl -MIO::Socket::INET -e '$s=IO::Socket::INET->new(LocalAddr=>\"127.0.0.1\","
+              "LocalPort=>PORT,Listen=>1,ReuseAddr=>1) or die; $c=$s->accept; 1 while sysread($c,$b,1<<20)'",
+        "down": "perl -MIO::Socket::INET -e '$s=IO::Socket::INET->new(LocalAddr=>\"127.0.0.1\","
+                "LocalPort=>PORT,Listen=>1,ReuseAddr=>1) or die; $c=$s->accept; $b=\"\\0\"x(1<<20); "
+                "for(1..MIB){$o=0; $o+=syswrite($c,$b,length($b)-$o,$o) while $o<length $b}'",
+    },
+}
+
+
+def forward_local(t: Target, size: int, direction: str, listeners: str) -> dict:
+    """`ssh -L` to a listener on the server's side (the session's own
+    loopback for Blink, the host's for OpenSSH): `up` sends `size` bytes
+    from here to a sink there, `down` reads them from a source there. Timed
+    from connect to the far end's close."""
+    lport, rport = free_port(), free_port()
+    listen = FORWARD_LISTENERS[listeners][direction].replace("PORT", str(rport)).replace("MIB", str(size >> 20))
+    ready = (f"for i in $(seq 200); do cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | "
+             f"grep -Eq ':{rport:04X} [0-9A-F]+:0000 0A' && break; sleep 0.05; done; echo ready")
+    ssh = subprocess.Popen(["ssh", *t.opts(), "-o", "ExitOnForwardFailure=yes", "-p", str(t.port),
+                            "-L", f"{lport}:127.0.0.1:{rport}", f"{t.user}@127.0.0.1",
+                            f"{listen} & {ready}; wait"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        if ssh.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"{t.name}: the listener for ssh -L did not come up")
+        start = time.perf_counter()
+        got = 0
+        with socket.create_connection(("127.0.0.1", lport)) as s:
+            if direction == "up":
+                chunk = memoryview(bytes(1 << 20))
+                left = size
+                while left:
+                    n = min(left, len(chunk))
+                    s.sendall(chunk[:n])
+                    left -= n
+                s.shutdown(socket.SHUT_WR)
+                while s.recv(1 << 16):
+                    pass
+                got = size
+            else:
+                buf = bytearray(1 << 20)
+                while n := s.recv_into(buf):
+                    got += n
+        secs = time.perf_counter() - start
+        ssh.wait(timeout=60)
+    finally:
+        if ssh.poll() is None:
+            ssh.kill()
+            ssh.wait()
+    if got != size:
+        raise RuntimeError(f"{t.name}: ssh -L {direction} carried {got} of {size} bytes")
+    return {"bytes": size, "seconds": secs, "mib_s": size / secs / 2**20}
+
+
+def forwarding_rows(compare, size: int, image: str | None) -> None:
+    """The `ssh -L` rows, both ways."""
+    listeners = "busybox" if image is None else "perl"
+    compare("ssh -L, client to a listener on the server's side", "MiB/s",
+            lambda t: forward_local(t, size, "up", listeners), "mib_s", "higher")
+    compare("ssh -L, a listener on the server's side to the client", "MiB/s",
+            lambda t: forward_local(t, size, "down", listeners), "mib_s", "higher")
+
+
 def tree_rss_kib(root: int) -> int:
     """Resident memory of a process and all its descendants."""
     parents: dict[int, int] = {}
@@ -410,6 +483,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(BENCH))
     parser.add_argument("--image", default="bookworm",
                         help="Debian suite for the session's image (same coreutils as the host), or 'default'")
+    parser.add_argument("--only-forwarding", action="store_true",
+                        help="only the ssh -L rows (write them with --out elsewhere)")
     args = parser.parse_args()
     sizes = {
         "runs": 10 if args.quick else 50,
@@ -446,6 +521,9 @@ def main() -> int:
                          "blink_raw": b, "openssh_raw": r})
             print(f"{name}: blink {b[key_]:.2f} {unit}, openssh {r[key_]:.2f} {unit}", flush=True)
 
+        if args.only_forwarding:
+            forwarding_rows(compare, sizes["stream"], image)
+            return finish(args, results, rows, server, sshd, work)
         compare("connect+auth+exec true (median)", "ms", lambda t: connect_exec(t, sizes["runs"]), "median_ms", "lower")
         rows.append({**rows[-1], "figure": "connect+auth+exec true (p95)", "blink": rows[-1]["blink_raw"]["p95_ms"],
                      "openssh": rows[-1]["openssh_raw"]["p95_ms"],
@@ -470,6 +548,7 @@ def main() -> int:
         rows.append({**rows[-1], "figure": "sftp download", "blink": rows[-1]["blink_raw"]["download_mib_s"],
                      "openssh": rows[-1]["openssh_raw"]["download_mib_s"],
                      "ratio": ratio(rows[-1]["blink_raw"]["download_mib_s"], rows[-1]["openssh_raw"]["download_mib_s"])})
+        forwarding_rows(compare, sizes["stream"], image)
         compare(f"{sizes['concurrent']} concurrent ssh true (successes)", "ok",
                 lambda t: concurrent_true(t, sizes["concurrent"]), "succeeded", "higher")
         rows.append(total_time_row(rows[-1]))
@@ -490,15 +569,26 @@ def main() -> int:
         alone["sandbox_processes_rss_per_idle_session_kib"] = (sandboxes_after - sandboxes_before) / warm
         for name, value in alone.items():
             print(f"{name}: {value}", flush=True)
-    finally:
-        for proc in (server, sshd):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        stop(server, sshd, work)
+        raise
+    return finish(args, results, rows, server, sshd, work)
 
+
+def stop(server: subprocess.Popen, sshd: subprocess.Popen, work: Path) -> None:
+    for proc in (server, sshd):
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def finish(args, results: dict, rows: list[dict], server: subprocess.Popen, sshd: subprocess.Popen,
+           work: Path) -> int:
+    """Stop both servers, then write the results."""
+    stop(server, sshd, work)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

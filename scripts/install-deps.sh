@@ -10,13 +10,14 @@
 #   gcc libc6-dev   the abuse tests compile their attacker programs (static)
 #   rsync           rsync over ssh in the client tests (tests/tests/ssh_clients.rs)
 #   e2fsprogs       mkfs.ext4: session disks are ext4 images (docs/DISKS.md)
+#   curl            curl through ssh -D in the forwarding tests (tests/tests/ssh_forwarding.rs)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
 #   ssh-audit       (PyPI) grades the SSH gateway's algorithms
 set -euo pipefail
 
 need=()
 for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
-  libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs; do
+  libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -118,6 +118,10 @@ pub struct SshConfig {
     /// Offer only post-quantum key exchange (mlkem768x25519-sha256):
     /// clients older than OpenSSH 9.9 (Debian 12's 9.2) cannot connect.
     pub post_quantum_only: bool,
+    /// TCP forwarding (`ssh -L`, `-D`, `-R`) to and from each session's own
+    /// loopback; keys may still refuse it (`no-port-forwarding`,
+    /// `restrict`) or narrow it (`permitopen=`, `permitlisten=`).
+    pub allow_forwarding: bool,
     pub limits: Limits,
 }
 
@@ -131,6 +135,7 @@ impl Default for SshConfig {
             env_allow: Vec::new(),
             shutdown_grace_secs: 10,
             post_quantum_only: false,
+            allow_forwarding: true,
             limits: Limits::default(),
         }
     }
@@ -185,6 +190,11 @@ pub struct Limits {
     pub max_connections_per_session: usize,
     /// Open channels per connection.
     pub max_channels_per_connection: usize,
+    /// Forwarded TCP connections open at once per connection (`ssh -L`,
+    /// `-D` and `-R` together); each buffers at most a channel window.
+    pub max_forwarded_connections: usize,
+    /// Listeners (`ssh -R`) per connection.
+    pub max_remote_forwards: usize,
     /// A connection with no traffic for this long is closed (0: never).
     pub idle_timeout_secs: u64,
     /// Send a keepalive after this long without client traffic (0: off).
@@ -217,6 +227,8 @@ impl Default for Limits {
             max_connections: 256,
             max_connections_per_session: 32,
             max_channels_per_connection: 16,
+            max_forwarded_connections: 32,
+            max_remote_forwards: 8,
             idle_timeout_secs: 1800,
             keepalive_interval_secs: 30,
             keepalive_max: 3,
@@ -284,6 +296,11 @@ impl FileConfig {
                 "max_channels_per_connection",
                 l.max_channels_per_connection as u64,
             ),
+            (
+                "max_forwarded_connections",
+                l.max_forwarded_connections as u64,
+            ),
+            ("max_remote_forwards", l.max_remote_forwards as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -317,12 +334,17 @@ impl FileConfig {
                     .into(),
             ));
         }
-        // One semaphore permit per connection.
-        if l.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(ConfigError::Invalid(format!(
-                "ssh.limits.max_connections must be at most {}",
-                tokio::sync::Semaphore::MAX_PERMITS
-            )));
+        // One semaphore permit per connection, and per forwarded one.
+        for (name, value) in [
+            ("max_connections", l.max_connections),
+            ("max_forwarded_connections", l.max_forwarded_connections),
+        ] {
+            if value > tokio::sync::Semaphore::MAX_PERMITS {
+                return Err(ConfigError::Invalid(format!(
+                    "ssh.limits.{name} must be at most {}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                )));
+            }
         }
         for name in &self.ssh.env_allow {
             if name.is_empty() || name.contains('=') || name.contains('\0') {

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     TooLarge,
     /// Well-formed but cannot be processed (HTTP 422).
     Unprocessable,
+    /// Refused by a rule of the server or of the caller's key (HTTP 403).
+    Forbidden,
     /// Not available in this build or on this machine (HTTP 501).
     Unsupported,
     /// A fault on our side or in the sandbox runtime (HTTP 500).
@@ -78,6 +80,12 @@ pub enum Error {
 
     #[error("data dir {} is in use by another Blink process ({holder}); stop it or choose another --data-dir", path.display())]
     DataDirLocked { path: PathBuf, holder: String },
+
+    /// A rule of the server or of the caller's key refuses the request
+    /// (a forwarding destination, a key's `permitopen=`); the text says
+    /// which.
+    #[error("{0}")]
+    NotPermitted(String),
 
     #[error("{0} is not supported by this runtime")]
     Unsupported(String),
@@ -143,6 +151,7 @@ impl Error {
             Self::SandboxDead { .. } => "sandbox_dead",
             Self::RuntimeUnavailable { .. } => "runtime_unavailable",
             Self::DataDirLocked { .. } => "data_dir_locked",
+            Self::NotPermitted(_) => "not_permitted",
             Self::Unsupported(_) => "unsupported",
             Self::CorruptState { .. } => "corrupt_state",
             Self::Io { .. } => "io_error",
@@ -165,6 +174,7 @@ impl Error {
             | Self::DataDirLocked { .. } => ErrorKind::Conflict,
             Self::TooLarge { .. } => ErrorKind::TooLarge,
             Self::InvalidImage { .. } | Self::InvalidArchive(_) => ErrorKind::Unprocessable,
+            Self::NotPermitted(_) => ErrorKind::Forbidden,
             Self::Unsupported(_) | Self::RuntimeUnavailable { .. } => ErrorKind::Unsupported,
             Self::SandboxDead { .. }
             | Self::CorruptState { .. }

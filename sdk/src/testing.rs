@@ -6,7 +6,9 @@
 //!
 //! Its "programs" are a few words: `true`, `false`, `echo ARGS`, `sleep SECS`
 //! (ends early when killed) and `cat` (stdin to stdout); anything else exits
-//! 127.
+//! 127. A sandbox's "loopback" is ports of the host's 127.0.0.1 the fake
+//! hands out (`listen_loopback`, `serve_loopback`) and connects to
+//! (`connect_loopback`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -38,6 +40,9 @@ pub struct FakeRuntime {
     sandboxes: Mutex<HashMap<String, FakeSandbox>>,
     /// Kill switches of running executions, by sandbox.
     executions: Mutex<HashMap<String, Vec<watch::Sender<bool>>>>,
+    /// A sandbox's loopback ports, by (sandbox, port): where on the host's
+    /// 127.0.0.1 each one really is.
+    loopback: Mutex<HashMap<(String, u16), std::net::SocketAddr>>,
 }
 
 impl FakeRuntime {
@@ -75,9 +80,26 @@ impl FakeRuntime {
         }
     }
 
+    /// Something listening on `port` of a running sandbox's loopback (a
+    /// program of the session, for `connect_loopback`).
+    pub async fn serve_loopback(&self, id: &str, port: u16) -> Result<tokio::net::TcpListener> {
+        self.listen_loopback(id, port).await
+    }
+
     fn kill_all(&self, id: &str) {
         for kill in lock(&self.executions).remove(id).unwrap_or_default() {
             let _ = kill.send(true);
+        }
+    }
+
+    fn running_or_dead(&self, id: &str) -> Result<()> {
+        if self.is_running_now(id) {
+            Ok(())
+        } else {
+            Err(Error::SandboxDead {
+                id: id.into(),
+                reason: "it is not running".into(),
+            })
         }
     }
 
@@ -130,6 +152,43 @@ impl Runtime for FakeRuntime {
 
     fn is_running(&self, id: &str) -> bool {
         lock(&self.sandboxes).get(id).is_some_and(|b| b.running)
+    }
+
+    async fn connect_loopback(&self, id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        self.running_or_dead(id)?;
+        let refused = || {
+            Error::io(
+                format!("connecting to port {port} in sandbox {id}"),
+                std::io::ErrorKind::ConnectionRefused.into(),
+            )
+        };
+        let addr = lock(&self.loopback)
+            .get(&(id.to_string(), port))
+            .copied()
+            .ok_or_else(refused)?;
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|_| refused())
+    }
+
+    async fn listen_loopback(&self, id: &str, port: u16) -> Result<tokio::net::TcpListener> {
+        self.running_or_dead(id)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Error::io("binding a fake loopback port", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("a fake loopback port", e))?;
+        let port = if port == 0 { addr.port() } else { port };
+        let mut ports = lock(&self.loopback);
+        if ports.contains_key(&(id.to_string(), port)) {
+            return Err(Error::io(
+                format!("listening on port {port} in sandbox {id}"),
+                std::io::ErrorKind::AddrInUse.into(),
+            ));
+        }
+        ports.insert((id.to_string(), port), addr);
+        Ok(listener)
     }
 
     async fn stop(&self, id: &str) -> Result<()> {

@@ -1,8 +1,9 @@
 //! The manager's policies on the in-memory runtime (`blink_sdk::testing`,
 //! a test double): idle stop, warm restart, spawn caps, recovery of
-//! orphans, refusals while busy. No sandbox is made, so these run in
-//! milliseconds anywhere; tests/manager.rs covers the same ground against
-//! real bubblewrap sandboxes.
+//! orphans, refusals while busy, forwards starting and holding a session.
+//! No sandbox is made, so these run in milliseconds anywhere;
+//! tests/manager.rs covers the same ground against real bubblewrap
+//! sandboxes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -295,4 +296,80 @@ async fn ephemeral_runs_leave_nothing_and_scripts_are_cleaned_up() {
         .await
         .expect_err("missing script");
     assert!(matches!(missing, Error::ScriptNotFound(_)), "{missing}");
+}
+
+#[tokio::test]
+async fn forwards_start_a_stopped_session_and_hold_it_active() {
+    use blink_sdk::manager::ForwardRules;
+    use blink_sdk::manager::keys::KeyOptions;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let fx = Fixture::new();
+    let m = fx
+        .manager(|c| c.idle_timeout = Duration::from_millis(150))
+        .await;
+    let id = open(&m, "s", false).await;
+    let key = KeyOptions::default();
+    let rules = ForwardRules {
+        enabled: true,
+        key: &key,
+    };
+    let rt = fx.runtime.clone();
+    let active = || m.session_info("s").expect("info").active_executions;
+
+    // Nothing listens: the session starts for the connection, which fails,
+    // and holds nothing afterwards.
+    assert!(!rt.is_running_now(&id));
+    let e = m
+        .forward_connect("s", rules.connect("localhost", 8080).expect("allowed"))
+        .await
+        .expect_err("nothing listens");
+    assert_eq!(e.code(), "io_error", "{e}");
+    assert!(rt.is_running_now(&id), "the connection started the session");
+    assert_eq!(active(), 0);
+
+    // A program of the session listens: the connection reaches it and
+    // holds the session while it lives, past the idle timeout.
+    let program = rt.serve_loopback(&id, 8080).await.expect("serve");
+    let mut conn = m
+        .forward_connect("s", rules.connect("127.0.0.1", 8080).expect("allowed"))
+        .await
+        .expect("connect");
+    let (mut inside, _) = program.accept().await.expect("accept");
+    conn.stream.write_all(b"ping").await.expect("write");
+    let mut got = [0u8; 4];
+    inside.read_exact(&mut got).await.expect("read");
+    assert_eq!(&got, b"ping");
+    assert_eq!(active(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rt.is_running_now(&id), "a forwarded connection holds it");
+    drop(conn);
+    assert_eq!(active(), 0);
+    assert!(
+        eventually(Duration::from_secs(5), || !rt.is_running_now(&id)).await,
+        "then it idles out"
+    );
+
+    // A listener starts it too, holds it, and so does each connection it
+    // accepts; stopping it is refused meanwhile.
+    let listener = m
+        .forward_listen("s", rules.listen("localhost", 9000).expect("allowed"))
+        .await
+        .expect("listen");
+    assert!(rt.is_running_now(&id));
+    assert_eq!(active(), 1);
+    let port = listener.port();
+    let client = tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let (accepted, client) = tokio::join!(listener.accept(), client);
+    let (accepted, _client) = (accepted.expect("accept"), client.expect("connect"));
+    assert_eq!(active(), 2);
+    let busy = m.stop_session("s", false).await.expect_err("busy");
+    assert_eq!(busy.code(), "session_busy");
+    drop(accepted);
+    drop(listener);
+    assert_eq!(active(), 0);
+    assert!(
+        eventually(Duration::from_secs(5), || !rt.is_running_now(&id)).await,
+        "and idles out once they are gone"
+    );
 }

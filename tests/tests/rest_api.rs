@@ -718,7 +718,7 @@ fn key_options_over_rest_are_enforced_or_refused() {
     // Options Blink cannot enforce are refused, naming them.
     for (options, named) in [
         ("bogus-opt", "bogus-opt"),
-        (r#"restrict,permitopen="127.0.0.1:80""#, "permitopen"),
+        (r#"restrict,permitopen="127.0.0.1:http""#, "permitopen"),
         (r#"from="host.example.com""#, "host.example.com"),
     ] {
         let a = server.post(

@@ -142,7 +142,7 @@ fn options_that_cannot_be_enforced_are_refused() {
     blink.ok(&["session", "open", "--name", "s1"]);
     for (options, named) in [
         ("frobnicate", "\"frobnicate\""),
-        (r#"no-pty,permitopen="127.0.0.1:80""#, "\"permitopen\""),
+        (r#"no-pty,permitopen="127.0.0.1""#, "\"permitopen\""),
         (r#"tunnel="1""#, "\"tunnel\""),
         ("cert-authority", "\"cert-authority\""),
     ] {
@@ -178,7 +178,7 @@ fn admin_key_options_are_enforced() {
     // so its line is skipped, not used without it.
     write_file(
         &admin,
-        &format!("from=\"10.0.0.0/8\" {public}\npermitopen=\"127.0.0.1:22\" {other}\n"),
+        &format!("from=\"10.0.0.0/8\" {public}\ntunnel=\"1\" {other}\n"),
     );
     let server = blink
         .server()

@@ -245,6 +245,8 @@ pub struct ConnStats {
     /// (login, key fingerprint) of the last attempt or the success.
     pub who: Mutex<(String, String)>,
     pub channels: AtomicU64,
+    /// Forwarded TCP connections (`ssh -L`, `-D`, `-R`).
+    pub forwards: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
 }
@@ -345,6 +347,7 @@ impl ConnStats {
             key = %key,
             authenticated = self.authenticated.load(Ordering::SeqCst),
             channels = self.channels.load(Ordering::SeqCst),
+            forwards = self.forwards.load(Ordering::SeqCst),
             bytes_in = self.bytes_in.load(Ordering::SeqCst),
             bytes_out = self.bytes_out.load(Ordering::SeqCst),
             duration_ms = started.elapsed().as_millis() as u64,

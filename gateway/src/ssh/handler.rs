@@ -3,7 +3,7 @@
 //! here.
 
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure, Pty, Sig};
+use russh::{Channel, ChannelId, Pty, Sig};
 
 use super::channel::What;
 use super::requests::Conn;
@@ -14,6 +14,15 @@ fn answer(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), rus
         session.channel_success(channel)
     } else {
         session.channel_failure(channel)
+    }
+}
+
+/// Why a forward was refused, as OpenSSH's sshd tells it: a debug
+/// message (`ssh -v` shows it).
+fn tell_refusal(session: &mut Session, why: Option<String>) -> Result<(), russh::Error> {
+    match why {
+        Some(why) => session.debug(false, &format!("blink: {why}"), ""),
+        None => Ok(()),
     }
 }
 
@@ -181,17 +190,47 @@ impl russh::server::Handler for Conn {
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
-        _host_to_connect: &str,
-        _port_to_connect: u32,
-        _originator_address: &str,
-        _originator_port: u32,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+        let refused = self
+            .open_direct_tcpip(
+                channel,
+                host_to_connect,
+                port_to_connect,
+                (originator_address, originator_port),
+                reply,
+                session.handle(),
+            )
             .await;
-        Ok(())
+        tell_refusal(session, refused)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let result = self
+            .request_remote_forward(address, port, session.handle())
+            .await;
+        let ok = result.is_ok();
+        tell_refusal(session, result.err())?;
+        Ok(ok)
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        _address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.cancel_remote_forward(port))
     }
 }

@@ -11,6 +11,9 @@
 //!   source's penalty, timeouts, its part of a shutdown, its log line).
 //! - `handler.rs`: russh's callbacks, each turned into a call on `Conn`.
 //! - `requests.rs`: `Conn` and what channel requests do; `auth.rs`: keys.
+//! - `forwarding.rs`: `ssh -L`/`-D` channel opens and `ssh -R` listeners,
+//!   checked by the SDK's rules; `tunnel.rs`: one forwarded connection on
+//!   its channel.
 //! - `channel.rs`: one channel running a program.
 //! - `compat.rs`: what differs by client, keyed on its version string.
 
@@ -20,10 +23,12 @@ mod auth;
 mod channel;
 mod compat;
 mod connection;
+mod forwarding;
 mod handler;
 mod requests;
 mod server;
 mod shutdown;
+mod tunnel;
 
 pub use self::connection::SHUTDOWN_REASON;
 pub use self::server::{SshServer, start};

@@ -1,7 +1,7 @@
 //! [`Conn`], one connection's state, and what its channel requests do:
 //! open a channel, ask for a terminal or a variable, start a program.
-//! Authentication is in `auth.rs`; `handler.rs` turns russh's callbacks
-//! into these calls.
+//! Authentication is in `auth.rs`, forwarding in `forwarding.rs`;
+//! `handler.rs` turns russh's callbacks into these calls.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::channel::{self, What};
 use super::compat;
 use super::connection::ConnStats;
+use super::forwarding::Forwarding;
 use super::server::Gateway;
 use super::shutdown::Shutdown;
 
@@ -42,10 +43,14 @@ pub(super) struct Conn {
     pub(super) key_options: KeyOptions,
     /// Channels open on this connection (pending or running).
     open_channels: Arc<AtomicUsize>,
-    /// The tasks of the channels running a program.
-    channel_tasks: TaskTracker,
+    /// The tasks of the channels running a program or carrying a
+    /// forwarded connection.
+    pub(super) channel_tasks: TaskTracker,
+    /// Forwarded connections and `ssh -R` listeners (`forwarding.rs`);
+    /// the listeners close when the connection ends.
+    pub(super) forwarding: Forwarding,
     /// Once the server shuts down, no channel opens or starts.
-    shutdown: Shutdown,
+    pub(super) shutdown: Shutdown,
 }
 
 impl Drop for Conn {
@@ -70,6 +75,7 @@ impl Conn {
         channel_tasks: TaskTracker,
         shutdown: Shutdown,
     ) -> Self {
+        let forwarding = Forwarding::new(gateway.config.limits.max_forwarded_connections);
         Self {
             gateway,
             peer,
@@ -79,6 +85,7 @@ impl Conn {
             key_options: KeyOptions::default(),
             open_channels: Arc::new(AtomicUsize::new(0)),
             channel_tasks,
+            forwarding,
             shutdown,
         }
     }

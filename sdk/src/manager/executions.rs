@@ -101,10 +101,7 @@ impl Manager {
     pub async fn acquire(&self, target: Target<'_>, image: Option<&str>) -> Result<Sandbox> {
         match target {
             Target::Session(name) => {
-                let slot = self.slot(name)?;
-                let guard = ActivityGuard::hold(slot.clone());
-                self.start_slot(&slot, name).await?;
-                let record = lock(&slot.record).clone();
+                let (guard, _, record) = self.hold_running(name).await?;
                 Ok(Sandbox {
                     lease: Lease::Session(guard),
                     env: Self::proxy_env(&record),

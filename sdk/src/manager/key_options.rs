@@ -17,6 +17,8 @@
 //! | `environment="NAME=value"` | set in every program the key starts |
 //! | `restrict` | no PTY, no forwarding of any kind, no user rc |
 //! | `[no-]pty`, `[no-]port-forwarding`, `[no-]agent-forwarding`, `[no-]X11-forwarding`, `[no-]user-rc` | as in OpenSSH |
+//! | `permitopen="host:port"` | `ssh -L`/`-D` only to these (host as the client names it, port or `*`) |
+//! | `permitlisten="[host:]port"` | `ssh -R` only on these (host a pattern, port or `*`) |
 
 use std::fmt;
 use std::net::IpAddr;
@@ -51,6 +53,85 @@ pub enum KeyOption {
         name: String,
         value: String,
     },
+    /// `permitopen=`: where `ssh -L`/`-D` may connect.
+    PermitOpen(Permit),
+    /// `permitlisten=`: where `ssh -R` may listen.
+    PermitListen(Permit),
+}
+
+/// One `permitopen=` or `permitlisten=` entry, parsed as OpenSSH's
+/// `auth-options.c` does: `host:port`, `[v6-address]:port` (or `/` for the
+/// colon); the port a number or `*` for any; a bare port in
+/// `permitlisten=` means any host (`*:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permit {
+    /// As written.
+    text: String,
+    host: String,
+    /// `None`: any port (`*`).
+    port: Option<u16>,
+}
+
+impl Permit {
+    fn parse(option: &str, text: &str, bare_port: bool) -> Result<Self> {
+        let bad = |why: &str| {
+            invalid(format!(
+                "key option {option:?}: {text:?} has {why}; expected host:port, the port 1-65535 or *"
+            ))
+        };
+        let full = if bare_port && !text.contains(':') {
+            format!("*:{text}")
+        } else {
+            text.to_string()
+        };
+        let (host, port) = if let Some(rest) = full.strip_prefix('[') {
+            let Some((host, tail)) = rest.split_once(']') else {
+                return Err(bad("an unclosed ["));
+            };
+            let Some(port) = tail.strip_prefix([':', '/']) else {
+                return Err(bad("no port after the ]"));
+            };
+            (host, port)
+        } else {
+            match full.split_once([':', '/']) {
+                Some(parts) => parts,
+                None => return Err(bad("no port")),
+            }
+        };
+        if host.is_empty() || host.len() > 1024 || host.contains([' ', '\t']) {
+            return Err(bad("an invalid host"));
+        }
+        let port = match port {
+            "*" => None,
+            p => match p.parse::<u16>() {
+                Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+                _ => return Err(bad("an invalid port")),
+            },
+        };
+        Ok(Self {
+            text: text.to_string(),
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    fn port_matches(&self, port: u16) -> bool {
+        self.port.is_none_or(|p| p == port)
+    }
+
+    /// OpenSSH's `open_match`: the host exactly as the client named it
+    /// (`*` for any), no name lookup, no pattern.
+    fn allows_open(&self, host: &str, port: u16) -> bool {
+        self.port_matches(port) && (self.host == "*" || self.host == host)
+    }
+
+    /// OpenSSH's `remote_open_match`: the listen address lowercased,
+    /// matched against the host as a pattern (`*`, `?`). A request for
+    /// port 0 (any free port) matches only a `*` port.
+    fn allows_listen(&self, host: &str, port: u16) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.port_matches(port) && wildcard_match(self.host.as_bytes(), host.as_bytes())
+    }
 }
 
 /// The options of one key, in the order written (`restrict,pty` is not
@@ -238,12 +319,8 @@ impl KeyOptions {
                     value: val.to_string(),
                 }
             }
-            "permitopen" | "permitlisten" => {
-                return Err(unsupported(
-                    name,
-                    "the gateway refuses all port forwarding; use no-port-forwarding or restrict",
-                ));
-            }
+            "permitopen" => KeyOption::PermitOpen(Permit::parse(name, &value, false)?),
+            "permitlisten" => KeyOption::PermitListen(Permit::parse(name, &value, true)?),
             "tunnel" => {
                 return Err(unsupported(
                     name,
@@ -287,6 +364,33 @@ impl KeyOptions {
             KeyOption::PortForwarding(b) => Some(*b),
             _ => None,
         })
+    }
+
+    /// Whether `ssh -L`/`-D` may connect to `host:port` (the host as the
+    /// client named it): allowed when the key has no `permitopen=`, else
+    /// when one of them matches. `port_forwarding_allowed` comes first.
+    pub fn permits_open(&self, host: &str, port: u16) -> bool {
+        self.permitted(|o| match o {
+            KeyOption::PermitOpen(p) => Some(p.allows_open(host, port)),
+            _ => None,
+        })
+    }
+
+    /// Whether `ssh -R` may listen at `host:port` (the address as the
+    /// client sent it; port 0 for any free one): allowed when the key has
+    /// no `permitlisten=`, else when one of them matches.
+    pub fn permits_listen(&self, host: &str, port: u16) -> bool {
+        self.permitted(|o| match o {
+            KeyOption::PermitListen(p) => Some(p.allows_listen(host, port)),
+            _ => None,
+        })
+    }
+
+    /// A list of entries (`pick` answers for its kind only): no entry
+    /// allows anything, else one must match.
+    fn permitted(&self, pick: impl Fn(&KeyOption) -> Option<bool>) -> bool {
+        let mut entries = self.list.iter().filter_map(pick).peekable();
+        entries.peek().is_none() || entries.any(|matched| matched)
     }
 
     pub fn agent_forwarding_allowed(&self) -> bool {
@@ -394,6 +498,8 @@ impl fmt::Display for KeyOptions {
                 KeyOption::Environment { name, value } => {
                     format!("environment={}", quote(&format!("{name}={value}")))
                 }
+                KeyOption::PermitOpen(p) => format!("permitopen={}", quote(&p.text)),
+                KeyOption::PermitListen(p) => format!("permitlisten={}", quote(&p.text)),
             };
             f.write_str(&text)?;
         }
@@ -667,8 +773,11 @@ mod tests {
         for (text, name) in [
             ("bogus", "bogus"),
             ("no-pty,frobnicate=\"x\"", "frobnicate"),
-            ("permitopen=\"host:80\"", "permitopen"),
-            ("permitlisten=\"80\"", "permitlisten"),
+            ("permitopen=\"host\"", "permitopen"),
+            ("permitopen=\"host:0\"", "permitopen"),
+            ("permitopen=\"[::1]80\"", "permitopen"),
+            ("permitlisten=\"localhost:http\"", "permitlisten"),
+            ("permitlisten=\"70000\"", "permitlisten"),
             ("tunnel=\"1\"", "tunnel"),
             ("principals=\"a\"", "principals"),
             ("cert-authority", "cert-authority"),
@@ -736,6 +845,49 @@ mod tests {
         let both =
             KeyOptions::parse("expiry-time=\"29990101Z\",expiry-time=\"20200101Z\"").unwrap();
         assert!(both.check_login(ip("127.0.0.1"), now).is_err());
+    }
+
+    #[test]
+    fn permitopen_and_permitlisten_as_openssh_matches_them() {
+        let o = KeyOptions::parse(
+            r#"permitopen="localhost:8080",permitopen="[::1]:*",permitlisten="9000",permitlisten="local*:7000""#,
+        )
+        .unwrap();
+        assert!(o.permits_open("localhost", 8080));
+        // The host as the client names it: no lookup, no case folding.
+        assert!(!o.permits_open("127.0.0.1", 8080));
+        assert!(!o.permits_open("LOCALHOST", 8080));
+        assert!(!o.permits_open("localhost", 8081));
+        assert!(o.permits_open("::1", 1) && o.permits_open("::1", 65535));
+        // A bare port listens on any host; patterns match lowercased hosts.
+        assert!(o.permits_listen("localhost", 9000) && o.permits_listen("", 9000));
+        assert!(o.permits_listen("LOCALHOST", 7000));
+        assert!(!o.permits_listen("127.0.0.1", 7000));
+        assert!(!o.permits_listen("localhost", 0), "port 0 needs a * port");
+        assert!(
+            KeyOptions::parse(r#"permitlisten="*""#)
+                .unwrap()
+                .permits_listen("x", 0)
+        );
+        assert!(
+            KeyOptions::parse(r#"permitopen="*:22""#)
+                .unwrap()
+                .permits_open("any", 22)
+        );
+        assert!(
+            KeyOptions::parse(r#"permitopen="h/22""#)
+                .unwrap()
+                .permits_open("h", 22)
+        );
+        // No entry of a kind: that kind is not limited.
+        let none = KeyOptions::parse("no-pty").unwrap();
+        assert!(none.permits_open("example.com", 1) && none.permits_listen("x", 0));
+        // Written back as written.
+        assert_eq!(KeyOptions::parse(&o.to_string()).unwrap(), o);
+        assert!(o.to_string().contains(r#"permitlisten="9000""#));
+        // They restrict forwarding; they never allow it back.
+        let r = KeyOptions::parse(r#"restrict,permitopen="localhost:80""#).unwrap();
+        assert!(!r.port_forwarding_allowed());
     }
 
     #[test]

@@ -369,7 +369,7 @@ mod tests {
                 .options
                 .pty_allowed()
         );
-        assert!(add(&store, "s1", &format!("permitopen=\"h:1\" {ED}")).is_err());
+        assert!(add(&store, "s1", &format!("tunnel=\"1\" {ED}")).is_err());
         assert_eq!(KeyStore::new(store.clone()).list("s1").unwrap(), vec![r]);
         assert_eq!(add(&store, "s1", ED).unwrap().1, KeyChange::OptionsChanged);
         assert_eq!(

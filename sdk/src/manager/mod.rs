@@ -11,6 +11,8 @@
 //! - `executions.rs`: one path from a target to a running execution.
 //! - `spawns.rs` and `spawn.rs`: attachable executions and their registry.
 //! - `keys.rs`, `key_options.rs`: SSH keys of sessions; `store.rs`: files.
+//! - `forwarding.rs`: TCP connections to and listeners on a session's own
+//!   loopback (SSH forwarding), and the rules for them.
 
 mod archives;
 mod checkpoints;
@@ -18,6 +20,7 @@ mod collect;
 mod config;
 mod egress;
 mod executions;
+pub mod forwarding;
 mod idle;
 mod key_options;
 pub mod keys;
@@ -40,6 +43,7 @@ pub use self::checkpoints::CloneSource;
 pub use self::collect::Collected;
 pub use self::config::{MEMORY_DIR, ManagerConfig, default_data_dir, gateway_dir};
 pub use self::executions::{EphemeralBox, Lease, Sandbox, Started, Target};
+pub use self::forwarding::{ForwardListener, ForwardRules, Forwarded};
 pub use self::keys::KeyStore;
 pub use self::program::{Program, RunOptions};
 use self::sessions::Slot;

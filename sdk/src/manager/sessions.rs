@@ -282,6 +282,20 @@ impl Manager {
         self.start_slot(&slot, name).await
     }
 
+    /// Resolve a session for use: its name checked, its activity held
+    /// (from before it starts, so the idle policy cannot stop it), its
+    /// sandbox started if needed. Returns the slot and its record.
+    pub(super) async fn hold_running(
+        &self,
+        name: &str,
+    ) -> Result<(ActivityGuard, Arc<Slot>, SessionRecord)> {
+        let slot = self.slot(name)?;
+        let guard = ActivityGuard::hold(slot.clone());
+        self.start_slot(&slot, name).await?;
+        let record = lock(&slot.record).clone();
+        Ok((guard, slot, record))
+    }
+
     pub(super) async fn start_slot(&self, slot: &Slot, name: &str) -> Result<()> {
         let _life = slot.lifecycle.lock().await;
         if slot.removed.load(Ordering::SeqCst) {
