@@ -280,8 +280,18 @@ def written_session(srv: Server, work: Path, name: str, image: str | None, write
     def floor(k: int) -> None:
         for key, argv in (("cp_sparse", ["cp", "--sparse=always"]), ("cp_auto", ["cp"])):
             dest = work / f"{key}-{name}-{k}.img"
-            took, _, state = copy_op(lambda: subprocess.run([*argv, str(box / "disk.img"), str(dest)], check=True))
-            floors[key].append({"wall_ms": took * 1000, **state})
+            rusage = {}
+
+            def cp() -> None:
+                child = subprocess.Popen([*argv, str(box / "disk.img"), str(dest)])
+                _, status, ru = os.wait4(child.pid, 0)
+                child.returncode = os.waitstatus_to_exitcode(status)
+                if child.returncode:
+                    raise RuntimeError(f"{argv} failed: {child.returncode}")
+                rusage["cp_cpu_us"] = int((ru.ru_utime + ru.ru_stime) * 1e6)
+
+            took, _, state = copy_op(cp)
+            floors[key].append({"wall_ms": took * 1000, **state, **rusage})
             copy_bytes[key] = du_bytes(dest)
             dest.unlink()
 
@@ -503,7 +513,7 @@ def sample_stacks(pid: int, work, max_seconds: float = 300.0) -> dict:
                 continue
             by_kind[kind] += dt
             stacks[f"{kind} | {state} {comm}: " + " <- ".join(frames[:8])] += dt
-        time.sleep(0.0005)
+        time.sleep(0.001)
     thread.join(timeout=max_seconds)
     return {"wall_ms": done.get("wall_s", float("nan")) * 1000, "error": done.get("error"),
             "iterations": iterations, "by_kind_task_ms": dict(by_kind.most_common()),
@@ -589,18 +599,49 @@ def system_state(server_pid: int) -> dict:
             psi[f"psi_{what}_some_us"] = int(some.rsplit("total=", 1)[1])
         except (OSError, IndexError, ValueError):
             pass
+    run_ns = wait_ns = 0
+    for tid in os.listdir(f"/proc/{server_pid}/task"):
+        try:
+            fields = Path(f"/proc/{server_pid}/task/{tid}/schedstat").read_text().split()
+        except OSError:
+            continue
+        run_ns, wait_ns = run_ns + int(fields[0]), wait_ns + int(fields[1])
     return {"t": time.perf_counter(), "loadavg_1m": os.getloadavg()[0], **vm, **psi,
-            "server_read_bytes": int(io["read_bytes"]), "server_write_bytes": int(io["write_bytes"])}
+            "server_read_bytes": int(io["read_bytes"]), "server_write_bytes": int(io["write_bytes"]),
+            "server_cpu_us": run_ns // 1000, "server_runqueue_us": wait_ns // 1000}
 
 
 def state_delta(before: dict, after: dict) -> dict:
     """Counters over an operation; levels (dirty pages, load) as before it."""
     out = {"loadavg_1m": before["loadavg_1m"], "dirty_mib_before": before.get("nr_dirty", 0) * 4096 / 2**20}
     for k in ("pgpgin", "pgpgout", "allocstall_normal", "allocstall_movable", "pgsteal_direct", "pgscan_direct",
-              "server_read_bytes", "server_write_bytes", "psi_io_some_us", "psi_memory_some_us", "psi_cpu_some_us"):
+              "server_read_bytes", "server_write_bytes", "psi_io_some_us", "psi_memory_some_us", "psi_cpu_some_us",
+              "server_cpu_us", "server_runqueue_us"):
         if k in before and k in after:
             out[k] = after[k] - before[k]
     return out
+
+
+def pressure() -> dict:
+    """Totals of the kernel's pressure stall counters (µs), and the time."""
+    out = {"t": time.perf_counter()}
+    for what in ("cpu", "io", "memory"):
+        try:
+            some = Path(f"/proc/pressure/{what}").read_text().splitlines()[0]
+            out[what] = int(some.rsplit("total=", 1)[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def pressure_pct(before: dict) -> dict:
+    """Share of the time since `before` during which some task on the
+    machine waited for a CPU, for I/O, for memory (PSI `some`): how busy
+    the shared machine was while something was measured."""
+    after = pressure()
+    span = (after["t"] - before["t"]) * 1e6
+    return {f"{k}_some_pct": round(100 * (after[k] - before[k]) / span, 1) for k in ("cpu", "io", "memory")
+            if k in before and k in after and span > 0}
 
 
 def resident_bytes(path: Path) -> int | None:
@@ -695,16 +736,18 @@ def main() -> int:
         create: dict = {}
         disk: dict = {}
         phases: dict = {}
+        busy = results["pressure"] = {}
         for label, image in images:
             body = {"image": image} if image else {}
             took, _ = timed_http(port, "POST", "/api/sessions", {"name": f"first-{label}", **body})
             create[f"first_session_{label}_ms"] = took * 1000
             print(f"first session, {label} image: {took * 1000:.0f} ms", flush=True)
-            log_start = log.stat().st_size
+            log_start, p0 = log.stat().st_size, pressure()
             cold, cold_names = creations(srv, f"cold-{label}", n, body)
             warm, warm_names = creations(srv, f"warm-{label}", n, {**body, "warm": True})
             create[f"cold_{label}"], create[f"warm_{label}"] = cold, warm
             phases[f"create_{label}"] = log_phases(log, log_start, log.stat().st_size)
+            busy[f"creations, {label} image"] = pressure_pct(p0)
             print(f"create cold {label}: p50 {cold['p50_ms']:.1f} p95 {cold['p95_ms']:.1f} ms; warm: "
                   f"p50 {warm['p50_ms']:.1f} p95 {warm['p95_ms']:.1f} ms", flush=True)
             tree = image_tree(srv, f"first-{label}")
@@ -739,10 +782,12 @@ def main() -> int:
         warmup = 3
         for _ in range(warmup):
             http(port, "POST", "/api/runs?wait=true", {"command": ["true"]})
-        log_start = log.stat().st_size
+        log_start, p0 = log.stat().st_size, pressure()
         runs = {"ephemeral_true": {**ephemeral_runs(srv, sizes["runs"]), "warmup_runs": warmup}}
         phases["ephemeral"] = log_phases(log, log_start, log.stat().st_size)
+        busy["ephemeral runs"], p0 = pressure_pct(p0), pressure()
         runs |= {"bwrap_floor": bwrap_floor(sizes["runs"]), "containers": container_engines()}
+        busy["bwrap floor"] = pressure_pct(p0)
         http(port, "POST", "/api/sessions", {"name": "warm-run", "warm": True})
         runs["warm_session_true"] = session_runs(srv, "warm-run", sizes["runs"])
         remove_session(port, "warm-run")
@@ -771,16 +816,18 @@ def main() -> int:
         image = debian or None
         big, files, fbytes = sizes["big_mib"], sizes["small_files"], sizes["small_file_bytes"]
         written = {}
-        rss_before = rss_kib(proc.pid)
+        rss_before, p0 = rss_kib(proc.pid), pressure()
         written["big_file"] = written_session(
             srv, work, "big", image,
             f"mkdir -p /root/big && dd if=/dev/urandom of=/root/big/file bs=1M count={big} 2>/dev/null && sync",
             "wc -c < /root/big/file", str(big * 2**20), "/root/big", sizes["repeats"], f"{big} MiB", args.profile)
+        busy[f"{big} MiB session"], p0 = pressure_pct(p0), pressure()
         written["small_files"] = written_session(
             srv, work, "many", image,
             f"mkdir -p /root/many && cd /root/many && s=$(head -c {fbytes * 3 // 4} /dev/urandom | base64 | "
             f"tr -d '\\n') && i=0 && while [ $i -lt {files} ]; do printf %s \"$s\" > f$i; i=$((i+1)); done && sync",
             "ls /root/many | wc -l", str(files), "/root/many", sizes["repeats"], f"{files} files", args.profile)
+        busy[f"{files} files session"] = pressure_pct(p0)
         written["server_rss_kib_before"], written["server_rss_kib_after"] = rss_before, rss_kib(proc.pid)
         results["written"] = written
 
@@ -841,6 +888,10 @@ def markdown(r: dict) -> str:
              f"Load average {r['loadavg_start'][0]:.1f} at the start, {r['loadavg_end'][0]:.1f} at the end (the "
              "machine is shared). Times are wall clock at the client, end to end; p50/p95 by nearest rank. "
              "Figures from bench/disks.json; findings in bench/NOTES.md.", ""]
+    if r.get("pressure"):
+        lines += ["How busy the machine was while each part ran (PSI, share of the time some task waited for a "
+                  "CPU / for I/O): " + "; ".join(f"{k} {v.get('cpu_some_pct', '-')}% / {v.get('io_some_pct', '-')}%"
+                                                  for k, v in r["pressure"].items()) + ".", ""]
     c = r["create"]
     lines += ["### Creating a session (`POST /api/sessions`, a new name each time)", "",
               "| what | n | p50 ms | p95 ms | mean ms | max ms |", "|---|---:|---:|---:|---:|---:|"]
@@ -964,6 +1015,10 @@ def markdown(r: dict) -> str:
         f"{mib(med(v['snapshot']['runs'], 'dirty_mib_before') * 2**20)}, "
         f"{mib(med(v['snapshot']['runs'], 'disk_img_resident_bytes_before'))}, "
         f"{mib(med(v['snapshot']['runs'], 'server_read_bytes'))}")
+    row("snapshots (p50): blink-server's threads on a CPU / waiting for one (schedstat)",
+        lambda v: f"{med(v['snapshot']['runs'], 'server_cpu_us') / 1000:.0f} ms / "
+        f"{med(v['snapshot']['runs'], 'server_runqueue_us') / 1000:.0f} ms")
+    row("`cp` (p50): CPU time (rusage)", lambda v: f"{med(v['cp_auto']['runs'], 'cp_cpu_us') / 1000:.0f} ms")
     row("by hand: `tar cf` to the disk (wall; inside)",
         lambda v: f"{pm(v['tar']['tar_to_disk'])}; {v['tar']['tar_to_disk']['inside_ms_p50']:.0f} ms")
     row("by hand: `tar cf - \\| wc -c` (wall)", lambda v: pm(v["tar"]["tar_to_null"]))
