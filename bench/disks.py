@@ -398,24 +398,29 @@ def export_available(bin_dir: Path) -> bool:
 STACK_RULES = (
     ("discard of freed blocks on the host fs (mounted -o discard)", ("blkdev_issue_discard",)),
     ("dirty-page throttling (balance_dirty_pages)", ("balance_dirty_pages",)),
+    ("block-layer write throttling (rq_qos_wait)", ("rq_qos_wait",)),
     ("direct memory reclaim", ("try_to_free_pages", "shrink_node", "shrink_lruvec")),
     ("cgroup attach (cgroup.procs write)", ("cgroup_attach_task", "__cgroup1_procs_write", "cgroup_procs_write",
                                             "cgroup_migrate", "cgroup_attach_lock")),
-    ("session disk unmount: journal commit, superblock writes, flush through the loop device",
-     ("jbd2_", "ext4_put_super", "ext4_kill_sb", "generic_shutdown_super", "ovl_sync_fs", "cleanup_mnt")),
-    ("syncfs of a running session's disk", ("sync_filesystem", "__x64_sys_syncfs")),
-    ("session disk mount: ext4 reads and writes its superblock, starts its journal thread",
+    ("syncfs of a running session's disk (journal commit, flush through the loop device)", ("__x64_sys_syncfs",)),
+    ("session disk mount: ext4 reads and writes its superblock, loads its journal",
      ("ext4_fill_super", "get_tree_bdev")),
+    ("session disk unmount: journal commit, superblock writes, flush through the loop device",
+     ("generic_shutdown_super", "ext4_put_super", "ext4_kill_sb", "cleanup_mnt", "deactivate_locked_super")),
     ("fsync (session record, image files)", ("vfs_fsync_range", "do_fsync", "ext4_sync_file", "file_write_and_wait")),
     ("RCU grace period (mount/namespace teardown)", ("synchronize_rcu", "rcu_sync", "synchronize_srcu")),
+    ("SEEK_DATA/SEEK_HOLE over the disk image", ("ext4_llseek", "iomap_seek_data", "iomap_seek_hole")),
     ("copy_file_range: waiting for pages read from disk", ("folio_wait_bit_common", "filemap_get_pages")),
     ("copy_file_range: copying in the page cache", ("do_splice_direct", "vfs_copy_file_range", "copy_file_range")),
     ("guest helper copied into the sandbox's tmpfs", ("shmem_file_write_iter", "shmem_file_read_iter")),
     ("loop device attach/detach", ("loop_configure", "__loop_clr_fd", "lo_release", "loop_control_ioctl")),
+    ("ext4 journal (jbd2) waits, other", ("jbd2_",)),
     ("mount/umount, pivot_root", ("path_mount", "do_mount", "do_umount", "path_umount", "__x64_sys_pivot_root",
                                   "namespace_unlock", "mntput", "__x64_sys_fsmount", "do_new_mount")),
     ("chown/setattr walk (clone's id shift)", ("chown_common", "notify_change", "__x64_sys_fchownat",
                                                "__x64_sys_lchown", "vfs_fchown")),
+    ("ext4 inode and directory reads", ("__ext4_get_inode_loc", "ext4_readdir", "__ext4_find_entry", "ext4_read_bh",
+                                        "ext4_lookup", "ext4_iget")),
     ("unlink/rmdir (other)", ("do_unlinkat", "do_rmdir", "evict")),
     ("exec (loading a program)", ("bprm_execve", "do_execveat_common", "load_elf_binary", "begin_new_exec")),
     ("fork/clone", ("copy_process", "kernel_clone")),
@@ -599,26 +604,30 @@ def system_state(server_pid: int) -> dict:
             psi[f"psi_{what}_some_us"] = int(some.rsplit("total=", 1)[1])
         except (OSError, IndexError, ValueError):
             pass
-    run_ns = wait_ns = 0
+    sched = {}
     for tid in os.listdir(f"/proc/{server_pid}/task"):
         try:
             fields = Path(f"/proc/{server_pid}/task/{tid}/schedstat").read_text().split()
         except OSError:
             continue
-        run_ns, wait_ns = run_ns + int(fields[0]), wait_ns + int(fields[1])
+        sched[tid] = (int(fields[0]), int(fields[1]))  # ns on a CPU, ns runnable waiting for one
     return {"t": time.perf_counter(), "loadavg_1m": os.getloadavg()[0], **vm, **psi,
             "server_read_bytes": int(io["read_bytes"]), "server_write_bytes": int(io["write_bytes"]),
-            "server_cpu_us": run_ns // 1000, "server_runqueue_us": wait_ns // 1000}
+            "server_sched": sched}
 
 
 def state_delta(before: dict, after: dict) -> dict:
     """Counters over an operation; levels (dirty pages, load) as before it."""
     out = {"loadavg_1m": before["loadavg_1m"], "dirty_mib_before": before.get("nr_dirty", 0) * 4096 / 2**20}
     for k in ("pgpgin", "pgpgout", "allocstall_normal", "allocstall_movable", "pgsteal_direct", "pgscan_direct",
-              "server_read_bytes", "server_write_bytes", "psi_io_some_us", "psi_memory_some_us", "psi_cpu_some_us",
-              "server_cpu_us", "server_runqueue_us"):
+              "server_read_bytes", "server_write_bytes", "psi_io_some_us", "psi_memory_some_us", "psi_cpu_some_us"):
         if k in before and k in after:
             out[k] = after[k] - before[k]
+    # blink-server's threads: time on a CPU and waiting for one, over the
+    # threads alive at the end (a thread that exited meanwhile is lost).
+    pairs = [(a, before["server_sched"].get(tid, (0, 0))) for tid, a in after["server_sched"].items()]
+    out["server_cpu_us"] = sum(a[0] - b[0] for a, b in pairs) // 1000
+    out["server_runqueue_us"] = sum(a[1] - b[1] for a, b in pairs) // 1000
     return out
 
 
