@@ -438,7 +438,7 @@ RUNQUEUE_TOPS = ("exit_to_user_mode_loop", "irqentry_exit_to_user_mode", "__swit
                  "poll_schedule_timeout", "do_wait_intr_irq", "do_sys_poll", "do_select", "__do_sys_sched_yield",
                  "do_nanosleep", "schedule_hrtimeout_range", "unix_stream_read_generic")
 # Tasks stopped by the cgroup freezer (the session being snapshotted): not work.
-FROZEN_TOPS = ("__refrigerator", "do_freezer_trap", "do_signal_stop", "do_sigtimedwait", "do_sigtimedwait.isra.0")
+FROZEN_TOPS = ("__refrigerator", "do_freezer_trap", "do_signal_stop", "do_sigtimedwait")
 
 
 def classify(frames: list[str], state: str, comm: str) -> str | None:
@@ -450,7 +450,9 @@ def classify(frames: list[str], state: str, comm: str) -> str | None:
     if state == "R" and frames and frames[0] in RUNQUEUE_TOPS:
         return "runnable, waiting for a CPU (woken or preempted)"
     if not frames:
-        return f"user space, {comm}" if state == "R" else f"no kernel stack ({state}), {comm}"
+        # The kernel shows no stack for a task that is running right now
+        # (in user space or in the kernel).
+        return f"on a CPU (a running task shows no stack), {comm}" if state == "R" else f"no stack ({state}), {comm}"
     return f"other kernel: {frames[0]} ({comm})"
 
 
@@ -512,7 +514,9 @@ def sample_stacks(pid: int, work, max_seconds: float = 300.0) -> dict:
             state = stat[stat.rindex(")") + 2]
             if state not in ("R", "D"):
                 continue
-            frames = [line.split()[1].split("+")[0] for line in stack.splitlines() if len(line.split()) > 1]
+            # "poll_schedule_timeout.constprop.0+0x4d/0x90" -> "poll_schedule_timeout"
+            frames = [line.split()[1].split("+")[0].split(".")[0] for line in stack.splitlines()
+                      if len(line.split()) > 1]
             kind = classify(frames, state, comm)
             if kind is None:
                 continue
