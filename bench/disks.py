@@ -407,13 +407,14 @@ STACK_RULES = (
      ("ext4_fill_super", "get_tree_bdev")),
     ("session disk unmount: journal commit, superblock writes, flush through the loop device",
      ("generic_shutdown_super", "ext4_put_super", "ext4_kill_sb", "cleanup_mnt", "deactivate_locked_super")),
+    ("loop attach: LOOP_CONFIGURE writes back the disk image's dirty pages (fsync)", ("loop_configure",)),
     ("fsync (session record, image files)", ("vfs_fsync_range", "do_fsync", "ext4_sync_file", "file_write_and_wait")),
     ("RCU grace period (mount/namespace teardown)", ("synchronize_rcu", "rcu_sync", "synchronize_srcu")),
     ("SEEK_DATA/SEEK_HOLE over the disk image", ("ext4_llseek", "iomap_seek_data", "iomap_seek_hole")),
     ("copy_file_range: waiting for pages read from disk", ("folio_wait_bit_common", "filemap_get_pages")),
     ("copy_file_range: copying in the page cache", ("do_splice_direct", "vfs_copy_file_range", "copy_file_range")),
     ("guest helper copied into the sandbox's tmpfs", ("shmem_file_write_iter", "shmem_file_read_iter")),
-    ("loop device attach/detach", ("loop_configure", "__loop_clr_fd", "lo_release", "loop_control_ioctl")),
+    ("loop device detach, other", ("__loop_clr_fd", "lo_release", "loop_control_ioctl")),
     ("ext4 journal (jbd2) waits, other", ("jbd2_",)),
     ("mount/umount, pivot_root", ("path_mount", "do_mount", "do_umount", "path_umount", "__x64_sys_pivot_root",
                                   "namespace_unlock", "mntput", "__x64_sys_fsmount", "do_new_mount")),
@@ -526,7 +527,7 @@ def sample_stacks(pid: int, work, max_seconds: float = 300.0) -> dict:
     thread.join(timeout=max_seconds)
     return {"wall_ms": done.get("wall_s", float("nan")) * 1000, "error": done.get("error"),
             "iterations": iterations, "by_kind_task_ms": dict(by_kind.most_common()),
-            "top_stacks_task_ms": dict(stacks.most_common(12))}
+            "top_stacks_task_ms": dict(stacks.most_common(30))}
 
 
 def log_phases(log: Path, offset: int, end: int) -> dict:
