@@ -427,10 +427,11 @@ def start_sshd(work: Path, user_key: Path, admission: str | None = SSHD_BENCH_AD
 
 def start_blink(work: Path, user_key: Path, bin_dir: Path, image: str | None = None,
                 limits: str | None = BLINK_BENCH_LIMITS, sandbox: str = "",
-                log: Path | None = None) -> tuple[subprocess.Popen, Target, int]:
-    """blink-server on loopback with the session `bench` warm. `limits` is
-    its `[ssh.limits]` table (None: Blink's defaults), `sandbox` its
-    `[sandbox]` table; `log` takes its stderr (info level)."""
+                log: Path | None = None, bench_session: bool = True) -> tuple[subprocess.Popen, Target, int]:
+    """blink-server on loopback with the session `bench` warm (unless
+    `bench_session` is false). `limits` is its `[ssh.limits]` table (None:
+    Blink's defaults), `sandbox` its `[sandbox]` table; `log` takes its
+    stderr (info level, or $RUST_LOG)."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     http_port = free_port()
@@ -454,7 +455,8 @@ def start_blink(work: Path, user_key: Path, bin_dir: Path, image: str | None = N
         out.close()
     wait_port(port)
     wait_port(http_port)
-    http(http_port, "POST", "/api/sessions", {"name": "bench", "warm": True, **({"image": image} if image else {})})
+    if bench_session:
+        http(http_port, "POST", "/api/sessions", {"name": "bench", "warm": True, **({"image": image} if image else {})})
     return proc, Target("blink", port, "bench", user_key, work / "known_blink"), http_port
 
 
@@ -624,29 +626,67 @@ def write_markdown(path: Path, results: dict) -> None:
             lines.append(f"- {k}: {v}")
     lines += ["", "Sizes: " + ", ".join(f"{k}={v}" for k, v in results["sizes"].items()), ""]
     lines += ["![ratios](ratios.png)", ""]
-    path.write_text("\n".join(lines + results_tail(soak_section(path))))
+    path.write_text("\n".join(lines + results_tail(*kept_sections(path))))
 
 
-# bench/soak.py's section of RESULTS.md, kept when bench.py rewrites the rest.
+# Sections other scripts write into RESULTS.md, in this order after
+# bench.py's tables: bench/soak.py's, then bench/disks.py's. Each script
+# rewrites its own and keeps the others; bench.py keeps them all.
 SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
+DISKS_BEGIN, DISKS_END = "<!-- disks:begin -->", "<!-- disks:end -->"
+SECTIONS = ((SOAK_BEGIN, SOAK_END), (DISKS_BEGIN, DISKS_END))
 NOTES_BEGIN = "<!-- bench/NOTES.md follows -->"
 
 
-def soak_section(path: Path) -> str | None:
+def section(path: Path, begin: str, end: str) -> str | None:
+    """The section between `begin` and `end` in `path`, markers included."""
     text = path.read_text() if path.exists() else ""
-    if SOAK_BEGIN in text and SOAK_END in text:
-        return SOAK_BEGIN + text.split(SOAK_BEGIN, 1)[1].split(SOAK_END, 1)[0] + SOAK_END
+    if begin in text and end in text.split(begin, 1)[1]:
+        return begin + text.split(begin, 1)[1].split(end, 1)[0] + end
     return None
 
 
-def results_tail(soak: str | None) -> list[str]:
-    """The end of RESULTS.md: the soak section, then the hand-written
-    findings (what was profiled, what each change bought)."""
-    lines = [soak, ""] if soak else []
+def soak_section(path: Path) -> str | None:
+    return section(path, SOAK_BEGIN, SOAK_END)
+
+
+def kept_sections(path: Path, replace: dict[str, str] | None = None) -> list[str]:
+    """The sections of RESULTS.md, in order; `replace` maps a begin
+    marker to a new block for it."""
+    found = []
+    for begin, end in SECTIONS:
+        block = (replace or {}).get(begin) or section(path, begin, end)
+        if block:
+            found.append(block)
+    return found
+
+
+def results_tail(*sections: str | None) -> list[str]:
+    """The end of RESULTS.md: the other scripts' sections, then the
+    hand-written findings (what was profiled, what each change bought)."""
+    lines = []
+    for block in sections:
+        if block:
+            lines += [block, ""]
     notes = BENCH / "NOTES.md"
     if notes.exists():
         lines += [NOTES_BEGIN, "", notes.read_text()]
     return lines
+
+
+def write_section(path: Path, begin: str, block: str) -> None:
+    """Put one script's section into RESULTS.md (written by bench.py):
+    bench.py's tables stay first, the other sections are kept, and the
+    findings after them are refreshed from NOTES.md."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    sections = kept_sections(path, {begin: block})
+    notes = BENCH / "NOTES.md"
+    first_notes_line = notes.read_text().splitlines()[0] if notes.exists() else None
+    head = text
+    for marker in (*(b for b, _ in SECTIONS), NOTES_BEGIN, f"\n{first_notes_line}\n" if first_notes_line else None):
+        if marker and marker in head:
+            head = head.split(marker, 1)[0]
+    path.write_text(head.rstrip("\n") + "\n\n" + "\n".join(results_tail(*sections)))
 
 
 def draw_chart(path: Path, rows: list[dict]) -> None:

@@ -8,6 +8,11 @@
 # a 10-minute soak of 100 clients (--duration, --clients) and logins under
 # 200 silent pre-auth connections, against sshd's defaults (--only soak or
 # --only preauth for one; --quick: 30 s, 10 clients).
+#
+# `bash bench/run.sh --disks [disks.py's options]` runs bench/disks.py
+# instead (as root): session disks' creation, ephemeral runs, host disk per
+# session, snapshot/restore/clone of a session that wrote 1 GiB or 10,000
+# files, each beside its alternative (--quick: small sizes, no Debian image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +27,10 @@ cargo build --release --locked -p blink-server -p blink-cli
 if [[ ${1:-} == --soak ]]; then
   shift
   exec python3 bench/soak.py "$@"
+fi
+if [[ ${1:-} == --disks ]]; then
+  shift
+  exec python3 bench/disks.py "$@"
 fi
 venv=bench/.venv
 [[ -x $venv/bin/python ]] || python3 -m venv "$venv"

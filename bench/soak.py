@@ -45,8 +45,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import (  # noqa: E402  (bench.py is this directory's module)
-    BENCH, BLINK_BENCH_LIMITS, NOTES_BEGIN, ROOT, SOAK_BEGIN, SOAK_END, Target,
-    machine, percentile, results_tail, start_blink, start_sshd,
+    BENCH, BLINK_BENCH_LIMITS, ROOT, SOAK_BEGIN, SOAK_END, Target,
+    machine, percentile, start_blink, start_sshd, write_section,
 )
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -766,15 +766,9 @@ def markdown(results: dict) -> str:
 
 def write_results_section(path: Path, block: str) -> None:
     """Put the soak section into RESULTS.md (written by bench.py), after its
-    tables and before the findings, which are refreshed from NOTES.md."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    notes = BENCH / "NOTES.md"
-    first_notes_line = notes.read_text().splitlines()[0] if notes.exists() else None
-    for marker in (SOAK_BEGIN, NOTES_BEGIN, f"\n{first_notes_line}\n" if first_notes_line else None):
-        if marker and marker in text:
-            text = text.split(marker, 1)[0]
-            break
-    path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(results_tail(block)))
+    tables and before the findings, which are refreshed from NOTES.md;
+    bench/disks.py's section is kept."""
+    write_section(path, SOAK_BEGIN, block)
 
 
 def main() -> int:
