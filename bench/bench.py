@@ -634,7 +634,9 @@ def write_markdown(path: Path, results: dict) -> None:
 # rewrites its own and keeps the others; bench.py keeps them all.
 SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
 DISKS_BEGIN, DISKS_END = "<!-- disks:begin -->", "<!-- disks:end -->"
-SECTIONS = ((SOAK_BEGIN, SOAK_END), (DISKS_BEGIN, DISKS_END))
+SECTIONS = ((SOAK_BEGIN, SOAK_END), (DISKS_BEGIN, DISKS_END),
+            ("<!-- network:begin -->", "<!-- network:end -->"),
+            ("<!-- archives:begin -->", "<!-- archives:end -->"))
 NOTES_BEGIN = "<!-- bench/NOTES.md follows -->"
 
 
