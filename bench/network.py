@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import free_port, wait_port  # noqa: E402
 from bench import http as api  # noqa: E402
+from bench import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -145,14 +146,7 @@ def main() -> int:
         END,
         "",
     ])
-    md = out / "RESULTS.md"
-    text = md.read_text() if md.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md.write_text(text)
+    write_section(out / "RESULTS.md", BEGIN, END, section)
     print(json.dumps(results, indent=2))
     return 0
 

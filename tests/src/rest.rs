@@ -183,6 +183,16 @@ impl Server {
         a.body
     }
 
+    /// A shell command in a session that must succeed (exit 0); its stdout.
+    pub fn sh(&self, session: &str, script: &str) -> String {
+        let run = self.run_wait(
+            &format!("/api/sessions/{session}/runs"),
+            serde_json::json!({"command": ["sh", "-c", script]}),
+        );
+        assert_eq!(run["exit_code"], 0, "{script}: {run}");
+        stdout(&run)
+    }
+
     /// Poll a run until it has finished.
     pub fn wait_run(&self, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -16,15 +16,6 @@ const TREE: &str = "find /root /etc /usr/share -xdev | sort | while read -r p; d
     elif [ -f \"$p\" ]; then echo \"$p $(stat -c '%a %u %g %s %h' \"$p\") $(sha256sum < \"$p\" | cut -c1-16)\"; \
     else echo \"$p $(stat -c '%F %a %u %g' \"$p\")\"; fi; done";
 
-fn sh(server: &Server, session: &str, script: &str) -> String {
-    let run = server.run_wait(
-        &format!("/api/sessions/{session}/runs"),
-        json!({"command": ["sh", "-c", script]}),
-    );
-    assert_eq!(run["exit_code"], 0, "{script}: {run}");
-    blink_e2e::rest::stdout(&run)
-}
-
 #[test]
 fn export_then_import_over_rest_is_byte_exact() {
     let Some((_blink, server)) = server_fixture() else {
@@ -35,15 +26,13 @@ fn export_then_import_over_rest_is_byte_exact() {
         json!({"name": "a", "warm": true, "disk_mib": 512}),
     );
     assert_eq!(a.status, 201, "{:?}", a.body);
-    sh(
-        &server,
-        "a",
+    server.sh("a",
         "mkdir -p /root/d && echo one > /root/d/f && chmod 4750 /root/d/f && chown 7:8 /root/d/f \
          && ln -s d/f /root/link && ln /root/d/f /root/hard && rm -f /etc/group \
          && rm -rf /usr/share/udhcpc && mkdir -p /usr/share/udhcpc && echo new > /usr/share/udhcpc/x \
          && dd if=/dev/urandom of=/root/big bs=1M count=6 2>/dev/null && mkfifo /root/pipe",
     );
-    let before = sh(&server, "a", TREE);
+    let before = server.sh("a", TREE);
 
     // Exported while it runs; downloaded whole and in two ranges.
     let e = server.post_raw("/api/sessions/a/export", None, b"");
@@ -70,11 +59,11 @@ fn export_then_import_over_rest_is_byte_exact() {
     assert_eq!(imported.status, 201, "{:?}", imported.body);
     assert_eq!(imported.body["session"]["name"], "b");
     assert_eq!(imported.body["session"]["disk"]["size_bytes"], 512u64 << 20);
-    let after = sh(&server, "b", TREE);
+    let after = server.sh("b", TREE);
     assert_eq!(before, after, "the imported tree differs");
     // Independent of its source.
-    sh(&server, "b", "echo b > /root/d/f");
-    assert_eq!(sh(&server, "a", "cat /root/d/f"), "one\n");
+    server.sh("b", "echo b > /root/d/f");
+    assert_eq!(server.sh("a", "cat /root/d/f"), "one\n");
     // The same name again: refused, unless replaced.
     let again = server.post_multipart("/api/import", &[("name", "b")], Some(("archive", &whole)));
     assert_eq!(
@@ -89,7 +78,7 @@ fn export_then_import_over_rest_is_byte_exact() {
         Some(("archive", &whole)),
     );
     assert_eq!(replaced.status, 201, "{:?}", replaced.body);
-    assert_eq!(sh(&server, "b", "cat /root/d/f"), "one\n");
+    assert_eq!(server.sh("b", "cat /root/d/f"), "one\n");
 }
 
 #[test]

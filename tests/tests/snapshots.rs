@@ -3,7 +3,7 @@
 //! frozen for the copy and keeps running, clones are independent, and bad
 //! requests get clear errors.
 
-use blink_e2e::{Blink, Server, server_fixture, texts};
+use blink_e2e::{Blink, server_fixture, texts};
 use serde_json::{Value, json};
 
 /// Every file under the given roots as "path mode uid gid size sha/link",
@@ -13,15 +13,6 @@ const TREE: &str = "find /root /etc /var/blink -xdev | sort | while read -r p; d
     elif [ -f \"$p\" ]; then echo \"$p $(stat -c '%a %u %g %s %Y' \"$p\") $(sha256sum < \"$p\" | cut -c1-16)\"; \
     else echo \"$p $(stat -c '%F %a %u %g' \"$p\")\"; fi; done";
 
-fn sh(server: &Server, session: &str, script: &str) -> String {
-    let run = server.run_wait(
-        &format!("/api/sessions/{session}/runs"),
-        json!({"command": ["sh", "-c", script]}),
-    );
-    assert_eq!(run["exit_code"], 0, "{script}: {run}");
-    blink_e2e::rest::stdout(&run)
-}
-
 #[test]
 fn restore_puts_a_running_sessions_disk_back_exactly() {
     let Some((_blink, server)) = server_fixture() else {
@@ -29,8 +20,7 @@ fn restore_puts_a_running_sessions_disk_back_exactly() {
     };
     let a = server.post("/api/sessions", json!({"name": "a", "warm": true}));
     assert_eq!(a.status, 201, "{:?}", a.body);
-    sh(
-        &server,
+    server.sh(
         "a",
         "mkdir -p /root/d && echo one > /root/d/f && chmod 640 /root/d/f && chown 7:8 /root/d/f \
          && ln -s d/f /root/link && ln /root/d/f /root/hard && rm /etc/hostname 2>/dev/null; \
@@ -42,7 +32,7 @@ fn restore_puts_a_running_sessions_disk_back_exactly() {
         json!({"command": ["sh", "-c", "i=0; while [ $i -lt 600 ]; do echo $i >> /root/ticks; i=$((i+1)); sleep 0.05; done"]}),
     );
     assert_eq!(spawned.status, 201, "{:?}", spawned.body);
-    let before = sh(&server, "a", TREE);
+    let before = server.sh("a", TREE);
 
     let snap = server.post("/api/sessions/a/checkpoints", json!({"snapshot": "s1"}));
     assert_eq!(snap.status, 201, "{:?}", snap.body);
@@ -53,15 +43,14 @@ fn restore_puts_a_running_sessions_disk_back_exactly() {
         snap.body
     );
     assert!(snap.body["frozen_ms"].is_u64(), "{:?}", snap.body);
-    let ticks_at_snapshot = sh(&server, "a", "wc -l < /root/ticks");
+    let ticks_at_snapshot = server.sh("a", "wc -l < /root/ticks");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let ticks_later = sh(&server, "a", "wc -l < /root/ticks");
+    let ticks_later = server.sh("a", "wc -l < /root/ticks");
     assert_ne!(ticks_at_snapshot, ticks_later, "the session stayed frozen");
 
     // Change everything that can change, then restore (the spawn is
     // stopped with the session).
-    sh(
-        &server,
+    server.sh(
         "a",
         "echo two > /root/d/f; chmod 600 /root/d/f; rm /root/link /root/big; touch /root/new; \
          echo x > /etc/hostname; rm /etc/passwd",
@@ -80,7 +69,7 @@ fn restore_puts_a_running_sessions_disk_back_exactly() {
         "a warm session runs again"
     );
 
-    let after = sh(&server, "a", TREE);
+    let after = server.sh("a", TREE);
     // /root/ticks grew between the listing and the snapshot; compare the
     // rest exactly, and ticks as a whole-line prefix of the later file.
     let strip = |t: &str| {
@@ -90,7 +79,7 @@ fn restore_puts_a_running_sessions_disk_back_exactly() {
             .join("\n")
     };
     assert_eq!(strip(&before), strip(&after));
-    let ticks = sh(&server, "a", "cat /root/ticks");
+    let ticks = server.sh("a", "cat /root/ticks");
     for (i, line) in ticks.lines().enumerate() {
         assert_eq!(
             line,
@@ -98,7 +87,7 @@ fn restore_puts_a_running_sessions_disk_back_exactly() {
             "a torn write in the snapshot: {ticks:?}"
         );
     }
-    assert!(!sh(&server, "a", "ls /root").contains("new"));
+    assert!(!server.sh("a", "ls /root").contains("new"));
 }
 
 #[test]
@@ -107,27 +96,27 @@ fn clones_share_nothing_they_write() {
         return;
     };
     server.open_session("a");
-    sh(&server, "a", "echo from-a > /root/f");
+    server.sh("a", "echo from-a > /root/f");
     let snap = server.post("/api/sessions/a/checkpoints", json!({"snapshot": "base"}));
     assert_eq!(snap.status, 201, "{:?}", snap.body);
-    sh(&server, "a", "echo later > /root/f");
+    server.sh("a", "echo later > /root/f");
 
     let b = server.post("/api/sessions", json!({"name": "b", "from": "a@base"}));
     assert_eq!(b.status, 201, "{:?}", b.body);
     let c = server.post("/api/sessions", json!({"name": "c", "from": "a"}));
     assert_eq!(c.status, 201, "{:?}", c.body);
-    assert_eq!(sh(&server, "b", "cat /root/f"), "from-a\n");
-    assert_eq!(sh(&server, "c", "cat /root/f"), "later\n");
+    assert_eq!(server.sh("b", "cat /root/f"), "from-a\n");
+    assert_eq!(server.sh("c", "cat /root/f"), "later\n");
     // Files of a clone belong to the clone's root.
-    assert_eq!(sh(&server, "b", "stat -c '%u %g' /root/f"), "0 0\n");
-    sh(&server, "b", "echo b > /root/f; touch /root/only-b");
-    sh(&server, "c", "echo c > /root/f");
-    assert_eq!(sh(&server, "a", "cat /root/f; ls /root"), "later\nf\n");
-    assert_eq!(sh(&server, "b", "cat /root/f"), "b\n");
-    assert_eq!(sh(&server, "c", "cat /root/f; ls /root"), "c\nf\n");
+    assert_eq!(server.sh("b", "stat -c '%u %g' /root/f"), "0 0\n");
+    server.sh("b", "echo b > /root/f; touch /root/only-b");
+    server.sh("c", "echo c > /root/f");
+    assert_eq!(server.sh("a", "cat /root/f; ls /root"), "later\nf\n");
+    assert_eq!(server.sh("b", "cat /root/f"), "b\n");
+    assert_eq!(server.sh("c", "cat /root/f; ls /root"), "c\nf\n");
     // Removing the source leaves its clones whole.
     assert_eq!(server.delete("/api/sessions/a").status, 204);
-    assert_eq!(sh(&server, "b", "cat /root/f"), "b\n");
+    assert_eq!(server.sh("b", "cat /root/f"), "b\n");
 }
 
 fn code(a: &blink_e2e::rest::Answer) -> (u16, String) {

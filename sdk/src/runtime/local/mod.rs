@@ -622,13 +622,7 @@ impl Runtime for LocalRuntime {
         let id_owned = id.to_owned();
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || {
-            let freeze = running
-                .as_ref()
-                .and_then(|(cgroup, ns)| cgroup.as_ref().map(|c| (c, ns)))
-                .map(|(cgroup, ns)| snapshots::Freeze {
-                    cgroup,
-                    root: &ns.root,
-                });
+            let freeze = freeze_of(running.as_ref());
             if running.is_some() && freeze.is_none() {
                 return Err(Error::Unsupported(
                     "a snapshot of a running session without cgroups on this host; stop the session first".into(),
@@ -720,13 +714,7 @@ impl Runtime for LocalRuntime {
                     Some(image) => disk_image::copy_sparse(&image, &disk)
                         .map_err(|e| Error::io("copying the snapshot", e))?,
                     None => {
-                        let freeze = running
-                            .as_ref()
-                            .and_then(|(cgroup, ns)| cgroup.as_ref().map(|c| (c, ns)))
-                            .map(|(cgroup, ns)| snapshots::Freeze {
-                                cgroup,
-                                root: &ns.root,
-                            });
+                        let freeze = freeze_of(running.as_ref());
                         snapshots::copy_disk(&src_dir, &disk, freeze)?;
                     }
                 }
@@ -761,13 +749,7 @@ impl Runtime for LocalRuntime {
         }
         let source = dir.clone();
         let copy_disk = move |dest: &Path| -> Result<u64> {
-            let freeze = running
-                .as_ref()
-                .and_then(|(cgroup, ns)| cgroup.as_ref().map(|c| (c, ns)))
-                .map(|(cgroup, ns)| snapshots::Freeze {
-                    cgroup,
-                    root: &ns.root,
-                });
+            let freeze = freeze_of(running.as_ref());
             snapshots::copy_disk(&source, dest, freeze)
         };
         let ExportRequest {
@@ -936,8 +918,7 @@ impl LocalRuntime {
 
     /// What freezing a running sandbox needs (its cgroup, its root); `None`
     /// when it is not running.
-    #[allow(clippy::type_complexity)]
-    fn frozen_parts(&self, id: &str) -> Option<(Option<Arc<SandboxCgroup>>, Arc<Namespaces>)> {
+    fn frozen_parts(&self, id: &str) -> Option<FreezeParts> {
         if !self.is_running(id) {
             return None;
         }
@@ -1037,6 +1018,19 @@ impl LocalRuntime {
         }
         Ok(Some(range))
     }
+}
+
+/// A running sandbox's cgroup (if limits use cgroups) and namespaces.
+type FreezeParts = (Option<Arc<SandboxCgroup>>, Arc<Namespaces>);
+
+/// How to keep a running sandbox still for a copy of its disk: `None` when
+/// it is not running, or runs without a cgroup to freeze.
+fn freeze_of(running: Option<&FreezeParts>) -> Option<snapshots::Freeze<'_>> {
+    let (cgroup, ns) = running?;
+    Some(snapshots::Freeze {
+        cgroup: cgroup.as_ref()?,
+        root: &ns.root,
+    })
 }
 
 /// Blink's own directories are reachable by no other host user (0700):
