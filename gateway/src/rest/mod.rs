@@ -71,6 +71,7 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(sessions::info, sessions::remove))
         .routes(routes!(sessions::stop))
         .routes(routes!(network::get, network::put))
+        .routes(routes!(network::get_forwarding, network::put_forwarding))
         .routes(routes!(runs::session_run))
         .routes(routes!(spawn::spawn))
         .routes(routes!(spawn::list))

@@ -206,6 +206,7 @@ impl Manager {
             last_used_at: t,
             limits: header.session.limits.clone(),
             network: self.config.network.clone(),
+            forwarding: self.config.forwarding,
         };
         if let Err(e) = self.store.save(&record) {
             let _ = self.runtime.remove(&box_id).await;

@@ -27,6 +27,9 @@ pub struct OpenOptions {
     pub from: Option<super::CloneSource>,
     /// Egress policy of a new session; the configured default when `None`.
     pub network: Option<crate::network::NetworkPolicy>,
+    /// SSH forwards a new session takes; the configured default when
+    /// `None`.
+    pub forwarding: Option<crate::types::ForwardingPolicy>,
 }
 
 /// In-memory state of one session.
@@ -100,6 +103,7 @@ impl Manager {
             network: crate::types::NetworkInfo {
                 policy: r.network.clone(),
                 egress: slot.egress_stats.snapshot(),
+                forwarding: r.forwarding,
             },
             state: if self.runtime.is_running(&r.box_id) {
                 SessionState::Running
@@ -177,6 +181,7 @@ impl Manager {
                 }
                 None => self.config.network.clone(),
             },
+            forwarding: options.forwarding.unwrap_or(self.config.forwarding),
         };
         let spec = self.spec_of(&record);
         self.runtime.create(&spec).await?;
@@ -227,6 +232,7 @@ impl Manager {
             last_used_at: t,
             limits: origin.limits.clone(),
             network: origin.network.clone(),
+            forwarding: origin.forwarding,
         };
         let spec = self.spec_of(&record);
         self.runtime

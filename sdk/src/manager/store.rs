@@ -26,6 +26,9 @@ pub struct SessionRecord {
     /// Its egress policy (loopback only when absent).
     #[serde(default)]
     pub network: crate::network::NetworkPolicy,
+    /// Which SSH forwards it takes (all when absent).
+    #[serde(default)]
+    pub forwarding: crate::types::ForwardingPolicy,
 }
 
 /// The session records under `<data>/sessions/<name>/session.json`.
@@ -215,6 +218,7 @@ mod tests {
             last_used_at: 2,
             limits: Limits::default(),
             network: Default::default(),
+            forwarding: Default::default(),
         }
     }
 
