@@ -13,6 +13,7 @@
 #   curl            curl through ssh -D in the forwarding tests (tests/tests/ssh_forwarding.rs)
 #   systemd         systemd-analyze verify of the unit (tests/tests/deploy.rs)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
+#   prometheus_client  the reference parser of /metrics (tests/tests/metrics.rs)
 #   ssh-audit       (PyPI) grades the SSH gateway's algorithms
 set -euo pipefail
 
@@ -29,10 +30,10 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-if command -v python3 >/dev/null && ! python3 -c 'import paramiko, asyncssh' 2>/dev/null; then
-  echo "installing: paramiko asyncssh (pip)"
+if command -v python3 >/dev/null && ! python3 -c 'import paramiko, asyncssh, prometheus_client' 2>/dev/null; then
+  echo "installing: paramiko asyncssh prometheus_client (pip)"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-    'paramiko>=3.4' 'asyncssh>=2.14'
+    'paramiko>=3.4' 'asyncssh>=2.14' 'prometheus_client>=0.20'
 fi
 # ssh-audit (PyPI) grades the SSH gateway's algorithms
 # (tests/tests/ssh_algorithms.rs). Without it the test installs it in a venv

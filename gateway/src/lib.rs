@@ -3,7 +3,9 @@
 //! `blink-server` binary (`main.rs`) is the thin edge around it: flags,
 //! config file, signals. Tests start the servers in-process through here.
 
+pub mod audit;
 pub mod config;
 pub mod hostkey;
+pub mod metrics;
 pub mod rest;
 pub mod ssh;

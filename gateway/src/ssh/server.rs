@@ -202,8 +202,12 @@ async fn accept_loop(
         };
         let connection =
             connection::serve(gateway.clone(), socket, peer, startup, shutdown.clone());
+        metrics::counter!(crate::metrics::SSH_CONNECTIONS_TOTAL).increment(1);
+        let open = metrics::gauge!(crate::metrics::SSH_CONNECTIONS_OPEN);
+        open.increment(1.0);
         connections.spawn(async move {
             connection.await;
+            open.decrement(1.0);
             drop(permit);
         });
     }
