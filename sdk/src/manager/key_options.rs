@@ -549,8 +549,14 @@ impl KeyOptions {
         let both = |f: fn(&KeyOptions) -> bool| f(self) && f(other);
         let flags: [(fn(&KeyOptions) -> bool, fn(bool) -> KeyOption); 5] = [
             (KeyOptions::pty_allowed, KeyOption::Pty),
-            (KeyOptions::port_forwarding_allowed, KeyOption::PortForwarding),
-            (KeyOptions::agent_forwarding_allowed, KeyOption::AgentForwarding),
+            (
+                KeyOptions::port_forwarding_allowed,
+                KeyOption::PortForwarding,
+            ),
+            (
+                KeyOptions::agent_forwarding_allowed,
+                KeyOption::AgentForwarding,
+            ),
             (KeyOptions::x11_forwarding_allowed, KeyOption::X11Forwarding),
             (KeyOptions::user_rc_allowed, KeyOption::UserRc),
         ];
@@ -1110,8 +1116,9 @@ mod tests {
 
     #[test]
     fn merge_keeps_the_restrictions_of_both() {
-        let a = KeyOptions::parse(r#"no-pty,from="127.0.0.0/8",environment="A=1",permitopen="h:1""#)
-            .unwrap();
+        let a =
+            KeyOptions::parse(r#"no-pty,from="127.0.0.0/8",environment="A=1",permitopen="h:1""#)
+                .unwrap();
         let b = KeyOptions::parse(
             r#"no-port-forwarding,from="10.0.0.0/8",environment="A=2",environment="B=2",command="x",permitopen="h:2",permitlisten="9""#,
         )
@@ -1138,7 +1145,13 @@ mod tests {
         assert!(d.merge(&b).is_err());
         // The earliest expiry-time counts.
         let e = KeyOptions::parse(r#"expiry-time="20200101Z""#).unwrap();
-        assert!(KeyOptions::default().merge(&e).unwrap().check_login(ip("::1"), now).is_err());
+        assert!(
+            KeyOptions::default()
+                .merge(&e)
+                .unwrap()
+                .check_login(ip("::1"), now)
+                .is_err()
+        );
     }
 
     #[test]
