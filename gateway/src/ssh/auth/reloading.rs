@@ -89,7 +89,8 @@ impl<T> Reloading<T> {
             .as_ref()
             .is_none_or(|seen| seen.result.as_ref().err() != result.as_ref().err());
         match &result {
-            Ok(_) if last.is_some() => {
+            // Not for a racy file read again unchanged.
+            Ok(_) if last.as_ref().is_some_and(|seen| seen.stamp != stamp) => {
                 tracing::info!(file = %self.path.display(), what = self.what, "reloaded")
             }
             Ok(_) => {}
