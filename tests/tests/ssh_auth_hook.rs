@@ -163,7 +163,11 @@ fn the_hook_confirms_every_login_and_fails_closed() {
     // The refusal of a key nobody knows; the hook is not asked for it.
     let wrong = run(f.client.ssh(&f.server, "other", "s1").arg("true"), b"");
     assert!(refused(&wrong));
-    assert_eq!(hook.count(), 0, "a key nothing lets in never reaches the hook");
+    assert_eq!(
+        hook.count(),
+        0,
+        "a key nothing lets in never reaches the hook"
+    );
     let plain = texts(&wrong).1;
 
     // Allowed: the login goes on; the hook was told who and from where.
@@ -176,7 +180,12 @@ fn the_hook_confirms_every_login_and_fails_closed() {
     assert_eq!(body["granted_by"], "session_key");
     assert_eq!(body["key"]["fingerprint"], fingerprint(&f.client, "id"));
     assert_eq!(body["key"]["algorithm"], "ssh-ed25519");
-    assert!(body["key"]["public_key"].as_str().unwrap().starts_with("ssh-ed25519 AAAA"));
+    assert!(
+        body["key"]["public_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh-ed25519 AAAA")
+    );
     assert!(body["certificate"].is_null());
 
     // Denied, too slow, failing, answering nonsense: refused, each looking
@@ -186,7 +195,10 @@ fn the_hook_confirms_every_login_and_fails_closed() {
             Answer::Json(r#"{"allow": false, "reason": "over quota"}"#.into()),
             "over quota",
         ),
-        (Answer::Slow(Duration::from_secs(3)), "no answer within 1000 ms"),
+        (
+            Answer::Slow(Duration::from_secs(3)),
+            "no answer within 1000 ms",
+        ),
         (Answer::Status(500), "answered HTTP 500"),
         (Answer::Json("<html>".into()), "is not {"),
         (
@@ -201,7 +213,10 @@ fn the_hook_confirms_every_login_and_fails_closed() {
         assert!(refused(&out), "{logged}: {:?}", texts(&out));
         assert_eq!(texts(&out).1, plain, "{logged}");
         assert_eq!(hook.count(), before + 1, "{logged}");
-        assert!(f.server.wait_log(&[logged]).is_some(), "{logged} not logged");
+        assert!(
+            f.server.wait_log(&[logged]).is_some(),
+            "{logged} not logged"
+        );
     }
 
     // Options from the hook narrow the login: a forced command.
@@ -272,7 +287,10 @@ fn an_authorizing_hook_lets_in_keys_nobody_registered_and_sees_certificates() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", texts(&out).1);
-    let cert = format!("CertificateFile={}", client.path("cert-key-cert.pub").display());
+    let cert = format!(
+        "CertificateFile={}",
+        client.path("cert-key-cert.pub").display()
+    );
     let out = ssh("id", "s1", &["-o", &cert]);
     assert_eq!(texts(&out).0, "in\n", "{}", texts(&out).1);
     let (_, body) = hook.last();
@@ -312,6 +330,9 @@ fn answers_are_cached_briefly() {
         "s1",
         f.client.path("third.pub").to_str().unwrap(),
     ]);
-    assert!(refused(&run(f.client.ssh(&f.server, "third", "s1").arg("true"), b"")));
+    assert!(refused(&run(
+        f.client.ssh(&f.server, "third", "s1").arg("true"),
+        b""
+    )));
     assert_eq!(hook.count(), 2);
 }

@@ -4,7 +4,7 @@
 //! trusted_user_ca_keys` names the test's CA. No key is ever registered
 //! for the session. Every connection goes to 127.0.0.1.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use blink_e2e::ssh::Client;
@@ -70,7 +70,7 @@ impl Certs {
     }
 
     /// `ssh` as `login` with the `id` key and this certificate.
-    fn ssh(&self, server: &Server, cert: &PathBuf, login: &str, args: &[&str]) -> Output {
+    fn ssh(&self, server: &Server, cert: &Path, login: &str, args: &[&str]) -> Output {
         let mut cmd = self.client.ssh(server, "id", login);
         cmd.arg("-o")
             .arg(format!("CertificateFile={}", cert.display()))
@@ -91,8 +91,14 @@ impl Certs {
 fn assert_refused_like(out: &Output, plain: &str, what: &str) {
     let (stdout, stderr) = texts(out);
     assert_eq!(out.status.code(), Some(255), "{what}: {stdout} {stderr}");
-    assert!(stderr.contains("Permission denied (publickey)"), "{what}: {stderr}");
-    assert_eq!(stderr, plain, "{what}: the refusal differs from a wrong key's");
+    assert!(
+        stderr.contains("Permission denied (publickey)"),
+        "{what}: {stderr}"
+    );
+    assert_eq!(
+        stderr, plain,
+        "{what}: the refusal differs from a wrong key's"
+    );
 }
 
 #[test]
@@ -103,24 +109,69 @@ fn certificates_log_in_and_every_refusal_looks_the_same() {
     let plain = c.plain_refusal(&server);
 
     // The control plane's certificate: five minutes, one session.
-    let valid = c.sign("ca", "id", "valid", &["-I", "agent-7", "-n", "s1", "-V", "+5m"]);
+    let valid = c.sign(
+        "ca",
+        "id",
+        "valid",
+        &["-I", "agent-7", "-n", "s1", "-V", "+5m"],
+    );
     let out = c.ssh(&server, &valid, "s1", &["echo in"]);
     assert_eq!(texts(&out).0, "in\n", "{}", texts(&out).1);
     let line = server
         .wait_log(&["ssh login", "via=\"certificate\"", "agent-7"])
         .expect("the login is logged with the certificate's id");
-    assert!(line.contains("serial=0") && line.contains("ca=\"SHA256:"), "{line}");
+    assert!(
+        line.contains("serial=0") && line.contains("ca=\"SHA256:"),
+        "{line}"
+    );
     // The same key without the certificate is nobody.
     let out = run(c.client.ssh(&server, "id", "s1").arg("true"), b"");
     assert_refused_like(&out, &plain, "the bare key");
 
     let cases: [(&str, &str, &[&str], &str); 6] = [
-        ("expired", "ca", &["-I", "x-expired", "-n", "s1", "-V", "-20m:-10m"], "expired"),
-        ("future", "ca", &["-I", "x-future", "-n", "s1", "-V", "+10m:+20m"], "not valid yet"),
-        ("elsewhere", "ca", &["-I", "x-elsewhere", "-n", "s2,s10", "-V", "+5m"], "do not name the session"),
-        ("foreign", "ca2", &["-I", "x-foreign", "-n", "s1", "-V", "+5m"], "not a trusted CA"),
-        ("far", "ca", &["-I", "x-far", "-n", "s1", "-O", "source-address=10.0.0.0/8"], "does not match"),
-        ("odd", "ca", &["-I", "x-odd", "-n", "s1", "-O", "critical:frob@example.com=1"], "frob@example.com"),
+        (
+            "expired",
+            "ca",
+            &["-I", "x-expired", "-n", "s1", "-V", "-20m:-10m"],
+            "expired",
+        ),
+        (
+            "future",
+            "ca",
+            &["-I", "x-future", "-n", "s1", "-V", "+10m:+20m"],
+            "not valid yet",
+        ),
+        (
+            "elsewhere",
+            "ca",
+            &["-I", "x-elsewhere", "-n", "s2,s10", "-V", "+5m"],
+            "do not name the session",
+        ),
+        (
+            "foreign",
+            "ca2",
+            &["-I", "x-foreign", "-n", "s1", "-V", "+5m"],
+            "not a trusted CA",
+        ),
+        (
+            "far",
+            "ca",
+            &["-I", "x-far", "-n", "s1", "-O", "source-address=10.0.0.0/8"],
+            "does not match",
+        ),
+        (
+            "odd",
+            "ca",
+            &[
+                "-I",
+                "x-odd",
+                "-n",
+                "s1",
+                "-O",
+                "critical:frob@example.com=1",
+            ],
+            "frob@example.com",
+        ),
     ];
     for (name, ca, args, why) in cases {
         let cert = c.sign(ca, "id", name, args);
@@ -148,9 +199,19 @@ fn revocation_and_trusted_cas_change_without_a_restart() {
     let Some(c) = Certs::new() else { return };
     let server = c.server("");
     let plain = c.plain_refusal(&server);
-    let seven = c.sign("ca", "id", "seven", &["-I", "agent-a", "-n", "s1", "-z", "7"]);
-    let eight = c.sign("ca", "id", "eight", &["-I", "agent-b", "-n", "s1", "-z", "8"]);
-    let logs_in = |cert: &PathBuf| texts(&c.ssh(&server, cert, "s1", &["echo in"])).0 == "in\n";
+    let seven = c.sign(
+        "ca",
+        "id",
+        "seven",
+        &["-I", "agent-a", "-n", "s1", "-z", "7"],
+    );
+    let eight = c.sign(
+        "ca",
+        "id",
+        "eight",
+        &["-I", "agent-b", "-n", "s1", "-z", "8"],
+    );
+    let logs_in = |cert: &Path| texts(&c.ssh(&server, cert, "s1", &["echo in"])).0 == "in\n";
     assert!(logs_in(&seven) && logs_in(&eight));
 
     // A text list: serial 7 revoked.
@@ -174,7 +235,11 @@ fn revocation_and_trusted_cas_change_without_a_restart() {
         .unwrap();
     assert!(out.status.success(), "{}", texts(&out).1);
     std::fs::copy(&krl, &c.revoked).unwrap();
-    assert_refused_like(&c.ssh(&server, &eight, "s1", &["true"]), &plain, "id agent-b");
+    assert_refused_like(
+        &c.ssh(&server, &eight, "s1", &["true"]),
+        &plain,
+        "id agent-b",
+    );
     assert!(logs_in(&seven));
 
     // The key itself, revoked by the KRL: every certificate of it goes.
@@ -185,21 +250,40 @@ fn revocation_and_trusted_cas_change_without_a_restart() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", texts(&out).1);
-    assert_refused_like(&c.ssh(&server, &seven, "s1", &["true"]), &plain, "revoked key");
+    assert_refused_like(
+        &c.ssh(&server, &seven, "s1", &["true"]),
+        &plain,
+        "revoked key",
+    );
 
     // A broken list refuses everyone (as sshd), until it is fixed.
     std::fs::write(&c.revoked, "serial: banana\n").unwrap();
-    let other = c.sign("ca", "other", "other-signed", &["-I", "agent-c", "-n", "s1"]);
+    let other = c.sign(
+        "ca",
+        "other",
+        "other-signed",
+        &["-I", "agent-c", "-n", "s1"],
+    );
     let mut cmd = c.client.ssh(&server, "other", "s1");
-    cmd.arg("-o").arg(format!("CertificateFile={}", other.display())).arg("echo in");
+    cmd.arg("-o")
+        .arg(format!("CertificateFile={}", other.display()))
+        .arg("echo in");
     assert_refused_like(&run(&mut cmd, b""), &plain, "a broken revocation list");
     std::fs::write(&c.revoked, "").unwrap();
     assert!(logs_in(&seven));
 
     // A second CA, trusted by editing the file: its certificates log in.
     let foreign = c.sign("ca2", "id", "foreign", &["-I", "agent-d", "-n", "s1"]);
-    assert_refused_like(&c.ssh(&server, &foreign, "s1", &["true"]), &plain, "ca2 untrusted");
-    let both = format!("{}\n{}\n", c.client.public_key("ca"), c.client.public_key("ca2"));
+    assert_refused_like(
+        &c.ssh(&server, &foreign, "s1", &["true"]),
+        &plain,
+        "ca2 untrusted",
+    );
+    let both = format!(
+        "{}\n{}\n",
+        c.client.public_key("ca"),
+        c.client.public_key("ca2")
+    );
     std::fs::write(&c.trusted, both).unwrap();
     assert!(logs_in(&foreign));
 }
@@ -235,7 +319,12 @@ fn force_command_and_permissions_of_a_certificate() {
     assert!(!run(&mut sftp, b"pwd\n").status.success());
 
     // Permissions come from extensions only: -O no-pty takes the terminal.
-    let no_pty = c.sign("ca", "id", "no-pty", &["-I", "x", "-n", "s1", "-O", "no-pty"]);
+    let no_pty = c.sign(
+        "ca",
+        "id",
+        "no-pty",
+        &["-I", "x", "-n", "s1", "-O", "no-pty"],
+    );
     let out = c.ssh(&server, &no_pty, "s1", &["-tt", "tty"]);
     assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
     assert!(texts(&out).1.contains("PTY allocation request failed"));
@@ -243,12 +332,25 @@ fn force_command_and_permissions_of_a_certificate() {
     let out = c.ssh(&server, &full, "s1", &["-tt", "tty"]);
     assert!(texts(&out).0.contains("/dev/pts/"), "{:?}", texts(&out));
     // -O clear: no forwarding either (ssh -W is refused).
-    let cleared = c.sign("ca", "id", "cleared", &["-I", "x", "-n", "s1", "-O", "clear"]);
+    let cleared = c.sign(
+        "ca",
+        "id",
+        "cleared",
+        &["-I", "x", "-n", "s1", "-O", "clear"],
+    );
     let out = c.ssh(&server, &cleared, "s1", &["-W", "127.0.0.1:9"]);
     assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
-    assert_eq!(texts(&c.ssh(&server, &cleared, "s1", &["echo ok"])).0, "ok\n");
+    assert_eq!(
+        texts(&c.ssh(&server, &cleared, "s1", &["echo ok"])).0,
+        "ok\n"
+    );
     // A source-address the client is in.
-    let near = c.sign("ca", "id", "near", &["-I", "x", "-n", "s1", "-O", "source-address=127.0.0.0/8"]);
+    let near = c.sign(
+        "ca",
+        "id",
+        "near",
+        &["-I", "x", "-n", "s1", "-O", "source-address=127.0.0.0/8"],
+    );
     assert_eq!(texts(&c.ssh(&server, &near, "s1", &["echo ok"])).0, "ok\n");
 }
 
@@ -274,7 +376,11 @@ fn without_trusted_cas_no_certificate_is_accepted() {
     cmd.arg("true");
     let out = run(&mut cmd, b"");
     assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
-    assert!(server.wait_log(&["ssh certificate refused", "no ssh.trusted_user_ca_keys"]).is_some());
+    assert!(
+        server
+            .wait_log(&["ssh certificate refused", "no ssh.trusted_user_ca_keys"])
+            .is_some()
+    );
 }
 
 #[test]
@@ -287,10 +393,28 @@ fn unusable_certificate_settings_stop_the_server_with_a_clear_error() {
     let garbage = dir.path().join("garbage");
     std::fs::write(&garbage, "not a key\n").unwrap();
     for (config, expect) in [
-        (format!("[ssh]\ntrusted_user_ca_keys = {:?}", missing.display().to_string()), "trusted user CA keys"),
-        (format!("[ssh]\ntrusted_user_ca_keys = {:?}", garbage.display().to_string()), "line 1"),
-        (format!("[ssh]\nrevoked_keys = {:?}", garbage.display().to_string()), "revoked keys"),
-        ("[ssh]\nwildcard_principal = \"admin\"".to_string(), "wildcard_principal"),
+        (
+            format!(
+                "[ssh]\ntrusted_user_ca_keys = {:?}",
+                missing.display().to_string()
+            ),
+            "trusted user CA keys",
+        ),
+        (
+            format!(
+                "[ssh]\ntrusted_user_ca_keys = {:?}",
+                garbage.display().to_string()
+            ),
+            "line 1",
+        ),
+        (
+            format!("[ssh]\nrevoked_keys = {:?}", garbage.display().to_string()),
+            "revoked keys",
+        ),
+        (
+            "[ssh]\nwildcard_principal = \"admin\"".to_string(),
+            "wildcard_principal",
+        ),
     ] {
         let path = dir.path().join("blink.toml");
         std::fs::write(&path, format!("{config}\n[sandbox]\nephemeral_pool = 0\n")).unwrap();
@@ -298,7 +422,12 @@ fn unusable_certificate_settings_stop_the_server_with_a_clear_error() {
             Command::new(blink_e2e::bin("blink-server"))
                 .arg("--data-dir")
                 .arg(blink.data_dir.path())
-                .args(["--ssh-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+                .args([
+                    "--ssh-listen",
+                    "127.0.0.1:0",
+                    "--http-listen",
+                    "127.0.0.1:0",
+                ])
                 .arg("--config")
                 .arg(&path),
             b"",

@@ -300,7 +300,8 @@ impl Conn {
             tracing::info!(peer = %self.peer, login = %Escaped(user), key = %fingerprint, reason = why, "ssh auth rejected");
             Auth::reject()
         };
-        if !admitted && !(hook_may_grant && exists) {
+        let hook_grants = hook_may_grant && exists;
+        if !admitted && !hook_grants {
             return rejected(if grant == Grant::None {
                 "no key, certificate or hook lets it in"
             } else {

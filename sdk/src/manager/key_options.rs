@@ -487,29 +487,11 @@ impl KeyOptions {
         critical: impl IntoIterator<Item = (&'a str, &'a str)>,
         extensions: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self> {
+        let extensions: Vec<&str> = extensions.into_iter().collect();
         let mut list = vec![KeyOption::Restrict];
-        let mut flags = [false; 5];
-        for name in extensions {
-            let slot = match name {
-                "permit-pty" => 0,
-                "permit-port-forwarding" => 1,
-                "permit-agent-forwarding" => 2,
-                "permit-X11-forwarding" => 3,
-                "permit-user-rc" => 4,
-                _ => continue,
-            };
-            flags[slot] = true;
-        }
-        let makers: [fn(bool) -> KeyOption; 5] = [
-            KeyOption::Pty,
-            KeyOption::PortForwarding,
-            KeyOption::AgentForwarding,
-            KeyOption::X11Forwarding,
-            KeyOption::UserRc,
-        ];
-        for (allowed, make) in flags.into_iter().zip(makers) {
-            if allowed {
-                list.push(make(true));
+        for p in PERMISSIONS {
+            if extensions.contains(&p.extension) {
+                list.push((p.option)(true));
             }
         }
         for (name, value) in critical {
@@ -545,24 +527,17 @@ impl KeyOptions {
     /// enforcing and logging: it may hold two `from=`, which a key line
     /// could not.
     pub fn merge(&self, other: &KeyOptions) -> Result<KeyOptions> {
+        // Nothing on one side: the other, as written.
+        if other.is_empty() {
+            return Ok(self.clone());
+        }
+        if self.is_empty() {
+            return Ok(other.clone());
+        }
         let mut list = vec![KeyOption::Restrict];
-        let both = |f: fn(&KeyOptions) -> bool| f(self) && f(other);
-        let flags: [(fn(&KeyOptions) -> bool, fn(bool) -> KeyOption); 5] = [
-            (KeyOptions::pty_allowed, KeyOption::Pty),
-            (
-                KeyOptions::port_forwarding_allowed,
-                KeyOption::PortForwarding,
-            ),
-            (
-                KeyOptions::agent_forwarding_allowed,
-                KeyOption::AgentForwarding,
-            ),
-            (KeyOptions::x11_forwarding_allowed, KeyOption::X11Forwarding),
-            (KeyOptions::user_rc_allowed, KeyOption::UserRc),
-        ];
-        for (allowed, make) in flags {
-            if both(allowed) {
-                list.push(make(true));
+        for p in PERMISSIONS {
+            if (p.allowed)(self) && (p.allowed)(other) {
+                list.push((p.option)(true));
             }
         }
         match (self.forced_command(), other.forced_command()) {
@@ -611,6 +586,45 @@ impl KeyOptions {
         Ok(Self { list })
     }
 }
+
+/// A permission a key option can take away and a certificate extension
+/// can grant.
+struct Permission {
+    /// The extension granting it (PROTOCOL.certkeys).
+    extension: &'static str,
+    /// Whether options leave it allowed.
+    allowed: fn(&KeyOptions) -> bool,
+    /// The option allowing (`true`) or refusing it.
+    option: fn(bool) -> KeyOption,
+}
+
+const PERMISSIONS: [Permission; 5] = [
+    Permission {
+        extension: "permit-pty",
+        allowed: KeyOptions::pty_allowed,
+        option: KeyOption::Pty,
+    },
+    Permission {
+        extension: "permit-port-forwarding",
+        allowed: KeyOptions::port_forwarding_allowed,
+        option: KeyOption::PortForwarding,
+    },
+    Permission {
+        extension: "permit-agent-forwarding",
+        allowed: KeyOptions::agent_forwarding_allowed,
+        option: KeyOption::AgentForwarding,
+    },
+    Permission {
+        extension: "permit-X11-forwarding",
+        allowed: KeyOptions::x11_forwarding_allowed,
+        option: KeyOption::X11Forwarding,
+    },
+    Permission {
+        extension: "permit-user-rc",
+        allowed: KeyOptions::user_rc_allowed,
+        option: KeyOption::UserRc,
+    },
+];
 
 /// A user certificate's critical option forcing a command (as `command=`).
 pub const CERT_FORCE_COMMAND: &str = "force-command";
@@ -1135,9 +1149,11 @@ mod tests {
         assert_eq!(env, vec![("A", "1"), ("B", "2")]);
         assert!(m.permits_open("h", 1) && !m.permits_open("h", 2));
         assert!(m.permits_listen("x", 9) && !m.permits_listen("x", 8));
-        // Nothing on either side: nothing lost.
+        // Nothing on either side: nothing lost; nothing on one: the other.
         let m = KeyOptions::default().merge(&KeyOptions::default()).unwrap();
         assert!(m.pty_allowed() && m.port_forwarding_allowed() && m.user_rc_allowed());
+        assert_eq!(a.merge(&KeyOptions::default()).unwrap(), a);
+        assert_eq!(KeyOptions::default().merge(&b).unwrap(), b);
         // The same command twice is one; two different ones conflict.
         let c = KeyOptions::parse(r#"command="x""#).unwrap();
         assert_eq!(c.merge(&b).unwrap().forced_command(), Some("x"));

@@ -130,9 +130,7 @@ pub fn parse_url(url: &str) -> Result<(Uri, String, u16), String> {
         return Err(format!("ssh.auth_hook.url {url:?} has no host"));
     };
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(format!(
-            "ssh.auth_hook.url must not hold credentials; use token_file"
-        ));
+        return Err("ssh.auth_hook.url must not hold credentials; use token_file".to_string());
     }
     let host = host
         .trim_start_matches('[')
