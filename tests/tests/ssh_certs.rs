@@ -183,6 +183,14 @@ fn certificates_log_in_and_every_refusal_looks_the_same() {
         assert!(line.contains(why), "{name}: {line}");
     }
 
+    // Within the clock skew (60 s by default) both ends are taken: just
+    // expired, and not quite valid yet.
+    for (name, window) in [("just-expired", "-10m:-20s"), ("almost", "+20s:+5m")] {
+        let cert = c.sign("ca", "id", name, &["-I", name, "-n", "s1", "-V", window]);
+        let out = c.ssh(&server, &cert, "s1", &["echo in"]);
+        assert_eq!(texts(&out).0, "in\n", "{name}: {}", texts(&out).1);
+    }
+
     // The wildcard principal reaches any session.
     let wild = c.sign("ca", "id", "wild", &["-I", "ops", "-n", "*", "-V", "+5m"]);
     for session in ["s1", "s2"] {
