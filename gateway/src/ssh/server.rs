@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::admission::{Admission, RefusalLog};
-use super::auth::KeyCheck;
+use super::auth::LoginCheck;
 use super::connection::{self, CLOSE_WAIT};
 use super::shutdown::{Shutdown, Trigger};
 use crate::config::SshConfig;
@@ -33,13 +33,18 @@ pub(super) struct Gateway {
     pub(super) russh: Arc<russh::server::Config>,
     /// Authenticated connections per session.
     pub(super) per_session: Mutex<HashMap<String, usize>>,
-    pub(super) keys: KeyCheck,
+    /// Keys, certificates, revocations and the auth hook.
+    pub(super) auth: LoginCheck,
     /// Who may connect before authenticating.
     pub(super) admission: Arc<Admission>,
 }
 
 impl Gateway {
-    fn new(manager: Arc<Manager>, config: SshConfig, host_key: PrivateKey) -> Arc<Self> {
+    fn new(
+        manager: Arc<Manager>,
+        config: SshConfig,
+        host_key: PrivateKey,
+    ) -> anyhow::Result<Arc<Self>> {
         let limits = &config.limits;
         let mut methods = MethodSet::empty();
         methods.push(MethodKind::PublicKey);
@@ -63,18 +68,21 @@ impl Gateway {
             // its stdin slowly holds back its own client, never another
             // channel, and is never killed for it.
             window_follows_consumption: true,
+            // Certificates' validity windows are checked in `auth/certs.rs`,
+            // with the configured clock skew and a log line on refusal.
+            certificate_validity_by_handler: true,
             ..Default::default()
         };
-        let keys = KeyCheck::new(manager.keys(), config.admin_authorized_keys.clone());
+        let auth = LoginCheck::new(manager.keys(), &config).map_err(anyhow::Error::msg)?;
         let admission = Admission::new(limits);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             manager,
             config,
             russh: Arc::new(russh),
             per_session: Mutex::new(HashMap::new()),
-            keys,
+            auth,
             admission,
-        })
+        }))
     }
 }
 
@@ -98,7 +106,7 @@ pub async fn start(
         .await
         .with_context(|| format!("binding the SSH gateway to {}", config.listen))?;
     let local_addr = listener.local_addr().context("SSH listener address")?;
-    let gateway = Gateway::new(manager, config, host_key);
+    let gateway = Gateway::new(manager, config, host_key)?;
     let trigger = Trigger::new();
     let connections = TaskTracker::new();
     let accept = tokio::spawn(accept_loop(
