@@ -49,7 +49,7 @@ fn one_line_for_every_action() {
     let Some(f) = SshFixture::new() else { return };
     // A refused login: a key nobody registered.
     let stranger = Client::new();
-    let out = run(&mut stranger.ssh(&f.server, "id", "s1").arg("true"), b"");
+    let out = run(stranger.ssh(&f.server, "id", "s1").arg("true"), b"");
     assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
     let refused = wait_line(
         &f,
