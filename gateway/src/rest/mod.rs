@@ -15,6 +15,7 @@ mod keys;
 mod network;
 mod openapi;
 mod product;
+mod resources;
 mod run_registry;
 mod runs;
 mod sessions;
@@ -71,6 +72,8 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(sessions::info, sessions::remove))
         .routes(routes!(sessions::stop))
         .routes(routes!(network::get, network::put))
+        .routes(routes!(resources::get, resources::patch))
+        .routes(routes!(resources::stats))
         .routes(routes!(runs::session_run))
         .routes(routes!(spawn::spawn))
         .routes(routes!(spawn::list))
