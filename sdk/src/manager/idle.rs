@@ -13,6 +13,8 @@ impl Manager {
     /// Start warm sessions and the idle reaper.
     pub(super) fn start_policy(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
+        // Its own handle: the task holds no manager while it waits.
+        let idle_changed = self.idle_changed.clone();
         tokio::spawn(async move {
             if let Some(m) = weak.upgrade() {
                 for name in m.warm_sessions() {
@@ -27,14 +29,11 @@ impl Manager {
                     .clamp(Duration::from_millis(100), Duration::from_secs(5));
                 m.reap_idle().await;
                 m.forget_finished_spawns();
-                let woken = tokio::select! {
-                    () = tokio::time::sleep(tick) => false,
-                    () = m.idle_changed.notified() => true,
-                };
-                if woken {
-                    tracing::debug!("a session's idle timeout changed");
-                }
                 drop(m);
+                tokio::select! {
+                    () = tokio::time::sleep(tick) => {}
+                    () = idle_changed.notified() => {}
+                }
             }
         });
     }

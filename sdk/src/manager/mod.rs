@@ -80,7 +80,7 @@ pub struct Manager {
     spawns: Mutex<HashMap<String, Arc<Spawned>>>,
     /// Wakes the idle policy when a session's idle timeout is set (its
     /// tick follows the shortest).
-    idle_changed: tokio::sync::Notify,
+    idle_changed: Arc<tokio::sync::Notify>,
     _lock: DataDirLock,
 }
 
@@ -153,7 +153,7 @@ impl Manager {
             slots: Mutex::default(),
             catalog: tokio::sync::Mutex::new(()),
             spawns: Mutex::default(),
-            idle_changed: tokio::sync::Notify::new(),
+            idle_changed: Arc::default(),
             _lock: lock,
         });
         manager.recover().await?;
