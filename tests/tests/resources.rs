@@ -256,6 +256,41 @@ fn limits_change_on_a_running_session() {
     );
     assert_ne!(hog["exit_code"], 0, "64 MiB of string fit in 48 MiB: {hog}");
     assert!(usage(&server, "live", "oom_kills") > kills);
+    // A limit below what the session holds and the kernel cannot take
+    // back (tmpfs, no swap): cgroup v1 refuses it, and nothing changes;
+    // v2 takes it and reclaims what it can.
+    server.sh(
+        "live",
+        "dd if=/dev/zero of=/tmp/held bs=1M count=30 2>/dev/null",
+    );
+    let a = server.patch(
+        "/api/sessions/live/resources",
+        json!({"memory_mib": 16, "pids": 30}),
+    );
+    let mechanism = server.get("/api/product").body["runtime"]["limits"]["memory"].clone();
+    if mechanism == "cgroup-v1" {
+        assert_eq!(
+            (a.status, a.code()),
+            (400, "invalid_argument"),
+            "{:?}",
+            a.body
+        );
+        let message = a.body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.starts_with("memory_mib:"), "{message}");
+        assert_eq!(
+            enforced(&box_id),
+            (48 << 20, 24, Some(10_000)),
+            "half changed"
+        );
+        assert_eq!(server.get("/api/sessions/live/resources").body["pids"], 24);
+    } else {
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        server.patch(
+            "/api/sessions/live/resources",
+            json!({"memory_mib": 48, "pids": 24}),
+        );
+    }
+    server.sh("live", "rm /tmp/held");
 
     // The disk grows at the next start, with what it held.
     let info = server.get("/api/sessions/live").body;

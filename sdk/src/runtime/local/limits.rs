@@ -493,3 +493,36 @@ pub unsafe fn apply_rlimits(limits: &Limits) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_counters_are_read_by_name() {
+        let stat = "usage_usec 1234\nnr_periods 10\nnr_throttled 3\nthrottled_usec 99\n";
+        assert_eq!(keyed_value(stat, "usage_usec"), Some(1234));
+        assert_eq!(keyed_value(stat, "nr_throttled"), Some(3));
+        assert_eq!(keyed_value(stat, "nr"), None);
+        let events = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(keyed_value(events, "oom_kill"), Some(2));
+    }
+
+    #[test]
+    fn without_cgroups_usage_is_summed_over_a_pid_namespace() {
+        // This test's own pid namespace: it holds at least this process,
+        // its threads, the memory it maps and the CPU it has used.
+        let burn = std::time::Instant::now();
+        while burn.elapsed() < std::time::Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        let usage = proc_usage(std::process::id());
+        assert_eq!(usage.source, "proc");
+        assert!(usage.pids.unwrap_or(0) >= 2, "{usage:?}");
+        assert!(usage.memory_bytes.unwrap_or(0) > 1 << 20, "{usage:?}");
+        assert!(usage.cpu_usec.unwrap_or(0) >= 10_000, "{usage:?}");
+        assert_eq!((usage.memory_peak_bytes, usage.oom_kills), (None, None));
+        // A process that does not exist has nothing to sum.
+        assert_eq!(proc_usage(u32::MAX).pids, None);
+    }
+}
