@@ -11,13 +11,14 @@
 #   rsync           rsync over ssh in the client tests (tests/tests/ssh_clients.rs)
 #   e2fsprogs       mkfs.ext4: session disks are ext4 images (docs/DISKS.md)
 #   curl            curl through ssh -D in the forwarding tests (tests/tests/ssh_forwarding.rs)
+#   systemd         systemd-analyze verify of the unit (tests/tests/deploy.rs)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
 #   ssh-audit       (PyPI) grades the SSH gateway's algorithms
 set -euo pipefail
 
 need=()
 for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
-  libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl; do
+  libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl systemd; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

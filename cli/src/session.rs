@@ -68,7 +68,9 @@ pub enum SessionCommand {
         replace: bool,
     },
     /// Show or change a session's egress policy (docs/NETWORK.md):
-    /// `--none`, or `--allow RULE` (repeatable) and `--deny RULE`.
+    /// `--none`, or `--allow RULE` (repeatable) and `--deny RULE`; and
+    /// which SSH forwards it takes (`--local-forwarding`,
+    /// `--remote-forwarding`).
     Network {
         #[command(flatten)]
         name: NameArg,
@@ -82,6 +84,12 @@ pub enum SessionCommand {
         /// Deny a destination (wins over allow).
         #[arg(long, value_name = "RULE")]
         deny: Vec<String>,
+        /// Whether `ssh -L`, `-D` and `-W` reach the session.
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        local_forwarding: Option<bool>,
+        /// Whether `ssh -R` may listen in the session.
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        remote_forwarding: Option<bool>,
     },
     /// Show a session's size and usage, or change its size (docs/RESOURCES.md):
     /// CPU, memory and processes change on the running session where the
@@ -238,6 +246,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
                         resources: resources.request(),
                         from,
                         network: None,
+                        forwarding: None,
                     },
                 )
                 .await;
@@ -319,7 +328,15 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             none,
             allow,
             deny,
+            local_forwarding,
+            remote_forwarding,
         } => {
+            if local_forwarding.is_some() || remote_forwarding.is_some() {
+                let mut policy = manager.session_info(&name.name)?.network.forwarding;
+                policy.local = local_forwarding.unwrap_or(policy.local);
+                policy.remote = remote_forwarding.unwrap_or(policy.remote);
+                manager.set_forwarding(&name.name, policy).await?;
+            }
             if none || !allow.is_empty() || !deny.is_empty() {
                 let mode = if none {
                     blink_sdk::network::Mode::None
@@ -341,6 +358,12 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
                 println!("mode:  {:?}", p.mode);
                 println!("allow: {}", p.allow.join(" "));
                 println!("deny:  {}", p.deny.join(" "));
+                let on = |b: bool| if b { "on" } else { "off" };
+                println!(
+                    "forwarding: local {}, remote {}",
+                    on(info.forwarding.local),
+                    on(info.forwarding.remote)
+                );
                 let e = &info.egress;
                 println!(
                     "egress: {} allowed, {} denied, {} bytes sent, {} received",
@@ -587,5 +610,14 @@ async fn write_chunk(
         Stream::Stderr => {
             let _ = stderr.write_all(data).await;
         }
+    }
+}
+
+/// `on`/`off` (also `true`/`false`, `yes`/`no`).
+fn on_off(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{text:?} is not on or off")),
     }
 }

@@ -61,6 +61,9 @@ pub struct NetworkConfig {
     /// Names the egress proxy resolves itself, before the host's resolver
     /// (an operator's table; its addresses count as explicitly allowed).
     pub resolve: std::collections::BTreeMap<String, std::net::IpAddr>,
+    /// SSH forwards a new session takes (`local`, `remote`; both on by
+    /// default). `[ssh] allow_forwarding` turns them off server-wide.
+    pub forwarding: blink_sdk::types::ForwardingPolicy,
 }
 
 impl NetworkConfig {

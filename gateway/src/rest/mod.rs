@@ -16,6 +16,7 @@ mod network;
 mod openapi;
 mod product;
 mod resources;
+mod run_records;
 mod run_registry;
 mod runs;
 mod sessions;
@@ -74,6 +75,7 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(network::get, network::put))
         .routes(routes!(resources::get, resources::patch))
         .routes(routes!(resources::stats))
+        .routes(routes!(network::get_forwarding, network::put_forwarding))
         .routes(routes!(runs::session_run))
         .routes(routes!(spawn::spawn))
         .routes(routes!(spawn::list))
@@ -208,12 +210,18 @@ pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<
         .with_context(|| format!("binding the HTTP API to {}", config.listen))?;
     let local_addr = listener.local_addr().context("HTTP listener address")?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let runs = Arc::new(RunRegistry::new(
-        config.max_concurrent_runs,
-        config.max_queued_runs,
-        config.max_queued_runs_per_session,
-        config.max_runs_kept,
-    ));
+    let records_dir = manager.config().data_dir.join("runs");
+    let records = run_records::RunRecords::open(&records_dir)
+        .with_context(|| format!("opening the run records in {}", records_dir.display()))?;
+    let runs = Arc::new(
+        RunRegistry::new(
+            config.max_concurrent_runs,
+            config.max_queued_runs,
+            config.max_queued_runs_per_session,
+            config.max_runs_kept,
+        )
+        .with_records(records, Duration::from_secs(config.run_retention_secs)),
+    );
     let grace = config.shutdown_grace();
     if config.token.is_none() && !local_addr.ip().is_loopback() {
         tracing::warn!(addr = %local_addr, "the HTTP API has no token and listens beyond loopback: keep it on a private network");

@@ -47,6 +47,10 @@ pub struct OpenRequest {
     /// config (loopback only).
     #[schema(value_type = Object)]
     pub network: Option<blink_sdk::network::NetworkPolicy>,
+    /// SSH forwards a new session takes (`{"local": true, "remote":
+    /// false}`). Default: `[network.forwarding]` in the config (both on).
+    #[schema(value_type = Object)]
+    pub forwarding: Option<blink_sdk::types::ForwardingPolicy>,
     /// Answer 409 instead of opening a session that already exists.
     #[serde(default)]
     pub exclusive: bool,
@@ -122,6 +126,7 @@ pub async fn open(
                 resources,
                 from: req.from.as_deref().map(CloneSource::parse).transpose()?,
                 network: req.network,
+                forwarding: req.forwarding,
             },
         )
         .await?;

@@ -159,7 +159,11 @@ impl Conn {
                     tunnel.run(channel, connection).await;
                 }
                 Err(e) => {
-                    forward.failed(&e.to_string());
+                    if e.kind() == blink_sdk::error::ErrorKind::Forbidden {
+                        forward.refused(&e.to_string());
+                    } else {
+                        forward.failed(&e.to_string());
+                    }
                     reply.reject(tunnel::open_failure(&e)).await;
                 }
             }
@@ -207,6 +211,9 @@ impl Conn {
         }
         let listener = match self.gateway.manager.forward_listen(&session, target).await {
             Ok(listener) => listener,
+            Err(e) if e.kind() == blink_sdk::error::ErrorKind::Forbidden => {
+                return refuse(e.to_string());
+            }
             Err(e) => {
                 forward.failed(&e.to_string());
                 return Err(tunnel::listen_failure(&e, *port));

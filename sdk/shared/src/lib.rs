@@ -208,6 +208,37 @@ pub struct EgressCounters {
 pub struct NetworkInfo {
     pub policy: NetworkPolicy,
     pub egress: EgressCounters,
+    /// Which SSH forwards the session takes.
+    #[serde(default)]
+    pub forwarding: ForwardingPolicy,
+}
+
+/// Which SSH forwards a session takes (docs/NETWORK.md). The server's
+/// `[ssh] allow_forwarding` and the login key's options may refuse more;
+/// nothing here widens them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingPolicy {
+    /// `ssh -L`, `-D`, `-W`: connections from the client into the session
+    /// (its loopback, or other hosts by its egress policy).
+    #[serde(default = "yes")]
+    pub local: bool,
+    /// `ssh -R`: listeners on the session's loopback.
+    #[serde(default = "yes")]
+    pub remote: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ForwardingPolicy {
+    fn default() -> Self {
+        Self {
+            local: true,
+            remote: true,
+        }
+    }
 }
 
 /// A session disk's size (its quota) and the host disk space it takes.

@@ -208,6 +208,7 @@ impl Manager {
             network: self.config.network.clone(),
             run_timeout_secs: None,
             idle_timeout_secs: None,
+            forwarding: self.config.forwarding,
         };
         if let Err(e) = self.store.save(&record) {
             let _ = self.runtime.remove(&box_id).await;

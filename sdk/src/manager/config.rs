@@ -50,6 +50,8 @@ pub struct ManagerConfig {
     pub ephemeral_pool: usize,
     /// Egress policy of a new session unless it asks for its own.
     pub network: crate::network::NetworkPolicy,
+    /// SSH forwards a new session takes (`[network.forwarding]`).
+    pub forwarding: crate::types::ForwardingPolicy,
     /// The operator's name table for the egress proxy (`[network] resolve`).
     pub resolve: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
@@ -78,6 +80,7 @@ impl ManagerConfig {
             maxima,
             max_script_bytes: 64 << 20,
             network: Default::default(),
+            forwarding: Default::default(),
             resolve: Default::default(),
             ephemeral_pool: 0,
         }

@@ -29,6 +29,9 @@ pub struct OpenOptions {
     pub from: Option<super::CloneSource>,
     /// Egress policy of a new session; the configured default when `None`.
     pub network: Option<crate::network::NetworkPolicy>,
+    /// SSH forwards a new session takes; the configured default when
+    /// `None`.
+    pub forwarding: Option<crate::types::ForwardingPolicy>,
 }
 
 /// In-memory state of one session.
@@ -109,6 +112,7 @@ impl Manager {
             network: crate::types::NetworkInfo {
                 policy: r.network.clone(),
                 egress: slot.egress_stats.snapshot(),
+                forwarding: r.forwarding,
             },
             state: if self.runtime.is_running(&r.box_id) {
                 SessionState::Running
@@ -186,6 +190,7 @@ impl Manager {
             },
             run_timeout_secs: options.resources.run_timeout_secs,
             idle_timeout_secs: options.resources.idle_timeout_secs,
+            forwarding: options.forwarding.unwrap_or(self.config.forwarding),
         };
         let spec = self.spec_of(&record);
         self.runtime.create(&spec).await?;
@@ -241,6 +246,7 @@ impl Manager {
             network: origin.network.clone(),
             run_timeout_secs: origin.run_timeout_secs,
             idle_timeout_secs: origin.idle_timeout_secs,
+            forwarding: origin.forwarding,
         };
         let spec = self.spec_of(&record);
         self.runtime

@@ -32,6 +32,9 @@ pub struct SessionRecord {
     pub run_timeout_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u64>,
+    /// Which SSH forwards it takes (all when absent).
+    #[serde(default)]
+    pub forwarding: crate::types::ForwardingPolicy,
 }
 
 /// The session records under `<data>/sessions/<name>/session.json`.
@@ -223,6 +226,7 @@ mod tests {
             network: Default::default(),
             run_timeout_secs: None,
             idle_timeout_secs: Some(60),
+            forwarding: Default::default(),
         }
     }
 
