@@ -1,13 +1,20 @@
-//! `blink-cli doctor`: which runtime is usable here, and why.
+//! `blink-cli doctor`: which runtime is usable here, and why; and which
+//! way commands go (backend.rs).
 
 use std::process::ExitCode;
 
+use crate::backend::Backend;
 use crate::output::{self, Context};
 
-pub fn doctor(ctx: &Context) -> anyhow::Result<ExitCode> {
+pub async fn doctor(ctx: &Context) -> anyhow::Result<ExitCode> {
     let report = blink_sdk::runtime::diagnose();
+    let path = Backend::describe(&ctx.data_dir, ctx.server.as_deref()).await?;
     if ctx.json {
-        output::print_json(&report)?;
+        output::print_json(&serde_json::json!({
+            "runtimes": report,
+            "data_dir": ctx.data_dir,
+            "path": path,
+        }))?;
     } else {
         for d in &report {
             println!(
@@ -25,8 +32,10 @@ pub fn doctor(ctx: &Context) -> anyhow::Result<ExitCode> {
             }
         }
         println!("data dir: {}", ctx.data_dir.display());
+        println!("path: {path}");
     }
-    let any = report.iter().any(|d| d.usable);
+    // Through a server, its runtime is what counts; here, one must do.
+    let any = path.kind == "server" || report.iter().any(|d| d.usable);
     Ok(if any {
         ExitCode::SUCCESS
     } else {

@@ -4,13 +4,18 @@
 //! exit with the sandbox command's exit code; Blink's own failures exit
 //! with 125 (like `docker run`), after a message naming the problem.
 
+mod api_client;
 mod archive;
+mod attach;
+mod backend;
 mod checkpoint;
 mod doctor;
 mod gateway;
 mod image;
 mod keys;
 mod output;
+mod remote_archive;
+mod remote_run;
 mod run;
 mod session;
 mod terminal;
@@ -30,6 +35,13 @@ struct Cli {
     /// $BLINK_DATA_DIR, /var/lib/blink for root, else ~/.local/share/blink.
     #[arg(long, global = true, env = "BLINK_DATA_DIR")]
     data_dir: Option<PathBuf>,
+
+    /// Go through this blink-server's REST API: http://HOST:PORT (its
+    /// token in $BLINK_API_TOKEN) or unix:SOCKET. Default: the server that
+    /// holds the data dir, through its socket (<data-dir>/blink.sock),
+    /// else the data dir directly.
+    #[arg(long, global = true, env = "BLINK_API_URL", value_name = "URL")]
+    server: Option<String>,
 
     /// Print machine-readable JSON instead of human output.
     #[arg(long, global = true)]
@@ -53,7 +65,8 @@ enum Command {
     /// Local OCI images.
     #[command(subcommand)]
     Image(image::ImageCommand),
-    /// Which runtime is usable here, and why.
+    /// Which runtime is usable here, and why; and which way commands go
+    /// (directly on the data dir, or through a server).
     Doctor,
     /// The SSH gateway (`blink-server`).
     #[command(subcommand)]
@@ -78,13 +91,14 @@ fn main() -> ExitCode {
             .clone()
             .unwrap_or_else(blink_sdk::manager::default_data_dir),
         cli.json,
+        cli.server.clone(),
     );
     let result = runtime.block_on(async {
         let result = match cli.command {
             Command::Run(args) => run::run(&ctx, args).await,
             Command::Session(cmd) => session::dispatch(&ctx, cmd).await,
             Command::Image(cmd) => image::dispatch(&ctx, cmd).await,
-            Command::Doctor => doctor::doctor(&ctx),
+            Command::Doctor => doctor::doctor(&ctx).await,
             Command::Gateway(cmd) => gateway::dispatch(&ctx, cmd),
         };
         ctx.close().await;

@@ -314,7 +314,7 @@ fn limits_apply_while_running_and_nothing_outlives_the_cli() {
     };
     let (code, doctor) = Blink::new().json(&["doctor"]);
     assert_eq!(code, Some(0));
-    let limits = doctor[0]["checks"]
+    let limits = doctor["runtimes"][0]["checks"]
         .as_array()
         .unwrap()
         .iter()

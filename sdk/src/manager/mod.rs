@@ -44,7 +44,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use self::archives::{ByteProgress, ExportOptions};
 pub use self::checkpoints::CloneSource;
 pub use self::collect::Collected;
-pub use self::config::{MEMORY_DIR, ManagerConfig, default_data_dir, gateway_dir};
+pub use self::config::{MEMORY_DIR, ManagerConfig, api_socket, default_data_dir, gateway_dir};
 pub use self::executions::{EphemeralBox, Lease, Sandbox, Started, Target};
 pub use self::forwarding::{ForwardListener, ForwardRules, Forwarded};
 pub use self::keys::KeyStore;
