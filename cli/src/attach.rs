@@ -125,6 +125,7 @@ pub async fn spawn(
         }
     }
     let _ = stdout.flush().await;
+    let _ = stderr.flush().await;
     drop(raw);
     match code {
         Some(code) => Ok(output::exit_code(code)),

@@ -4,9 +4,11 @@
 //! is shared and the output is the same:
 //!
 //! - `--server URL` / `BLINK_API_URL`: that server's REST API;
-//! - else the manager on the data dir, as without a server;
-//! - unless another process holds the data dir and its server answers on
-//!   `<data>/blink.sock`: then through that socket.
+//! - else the server that holds the data dir, when it answers on
+//!   `<data>/blink.sock` (asked first, so the data dir is not touched; and
+//!   again when the data dir turns out to be locked);
+//! - else the manager on the data dir, as without a server; a data dir
+//!   held by another process without a server is refused as before.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -57,17 +59,19 @@ impl Backend {
             Endpoint::Unix(blink_sdk::manager::api_socket(data_dir)),
             None,
         );
+        // A server that answers on the data dir's socket holds it: go
+        // through it without touching the data dir (keys too, so that it
+        // sees changes at once).
+        if socket_present(data_dir) && local.answers().await {
+            return Ok(Self::Server(local));
+        }
         if need == Need::Files {
-            // Through the server when one runs, so it sees changes at once.
-            return Ok(if socket_present(data_dir) && local.answers().await {
-                Self::Server(local)
-            } else {
-                Self::Files
-            });
+            return Ok(Self::Files);
         }
         match Manager::open(ManagerConfig::new(data_dir)).await {
             Ok(m) => Ok(Self::Direct(m)),
             Err(e @ blink_sdk::Error::DataDirLocked { .. }) => {
+                // A server that has just started holds it.
                 if socket_present(data_dir) && local.answers().await {
                     tracing::debug!("data dir held by a server: using its local socket");
                     Ok(Self::Server(local))

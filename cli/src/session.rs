@@ -596,7 +596,10 @@ pub async fn write_chunk(
             let _ = stdout.flush().await;
         }
         Stream::Stderr => {
+            // Flushed too: tokio hands writes to a thread, and this
+            // process may end right after the last one.
             let _ = stderr.write_all(data).await;
+            let _ = stderr.flush().await;
         }
     }
 }

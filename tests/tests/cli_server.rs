@@ -124,37 +124,80 @@ fn check_session_commands(cli: &Cli, name: &str) -> BTreeMap<&'static str, Value
     assert_eq!(again["session"]["box_id"], box_id.as_str(), "{way}");
 
     let human = cli.ok(&["session", "ls"]);
-    assert!(human.contains(name) && human.contains("namespace"), "{way}: {human}");
+    assert!(
+        human.contains(name) && human.contains("namespace"),
+        "{way}: {human}"
+    );
     let (_, list) = cli.json(&["session", "ls"]);
-    assert!(list.as_array().unwrap().iter().any(|s| s["name"] == name), "{way}: {list}");
+    assert!(
+        list.as_array().unwrap().iter().any(|s| s["name"] == name),
+        "{way}: {list}"
+    );
     answers.insert("ls", list);
     let (_, info) = cli.json(&["session", "info", "--name", name]);
     assert_eq!(info["box_id"], box_id.as_str(), "{way}");
     answers.insert("info", info);
-    assert!(cli.ok(&["session", "info", "--name", name]).contains(&box_id));
+    assert!(
+        cli.ok(&["session", "info", "--name", name])
+            .contains(&box_id)
+    );
 
     // Exit codes, stdout and stderr pass through.
     let out = cli.run(&[
-        "session", "exec", "--name", name, "--", "sh", "-c", "echo out; echo err >&2; exit 42",
+        "session",
+        "exec",
+        "--name",
+        name,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 42",
     ]);
     assert_eq!(out.status.code(), Some(42), "{way}: {}", texts(&out).1);
     assert_eq!(texts(&out).0, "out\n", "{way}");
     assert!(texts(&out).1.contains("err"), "{way}: {}", texts(&out).1);
     let out = cli.run(&["session", "exec", "--name", name, "--", "no-such-program"]);
     assert_eq!(out.status.code(), Some(127), "{way}");
-    assert!(texts(&out).1.contains("no-such-program"), "{way}: {}", texts(&out).1);
-    let (code, v) = cli.json(&["session", "exec", "--name", name, "--", "sh", "-c", "exit 3"]);
-    assert_eq!((code, &v["exit_code"]), (Some(3), &Value::from(3)), "{way}: {v}");
+    assert!(
+        texts(&out).1.contains("no-such-program"),
+        "{way}: {}",
+        texts(&out).1
+    );
+    let (code, v) = cli.json(&[
+        "session", "exec", "--name", name, "--", "sh", "-c", "exit 3",
+    ]);
+    assert_eq!(
+        (code, &v["exit_code"]),
+        (Some(3), &Value::from(3)),
+        "{way}: {v}"
+    );
     assert_eq!(v["session"], name, "{way}");
     answers.insert("exec", v);
-    let out = cli.run(&["session", "exec", "--name", name, "--timeout", "1", "--", "sleep", "20"]);
+    let out = cli.run(&[
+        "session",
+        "exec",
+        "--name",
+        name,
+        "--timeout",
+        "1",
+        "--",
+        "sleep",
+        "20",
+    ]);
     assert_eq!(out.status.code(), Some(124), "{way}: {}", texts(&out).1);
-    assert!(texts(&out).1.contains("timed out"), "{way}: {}", texts(&out).1);
+    assert!(
+        texts(&out).1.contains("timed out"),
+        "{way}: {}",
+        texts(&out).1
+    );
 
     // Stdin, byte for byte.
     let mut data = vec![0u8; 64 << 10];
     rand::rng().fill_bytes(&mut data);
-    let out = run(&mut cli.cmd(&["session", "exec", "--name", name, "--", "cat"]), &data);
+    let out = run(
+        &mut cli.cmd(&["session", "exec", "--name", name, "--", "cat"]),
+        &data,
+    );
     assert!(out.status.success(), "{way}: {}", texts(&out).1);
     assert!(out.stdout == data, "{way}: stdin came back different");
 
@@ -172,23 +215,39 @@ fn check_session_commands(cli: &Cli, name: &str) -> BTreeMap<&'static str, Value
     let out = cli.run(&["session", "run", "--name", name, "/no/such/script.sh"]);
     assert_eq!(out.status.code(), Some(125), "{way}");
     assert!(
-        texts(&out).1.contains("script /no/such/script.sh not found"),
+        texts(&out)
+            .1
+            .contains("script /no/such/script.sh not found"),
         "{way}: {}",
         texts(&out).1
     );
 
     // Network policy and forwarding switches.
     let (code, v) = cli.json(&[
-        "session", "network", "--name", name, "--allow", "example.com", "--local-forwarding", "off",
+        "session",
+        "network",
+        "--name",
+        name,
+        "--allow",
+        "example.com",
+        "--local-forwarding",
+        "off",
     ]);
     assert_eq!(code, Some(0), "{way}: {v}");
     assert_eq!(v["policy"]["mode"], "proxy", "{way}");
-    assert_eq!(v["policy"]["allow"], serde_json::json!(["example.com"]), "{way}");
+    assert_eq!(
+        v["policy"]["allow"],
+        serde_json::json!(["example.com"]),
+        "{way}"
+    );
     assert_eq!(v["forwarding"]["local"], false, "{way}");
     assert_eq!(v["forwarding"]["remote"], true, "{way}");
     answers.insert("network", v);
     let human = cli.ok(&["session", "network", "--name", name, "--none"]);
-    assert!(human.contains("mode:  None") && human.contains("local off"), "{way}: {human}");
+    assert!(
+        human.contains("mode:  None") && human.contains("local off"),
+        "{way}: {human}"
+    );
 
     // Size and usage.
     let (code, v) = cli.json(&["session", "resources", "--name", name, "--memory", "256M"]);
@@ -208,29 +267,66 @@ fn check_session_commands(cli: &Cli, name: &str) -> BTreeMap<&'static str, Value
         cli.ok(&["session", "exec", "--name", name, "--", "sh", "-c", &cmd]);
     };
     write("v1");
-    let (code, v) = cli.json(&["session", "checkpoint", "--name", name, "--snapshot", "snap1"]);
-    assert_eq!((code, &v["name"]), (Some(0), &Value::from("snap1")), "{way}: {v}");
+    let (code, v) = cli.json(&[
+        "session",
+        "checkpoint",
+        "--name",
+        name,
+        "--snapshot",
+        "snap1",
+    ]);
+    assert_eq!(
+        (code, &v["name"]),
+        (Some(0), &Value::from("snap1")),
+        "{way}: {v}"
+    );
     answers.insert("checkpoint", v);
     write("v2");
     let (_, v) = cli.json(&["session", "list", "--name", name]);
     assert_eq!(v["checkpoints"][0]["name"], "snap1", "{way}: {v}");
-    assert!(cli.ok(&["session", "list", "--name", name]).contains("snap1"));
+    assert!(
+        cli.ok(&["session", "list", "--name", name])
+            .contains("snap1")
+    );
     let (code, v) = cli.json(&["session", "restore", "--name", name, "--snapshot", "snap1"]);
     assert_eq!(code, Some(0), "{way}: {v}");
     assert_eq!(v["name"], name, "{way}");
     answers.insert("restore", v);
-    let back = cli.ok(&["session", "exec", "--name", name, "--", "cat", "/var/blink/memory/f"]);
+    let back = cli.ok(&[
+        "session",
+        "exec",
+        "--name",
+        name,
+        "--",
+        "cat",
+        "/var/blink/memory/f",
+    ]);
     assert_eq!(back, "v1\n", "{way}");
-    cli.ok(&["session", "checkpoint", "rm", "--name", name, "--snapshot", "snap1"]);
+    cli.ok(&[
+        "session",
+        "checkpoint",
+        "rm",
+        "--name",
+        name,
+        "--snapshot",
+        "snap1",
+    ]);
     let (_, v) = cli.json(&["session", "list", "--name", name]);
     assert_eq!(v["checkpoints"], serde_json::json!([]), "{way}");
 
     // Bad input: the same messages and exit code.
     let out = cli.run(&["session", "info", "--name", "ghost"]);
     assert_eq!(out.status.code(), Some(125), "{way}");
-    assert!(texts(&out).1.contains("session \"ghost\" not found"), "{way}: {}", texts(&out).1);
+    assert!(
+        texts(&out).1.contains("session \"ghost\" not found"),
+        "{way}: {}",
+        texts(&out).1
+    );
     let (code, v) = cli.json(&["session", "info", "--name", "ghost"]);
-    assert_eq!((code, &v["error"]["code"]), (Some(125), &Value::from("session_not_found")));
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (Some(125), &Value::from("session_not_found"))
+    );
     let out = cli.run(&["session", "open", "--name", "Bad/Name"]);
     assert_eq!(out.status.code(), Some(125), "{way}");
     assert!(
@@ -240,10 +336,17 @@ fn check_session_commands(cli: &Cli, name: &str) -> BTreeMap<&'static str, Value
     );
 
     let (code, v) = cli.json(&["session", "stop", "--name", name]);
-    assert_eq!((code, &v["state"]), (Some(0), &Value::from("stopped")), "{way}: {v}");
+    assert_eq!(
+        (code, &v["state"]),
+        (Some(0), &Value::from("stopped")),
+        "{way}: {v}"
+    );
     cli.ok(&["session", "rm", "--name", name]);
     let (_, list) = cli.json(&["session", "ls"]);
-    assert!(!list.as_array().unwrap().iter().any(|s| s["name"] == name), "{way}");
+    assert!(
+        !list.as_array().unwrap().iter().any(|s| s["name"] == name),
+        "{way}"
+    );
     answers
 }
 
@@ -320,7 +423,10 @@ fn session_commands_work_the_same_direct_through_the_socket_and_remote() {
     for (what, direct) in &from_direct {
         for (way, other) in [("socket", &from_socket), ("remote", &from_remote)] {
             if let Err(e) = same_shape(direct, &other[what]) {
-                panic!("{what} --json differs {way} vs direct: {e}\n{direct}\n{}", other[what]);
+                panic!(
+                    "{what} --json differs {way} vs direct: {e}\n{direct}\n{}",
+                    other[what]
+                );
             }
         }
     }
@@ -342,7 +448,10 @@ fn a_wrong_token_or_url_is_refused_clearly() {
         assert_eq!(out.status.code(), Some(125));
         assert!(texts(&out).1.contains("Bearer"), "{}", texts(&out).1);
         let (code, v) = cli.json(&["session", "ls"]);
-        assert_eq!((code, &v["error"]["code"]), (Some(125), &Value::from("unauthorized")));
+        assert_eq!(
+            (code, &v["error"]["code"]),
+            (Some(125), &Value::from("unauthorized"))
+        );
     }
     let bad = |url: &str, needle: &str| {
         let cli = Cli {
@@ -365,7 +474,10 @@ fn a_wrong_token_or_url_is_refused_clearly() {
         .local_addr()
         .unwrap()
         .port();
-    bad(&format!("http://127.0.0.1:{port}"), "cannot reach the Blink server");
+    bad(
+        &format!("http://127.0.0.1:{port}"),
+        "cannot reach the Blink server",
+    );
 }
 
 #[test]
@@ -395,7 +507,10 @@ fn a_held_data_dir_without_a_server_keeps_its_clear_message() {
     let _ = holder.kill();
     let _ = holder.wait();
     let refused = refused.expect("the held data dir was never refused");
-    assert!(refused.contains("in use by another Blink process"), "{refused}");
+    assert!(
+        refused.contains("in use by another Blink process"),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -415,7 +530,14 @@ fn export_import_keys_and_spawn_through_the_server() {
         let (name, copy) = (format!("e{i}"), format!("c{i}"));
         cli.ok(&["session", "open", "--name", &name]);
         cli.ok(&[
-            "session", "exec", "--name", &name, "--", "sh", "-c", "echo kept > /var/blink/memory/f",
+            "session",
+            "exec",
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo kept > /var/blink/memory/f",
         ]);
 
         // Export (made on the server, downloaded here), import (uploaded).
@@ -430,7 +552,15 @@ fn export_import_keys_and_spawn_through_the_server() {
         let (code, v) = cli.json(&["session", "import", archive_s, "--name", &copy]);
         assert_eq!(code, Some(0), "{way}: {v}");
         assert_eq!(v["session"]["name"], copy.as_str(), "{way}");
-        let out = cli.ok(&["session", "exec", "--name", &copy, "--", "cat", "/var/blink/memory/f"]);
+        let out = cli.ok(&[
+            "session",
+            "exec",
+            "--name",
+            &copy,
+            "--",
+            "cat",
+            "/var/blink/memory/f",
+        ]);
         assert_eq!(out, "kept\n", "{way}");
         let out = cli.run(&["session", "import", archive_s, "--name", &copy]);
         assert_eq!(out.status.code(), Some(125), "{way}");
@@ -440,21 +570,45 @@ fn export_import_keys_and_spawn_through_the_server() {
         let ssh = |cmd: &str| run(client.ssh(&server, "id", &copy).arg(cmd), b"");
         assert!(!ssh("true").status.success(), "{way}: no key yet");
         let key = client.path("id.pub");
-        let (code, v) = cli.json(&["session", "keys", "add", "--name", &copy, key.to_str().unwrap()]);
-        assert_eq!((code, &v["added"]), (Some(0), &Value::from(true)), "{way}: {v}");
+        let (code, v) = cli.json(&[
+            "session",
+            "keys",
+            "add",
+            "--name",
+            &copy,
+            key.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            (code, &v["added"]),
+            (Some(0), &Value::from(true)),
+            "{way}: {v}"
+        );
         let fingerprint = v["key"]["fingerprint"].as_str().unwrap().to_owned();
         let out = ssh("cat /var/blink/memory/f");
         assert!(out.status.success(), "{way}: {}", texts(&out).1);
         assert_eq!(texts(&out).0, "kept\n");
-        assert!(cli.ok(&["session", "keys", "ls", "--name", &copy]).contains(&fingerprint));
+        assert!(
+            cli.ok(&["session", "keys", "ls", "--name", &copy])
+                .contains(&fingerprint)
+        );
         cli.ok(&["session", "keys", "rm", "--name", &copy, &fingerprint]);
-        assert!(!ssh("true").status.success(), "{way}: a removed key logged in");
+        assert!(
+            !ssh("true").status.success(),
+            "{way}: a removed key logged in"
+        );
         let out = cli.run(&["session", "keys", "rm", "--name", &copy, &fingerprint]);
         assert_eq!(out.status.code(), Some(125), "{way}");
 
         // Spawn in pipe mode: streams apart, the exit code passes.
         let out = cli.run(&[
-            "session", "spawn", "--name", &name, "--", "sh", "-c", "echo out; echo err >&2; exit 7",
+            "session",
+            "spawn",
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
         ]);
         assert_eq!(out.status.code(), Some(7), "{way}: {}", texts(&out).1);
         assert_eq!(texts(&out).0, "out\n", "{way}");
@@ -463,7 +617,15 @@ fn export_import_keys_and_spawn_through_the_server() {
         // Spawn on a terminal: script(1) gives blink-cli one, whose size
         // the sandbox's terminal takes.
         let mut inner = cli.cmd(&[
-            "session", "spawn", "--name", &name, "--tty", "--", "sh", "-c", "tty; stty size",
+            "session",
+            "spawn",
+            "--name",
+            &name,
+            "--tty",
+            "--",
+            "sh",
+            "-c",
+            "tty; stty size",
         ]);
         let line = std::iter::once(inner.get_program())
             .chain(inner.get_args())

@@ -98,9 +98,8 @@ impl Manager {
     /// inside a tokio runtime.
     pub async fn open(config: ManagerConfig) -> Result<Arc<Self>> {
         let data = &config.data_dir;
-        crate::runtime::local::private_dir(data)?;
         // The lock before the runtime: a runtime tidies its directory.
-        let lock = DataDirLock::acquire(data)?;
+        let lock = lock_data_dir(data)?;
         let images = Arc::new(ImageStore::open(&data.join("images"))?);
         let runtime: Arc<dyn Runtime> = match config.runtime {
             RuntimeKind::Local => Arc::new(LocalRuntime::new(
@@ -129,8 +128,7 @@ impl Manager {
         runtime: Arc<dyn Runtime>,
         images: Arc<ImageStore>,
     ) -> Result<Arc<Self>> {
-        crate::runtime::local::private_dir(&config.data_dir)?;
-        let lock = DataDirLock::acquire(&config.data_dir)?;
+        let lock = lock_data_dir(&config.data_dir)?;
         Self::assemble(config, runtime, images, lock).await
     }
 
@@ -221,6 +219,21 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Make the data dir if missing and take its lock; only then make it
+/// private. A process refused here changes nothing: the holder has set
+/// the modes its sandboxes need (the local runtime's data dir is 0711).
+fn lock_data_dir(data: &std::path::Path) -> Result<DataDirLock> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .map_err(|e| Error::io(format!("creating {}", data.display()), e))?;
+    let lock = DataDirLock::acquire(data)?;
+    crate::runtime::local::private_dir(data)?;
+    Ok(lock)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
