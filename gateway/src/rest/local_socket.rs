@@ -22,14 +22,19 @@ pub struct LocalSocket;
 /// The bound socket's file, removed at shutdown if it is still ours.
 pub struct SocketFile {
     pub path: PathBuf,
-    dev: u64,
-    ino: u64,
+    /// Device, inode and change time: an inode number alone comes back
+    /// for the next socket made there.
+    id: (u64, u64, i64, i64),
+}
+
+fn identity(meta: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
 }
 
 impl SocketFile {
     pub fn remove(&self) {
         let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);
+            .is_ok_and(|m| identity(&m) == self.id);
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -61,8 +66,7 @@ pub fn bind(data_dir: &Path) -> anyhow::Result<(tokio::net::UnixListener, Socket
             listener,
             SocketFile {
                 path: path.clone(),
-                dev: meta.dev(),
-                ino: meta.ino(),
+                id: identity(&meta),
             },
         ))
     })();
