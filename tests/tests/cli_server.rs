@@ -212,6 +212,20 @@ fn check_session_commands(cli: &Cli, name: &str) -> BTreeMap<&'static str, Value
     let out = cli.run(&["session", "run", "--name", name, script, "arg1"]);
     assert_eq!(out.status.code(), Some(42), "{way}: {}", texts(&out).1);
     assert_eq!(texts(&out).0, format!("in {name} arg1\n"), "{way}");
+    // And once in a fresh sandbox.
+    let out = cli.run(&["run", script, "once"]);
+    assert_eq!(out.status.code(), Some(42), "{way}: {}", texts(&out).1);
+    assert!(
+        texts(&out).0.starts_with("in ") && texts(&out).0.ends_with(" once\n"),
+        "{way}"
+    );
+    let (code, v) = cli.json(&["run", script, "once"]);
+    assert_eq!(
+        (code, &v["session"]),
+        (Some(42), &Value::Null),
+        "{way}: {v}"
+    );
+    answers.insert("run", v);
     let out = cli.run(&["session", "run", "--name", name, "/no/such/script.sh"]);
     assert_eq!(out.status.code(), Some(125), "{way}");
     assert!(

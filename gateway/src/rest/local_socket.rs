@@ -33,8 +33,7 @@ fn identity(meta: &std::fs::Metadata) -> (u64, u64, i64, i64) {
 
 impl SocketFile {
     pub fn remove(&self) {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| identity(&m) == self.id);
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| identity(&m) == self.id);
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }
