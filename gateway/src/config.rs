@@ -44,6 +44,8 @@ pub struct FileConfig {
     pub sandbox: SandboxConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    #[serde(default)]
+    pub recording: crate::recording::RecordingConfig,
 }
 
 /// The `[network]` table: sessions' egress (docs/NETWORK.md).
@@ -284,6 +286,7 @@ impl FileConfig {
         }
         blink_sdk::network::validate(&self.network.policy())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.recording.validate().map_err(ConfigError::Invalid)?;
         let l = &self.ssh.limits;
         let positive = [
             ("max_auth_attempts", l.max_auth_attempts as u64),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use blink_sdk::manager::{Manager, ManagerConfig, default_data_dir};
 use blink_server::config::FileConfig;
+use blink_server::recording::Recordings;
 use blink_server::{hostkey, rest, ssh};
 use clap::Parser;
 
@@ -53,6 +54,9 @@ struct Args {
     #[arg(long)]
     script_dir: Vec<PathBuf>,
 }
+
+/// How long recordings still being written at shutdown may take to end.
+const RECORDINGS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -147,22 +151,29 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening data dir {}", data_dir.display()))?;
     let ssh_grace = file.ssh.shutdown_grace();
+    // One set of recordings for SSH and REST alike.
+    let recordings = Recordings::new(file.recording, &data_dir);
+    recordings.start_retention();
     // Listen before the servers say they are up, so no signal is missed.
     let signalled = shutdown_signal()?;
-    let http = rest::start(manager.clone(), file.rest).await?;
-    let ssh = match ssh::start(manager.clone(), file.ssh, host_key).await {
+    let http = rest::start(manager.clone(), file.rest, recordings.clone()).await?;
+    let ssh = match ssh::start(manager.clone(), file.ssh, host_key, recordings.clone()).await {
         Ok(ssh) => ssh,
         Err(e) => {
             http.shutdown().await;
             manager.shutdown().await;
+            recordings.shutdown(RECORDINGS_GRACE).await;
             return Err(e);
         }
     };
     signalled.await;
     tracing::info!("shutting down");
-    // Connections and runs drain together; the sandboxes stop after them.
+    // Connections and runs drain together; the sandboxes stop after them;
+    // then the recordings of what ran (REST spawns end with their
+    // sandboxes) are finished.
     tokio::join!(ssh.shutdown(ssh_grace), http.shutdown());
     manager.shutdown().await;
+    recordings.shutdown(RECORDINGS_GRACE).await;
     tracing::info!("blink-server shut down");
     Ok(())
 }

@@ -56,6 +56,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/sessions/nosuch/spawn"),
     ("POST", "/api/sessions/fuzz/keys"),
     ("POST", "/api/sessions/nosuch/keys"),
+    ("PUT", "/api/sessions/fuzz/recording"),
+    ("PUT", "/api/sessions/nosuch/recording"),
 ];
 
 struct Env {
@@ -101,6 +103,13 @@ impl Env {
             script_dirs: Arc::new(Vec::new()),
             shutdown,
             attachments: Arc::new(tokio::sync::Semaphore::new(4)),
+            recordings: crate::recording::Recordings::new(
+                crate::recording::RecordingConfig {
+                    enabled: true,
+                    ..Default::default()
+                },
+                dir.path(),
+            ),
         };
         let guard = Arc::new(super::guard::Guard::new(
             &state.config,
@@ -372,6 +381,10 @@ fn bodies_through_the_router() {
                     ("DELETE", "/api/sessions/fuzz/keys/{}"),
                     ("POST", "/api/sessions/{}/stop"),
                     ("GET", "/api/sessions/{}?force=maybe"),
+                    ("GET", "/api/sessions/{}/recordings"),
+                    ("GET", "/api/sessions/fuzz/recordings/{}"),
+                    ("DELETE", "/api/sessions/fuzz/recordings/{}"),
+                    ("GET", "/api/sessions/{}/recording"),
                 ]),
                 "\\PC{0,80}",
             ),
@@ -405,6 +418,7 @@ fn body_types_deserialize_cleanly() {
             let _ = serde_json::from_slice::<super::sessions::OpenRequest>(&b);
             let _ = serde_json::from_slice::<super::spawn::SpawnRequest>(&b);
             let _ = serde_json::from_slice::<super::keys::AddKeyRequest>(&b);
+            let _ = serde_json::from_slice::<super::recordings::SwitchRequest>(&b);
             Ok(())
         })
         .map_err(|e| e.to_string())

@@ -15,6 +15,7 @@ mod keys;
 mod network;
 mod openapi;
 mod product;
+mod recordings;
 mod run_records;
 mod run_registry;
 mod runs;
@@ -45,6 +46,7 @@ use utoipa_axum::routes;
 pub use self::config::RestConfig;
 use self::error::ApiError;
 use self::run_registry::RunRegistry;
+use crate::recording::Recordings;
 
 /// What every handler sees.
 #[derive(Clone)]
@@ -58,6 +60,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// One permit per open WebSocket attachment.
     pub attachments: Arc<tokio::sync::Semaphore>,
+    /// PTY sessions' recordings (shared with the SSH gateway).
+    pub recordings: Arc<Recordings>,
 }
 
 /// The router and its OpenAPI document, built from the same route list.
@@ -86,6 +90,9 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(exports::export))
         .routes(routes!(exports::download))
         .routes(routes!(exports::import))
+        .routes(routes!(recordings::list))
+        .routes(routes!(recordings::download, recordings::remove))
+        .routes(routes!(recordings::get_switch, recordings::put_switch))
         .with_state(state.clone())
         .split_for_parts();
     let json = doc.to_json().unwrap_or_else(|_| "{}".into());
@@ -186,8 +193,13 @@ pub struct RestServer {
 }
 
 /// Bind and start serving. Prints `http listening on ADDR` on stdout once
-/// bound (tests and supervisors read it).
-pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<RestServer> {
+/// bound (tests and supervisors read it). Spawns with a terminal are
+/// recorded in `recordings` as its config says.
+pub async fn start(
+    manager: Arc<Manager>,
+    config: RestConfig,
+    recordings: Arc<Recordings>,
+) -> anyhow::Result<RestServer> {
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("config is invalid: {e}"))?;
@@ -230,6 +242,7 @@ pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<
         config: Arc::new(config),
         script_dirs: Arc::new(script_dirs),
         shutdown: shutdown_rx.clone(),
+        recordings,
     };
     exports::clean_up(
         exports::dir(&state),

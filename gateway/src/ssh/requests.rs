@@ -201,6 +201,7 @@ impl Conn {
         }
         let job = channel::Job {
             manager: self.gateway.manager.clone(),
+            recordings: self.gateway.recordings.clone(),
             session: name,
             login_peer: self.peer,
             what,

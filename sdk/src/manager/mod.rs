@@ -48,7 +48,7 @@ pub use self::keys::KeyStore;
 pub use self::program::{Program, RunOptions};
 use self::sessions::Slot;
 pub use self::sessions::{ActivityGuard, OpenOptions};
-pub use self::spawn::{Attachment, Chunk, SpawnInfo, Spawned, Stream};
+pub use self::spawn::{Attachment, Chunk, Observer, SpawnInfo, Spawned, Stream};
 use self::store::{DataDirLock, Store};
 use crate::error::{Error, Result};
 use crate::image::ImageStore;
