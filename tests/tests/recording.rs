@@ -215,7 +215,7 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").status();
+        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
     }
 }
 
@@ -308,7 +308,10 @@ fn a_recorded_pty_session_replays_to_the_same_screen() {
     assert_eq!(rec["dropped_events"], 0);
     assert_eq!(rec["truncated"], false);
     assert_eq!(rec["input_recorded"], false);
-    assert_eq!((rec["cols"].as_u64(), rec["rows"].as_u64()), (Some(80), Some(24)));
+    assert_eq!(
+        (rec["cols"].as_u64(), rec["rows"].as_u64()),
+        (Some(80), Some(24))
+    );
     let id = rec["id"].as_str().unwrap();
 
     let path = format!("/api/sessions/s1/recordings/{id}");
@@ -318,7 +321,10 @@ fn a_recorded_pty_session_replays_to_the_same_screen() {
     assert_eq!(rec["bytes"].as_u64(), Some(body.len() as u64));
     let cast = Cast::parse(&body);
     let h = &cast.header;
-    assert_eq!((h["width"].as_u64(), h["height"].as_u64()), (Some(80), Some(24)));
+    assert_eq!(
+        (h["width"].as_u64(), h["height"].as_u64()),
+        (Some(80), Some(24))
+    );
     assert_eq!(h["env"]["TERM"], "screen-256color");
     assert_eq!(h["env"]["SHELL"], "/bin/sh");
     assert!(h["title"].as_str().unwrap().starts_with("s1 "), "{h}");
@@ -328,7 +334,12 @@ fn a_recorded_pty_session_replays_to_the_same_screen() {
     assert_eq!(cast.of("r"), ["100x30"]);
     assert!(cast.of("i").is_empty());
     let output = cast.output();
-    for needle in ["built-in shell", "before: héllo wörld ✓", "size=30 100", "done"] {
+    for needle in [
+        "built-in shell",
+        "before: héllo wörld ✓",
+        "size=30 100",
+        "done",
+    ] {
         assert!(output.contains(needle), "no {needle:?} in {output:?}");
     }
 
@@ -403,7 +414,9 @@ fn switches_decide_what_is_recorded() {
     );
     pty_exec(&f, "echo not-recorded");
     // s1's own switch on: PTY sessions are recorded, others are not.
-    let a = f.server.put("/api/sessions/s1/recording", json!({"enabled": true}));
+    let a = f
+        .server
+        .put("/api/sessions/s1/recording", json!({"enabled": true}));
     assert_eq!(a.status, 200, "{:?}", a.body);
     assert_eq!(a.body["enabled"], true);
     assert_eq!(a.body["session_switch"], true);
@@ -412,22 +425,31 @@ fn switches_decide_what_is_recorded() {
     let listed = wait_finished(&f.server, "s1", 1);
     let (_, _, body) = download(
         &f.server,
-        &format!("/api/sessions/s1/recordings/{}", listed[0]["id"].as_str().unwrap()),
+        &format!(
+            "/api/sessions/s1/recordings/{}",
+            listed[0]["id"].as_str().unwrap()
+        ),
         None,
     );
     let cast = Cast::parse(&body);
     assert!(cast.output().contains("recorded\r\n"), "{}", cast.output());
     assert_eq!(cast.header["command"], "echo recorded");
     // Off again.
-    let a = f.server.put("/api/sessions/s1/recording", json!({"enabled": false}));
+    let a = f
+        .server
+        .put("/api/sessions/s1/recording", json!({"enabled": false}));
     assert_eq!(a.body["enabled"], false);
     pty_exec(&f, "echo off-again");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(list(&f.server, "s1").len(), 1);
     // Bad bodies and names are named.
-    let a = f.server.put("/api/sessions/s1/recording", json!({"enabled": "yes"}));
+    let a = f
+        .server
+        .put("/api/sessions/s1/recording", json!({"enabled": "yes"}));
     assert_eq!(a.status, 400, "{:?}", a.body);
-    let a = f.server.put("/api/sessions/nope/recording", json!({"enabled": true}));
+    let a = f
+        .server
+        .put("/api/sessions/nope/recording", json!({"enabled": true}));
     assert_eq!(a.code(), "session_not_found");
 }
 
@@ -441,7 +463,9 @@ fn recording_off_makes_no_file() {
     let a = f.server.get("/api/sessions/s1/recording");
     assert_eq!(a.body["enabled"], false);
     assert_eq!(a.body["server_enabled"], false);
-    let a = f.server.put("/api/sessions/s1/recording", json!({"enabled": true}));
+    let a = f
+        .server
+        .put("/api/sessions/s1/recording", json!({"enabled": true}));
     assert_eq!((a.status, a.code()), (409, "recording_disabled"));
     // Unknown sessions are not found.
     assert_eq!(
@@ -465,24 +489,32 @@ fn multibyte_characters_cut_between_reads_stay_whole() {
     let listed = wait_finished(&f.server, "s1", 1);
     let (_, _, body) = download(
         &f.server,
-        &format!("/api/sessions/s1/recordings/{}", listed[0]["id"].as_str().unwrap()),
+        &format!(
+            "/api/sessions/s1/recordings/{}",
+            listed[0]["id"].as_str().unwrap()
+        ),
         None,
     );
     let cast = Cast::parse(&body);
     let output = cast.output();
-    assert!(output.contains("a✓b\r\n"), "{output:?}");
+    // What the client got, bytes that are not UTF-8 as U+FFFD.
+    assert_eq!(output, seen);
+    assert!(output.contains("a✓b\r"), "{output:?}");
     assert!(output.contains("bad:\u{fffd}\u{fffd}:end"), "{output:?}");
     // The cut was real: `a` came in an event of its own, before the ✓.
     let events = cast.of("o");
-    let a = events.iter().position(|e| e.ends_with('a')).expect("`a` alone");
+    let a = events
+        .iter()
+        .position(|e| e.ends_with('a'))
+        .expect("`a` alone");
     assert!(events[a + 1].starts_with('✓'), "{events:?}");
 }
 
 #[test]
 fn the_size_cap_stops_the_cast_and_marks_it_incomplete() {
-    let Some(f) = SshFixture::with(|s| {
-        s.config(&recording_config("max_bytes_per_recording = 4096\n"))
-    }) else {
+    let Some(f) =
+        SshFixture::with(|s| s.config(&recording_config("max_bytes_per_recording = 4096\n")))
+    else {
         return;
     };
     let seen = pty_exec(
@@ -501,7 +533,10 @@ fn the_size_cap_stops_the_cast_and_marks_it_incomplete() {
     assert!(bytes <= 4096 && bytes > 4000, "{bytes}");
     let (_, _, body) = download(
         &f.server,
-        &format!("/api/sessions/s1/recordings/{}", rec["id"].as_str().unwrap()),
+        &format!(
+            "/api/sessions/s1/recordings/{}",
+            rec["id"].as_str().unwrap()
+        ),
         None,
     );
     // Whole lines up to the cap, each valid.
@@ -533,7 +568,10 @@ fn retention_removes_the_oldest_then_the_expired() {
     let ids: Vec<&str> = kept.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert!(!ids.contains(&first[0]["id"].as_str().unwrap()), "{ids:?}");
     assert_eq!(ids[0], two[1]["id"].as_str().unwrap());
-    let gone = format!("/api/sessions/s1/recordings/{}", first[0]["id"].as_str().unwrap());
+    let gone = format!(
+        "/api/sessions/s1/recordings/{}",
+        first[0]["id"].as_str().unwrap()
+    );
     assert_eq!(f.server.get(&gone).code(), "recording_not_found");
 }
 
@@ -578,8 +616,15 @@ fn recording_ids_cannot_leave_the_directory() {
     ];
     for bad in &bad_ids {
         for (method, answer) in [
-            ("GET", f.server.get(&format!("/api/sessions/s1/recordings/{bad}"))),
-            ("DELETE", f.server.delete(&format!("/api/sessions/s1/recordings/{bad}"))),
+            (
+                "GET",
+                f.server.get(&format!("/api/sessions/s1/recordings/{bad}")),
+            ),
+            (
+                "DELETE",
+                f.server
+                    .delete(&format!("/api/sessions/s1/recordings/{bad}")),
+            ),
         ] {
             assert_eq!(
                 (answer.status, answer.code()),
@@ -588,7 +633,10 @@ fn recording_ids_cannot_leave_the_directory() {
                 answer.body
             );
             assert!(
-                answer.body["error"]["message"].as_str().unwrap().starts_with("id: "),
+                answer.body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("id: "),
                 "{:?}",
                 answer.body
             );
@@ -596,20 +644,27 @@ fn recording_ids_cannot_leave_the_directory() {
     }
     // A bad session name is the name's error; a well-formed id that is
     // not there is not found.
-    let a = f.server.get(&format!("/api/sessions/..%2Fsessions/recordings/{id}"));
+    let a = f
+        .server
+        .get(&format!("/api/sessions/..%2Fsessions/recordings/{id}"));
     assert_eq!((a.status, a.code()), (400, "invalid_name"));
-    let a = f.server.get("/api/sessions/s1/recordings/1-0123456789abcdef");
+    let a = f
+        .server
+        .get("/api/sessions/s1/recordings/1-0123456789abcdef");
     assert_eq!((a.status, a.code()), (404, "recording_not_found"));
     // The recording is still there, and still the only one.
     assert_eq!(list(&f.server, "s1").len(), 1);
-    let (status, _, _) = download(&f.server, &format!("/api/sessions/s1/recordings/{id}"), None);
+    let (status, _, _) = download(
+        &f.server,
+        &format!("/api/sessions/s1/recordings/{id}"),
+        None,
+    );
     assert_eq!(status, 200);
 }
 
 #[test]
 fn a_rest_spawn_with_a_terminal_is_recorded() {
-    let Some(f) = SshFixture::with(|s| s.config(&recording_config("record_input = true\n")))
-    else {
+    let Some(f) = SshFixture::with(|s| s.config(&recording_config("record_input = true\n"))) else {
         return;
     };
     let server = &f.server;
@@ -627,7 +682,9 @@ fn a_rest_spawn_with_a_terminal_is_recorded() {
     assert_eq!(a.body["attached"], 0, "{:?}", a.body);
     let mut ws = server.ws(&format!("/api/sessions/s1/executions/{exec}/attach"));
     let mut got = Received::default();
-    assert!(read_until(&mut ws, &mut got, WAIT, |r| r.text().contains("rest-hello")));
+    assert!(read_until(&mut ws, &mut got, WAIT, |r| r
+        .text()
+        .contains("rest-hello")));
     send_control(&mut ws, json!({"type": "resize", "rows": 30, "cols": 100}));
     send_bytes(&mut ws, b"go\r");
     assert!(
@@ -645,7 +702,10 @@ fn a_rest_spawn_with_a_terminal_is_recorded() {
     assert_eq!(rec["complete"], true, "{rec}");
     let (_, _, body) = download(
         server,
-        &format!("/api/sessions/s1/recordings/{}", rec["id"].as_str().unwrap()),
+        &format!(
+            "/api/sessions/s1/recordings/{}",
+            rec["id"].as_str().unwrap()
+        ),
         None,
     );
     let cast = Cast::parse(&body);

@@ -290,7 +290,11 @@ impl Recordings {
 
     /// Make the cast (header written) and its metadata, and start its
     /// writer. Blocking: file system calls.
-    fn create(self: &Arc<Self>, meta: Meta, header: cast::Header) -> blink_sdk::Result<Arc<Recorder>> {
+    fn create(
+        self: &Arc<Self>,
+        meta: Meta,
+        header: cast::Header,
+    ) -> blink_sdk::Result<Arc<Recorder>> {
         self.store.make_session_dir(&meta.session)?;
         let (cast_path, _) = self.store.paths(&meta.session, &meta.id)?;
         // Active before its files exist, so retention never takes it.
@@ -421,7 +425,11 @@ impl Recordings {
     /// A session's recordings, oldest first. The session may be gone
     /// (recordings outlive it until retention removes them); a name with
     /// neither a session nor recordings is not found.
-    pub fn list(&self, manager: &Manager, session: &str) -> Result<Vec<RecordingInfo>, RecordingError> {
+    pub fn list(
+        &self,
+        manager: &Manager,
+        session: &str,
+    ) -> Result<Vec<RecordingInfo>, RecordingError> {
         let listed = self.store.list(session)?;
         if listed.is_empty() {
             manager.session_info(session)?;

@@ -213,7 +213,10 @@ impl Writer {
     fn take(&mut self, st: &mut State, queue: &Queue, event: Event) {
         match event {
             Event::Data { at, code, bytes } => {
-                queue.shared.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                queue
+                    .shared
+                    .queued
+                    .fetch_sub(bytes.len(), Ordering::Relaxed);
                 st.last_at = at;
                 let text = match code {
                     Code::Input => st.input.push(&bytes),
@@ -339,7 +342,11 @@ mod tests {
     }
 
     /// A writer on a fresh cast in a temporary store.
-    async fn writer(tmp: &std::path::Path, cap: u64, record_input: bool) -> (Recorder, Writer, Queue) {
+    async fn writer(
+        tmp: &std::path::Path,
+        cap: u64,
+        record_input: bool,
+    ) -> (Recorder, Writer, Queue) {
         let store = Store::new(tmp.join("recordings"));
         store.make_session_dir("s1").unwrap();
         let id = super::super::store::new_id(1);
@@ -375,7 +382,10 @@ mod tests {
         recorder.output(b"caf\xc3");
         recorder.output(b"\xa9 \xff!");
         recorder.input(b"secret\r");
-        recorder.resize(PtySize { rows: 30, cols: 100 });
+        recorder.resize(PtySize {
+            rows: 30,
+            cols: 100,
+        });
         recorder.output(b"\xe2\x9c");
         drop(recorder);
         let meta = task.await.unwrap();

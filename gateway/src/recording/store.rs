@@ -118,7 +118,10 @@ impl Store {
     pub fn paths(&self, session: &str, id: &str) -> Result<(PathBuf, PathBuf)> {
         let dir = self.session_dir(session)?;
         let id = check_id(id)?;
-        Ok((dir.join(format!("{id}.cast")), dir.join(format!("{id}.json"))))
+        Ok((
+            dir.join(format!("{id}.cast")),
+            dir.join(format!("{id}.json")),
+        ))
     }
 
     /// Write a recording's metadata (atomically: a temporary file renamed

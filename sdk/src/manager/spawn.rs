@@ -315,7 +315,11 @@ impl Spawned {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let live = self.live.subscribe();
-        (replay.chunks.iter().cloned().collect(), replay.dropped, live)
+        (
+            replay.chunks.iter().cloned().collect(),
+            replay.dropped,
+            live,
+        )
     }
 }
 
