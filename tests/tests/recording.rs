@@ -546,7 +546,7 @@ fn the_size_cap_stops_the_cast_and_marks_it_incomplete() {
 }
 
 #[test]
-fn retention_removes_the_oldest_then_the_expired() {
+fn retention_removes_the_oldest_past_the_total() {
     // Each recording here is ~2.3 KB; 6000 bytes hold two.
     let Some(f) = SshFixture::with(|s| {
         s.config(&recording_config(

@@ -228,8 +228,11 @@ impl Recordings {
 
     /// A new recording's metadata and cast header.
     fn describe(&self, b: &Begin<'_>) -> (Meta, cast::Header) {
-        let started = blink_sdk::manager::now_secs();
-        let id = store::new_id(started);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let started = now.as_secs();
+        let id = store::new_id(started, now.subsec_micros());
         let (login, peer, execution, source, title) = match &b.source {
             Source::Ssh { login, peer } => (
                 Some(login.clone()),
@@ -371,6 +374,9 @@ impl Recordings {
         size: PtySize,
         term: &str,
     ) {
+        if !self.config.enabled {
+            return;
+        }
         let Ok(info) = manager.session_info(session) else {
             return;
         };

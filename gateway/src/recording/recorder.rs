@@ -349,7 +349,7 @@ mod tests {
     ) -> (Recorder, Writer, Queue) {
         let store = Store::new(tmp.join("recordings"));
         store.make_session_dir("s1").unwrap();
-        let id = super::super::store::new_id(1);
+        let id = super::super::store::new_id(1, 0);
         let (cast, _) = store.paths("s1", &id).unwrap();
         let file = super::super::store::create_cast(&cast).unwrap();
         let (recorder, queue) = Recorder::new(id.clone(), record_input);

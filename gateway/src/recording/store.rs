@@ -79,10 +79,12 @@ pub fn check_id(id: &str) -> Result<&str> {
     }
 }
 
-/// A new id for a recording starting at `started`.
-pub fn new_id(started: u64) -> String {
+/// A new id for a recording starting at `started` (seconds) and `micros`
+/// into that second: the microseconds lead the hex part, so ids of one
+/// second sort in the order they were made (then 8 random hex digits).
+pub fn new_id(started: u64, micros: u32) -> String {
     let hex = uuid::Uuid::new_v4().simple().to_string();
-    format!("{started}-{}", &hex[..16])
+    format!("{started}-{:08x}{}", micros.min(999_999), &hex[..8])
 }
 
 /// The recordings directory.
@@ -351,7 +353,7 @@ mod tests {
 
     fn record(store: &Store, session: &str, started: u64, ended: u64, bytes: usize) -> String {
         store.make_session_dir(session).unwrap();
-        let id = new_id(started);
+        let id = new_id(started, 0);
         let (cast, _) = store.paths(session, &id).unwrap();
         let mut f = create_cast(&cast).unwrap();
         f.write_all(&vec![b'x'; bytes]).unwrap();
@@ -384,7 +386,10 @@ mod tests {
             assert_eq!(e.code(), "invalid_argument", "{bad}");
             assert!(e.to_string().starts_with("id: "), "{e}");
         }
-        assert!(check_id(&new_id(42)).is_ok());
+        assert!(check_id(&new_id(42, 999_999)).is_ok());
+        // Made in order within a second, they sort in that order.
+        let (a, b) = (new_id(7, 5), new_id(7, 40));
+        assert!(a < b, "{a} {b}");
     }
 
     #[test]

@@ -187,6 +187,9 @@ impl Job {
     /// is recorded (`recording/`).
     async fn begin_recording(&self) -> Option<Arc<Recorder>> {
         let pty = self.pty.as_ref()?;
+        if !self.recordings.config().enabled {
+            return None;
+        }
         let command = match &self.what {
             What::Shell => None,
             What::Exec(command) => Some(command.as_str()),
