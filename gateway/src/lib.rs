@@ -5,8 +5,10 @@
 //! `recording` is shared by both: PTY sessions recorded as asciicast
 //! files, listed and downloaded over REST.
 
+pub mod audit;
 pub mod config;
 pub mod hostkey;
+pub mod metrics;
 pub mod recording;
 pub mod rest;
 pub mod ssh;

@@ -39,6 +39,10 @@ pub use self::recorder::Recorder;
 pub use self::store::Meta;
 use self::store::{Store, Switch};
 
+/// The log target of recordings started, finished and removed (an audit
+/// target, `audit.rs`).
+const AUDIT: &str = "blink::recording";
+
 /// How often retention runs besides after each recording.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest command kept in a cast's header.
@@ -319,7 +323,7 @@ impl Recordings {
             }
         };
         let (recorder, queue) = recorder::Recorder::new(meta.id.clone(), self.config.record_input);
-        tracing::info!(session = %meta.session, recording = %meta.id, source = %meta.source, "recording started");
+        tracing::info!(target: AUDIT, session = %meta.session, recording = %meta.id, source = %meta.source, "recording started");
         let writer = recorder::Writer {
             store: self.store.clone(),
             meta,
@@ -338,6 +342,7 @@ impl Recordings {
     async fn finished(&self, meta: &Meta) {
         lock(&self.active).remove(&meta.id);
         tracing::info!(
+            target: AUDIT,
             session = %meta.session,
             recording = %meta.id,
             complete = meta.complete,
@@ -360,7 +365,7 @@ impl Recordings {
         .await
         .unwrap_or_default();
         for (session, id) in removed {
-            tracing::info!(session, recording = %id, "recording removed by retention");
+            tracing::info!(target: AUDIT, session, recording = %id, "recording removed by retention");
         }
     }
 
@@ -472,7 +477,7 @@ impl Recordings {
             return Err(RecordingError::Active(id.into()));
         }
         if self.store.remove(session, id)? {
-            tracing::info!(session, recording = %id, "recording removed");
+            tracing::info!(target: AUDIT, session, recording = %id, "recording removed");
             Ok(())
         } else {
             Err(RecordingError::NotFound {

@@ -13,6 +13,7 @@ pub(crate) mod fuzz_tests;
 mod guard;
 mod keys;
 mod network;
+mod observe;
 mod openapi;
 mod product;
 mod recordings;
@@ -69,6 +70,7 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
     let (api, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(product::health))
         .routes(routes!(product::product))
+        .routes(routes!(observe::metrics))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(runs::create_run))
         .routes(routes!(runs::get_run))
@@ -121,7 +123,9 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .layer(
             TraceLayer::new_for_http()
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-        );
+        )
+        // Outermost: sees every answer as the client gets it.
+        .layer(axum::middleware::from_fn(observe::observe));
     (app, doc)
 }
 
@@ -219,6 +223,7 @@ pub async fn start(
         .with_context(|| format!("binding the HTTP API to {}", config.listen))?;
     let local_addr = listener.local_addr().context("HTTP listener address")?;
     let (shutdown, shutdown_rx) = watch::channel(false);
+    crate::metrics::handle();
     let records_dir = manager.config().data_dir.join("runs");
     let records = run_records::RunRecords::open(&records_dir)
         .with_context(|| format!("opening the run records in {}", records_dir.display()))?;
@@ -253,6 +258,7 @@ pub async fn start(
     let (app, _) = router(state, guard);
     let mut stop = shutdown_rx;
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         });

@@ -48,6 +48,11 @@ impl What {
         (!command.contains('\0')).then(|| What::Exec(command.to_string()))
     }
 
+    /// The kind, for log lines and metrics.
+    pub fn kind(&self) -> &'static str {
+        self.argv().1
+    }
+
     /// The program and arguments, and the kind for the log line.
     fn argv(&self) -> (Vec<String>, &'static str) {
         match self {

@@ -199,6 +199,7 @@ impl Conn {
             env.retain(|(n, _)| *n != key);
             env.push((key, value));
         }
+        metrics::counter!(crate::metrics::SSH_CHANNELS_TOTAL, "kind" => what.kind()).increment(1);
         let job = channel::Job {
             manager: self.gateway.manager.clone(),
             recordings: self.gateway.recordings.clone(),

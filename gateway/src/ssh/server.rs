@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::admission::{Admission, RefusalLog};
-use super::auth::KeyCheck;
+use super::auth::LoginCheck;
 use super::connection::{self, CLOSE_WAIT};
 use super::shutdown::{Shutdown, Trigger};
 use crate::config::SshConfig;
@@ -34,7 +34,8 @@ pub(super) struct Gateway {
     pub(super) russh: Arc<russh::server::Config>,
     /// Authenticated connections per session.
     pub(super) per_session: Mutex<HashMap<String, usize>>,
-    pub(super) keys: KeyCheck,
+    /// Keys, certificates, revocations and the auth hook.
+    pub(super) auth: LoginCheck,
     /// Who may connect before authenticating.
     pub(super) admission: Arc<Admission>,
     /// Where PTY channels are recorded (if they are).
@@ -47,7 +48,7 @@ impl Gateway {
         config: SshConfig,
         host_key: PrivateKey,
         recordings: Arc<Recordings>,
-    ) -> Arc<Self> {
+    ) -> anyhow::Result<Arc<Self>> {
         let limits = &config.limits;
         let mut methods = MethodSet::empty();
         methods.push(MethodKind::PublicKey);
@@ -71,19 +72,22 @@ impl Gateway {
             // its stdin slowly holds back its own client, never another
             // channel, and is never killed for it.
             window_follows_consumption: true,
+            // Certificates' validity windows are checked in `auth/certs.rs`,
+            // with the configured clock skew and a log line on refusal.
+            certificate_validity_by_handler: true,
             ..Default::default()
         };
-        let keys = KeyCheck::new(manager.keys(), config.admin_authorized_keys.clone());
+        let auth = LoginCheck::new(manager.keys(), &config).map_err(anyhow::Error::msg)?;
         let admission = Admission::new(limits);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             manager,
             config,
             russh: Arc::new(russh),
             per_session: Mutex::new(HashMap::new()),
-            keys,
+            auth,
             admission,
             recordings,
-        })
+        }))
     }
 }
 
@@ -109,7 +113,7 @@ pub async fn start(
         .await
         .with_context(|| format!("binding the SSH gateway to {}", config.listen))?;
     let local_addr = listener.local_addr().context("SSH listener address")?;
-    let gateway = Gateway::new(manager, config, host_key, recordings);
+    let gateway = Gateway::new(manager, config, host_key, recordings)?;
     let trigger = Trigger::new();
     let connections = TaskTracker::new();
     let accept = tokio::spawn(accept_loop(
@@ -213,8 +217,12 @@ async fn accept_loop(
         };
         let connection =
             connection::serve(gateway.clone(), socket, peer, startup, shutdown.clone());
+        metrics::counter!(crate::metrics::SSH_CONNECTIONS_TOTAL).increment(1);
+        let open = metrics::gauge!(crate::metrics::SSH_CONNECTIONS_OPEN);
+        open.increment(1.0);
         connections.spawn(async move {
             connection.await;
+            open.decrement(1.0);
             drop(permit);
         });
     }
