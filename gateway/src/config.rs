@@ -46,6 +46,7 @@ pub struct FileConfig {
     pub network: NetworkConfig,
     #[serde(default)]
     pub recording: crate::recording::RecordingConfig,
+    #[serde(default)]
     pub audit: crate::audit::AuditConfig,
 }
 
