@@ -183,7 +183,14 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     let mut manager_config = ManagerConfig::new(&data_dir);
     manager_config.seccomp = file.sandbox.seccomp;
     manager_config.id_base = Some(file.sandbox.id_base);
-    manager_config.limits.disk_mib = Some(file.sandbox.disk_size_mib);
+    manager_config.limits = blink_sdk::runtime::Limits {
+        cpus: file.sandbox.cpus,
+        memory_mib: Some(file.sandbox.memory_mib),
+        pids: Some(file.sandbox.pids),
+        disk_mib: Some(file.sandbox.disk_size_mib),
+    };
+    manager_config.maxima = file.sandbox.maxima(file.rest.max_run_timeout_secs);
+    manager_config.run_timeout = std::time::Duration::from_secs(file.sandbox.run_timeout_secs);
     manager_config.network = file.network.policy();
     manager_config.ephemeral_pool = file.sandbox.ephemeral_pool;
     manager_config.resolve = file.network.resolve.clone();
@@ -194,7 +201,15 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
         );
     }
     if let Some(secs) = args.session_idle_timeout.or(file.session_idle_timeout_secs) {
-        manager_config.idle_timeout = std::time::Duration::from_secs(secs.max(1));
+        let secs = secs.max(1);
+        manager_config
+            .maxima
+            .check(&blink_sdk::manager::ResourceRequest {
+                idle_timeout_secs: Some(secs),
+                ..Default::default()
+            })
+            .context("--session-idle-timeout")?;
+        manager_config.idle_timeout = std::time::Duration::from_secs(secs);
     }
     let manager = Manager::open(manager_config)
         .await

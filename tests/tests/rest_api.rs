@@ -55,6 +55,8 @@ fn health_product_and_openapi() {
         ("/api/import", &["post"]),
         ("/api/sessions/{name}/stop", &["post"]),
         ("/api/sessions/{name}/network", &["get", "put"]),
+        ("/api/sessions/{name}/resources", &["get", "patch"]),
+        ("/api/sessions/{name}/stats", &["get"]),
         ("/api/sessions/{name}/forwarding", &["get", "put"]),
         ("/api/sessions/{name}/keys", &["get", "post"]),
         ("/api/sessions/{name}/keys/{fingerprint}", &["delete"]),

@@ -56,6 +56,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/sessions/nosuch/spawn"),
     ("POST", "/api/sessions/fuzz/keys"),
     ("POST", "/api/sessions/nosuch/keys"),
+    ("PATCH", "/api/sessions/fuzz/resources"),
+    ("PATCH", "/api/sessions/nosuch/resources"),
     ("PUT", "/api/sessions/fuzz/recording"),
     ("PUT", "/api/sessions/nosuch/recording"),
 ];
@@ -228,7 +230,8 @@ fn field_name() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => prop::sample::select(vec![
             "script", "command", "session", "args", "env", "cwd", "stdin", "timeout_secs",
-            "image", "name", "warm", "exclusive", "tty", "rows", "cols", "key",
+            "image", "name", "warm", "exclusive", "tty", "rows", "cols", "key", "cpus",
+            "memory_mib", "pids", "run_timeout_secs", "idle_timeout_secs",
         ])
         .prop_map(str::to_string),
         1 => "\\PC{0,8}",
@@ -305,6 +308,37 @@ fn structured_body() -> impl Strategy<Value = ((&'static str, &'static str), Val
         Just(format!("ssh-ed25519 {}", "A".repeat(20_000))),
     ]
     .prop_map(|k| json!({"key": k}));
+    // A session's size, figures of every sign and size. Not `disk_mib`:
+    // the fuzz session has no disk, whose size this server would then
+    // answer it cannot change (501).
+    let figure = || {
+        prop_oneof![
+            3 => (0u64..5000).prop_map(|n| json!(n)),
+            1 => prop::sample::select(vec![
+                json!(-1), json!(0.5), json!(12.5), json!(1e300), json!(-1e300), json!(u64::MAX),
+                json!(i64::MIN), json!("64"), json!(null), json!([1]),
+            ]),
+        ]
+    };
+    let resources = prop::collection::btree_map(
+        prop::sample::select(vec![
+            "cpus",
+            "memory_mib",
+            "pids",
+            "run_timeout_secs",
+            "idle_timeout_secs",
+        ]),
+        figure(),
+        0..5,
+    )
+    .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()));
+    // A session's recording switch: booleans and what is not one.
+    let switch = prop_oneof![
+        any::<bool>().prop_map(|b| json!({"enabled": b})),
+        json_value().prop_map(|v| json!({"enabled": v})),
+        Just(json!({})),
+        Just(json!({"enabled": true, "record_input": true})),
+    ];
     let on = |routes: &'static [(&'static str, &'static str)]| prop::sample::select(routes);
     prop_oneof![
         (on(&ROUTES[0..2]), run()),
@@ -312,6 +346,8 @@ fn structured_body() -> impl Strategy<Value = ((&'static str, &'static str), Val
         (on(&ROUTES[2..3]), open),
         (on(&ROUTES[4..5]), spawn),
         (on(&ROUTES[5..7]), key),
+        (on(&ROUTES[7..9]), resources),
+        (on(&ROUTES[9..11]), switch),
     ]
 }
 

@@ -17,6 +17,7 @@ mod observe;
 mod openapi;
 mod product;
 mod recordings;
+mod resources;
 mod run_records;
 mod run_registry;
 mod runs;
@@ -78,6 +79,8 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(sessions::info, sessions::remove))
         .routes(routes!(sessions::stop))
         .routes(routes!(network::get, network::put))
+        .routes(routes!(resources::get, resources::patch))
+        .routes(routes!(resources::stats))
         .routes(routes!(network::get_forwarding, network::put_forwarding))
         .routes(routes!(runs::session_run))
         .routes(routes!(spawn::spawn))
