@@ -63,6 +63,7 @@ fn health_product_and_openapi() {
         ("/api/sessions/{name}/recordings", &["get"]),
         ("/api/sessions/{name}/recordings/{id}", &["get", "delete"]),
         ("/api/sessions/{name}/recording", &["get", "put"]),
+        ("/metrics", &["get"]),
     ];
     for (path, methods) in expected {
         let item = paths
