@@ -233,7 +233,10 @@ impl Layers {
             Some(Content::Link(p) | Content::Made(p)) => p.clone(),
             None => unreachable!("made with content"),
         };
-        settle(&image)?;
+        let work = self.scratch()?;
+        let settled = settle(&image, &work);
+        let _ = crate::fs::remove_tree(&work);
+        settled?;
         let chain = self.chain(parent)?;
         if chain.len() < MAX_DEPTH {
             return Ok(prepared);
@@ -489,21 +492,17 @@ pub fn needs_recovery(image: &Path) -> io::Result<bool> {
 }
 
 /// Replay `image`'s journal if it has one to replay (mounted read-write
-/// once, privately, and unmounted), so that it can be mounted read-only
-/// without it. Blocking.
-pub fn settle(image: &Path) -> Result<()> {
+/// once, privately, at `at`, and unmounted), so that it can be mounted
+/// read-only without it. Blocking.
+pub fn settle(image: &Path, at: &Path) -> Result<()> {
     if !needs_recovery(image).map_err(|e| Error::io("reading a disk's filesystem", e))? {
         return Ok(());
     }
-    let image = image.to_path_buf();
-    let at = image.with_extension("settling");
-    let at2 = at.clone();
-    let done = super::mounts::in_private_mounts(move |mounts| {
-        mounts.mount(&image, &at2)?;
+    let (image, at) = (image.to_path_buf(), at.to_path_buf());
+    super::mounts::in_private_mounts(move |mounts| {
+        mounts.mount(&image, &at)?;
         Ok(())
-    });
-    let _ = std::fs::remove_dir(&at);
-    done
+    })
 }
 
 #[cfg(test)]

@@ -1067,9 +1067,7 @@ impl LocalRuntime {
             trees.ensure(&image)?;
             std::fs::write(staging.join(trees::FILE), trees::Trees::key(&image))
                 .map_err(|e| Error::io("naming the disk's image", e))?;
-            templates
-                .make_disk(mib, &staging.join(disk_image::FILE))
-                .map_err(|e| Error::io("making the disk image", e))
+            layers::fresh_disk(&templates, mib, &staging.join(disk_image::FILE), None)
         })
         .await
         .map_err(|e| Error::Runtime(format!("disk task failed: {e}")))?
