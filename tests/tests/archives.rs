@@ -233,7 +233,11 @@ fn a_session_over_disk_layers_exports_and_imports_identically() {
     let imported =
         server.post_multipart("/api/import", &[("name", "b")], Some(("archive", &whole)));
     assert_eq!(imported.status, 201, "{:?}", imported.body);
-    assert_eq!(server.sh("b", LAYERED_TREE), before, "the imported tree differs");
+    assert_eq!(
+        server.sh("b", LAYERED_TREE),
+        before,
+        "the imported tree differs"
+    );
     assert_eq!(
         server.sh("b", "stat -c %i /root/p1 /root/p2 | uniq | wc -l"),
         "1\n",
@@ -246,7 +250,11 @@ fn a_session_over_disk_layers_exports_and_imports_identically() {
             b"",
         );
         assert_eq!(r.status, 200, "{:?}", r.body);
-        assert_eq!(&server.sh("b", LAYERED_TREE), tree, "snapshot {snapshot} differs");
+        assert_eq!(
+            &server.sh("b", LAYERED_TREE),
+            tree,
+            "snapshot {snapshot} differs"
+        );
     }
 }
 

@@ -432,7 +432,10 @@ fn snapshots_restores_and_chains_of_clones_copy_nothing() {
     stop(&server, "a");
     let mut made = Value::Null;
     let cost = host_bytes_of(&blink, || made = snapshot(&server, "a", "s1"));
-    assert!(cost < 1 << 20, "a snapshot of a stopped session took {cost} bytes");
+    assert!(
+        cost < 1 << 20,
+        "a snapshot of a stopped session took {cost} bytes"
+    );
     assert!(made["size_bytes"].as_u64().unwrap() >= 64 << 20, "{made}");
     let at_s1 = server.sh("a", LAYER_TREE);
 
@@ -443,7 +446,11 @@ fn snapshots_restores_and_chains_of_clones_copy_nothing() {
         assert_eq!(r.status, 200, "{:?}", r.body);
     });
     assert!(cost < 1 << 20, "a restore took {cost} bytes");
-    assert_eq!(server.sh("a", LAYER_TREE), at_s1, "the restore is not exact");
+    assert_eq!(
+        server.sh("a", LAYER_TREE),
+        at_s1,
+        "the restore is not exact"
+    );
 
     let cost = host_bytes_of(&blink, || {
         clone(&server, "b", "a@s1");
@@ -538,7 +545,10 @@ fn a_chain_past_the_depth_limit_is_flattened_and_reads_the_same() {
     let info = server.get("/api/sessions/a").body;
     let layers = info["disk"]["layers"].as_u64().unwrap();
     assert!(layers < 16, "never flattened: {layers} layers");
-    assert_eq!(server.sh("a", "ls /root /root/d"), "/root:\nd\nn16\nn17\nn18\n\n/root/d:\nat-15\n");
+    assert_eq!(
+        server.sh("a", "ls /root /root/d"),
+        "/root:\nd\nn16\nn17\nn18\n\n/root/d:\nat-15\n"
+    );
     assert_eq!(server.sh("a", LAYER_TREE), trees[18]);
     for i in [2, 9, 15, 18] {
         let r = server.post_raw(
@@ -577,7 +587,11 @@ fn leftovers_of_a_killed_snapshot_are_removed_at_start() {
     let boxdir = blink.data_dir.path().join("sandboxes").join(&id);
     std::fs::write(layers.join(".0123.partial"), b"half").unwrap();
     let orphan = "0123456789abcdef0123456789abcdef";
-    std::fs::hard_link(boxdir.join("disk.img"), layers.join(format!("{orphan}.img"))).unwrap();
+    std::fs::hard_link(
+        boxdir.join("disk.img"),
+        layers.join(format!("{orphan}.img")),
+    )
+    .unwrap();
     std::fs::write(
         layers.join(format!("{orphan}.json")),
         br#"{"parent":null,"id_root":0,"size_bytes":0,"created_at":0}"#,
@@ -600,7 +614,11 @@ fn leftovers_of_a_killed_snapshot_are_removed_at_start() {
         assert_eq!(disk.nlink(), 1, "the disk image kept a second name");
     }
     assert_eq!(server.sh("a", "cat /root/v"), "2\n");
-    let r = server.post_raw("/api/sessions/a/checkpoints/s/restore?force=true", None, b"");
+    let r = server.post_raw(
+        "/api/sessions/a/checkpoints/s/restore?force=true",
+        None,
+        b"",
+    );
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(server.sh("a", "cat /root/v"), "1\n");
 }

@@ -80,7 +80,9 @@ pub struct Layers {
 }
 
 /// Proof that the layers' lock is held.
-pub struct Held<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
+pub struct Held<'a> {
+    _guard: MutexGuard<'a, ()>,
+}
 
 /// What a new layer is made of.
 #[derive(Debug)]
@@ -124,11 +126,12 @@ impl Layers {
     }
 
     pub fn hold(&self) -> Held<'_> {
-        Held(
-            self.lock
+        Held {
+            _guard: self
+                .lock
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        }
     }
 
     fn image(&self, id: &str) -> PathBuf {

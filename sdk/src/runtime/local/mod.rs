@@ -390,15 +390,25 @@ impl Runtime for LocalRuntime {
                 let fresh = layers::is_fresh(&image);
                 layers::clear_fresh(&image)?;
                 let attached = loopdev::attach(&image).map_err(prepare)?;
-                // Each layer read-only, seen in the sandbox's ids.
+                // Each layer read-only, seen in the sandbox's ids (one user
+                // namespace per range layers were written in).
                 let mut lowers = Vec::new();
                 let mut held = Vec::new();
+                let mut maps: HashMap<u32, OwnedFd> = HashMap::new();
                 for layer in &chain {
                     let device = loopdev::attach_read_only(&layer.image).map_err(prepare)?;
-                    let userns = (layer.id_root != range.root)
-                        .then(|| idmap::userns_mapping(layer.id_root, range))
-                        .transpose()
-                        .map_err(prepare)?;
+                    let userns = if layer.id_root == range.root {
+                        None
+                    } else {
+                        use std::collections::hash_map::Entry;
+                        let ns = match maps.entry(layer.id_root) {
+                            Entry::Occupied(e) => e.into_mut(),
+                            Entry::Vacant(v) => v.insert(
+                                idmap::userns_mapping(layer.id_root, range).map_err(prepare)?,
+                            ),
+                        };
+                        Some(ns.try_clone().map_err(prepare)?)
+                    };
                     lowers.push(disk::LowerLayer {
                         device: device.path().to_path_buf(),
                         userns,
