@@ -319,21 +319,12 @@ def written_session(srv: Server, work: Path, name: str, image: str | None, write
     for k in range(1, repeats):
         http(srv.port, "DELETE", f"/api/sessions/{name}/checkpoints/s{k}")
 
-    # Restore (the session is warm: stopped, disk copied back, started again).
-    times, states = [], []
-    for _ in range(repeats):
-        took, info, state = copy_op(lambda: http(srv.port, "POST",
-                                                 f"/api/sessions/{name}/checkpoints/s0/restore?force=true"))
-        times.append(took)
-        states.append(state)
-    out["restore"] = {**stats(times), "state_after": info["state"], "runs": states}
-    verify(name)
-    print(f"[{tag}] restore p50 {out['restore']['p50_ms']:.0f} ms (then {info['state']})", flush=True)
-
     # Clones: of the running session (a consistent copy, as a new disk
-    # layer), of the snapshot (a fresh disk over its layers), and of the
-    # session stopped (its disk becomes a layer, nothing copied). Host
-    # bytes: the clone's directory and what the shared layers grew by.
+    # layer; made before the restore below, while what it wrote is still
+    # in its own disk, not in its snapshot's layer), of the snapshot (a
+    # fresh disk over its layers), and of the session stopped (its disk
+    # becomes a layer, nothing copied). Host bytes: the clone's directory
+    # and what the shared layers grew by.
     layers_dir = srv.data / "disk-layers"
 
     def clones(kind: str, source: str) -> None:
@@ -355,27 +346,43 @@ def written_session(srv: Server, work: Path, name: str, image: str | None, write
               "added on the host", flush=True)
 
     clones("clone_live", name)
-    clones("clone_snapshot", f"{name}@s0")
+
     http(srv.port, "POST", f"/api/sessions/{name}/stop?force=true")
     # A snapshot of the stopped session: its disk becomes a layer.
-    times, added = [], []
+    times, added, layer_sizes = [], [], []
     for k in range(repeats):
         layers_before = du_bytes(layers_dir) if layers_dir.exists() else 0
         box_before = du_bytes(box)
-        took, _, _ = copy_op(lambda: http(srv.port, "POST", f"/api/sessions/{name}/checkpoints",
-                                          {"snapshot": f"stopped-{k}"}))
+        took, info, _ = copy_op(lambda: http(srv.port, "POST", f"/api/sessions/{name}/checkpoints",
+                                             {"snapshot": f"stopped-{k}"}))
         times.append(took)
+        layer_sizes.append(info["size_bytes"])
         added.append(max(0, du_bytes(layers_dir) + du_bytes(box) - layers_before - box_before))
         # Written again, so the next one has something to make a layer of.
         run_in(srv.port, name, "echo x >> /root/.bench-mark && sync")
         http(srv.port, "POST", f"/api/sessions/{name}/stop?force=true")
-    out["snapshot_stopped"] = {**stats(times), "host_bytes_added": statistics.median(added)}
+    out["snapshot_stopped"] = {**stats(times), "host_bytes_added": statistics.median(added),
+                               "first_size_bytes": layer_sizes[0], "host_bytes_added_first": added[0]}
     print(f"[{tag}] snapshot of the stopped session p50 {out['snapshot_stopped']['p50_ms']:.0f} ms", flush=True)
     clones("clone_stopped", name)
     for k in range(repeats):
         http(srv.port, "DELETE", f"/api/sessions/{name}/checkpoints/stopped-{k}")
     run_in(srv.port, name, "rm -f /root/.bench-mark && sync")
     verify(name)
+
+    # Restore (the session is warm: stopped, a fresh disk put over the
+    # snapshot's layers, started again).
+    times, states = [], []
+    for _ in range(repeats):
+        took, info, state = copy_op(lambda: http(srv.port, "POST",
+                                                 f"/api/sessions/{name}/checkpoints/s0/restore?force=true"))
+        times.append(took)
+        states.append(state)
+    out["restore"] = {**stats(times), "state_after": info["state"], "runs": states}
+    verify(name)
+    print(f"[{tag}] restore p50 {out['restore']['p50_ms']:.0f} ms (then {info['state']})", flush=True)
+
+    clones("clone_snapshot", f"{name}@s0")
 
     # By hand: tar of the changes inside the session (to its own disk, as a
     # user keeping a copy would), tar streamed to nowhere (reading and
@@ -1032,8 +1039,11 @@ def markdown(r: dict) -> str:
               "(max). Snapshot: `POST …/checkpoints` while the session runs; restore: "
               "`POST …/checkpoints/s0/restore?force=true` (stops the session, puts a fresh disk over the "
               "snapshot's layers, starts it again); clone: `POST /api/sessions {\"from\": …}` of the running "
-              "session, of its snapshot, and of the session stopped. Host bytes added: the clone's directory "
-              "plus what `disk-layers` grew by. Floors and by-hand alternatives: "
+              "session, of its snapshot, and of the session stopped. In this order: the running snapshots and "
+              "clones while what the session wrote is in its own disk, then the session stopped, snapshotted "
+              "(its disk, data and all, becomes a layer; later ones find little new) and cloned, then the "
+              "restores, then the clones of the snapshot. Host bytes added: the clone's directory plus what "
+              "`disk-layers` grew by. Floors and by-hand alternatives: "
               "`cp --sparse=always` (read/write) and `cp` (coreutils 9 copies the data extents with "
               "copy_file_range, as Blink's copy does) of the session's `disk.img` on the host, each run right "
               "before or after a snapshot (alternating); inside the session, `tar cf` of "
@@ -1060,8 +1070,9 @@ def markdown(r: dict) -> str:
     row("clone of the snapshot: host bytes added", lambda v: mib(v["clone_snapshot"]["host_bytes_added"]))
     row("**snapshot of the stopped session** (its disk becomes a layer), wall",
         lambda v: pm(v["snapshot_stopped"]))
-    row("snapshot of the stopped session: host bytes added",
-        lambda v: mib(v["snapshot_stopped"]["host_bytes_added"]))
+    row("snapshot of the stopped session: the first one's layer (size_bytes) / host bytes it added",
+        lambda v: f"{mib(v['snapshot_stopped']['first_size_bytes'])} / "
+        f"{mib(v['snapshot_stopped']['host_bytes_added_first'])}")
     row("**clone of the stopped session** (its disk becomes a layer), wall", lambda v: pm(v["clone_stopped"]))
     row("clone of the stopped session: host bytes added", lambda v: mib(v["clone_stopped"]["host_bytes_added"]))
     row("a clone's directory on the host", lambda v: mib(v["clone_live"]["box_dir_bytes"]))
