@@ -393,7 +393,7 @@ impl Layers {
 /// The top of the chain a disk image names (none: no layers under it).
 pub fn top_of(disk: &Path) -> Result<Option<String>> {
     let mut buf = [0u8; 64];
-    match rustix::fs::getxattr(disk, TOP_XATTR, &mut buf) {
+    match rustix::fs::lgetxattr(disk, TOP_XATTR, &mut buf) {
         Ok(n) => {
             let id = String::from_utf8_lossy(&buf[..n]).into_owned();
             if valid(&id) {
@@ -416,13 +416,13 @@ pub fn top_of(disk: &Path) -> Result<Option<String>> {
 /// Name `top` as the top of `disk`'s chain.
 pub fn set_top(disk: &Path, top: Option<&str>) -> Result<()> {
     let set = match top {
-        Some(id) => rustix::fs::setxattr(
+        Some(id) => rustix::fs::lsetxattr(
             disk,
             TOP_XATTR,
             id.as_bytes(),
             rustix::fs::XattrFlags::empty(),
         ),
-        None => match rustix::fs::removexattr(disk, TOP_XATTR) {
+        None => match rustix::fs::lremovexattr(disk, TOP_XATTR) {
             Err(rustix::io::Errno::NODATA) => Ok(()),
             other => other,
         },
@@ -433,12 +433,12 @@ pub fn set_top(disk: &Path, top: Option<&str>) -> Result<()> {
 /// Whether no sandbox has mounted `disk` since it was made empty.
 pub fn is_fresh(disk: &Path) -> bool {
     let mut buf = [0u8; 4];
-    rustix::fs::getxattr(disk, FRESH_XATTR, &mut buf).is_ok()
+    rustix::fs::lgetxattr(disk, FRESH_XATTR, &mut buf).is_ok()
 }
 
 /// `disk` is about to be mounted (and written).
 pub fn clear_fresh(disk: &Path) -> Result<()> {
-    match rustix::fs::removexattr(disk, FRESH_XATTR) {
+    match rustix::fs::lremovexattr(disk, FRESH_XATTR) {
         Ok(()) | Err(rustix::io::Errno::NODATA) => Ok(()),
         Err(e) => Err(Error::io(
             format!("marking {} used", disk.display()),
@@ -456,7 +456,7 @@ pub fn fresh_disk(templates: &Templates, mib: u64, dest: &Path, top: Option<&str
         .map_err(|e| Error::io("making a disk image", e))
         .and_then(|()| set_top(dest, top))
         .and_then(|()| {
-            rustix::fs::setxattr(dest, FRESH_XATTR, b"1", rustix::fs::XattrFlags::empty())
+            rustix::fs::lsetxattr(dest, FRESH_XATTR, b"1", rustix::fs::XattrFlags::empty())
                 .map_err(|e| Error::io("marking a new disk image", e.into()))
         });
     if made.is_err() {
