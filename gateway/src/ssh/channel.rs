@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::compat::SymlinkOrder;
 use super::connection::ConnStats;
+use super::sftp_audit;
 
 /// What a pty-req asked for.
 #[derive(Debug, Clone)]
@@ -146,6 +147,15 @@ impl Job {
                 return Err(e.to_string());
             }
         };
+        if let What::Sftp(order) = self.what {
+            // Every SFTP operation in the audit log, read as bytes cross.
+            let context = sftp_audit::Context {
+                session: self.session.clone(),
+                peer: self.login_peer,
+                channel: id,
+            };
+            sftp_audit::tap(&mut started.execution, order, context);
+        }
         let control = started.execution.control.clone();
         let handle = self.handle.clone();
         let credit = move |bytes: usize| handle.consumed(id, bytes as u32);
