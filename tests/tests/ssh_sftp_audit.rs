@@ -66,7 +66,7 @@ fn every_sftp_operation_is_in_the_audit_log_with_paths_and_bytes() {
 
     let before = sftp_ops(&f.server);
     let batch = format!(
-        "put {local} up\nget up {back}\nrename up moved\nmkdir dir\nrm moved\nrmdir dir\n",
+        "put {local} up\nget up {back}\nrename up moved\nmkdir dir\nls\nrm moved\nrmdir dir\n",
         local = local.display(),
         back = back.display()
     );
@@ -114,8 +114,16 @@ fn every_sftp_operation_is_in_the_audit_log_with_paths_and_bytes() {
     let renames = with_op(&lines, &["rename", "posix-rename"]);
     assert_eq!(renames.len(), 1, "{}", shown());
     assert_eq!(renames[0]["path"], "/root/up");
-    assert_eq!(renames[0]["target"], "/root/moved");
+    assert_eq!(renames[0]["to"], "/root/moved");
     assert_eq!(renames[0]["result"], "ok");
+
+    // ls: one line for the directory, with what it held (`moved`,
+    // `dir`, and whatever else the image has there).
+    let lists = with_op(&lines, &["list"]);
+    assert_eq!(lists.len(), 1, "{}", shown());
+    assert_eq!(lists[0]["path"], "/root");
+    assert!(lists[0]["entries"].as_u64() >= Some(2), "{}", lists[0]);
+    assert_eq!(lists[0]["result"], "ok");
 
     for (op, path) in [
         ("mkdir", "/root/dir"),
@@ -126,6 +134,7 @@ fn every_sftp_operation_is_in_the_audit_log_with_paths_and_bytes() {
         assert_eq!(found.len(), 1, "{op}: {}", shown());
         assert_eq!(found[0]["path"], path, "{op}");
         assert_eq!(found[0]["result"], "ok", "{op}");
+        assert!(found[0].get("to").is_none(), "{op}: {}", found[0]);
     }
 
     // A failure is logged with the server's status.

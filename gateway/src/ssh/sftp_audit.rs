@@ -387,13 +387,13 @@ pub enum Line {
         attrs: AttrFlags,
         result: Outcome,
     },
-    /// REMOVE, MKDIR, RMDIR, RENAME and posix-rename (`target`: the new
-    /// name), SYMLINK and hard links (`path` the link made, `target` what
+    /// REMOVE, MKDIR, RMDIR, RENAME and posix-rename (`to`: the new
+    /// name), SYMLINK and hard links (`path` the link made, `to` what
     /// it points to).
     Path {
         op: Op,
         path: Text,
-        target: Option<Text>,
+        to: Option<Text>,
         result: Outcome,
     },
 }
@@ -477,7 +477,7 @@ enum Awaiting {
     Path {
         op: Op,
         path: Text,
-        target: Option<Text>,
+        to: Option<Text>,
     },
 }
 
@@ -488,9 +488,7 @@ impl Awaiting {
             Awaiting::Open { path, .. }
             | Awaiting::Opendir { path }
             | Awaiting::Attrs { path, .. } => path.weight(),
-            Awaiting::Path { path, target, .. } => {
-                path.weight() + target.as_ref().map_or(0, Text::weight)
-            }
+            Awaiting::Path { path, to, .. } => path.weight() + to.as_ref().map_or(0, Text::weight),
             Awaiting::OnHandle(_) | Awaiting::Close(_) => 0,
         }
     }
@@ -841,10 +839,10 @@ impl<S: Sink> State<S> {
                 attrs,
                 result,
             },
-            Awaiting::Path { op, path, target } => Line::Path {
+            Awaiting::Path { op, path, to } => Line::Path {
                 op,
                 path,
-                target,
+                to,
                 result,
             },
             Awaiting::OnHandle(_) | Awaiting::Close(_) => return,
@@ -939,7 +937,7 @@ impl<S: Sink> State<S> {
             Op::Remove | Op::Mkdir | Op::Rmdir => Awaiting::Path {
                 op,
                 path: path(f)?,
-                target: None,
+                to: None,
             },
             Op::Rename | Op::PosixRename => {
                 let from = path(f)?;
@@ -947,7 +945,7 @@ impl<S: Sink> State<S> {
                 Awaiting::Path {
                     op,
                     path: from,
-                    target: Some(to),
+                    to: Some(to),
                 }
             }
             Op::Symlink => {
@@ -960,7 +958,7 @@ impl<S: Sink> State<S> {
                 Awaiting::Path {
                     op,
                     path: link,
-                    target: Some(target),
+                    to: Some(target),
                 }
             }
             Op::Hardlink => {
@@ -969,7 +967,7 @@ impl<S: Sink> State<S> {
                 Awaiting::Path {
                     op,
                     path: link,
-                    target: Some(existing),
+                    to: Some(existing),
                 }
             }
             _ => return None,
@@ -1157,7 +1155,7 @@ impl Sink for Audit {
             Event::Line(Line::Path {
                 op,
                 path,
-                target,
+                to,
                 result,
             }) => tracing::info!(
                 target: "blink::sftp",
@@ -1166,7 +1164,9 @@ impl Sink for Audit {
                 channel = %c.channel,
                 op = op.as_str(),
                 path = %path,
-                target = %target.unwrap_or_default(),
+                // (not `target`: the line's own field, the log target;
+                // absent for one-path operations)
+                to = to.as_ref().map(tracing::field::display),
                 result = %result.name(),
                 "sftp operation"
             ),

@@ -220,11 +220,11 @@ fn text(s: &str) -> Text {
     Text::new((s.as_bytes(), false))
 }
 
-fn path_line(op: Op, path: &str, target: Option<&str>, code: u32) -> Line {
+fn path_line(op: Op, path: &str, to: Option<&str>, code: u32) -> Line {
     Line::Path {
         op,
         path: text(path),
-        target: target.map(text),
+        to: to.map(text),
         result: Outcome::Status(code),
     }
 }
@@ -752,7 +752,7 @@ fn truncated_packets_and_unanswered_requests_end_as_such() {
             Line::Path {
                 op: Op::Mkdir,
                 path: text("/root/d"),
-                target: None,
+                to: None,
                 result: Outcome::NoReply
             },
             Line::File {
@@ -788,7 +788,7 @@ fn cut_heads_keep_what_they_can() {
     let got = lines(o.sink());
     let Line::Path {
         path,
-        target: Some(target),
+        to: Some(target),
         ..
     } = &got[0]
     else {
@@ -820,7 +820,7 @@ fn unknown_types_and_replies_are_skipped() {
         [Line::Path {
             op: Op::Remove,
             path: text("/r"),
-            target: None,
+            to: None,
             result: Outcome::BadReply
         }]
     );
