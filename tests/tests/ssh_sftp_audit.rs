@@ -146,6 +146,10 @@ fn every_sftp_operation_is_in_the_audit_log_with_paths_and_bytes() {
     assert_eq!(removes[1]["path"], "/root/not-there");
     assert_eq!(removes[1]["result"], "no_such_file");
 
+    // The observation never gave up (it warns when it does).
+    let log = f.server.log();
+    assert!(!log.contains("sftp audit stopped"), "{log}");
+
     // Every request is counted by op (transfers go in pieces of at most
     // the 64 KiB the server advertises).
     let after = sftp_ops(&f.server);
