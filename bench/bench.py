@@ -639,26 +639,17 @@ def write_markdown(path: Path, results: dict) -> None:
     path.write_text("\n".join(lines + results_tail(*kept_sections(path))))
 
 
-# Sections other scripts write into RESULTS.md, in this order after
-# bench.py's tables: bench/soak.py's, then bench/disks.py's. Each script
-# rewrites its own and keeps the others; bench.py keeps them all.
+# Sections other scripts write into RESULTS.md (with `write_section`
+# below), in this order after bench.py's tables: bench/soak.py's,
+# bench/disks.py's, bench/network.py's, bench/archives.py's,
+# bench/resources.py's. Each script rewrites its own and keeps the others;
+# bench.py keeps them all.
 SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
 DISKS_BEGIN, DISKS_END = "<!-- disks:begin -->", "<!-- disks:end -->"
-def write_section(results_md: Path, begin: str, end: str, section: str) -> None:
-    """Put `section` (which starts with `begin` and ends with `end`) into
-    RESULTS.md in place of its earlier version, or at the end."""
-    text = results_md.read_text() if results_md.exists() else ""
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    results_md.write_text(text)
-
-
 SECTIONS = ((SOAK_BEGIN, SOAK_END), (DISKS_BEGIN, DISKS_END),
             ("<!-- network:begin -->", "<!-- network:end -->"),
-            ("<!-- archives:begin -->", "<!-- archives:end -->"))
+            ("<!-- archives:begin -->", "<!-- archives:end -->"),
+            ("<!-- resources:begin -->", "<!-- resources:end -->"))
 NOTES_BEGIN = "<!-- bench/NOTES.md follows -->"
 
 

@@ -13,6 +13,11 @@
 # instead (as root): session disks' creation, ephemeral runs, host disk per
 # session, snapshot/restore/clone of a session that wrote 1 GiB or 10,000
 # files, each beside its alternative (--quick: small sizes, no Debian image).
+#
+# `bash bench/run.sh --resources [--quick]` runs bench/resources.py instead
+# (as root): a session's exec latency while its neighbour misbehaves within
+# its limits (fork bomb, memory hog, CPU spinner), idle, and beside a
+# neighbour spinning with no CPU quota.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +36,10 @@ fi
 if [[ ${1:-} == --disks ]]; then
   shift
   exec python3 bench/disks.py "$@"
+fi
+if [[ ${1:-} == --resources ]]; then
+  shift
+  exec python3 bench/resources.py "$@"
 fi
 venv=bench/.venv
 [[ -x $venv/bin/python ]] || python3 -m venv "$venv"

@@ -12,6 +12,9 @@ pub use crate::ssh::admission::{MaxStartups, NetBlockSize, Network};
 /// The longest time a setting may hold, in seconds.
 const MAX_SECS: u64 = 365 * 24 * 3600;
 
+/// A cold session's idle timeout unless the config sets one.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config {path}: {source}")]
@@ -44,6 +47,8 @@ pub struct FileConfig {
     pub sandbox: SandboxConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    #[serde(default)]
+    pub recording: crate::recording::RecordingConfig,
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
 }
@@ -90,16 +95,125 @@ pub struct SandboxConfig {
     /// Ephemeral sandboxes of the default image kept started ahead of
     /// time, so a run does not wait for one to boot (0: none).
     pub ephemeral_pool: usize,
+    /// A new session's CPU quota in cores unless it asks for its own
+    /// (absent: no quota). docs/RESOURCES.md.
+    pub cpus: Option<f64>,
+    /// A new session's memory limit in MiB unless it asks for its own.
+    pub memory_mib: u64,
+    /// A new session's limit on processes (and threads) at once.
+    pub pids: u64,
+    /// Default time limit of a pipe-mode run, unless the session or the
+    /// run sets its own (at most `[rest] max_run_timeout_secs`).
+    pub run_timeout_secs: u64,
+    /// The most one session may ask for: CPU cores (default: this host's),
+    /// memory (default: this host's), processes, disk, idle timeout.
+    pub max_cpus: Option<f64>,
+    pub max_memory_mib: Option<u64>,
+    pub max_pids: u64,
+    pub max_disk_mib: u64,
+    pub max_idle_timeout_secs: u64,
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
+        let host = blink_sdk::manager::ResourceMaxima::for_this_host();
         Self {
             seccomp: blink_sdk::runtime::local::SeccompProfile::Default,
             id_base: blink_sdk::runtime::local::DEFAULT_ID_BASE,
             disk_size_mib: blink_sdk::runtime::local::DEFAULT_DISK_MIB,
             ephemeral_pool: 2,
+            cpus: None,
+            memory_mib: 2048.min(host.memory_mib),
+            pids: 1024,
+            run_timeout_secs: 600,
+            max_cpus: None,
+            max_memory_mib: None,
+            max_pids: host.pids,
+            max_disk_mib: host.disk_mib,
+            max_idle_timeout_secs: host.idle_timeout_secs,
         }
+    }
+}
+
+impl SandboxConfig {
+    /// The maxima as the manager takes them; a run's timeout is bounded by
+    /// `[rest] max_run_timeout_secs`, one bound for both.
+    pub fn maxima(&self, max_run_timeout_secs: u64) -> blink_sdk::manager::ResourceMaxima {
+        let host = blink_sdk::manager::ResourceMaxima::for_this_host();
+        blink_sdk::manager::ResourceMaxima {
+            cpus: self.max_cpus.unwrap_or(host.cpus),
+            memory_mib: self.max_memory_mib.unwrap_or(host.memory_mib),
+            pids: self.max_pids,
+            disk_mib: self.max_disk_mib,
+            run_timeout_secs: max_run_timeout_secs,
+            idle_timeout_secs: self.max_idle_timeout_secs,
+        }
+    }
+
+    /// What a new session gets unless it asks for its own, as a request
+    /// the maxima check.
+    pub fn defaults(&self, idle_timeout_secs: u64) -> blink_sdk::manager::ResourceRequest {
+        blink_sdk::manager::ResourceRequest {
+            cpus: self.cpus,
+            memory_mib: Some(self.memory_mib),
+            pids: Some(self.pids),
+            disk_mib: Some(self.disk_size_mib),
+            run_timeout_secs: Some(self.run_timeout_secs),
+            idle_timeout_secs: Some(idle_timeout_secs),
+        }
+    }
+
+    /// The maxima are themselves sane, and the defaults within them.
+    fn validate(
+        &self,
+        max_run_timeout_secs: u64,
+        idle_timeout_secs: u64,
+    ) -> Result<(), ConfigError> {
+        use blink_sdk::manager::{MIN_CPUS, MIN_MEMORY_MIB, MIN_PIDS};
+        use blink_sdk::runtime::local::{MAX_DISK_MIB, MIN_DISK_MIB};
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(c) = self.max_cpus
+            && !(c.is_finite() && c >= MIN_CPUS)
+        {
+            return invalid(format!(
+                "sandbox.max_cpus must be at least {MIN_CPUS}, not {c}"
+            ));
+        }
+        let floors = [
+            (
+                "max_memory_mib",
+                self.max_memory_mib.unwrap_or(u64::MAX),
+                MIN_MEMORY_MIB,
+            ),
+            ("max_pids", self.max_pids, MIN_PIDS),
+            ("max_disk_mib", self.max_disk_mib, MIN_DISK_MIB),
+            ("max_idle_timeout_secs", self.max_idle_timeout_secs, 1),
+        ];
+        for (name, value, floor) in floors {
+            if value < floor {
+                return invalid(format!(
+                    "sandbox.{name} must be at least {floor}, not {value}"
+                ));
+            }
+        }
+        if self.max_disk_mib > MAX_DISK_MIB {
+            return invalid(format!(
+                "sandbox.max_disk_mib must be at most {MAX_DISK_MIB}"
+            ));
+        }
+        if self.max_idle_timeout_secs > MAX_SECS {
+            return invalid(format!(
+                "sandbox.max_idle_timeout_secs must be at most {MAX_SECS} (a year)"
+            ));
+        }
+        self.maxima(max_run_timeout_secs)
+            .check(&self.defaults(idle_timeout_secs))
+            .map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "a new session's defaults ([sandbox] cpus, memory_mib, pids, disk_size_mib, \
+                     run_timeout_secs; session_idle_timeout_secs) must lie within the maxima: {e}"
+                ))
+            })
     }
 }
 
@@ -356,7 +470,13 @@ impl FileConfig {
         }
         blink_sdk::network::validate(&self.network.policy())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.recording.validate().map_err(ConfigError::Invalid)?;
         self.audit.validate().map_err(ConfigError::Invalid)?;
+        self.sandbox.validate(
+            self.rest.max_run_timeout_secs,
+            self.session_idle_timeout_secs
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS),
+        )?;
         let l = &self.ssh.limits;
         let positive = [
             ("max_auth_attempts", l.max_auth_attempts as u64),
@@ -540,6 +660,24 @@ mod tests {
             let e = load(text).unwrap_err();
             assert!(e.contains(named), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn sandbox_defaults_must_lie_within_the_maxima() {
+        let c: FileConfig =
+            toml::from_str("[sandbox]\nmemory_mib = 4096\nmax_memory_mib = 1024").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("memory_mib"), "{e}");
+        let c: FileConfig = toml::from_str("[sandbox]\nrun_timeout_secs = 7200").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("run_timeout_secs"), "{e}");
+        let c: FileConfig = toml::from_str("[sandbox]\nmax_cpus = 0.0").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("max_cpus"));
+        let c: FileConfig =
+            toml::from_str("[sandbox]\ncpus = 0.5\nmemory_mib = 256\npids = 64\nmax_pids = 128")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.sandbox.maxima(3600).pids, 128);
     }
 
     #[test]

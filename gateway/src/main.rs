@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use blink_sdk::manager::{Manager, ManagerConfig, default_data_dir};
 use blink_server::config::FileConfig;
+use blink_server::recording::Recordings;
 use blink_server::{audit, hostkey, rest, ssh};
 use clap::Parser;
 
@@ -53,6 +54,9 @@ struct Args {
     #[arg(long)]
     script_dir: Vec<PathBuf>,
 }
+
+/// How long recordings still being written at shutdown may take to end.
+const RECORDINGS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -179,7 +183,14 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     let mut manager_config = ManagerConfig::new(&data_dir);
     manager_config.seccomp = file.sandbox.seccomp;
     manager_config.id_base = Some(file.sandbox.id_base);
-    manager_config.limits.disk_mib = Some(file.sandbox.disk_size_mib);
+    manager_config.limits = blink_sdk::runtime::Limits {
+        cpus: file.sandbox.cpus,
+        memory_mib: Some(file.sandbox.memory_mib),
+        pids: Some(file.sandbox.pids),
+        disk_mib: Some(file.sandbox.disk_size_mib),
+    };
+    manager_config.maxima = file.sandbox.maxima(file.rest.max_run_timeout_secs);
+    manager_config.run_timeout = std::time::Duration::from_secs(file.sandbox.run_timeout_secs);
     manager_config.network = file.network.policy();
     manager_config.ephemeral_pool = file.sandbox.ephemeral_pool;
     manager_config.resolve = file.network.resolve.clone();
@@ -190,28 +201,43 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
         );
     }
     if let Some(secs) = args.session_idle_timeout.or(file.session_idle_timeout_secs) {
-        manager_config.idle_timeout = std::time::Duration::from_secs(secs.max(1));
+        let secs = secs.max(1);
+        manager_config
+            .maxima
+            .check(&blink_sdk::manager::ResourceRequest {
+                idle_timeout_secs: Some(secs),
+                ..Default::default()
+            })
+            .context("--session-idle-timeout")?;
+        manager_config.idle_timeout = std::time::Duration::from_secs(secs);
     }
     let manager = Manager::open(manager_config)
         .await
         .with_context(|| format!("opening data dir {}", data_dir.display()))?;
     let ssh_grace = file.ssh.shutdown_grace();
+    // One set of recordings for SSH and REST alike.
+    let recordings = Recordings::new(file.recording, &data_dir);
+    recordings.start_retention();
     // Listen before the servers say they are up, so no signal is missed.
     let signalled = shutdown_signal()?;
-    let http = rest::start(manager.clone(), file.rest).await?;
-    let ssh = match ssh::start(manager.clone(), file.ssh, host_key).await {
+    let http = rest::start(manager.clone(), file.rest, recordings.clone()).await?;
+    let ssh = match ssh::start(manager.clone(), file.ssh, host_key, recordings.clone()).await {
         Ok(ssh) => ssh,
         Err(e) => {
             http.shutdown().await;
             manager.shutdown().await;
+            recordings.shutdown(RECORDINGS_GRACE).await;
             return Err(e);
         }
     };
     signalled.await;
     tracing::info!("shutting down");
-    // Connections and runs drain together; the sandboxes stop after them.
+    // Connections and runs drain together; the sandboxes stop after them;
+    // then the recordings of what ran (REST spawns end with their
+    // sandboxes) are finished.
     tokio::join!(ssh.shutdown(ssh_grace), http.shutdown());
     manager.shutdown().await;
+    recordings.shutdown(RECORDINGS_GRACE).await;
     tracing::info!("blink-server shut down");
     Ok(())
 }

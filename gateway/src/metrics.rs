@@ -2,7 +2,7 @@
 //! one is set). Recorded with the `metrics` facade where things happen
 //! (the SDK records sandbox starts and egress), rendered by
 //! metrics-exporter-prometheus. Every name is here, with its help text, so
-//! the set is read in one place; docs/METRICS.md lists them.
+//! the set is read in one place; docs/OBSERVABILITY.md lists them.
 
 use std::sync::OnceLock;
 

@@ -293,11 +293,14 @@ impl Conn {
                 .as_ref()
                 .is_some_and(|h| h.mode == HookMode::Authorize);
         if !verified {
-            return if admitted || hook_may_grant {
-                Auth::Accept
-            } else {
-                Auth::reject()
-            };
+            if admitted || hook_may_grant {
+                return Auth::Accept;
+            }
+            // An offered key nobody authorized: the client never signs
+            // with it, so this is its only line.
+            metrics::counter!(crate::metrics::SSH_AUTH_TOTAL, "result" => "refused", "reason" => "unknown_key").increment(1);
+            tracing::info!(target: "blink::ssh::auth", peer = %self.peer, login = %Escaped(user), key = %fingerprint, reason = "no authorized key or certificate matches", "ssh auth rejected");
+            return Auth::reject();
         }
         let rejected = |why: &str| {
             metrics::counter!(crate::metrics::SSH_AUTH_TOTAL, "result" => "refused", "reason" => "unknown_key").increment(1);

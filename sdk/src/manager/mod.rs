@@ -11,6 +11,8 @@
 //! - `executions.rs`: one path from a target to a running execution.
 //! - `spawns.rs` and `spawn.rs`: attachable executions and their registry.
 //! - `keys.rs`, `key_options.rs`: SSH keys of sessions; `store.rs`: files.
+//! - `resources.rs`: a session's size (CPU, memory, processes, disk,
+//!   timeouts), checked against the maxima, changed live, its usage.
 //! - `forwarding.rs`: TCP connections to and listeners on a session's own
 //!   loopback (SSH forwarding), and the rules for them.
 
@@ -28,6 +30,7 @@ pub mod names;
 pub mod policy;
 mod pool;
 mod program;
+mod resources;
 mod sessions;
 mod spawn;
 mod spawns;
@@ -46,9 +49,12 @@ pub use self::executions::{EphemeralBox, Lease, Sandbox, Started, Target};
 pub use self::forwarding::{ForwardListener, ForwardRules, Forwarded};
 pub use self::keys::KeyStore;
 pub use self::program::{Program, RunOptions};
+pub use self::resources::{
+    MIN_CPUS, MIN_MEMORY_MIB, MIN_PIDS, ResourceMaxima, ResourceNumbers, ResourceRequest,
+};
 use self::sessions::Slot;
 pub use self::sessions::{ActivityGuard, OpenOptions};
-pub use self::spawn::{Attachment, Chunk, SpawnInfo, Spawned, Stream};
+pub use self::spawn::{Attachment, Chunk, Observer, SpawnInfo, Spawned, Stream};
 use self::store::{DataDirLock, Store};
 use crate::error::{Error, Result};
 use crate::image::ImageStore;
@@ -72,6 +78,9 @@ pub struct Manager {
     /// `shutdown` waits for them.
     removals: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     spawns: Mutex<HashMap<String, Arc<Spawned>>>,
+    /// Wakes the idle policy when a session's idle timeout is set (its
+    /// tick follows the shortest).
+    idle_changed: Arc<tokio::sync::Notify>,
     _lock: DataDirLock,
 }
 
@@ -144,6 +153,7 @@ impl Manager {
             slots: Mutex::default(),
             catalog: tokio::sync::Mutex::new(()),
             spawns: Mutex::default(),
+            idle_changed: Arc::default(),
             _lock: lock,
         });
         manager.recover().await?;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::store::SessionRecord;
 use super::{Manager, lock, names, now, now_ms};
 use crate::error::{Error, Result};
-use crate::runtime::{Limits, SandboxSpec};
+use crate::runtime::SandboxSpec;
 use crate::types::{OpenedSession, SessionInfo, SessionState};
 
 /// Options of `open_session`.
@@ -18,9 +18,11 @@ pub struct OpenOptions {
     /// `Some(true)` makes the session warm (kept running), `Some(false)`
     /// makes it cold again, `None` keeps what it was.
     pub warm: Option<bool>,
-    /// Disk size in MiB (the session's quota) when it is created; the
-    /// configured default when `None`. An existing session keeps its own.
-    pub disk_mib: Option<u64>,
+    /// The size of a new session (CPU, memory, processes, disk, timeouts);
+    /// the configured defaults for what it leaves out. Checked even when
+    /// the session exists, which keeps its own (`set_resources` changes
+    /// it).
+    pub resources: super::ResourceRequest,
     /// Make the new session's disk a copy of another session's (or of one
     /// of its snapshots), with its image and settings. The name must be
     /// free.
@@ -98,7 +100,14 @@ impl Manager {
     fn info_of(&self, slot: &Slot) -> SessionInfo {
         let r = lock(&slot.record).clone();
         let rt = self.runtime.info();
+        let egress = slot.egress_stats.snapshot();
         SessionInfo {
+            resources: self.resources_of(&r),
+            usage: crate::types::ResourceUsage {
+                egress_bytes_sent: egress.bytes_sent,
+                egress_bytes_received: egress.bytes_received,
+                ..self.runtime.usage(&r.box_id)
+            },
             disk: self.runtime.disk_usage(&r.box_id),
             network: crate::types::NetworkInfo {
                 policy: r.network.clone(),
@@ -134,6 +143,7 @@ impl Manager {
     /// Open a session, creating it (and its disk) if missing.
     pub async fn open_session(&self, name: &str, options: OpenOptions) -> Result<OpenedSession> {
         names::validate(name)?;
+        let limits = self.limits_for_new(&options.resources)?;
         let _catalog = self.catalog.lock().await;
         if let Some(from) = &options.from {
             if self.slot(name).is_ok() {
@@ -170,10 +180,7 @@ impl Manager {
             runtime: self.runtime.info().name,
             created_at: t,
             last_used_at: t,
-            limits: Limits {
-                disk_mib: options.disk_mib.or(self.config.limits.disk_mib),
-                ..self.config.limits.clone()
-            },
+            limits,
             network: match options.network {
                 Some(n) => {
                     crate::network::validate(&n)?;
@@ -181,6 +188,8 @@ impl Manager {
                 }
                 None => self.config.network.clone(),
             },
+            run_timeout_secs: options.resources.run_timeout_secs,
+            idle_timeout_secs: options.resources.idle_timeout_secs,
             forwarding: options.forwarding.unwrap_or(self.config.forwarding),
         };
         let spec = self.spec_of(&record);
@@ -193,6 +202,9 @@ impl Manager {
         let slot = Arc::new(new_slot(record.clone(), t.saturating_mul(1000)));
         lock(&self.slots).insert(name.into(), slot.clone());
         drop(_catalog);
+        if record.idle_timeout_secs.is_some() {
+            self.idle_changed.notify_one();
+        }
         tracing::info!(session = %name, box_id = %record.box_id, image = %record.image, "session created");
         if record.warm {
             self.ensure_running(name).await?;
@@ -232,6 +244,8 @@ impl Manager {
             last_used_at: t,
             limits: origin.limits.clone(),
             network: origin.network.clone(),
+            run_timeout_secs: origin.run_timeout_secs,
+            idle_timeout_secs: origin.idle_timeout_secs,
             forwarding: origin.forwarding,
         };
         let spec = self.spec_of(&record);
