@@ -59,7 +59,10 @@ fn auto_falls_back_to_local_and_says_why_everywhere() {
     let boxlite = &product.body["runtimes"]["boxlite"];
     assert_eq!(boxlite["operations"]["exec"], false, "{boxlite}");
     assert!(
-        boxlite["note"].as_str().unwrap().contains("not mapped"),
+        boxlite["note"]
+            .as_str()
+            .unwrap()
+            .contains("no session operation is mapped"),
         "{boxlite}"
     );
     assert_eq!(

@@ -46,7 +46,7 @@ impl Default for HostPaths {
 
 /// The preflight's outcome: every check, and one sentence saying why the
 /// runtime is not usable (`None`: usable).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Preflight {
     pub checks: Vec<Check>,
     /// The failed checks' details, most fundamental first; `None` when
