@@ -47,6 +47,10 @@ pub struct FileConfig {
     pub sandbox: SandboxConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    #[serde(default)]
+    pub recording: crate::recording::RecordingConfig,
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// The `[network]` table: sessions' egress (docs/NETWORK.md).
@@ -237,7 +241,72 @@ pub struct SshConfig {
     /// loopback; keys may still refuse it (`no-port-forwarding`,
     /// `restrict`) or narrow it (`permitopen=`, `permitlisten=`).
     pub allow_forwarding: bool,
+    /// OpenSSH public keys of CAs (one a line) whose user certificates log
+    /// in to the sessions their principals name (sshd's
+    /// `TrustedUserCAKeys`); read again when the file changes.
+    pub trusted_user_ca_keys: Option<PathBuf>,
+    /// A certificate principal that reaches every session, as an admin
+    /// key does (`admin_create_sessions` included). It may not be a valid
+    /// session name (e.g. `"*"`), so that a certificate for one session
+    /// never reaches them all.
+    pub wildcard_principal: Option<String>,
+    /// Seconds a certificate is still taken before its `valid after` and
+    /// after its `valid before` (clocks of the CA and the gateway differ).
+    pub certificate_clock_skew_secs: u64,
+    /// Revoked keys and certificates: an OpenSSH KRL (`ssh-keygen -k`) or
+    /// a text list (keys, `serial:`, `id:`, `sha256:` lines); read again
+    /// when the file changes. Unreadable or invalid: every login refused.
+    pub revoked_keys: Option<PathBuf>,
+    /// An HTTP endpoint asked on every login (docs/XENSEMBLE.md).
+    pub auth_hook: Option<AuthHookConfig>,
     pub limits: Limits,
+}
+
+/// The `[ssh.auth_hook]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthHookConfig {
+    /// `http://host[:port]/path`, asked with a POST per login.
+    pub url: String,
+    /// `"confirm"`: the hook must also allow what keys and certificates
+    /// let in; `"authorize"`: it may also let in keys nothing else does.
+    #[serde(default)]
+    pub mode: HookMode,
+    /// No answer in this long refuses the login.
+    #[serde(default = "AuthHookConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Answers (allow and deny) are reused this long (0: never).
+    #[serde(default = "AuthHookConfig::default_cache_secs")]
+    pub cache_secs: u64,
+    /// At most this many answers kept.
+    #[serde(default = "AuthHookConfig::default_cache_max_entries")]
+    pub cache_max_entries: usize,
+    /// A file holding the token sent as `Authorization: Bearer`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl AuthHookConfig {
+    fn default_timeout_ms() -> u64 {
+        2000
+    }
+    fn default_cache_secs() -> u64 {
+        5
+    }
+    fn default_cache_max_entries() -> usize {
+        4096
+    }
+}
+
+/// What the auth hook decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookMode {
+    /// Only refuses: a login needs a key or certificate and the hook.
+    #[default]
+    Confirm,
+    /// Also grants: a key no file or CA lets in may log in to an existing
+    /// session when the hook allows it (ContainerSSH's model).
+    Authorize,
 }
 
 impl Default for SshConfig {
@@ -251,6 +320,11 @@ impl Default for SshConfig {
             shutdown_grace_secs: 10,
             post_quantum_only: false,
             allow_forwarding: true,
+            trusted_user_ca_keys: None,
+            wildcard_principal: None,
+            certificate_clock_skew_secs: 60,
+            revoked_keys: None,
+            auth_hook: None,
             limits: Limits::default(),
         }
     }
@@ -396,6 +470,8 @@ impl FileConfig {
         }
         blink_sdk::network::validate(&self.network.policy())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.recording.validate().map_err(ConfigError::Invalid)?;
+        self.audit.validate().map_err(ConfigError::Invalid)?;
         self.sandbox.validate(
             self.rest.max_run_timeout_secs,
             self.session_idle_timeout_secs
@@ -466,11 +542,58 @@ impl FileConfig {
                 )));
             }
         }
+        self.validate_auth()?;
         for name in &self.ssh.env_allow {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
                 return Err(ConfigError::Invalid(format!(
                     "ssh.env_allow has an invalid name {name:?}"
                 )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FileConfig {
+    /// Certificates and the auth hook: the settings themselves (the files
+    /// they name are read when the SSH server starts).
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let ssh = &self.ssh;
+        if ssh.certificate_clock_skew_secs > 3600 {
+            return Err(ConfigError::Invalid(
+                "ssh.certificate_clock_skew_secs must be at most 3600 (an hour)".into(),
+            ));
+        }
+        if let Some(w) = &ssh.wildcard_principal {
+            if w.is_empty() || w.contains([',', '\0']) || w.chars().any(char::is_whitespace) {
+                return Err(ConfigError::Invalid(format!(
+                    "ssh.wildcard_principal {w:?} must be one principal: no spaces, commas or NUL"
+                )));
+            }
+            if blink_sdk::manager::names::validate(w).is_ok() {
+                return Err(ConfigError::Invalid(format!(
+                    "ssh.wildcard_principal {w:?} is also a valid session name, so a \
+                     certificate for that one session would reach every session; pick \
+                     one that is not (e.g. \"*\")"
+                )));
+            }
+        }
+        if let Some(hook) = &ssh.auth_hook {
+            crate::ssh::parse_hook_url(&hook.url).map_err(ConfigError::Invalid)?;
+            if !(1..=60_000).contains(&hook.timeout_ms) {
+                return Err(ConfigError::Invalid(
+                    "ssh.auth_hook.timeout_ms must be between 1 and 60000".into(),
+                ));
+            }
+            if hook.cache_secs > 3600 {
+                return Err(ConfigError::Invalid(
+                    "ssh.auth_hook.cache_secs must be at most 3600".into(),
+                ));
+            }
+            if !(1..=1 << 20).contains(&hook.cache_max_entries) {
+                return Err(ConfigError::Invalid(
+                    "ssh.auth_hook.cache_max_entries must be between 1 and 1048576".into(),
+                ));
             }
         }
         Ok(())
@@ -491,6 +614,52 @@ mod tests {
         assert_eq!(config.ssh.listen.port(), 2222);
         assert!(config.ssh.env_allow.iter().any(|n| n == "EDITOR"));
         assert_eq!(config.ssh.shutdown_grace(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn certificate_and_hook_settings() {
+        let load = |text: &str| {
+            toml::from_str::<FileConfig>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map(|_| c).map_err(|e| e.to_string()))
+        };
+        let c = load(
+            "[ssh]\ntrusted_user_ca_keys = \"/ca.pub\"\nwildcard_principal = \"*\"\n\
+             [ssh.auth_hook]\nurl = \"http://127.0.0.1:9000/auth\"\nmode = \"authorize\"\n",
+        )
+        .unwrap();
+        let hook = c.ssh.auth_hook.unwrap();
+        assert_eq!(hook.mode, HookMode::Authorize);
+        assert_eq!((hook.timeout_ms, hook.cache_secs), (2000, 5));
+        assert_eq!(c.ssh.certificate_clock_skew_secs, 60);
+        for (text, named) in [
+            (
+                "[ssh]\nwildcard_principal = \"admin\"",
+                "wildcard_principal",
+            ),
+            ("[ssh]\nwildcard_principal = \"a b\"", "wildcard_principal"),
+            ("[ssh]\ncertificate_clock_skew_secs = 7200", "skew"),
+            ("[ssh.auth_hook]\nurl = \"https://h/\"", "https"),
+            (
+                "[ssh.auth_hook]\nurl = \"http://h/\"\ntimeout_ms = 0",
+                "timeout_ms",
+            ),
+            (
+                "[ssh.auth_hook]\nurl = \"http://h/\"\nmode = \"maybe\"",
+                "maybe",
+            ),
+            (
+                "[ssh.auth_hook]\nurl = \"http://h/\"\ncache_max_entries = 0",
+                "cache_max",
+            ),
+            (
+                "[ssh.auth_hook]\nurl = \"http://h/\"\ntoken = \"x\"",
+                "token",
+            ),
+        ] {
+            let e = load(text).unwrap_err();
+            assert!(e.contains(named), "{text}: {e}");
+        }
     }
 
     #[test]

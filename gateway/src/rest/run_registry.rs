@@ -50,6 +50,18 @@ impl RunState {
     pub(super) fn finished(self) -> bool {
         !matches!(self, Self::Queued | Self::Running)
     }
+
+    /// As the API spells it (and metrics label it).
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Lost => "lost",
+        }
+    }
 }
 
 /// A run as `GET /api/runs/{id}` shows it (and its record keeps it).
@@ -275,6 +287,7 @@ impl RunRegistry {
         };
         // On disk before the id is answered: a restart cannot lose it.
         self.save(Some(queued_view));
+        metrics::gauge!(crate::metrics::RUNS_QUEUED).increment(1.0);
         if let Some(records) = &self.records {
             for id in &forgotten {
                 records.remove(id);
@@ -344,7 +357,9 @@ impl RunRegistry {
             slot = ticket.ready() => slot,
             _ = closing.wait_for(|c| *c) => None,
         };
+        metrics::gauge!(crate::metrics::RUNS_QUEUED).decrement(1.0);
         let Some(permit) = permit.filter(|_| !*self.closing.borrow()) else {
+            metrics::counter!(crate::metrics::RUNS_TOTAL, "state" => "failed").increment(1);
             self.update(&id, |v| {
                 v.state = RunState::Failed;
                 v.finished_at_ms = Some(now_ms());
@@ -356,6 +371,9 @@ impl RunRegistry {
             return;
         };
         self.running.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!(crate::metrics::RUNS_RUNNING).increment(1.0);
+        metrics::histogram!(crate::metrics::RUN_QUEUE_SECONDS)
+            .record(queued_at.elapsed().as_secs_f64());
         let queued_ms = queued_at.elapsed().as_millis() as u64;
         self.update(&id, |v| {
             v.state = RunState::Running;
@@ -385,6 +403,10 @@ impl RunRegistry {
                 });
             }
         }
+        let state = self.get(&id).map_or("failed", |v| v.state.as_str());
+        metrics::counter!(crate::metrics::RUNS_TOTAL, "state" => state).increment(1);
+        metrics::histogram!(crate::metrics::RUN_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::gauge!(crate::metrics::RUNS_RUNNING).decrement(1.0);
         drop(permit);
         if self.running.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.idle.notify_waiters();

@@ -143,6 +143,8 @@ impl Conn {
             return Some(why.to_string());
         };
         self.stats.forwards.fetch_add(1, Ordering::SeqCst);
+        metrics::counter!(crate::metrics::SSH_CHANNELS_TOTAL, "kind" => "direct-tcpip")
+            .increment(1);
         self.stats.touch();
         let manager = self.gateway.manager.clone();
         let stats = self.stats.clone();
@@ -324,6 +326,8 @@ impl Accepting {
             };
             self.connections.fetch_add(1, Ordering::SeqCst);
             self.stats.forwards.fetch_add(1, Ordering::SeqCst);
+            metrics::counter!(crate::metrics::SSH_CHANNELS_TOTAL, "kind" => "forwarded-tcpip")
+                .increment(1);
             self.stats.touch();
             let forward = Forward {
                 origin: connection.peer.to_string(),

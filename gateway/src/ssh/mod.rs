@@ -10,11 +10,13 @@
 //! - `connection.rs`: one connection's life (login grace time, its
 //!   source's penalty, timeouts, its part of a shutdown, its log line).
 //! - `handler.rs`: russh's callbacks, each turned into a call on `Conn`.
-//! - `requests.rs`: `Conn` and what channel requests do; `auth.rs`: keys.
+//! - `requests.rs`: `Conn` and what channel requests do; `auth.rs`: keys,
+//!   certificates, revocation and the auth hook (`auth/`).
 //! - `forwarding.rs`: `ssh -L`/`-D` channel opens and `ssh -R` listeners,
 //!   checked by the SDK's rules; `tunnel.rs`: one forwarded connection on
 //!   its channel.
-//! - `channel.rs`: one channel running a program.
+//! - `channel.rs`: one channel running a program; `sftp_audit.rs`: what
+//!   an sftp channel's client does, read from its bytes, for the audit log.
 //! - `compat.rs`: what differs by client, keyed on its version string.
 
 pub(crate) mod admission;
@@ -27,8 +29,10 @@ mod forwarding;
 mod handler;
 mod requests;
 mod server;
+mod sftp_audit;
 mod shutdown;
 mod tunnel;
 
+pub(crate) use self::auth::hook::parse_url as parse_hook_url;
 pub use self::connection::SHUTDOWN_REASON;
 pub use self::server::{SshServer, start};

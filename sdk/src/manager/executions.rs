@@ -202,6 +202,7 @@ impl Manager {
             hostname: "blink-run".into(),
             limits: self.config.limits.clone(),
         };
+        let started = std::time::Instant::now();
         self.runtime.create(&sandbox).await?;
         let b = EphemeralBox {
             id,
@@ -209,6 +210,7 @@ impl Manager {
             released: false,
         };
         self.runtime.start(&sandbox).await?;
+        crate::metrics::sandbox_started("ephemeral", started.elapsed());
         Ok(b)
     }
 

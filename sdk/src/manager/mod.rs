@@ -54,7 +54,7 @@ pub use self::resources::{
 };
 use self::sessions::Slot;
 pub use self::sessions::{ActivityGuard, OpenOptions};
-pub use self::spawn::{Attachment, Chunk, SpawnInfo, Spawned, Stream};
+pub use self::spawn::{Attachment, Chunk, Observer, SpawnInfo, Spawned, Stream};
 use self::store::{DataDirLock, Store};
 use crate::error::{Error, Result};
 use crate::image::ImageStore;

@@ -323,7 +323,9 @@ impl Manager {
         }
         let record = lock(&slot.record).clone();
         if !self.runtime.is_running(&record.box_id) {
+            let started = std::time::Instant::now();
             self.runtime.start(&self.spec_of(&record)).await?;
+            crate::metrics::sandbox_started("session", started.elapsed());
         }
         self.ensure_egress(slot, &record).await
     }

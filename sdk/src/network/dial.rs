@@ -160,6 +160,7 @@ impl Egress {
             Ok(addr) => addr,
             Err(why) => {
                 self.stats.denied.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::egress(via, "denied");
                 line.write(false, &why, 0, 0);
                 return Err(DialError::Denied(why));
             }
@@ -168,6 +169,7 @@ impl Egress {
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
         let why = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
+                crate::metrics::egress(via, "allowed");
                 return Ok(Outbound {
                     stream,
                     addr,
@@ -181,6 +183,7 @@ impl Egress {
             Ok(Err(e)) => format!("cannot reach {addr}: {e}"),
             Err(_) => format!("cannot reach {addr}: timed out"),
         };
+        crate::metrics::egress(via, "unreachable");
         line.write(true, &why, 0, 0);
         Err(DialError::Unreachable(why))
     }
