@@ -14,6 +14,8 @@
 #   systemd         systemd-analyze verify of the unit (tests/tests/deploy.rs)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
 #   prometheus_client  the reference parser of /metrics (tests/tests/metrics.rs)
+#   pyte            (PyPI) a headless terminal replaying recordings (tests/tests/recording.rs)
+#   asciinema       (PyPI) `asciinema cat` of the same recordings
 #   ssh-audit       (PyPI) grades the SSH gateway's algorithms
 set -euo pipefail
 
@@ -30,10 +32,17 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-if command -v python3 >/dev/null && ! python3 -c 'import paramiko, asyncssh, prometheus_client' 2>/dev/null; then
-  echo "installing: paramiko asyncssh prometheus_client (pip)"
+if command -v python3 >/dev/null && ! python3 -c 'import paramiko, asyncssh, prometheus_client, pyte' 2>/dev/null; then
+  echo "installing: paramiko asyncssh prometheus_client pyte (pip)"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-    'paramiko>=3.4' 'asyncssh>=2.14' 'prometheus_client>=0.20'
+    'paramiko>=3.4' 'asyncssh>=2.14' 'prometheus_client>=0.20' 'pyte>=0.8'
+fi
+# asciinema 2.x (PyPI, pure Python) reads the recordings back
+# (tests/tests/recording.rs: `asciinema cat`).
+if ! command -v asciinema >/dev/null 2>&1; then
+  echo "installing: asciinema (pip)"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'asciinema>=2.2,<3'
+  hash -r
 fi
 # ssh-audit (PyPI) grades the SSH gateway's algorithms
 # (tests/tests/ssh_algorithms.rs). Without it the test installs it in a venv

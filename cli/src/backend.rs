@@ -17,6 +17,7 @@ use blink_sdk::manager::keys::{AuthorizedKey, KeyChange};
 use blink_sdk::manager::{CloneSource, KeyStore, ResourceRequest};
 use blink_sdk::network::NetworkPolicy;
 use blink_sdk::runtime::SnapshotInfo;
+use blink_sdk::runtime::selection::RuntimeChoice;
 use blink_sdk::types::{
     ForwardingPolicy, NetworkInfo, OpenedSession, ResourcesChanged, SessionInfo, SessionStats,
 };
@@ -50,7 +51,12 @@ pub enum Need {
 impl Backend {
     /// Choose: a named server; else the manager (or the files), or the
     /// local socket of the server that holds the data dir.
-    pub async fn choose(data_dir: &Path, server: Option<&str>, need: Need) -> anyhow::Result<Self> {
+    pub async fn choose(
+        data_dir: &Path,
+        server: Option<&str>,
+        runtime: RuntimeChoice,
+        need: Need,
+    ) -> anyhow::Result<Self> {
         if let Some(url) = server {
             let token = std::env::var("BLINK_API_TOKEN").ok();
             return Ok(Self::Server(ApiClient::new(Endpoint::parse(url)?, token)));
@@ -68,7 +74,9 @@ impl Backend {
         if need == Need::Files {
             return Ok(Self::Files);
         }
-        match Manager::open(ManagerConfig::new(data_dir)).await {
+        let mut config = ManagerConfig::new(data_dir);
+        config.runtime = runtime;
+        match Manager::open(config).await {
             Ok(m) => Ok(Self::Direct(m)),
             Err(e @ blink_sdk::Error::DataDirLocked { .. }) => {
                 // A server that has just started holds it.

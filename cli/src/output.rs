@@ -15,6 +15,8 @@ pub struct Context {
     pub json: bool,
     /// `--server` / `BLINK_API_URL`: go through that server.
     pub server: Option<String>,
+    /// `--runtime`: auto, boxlite or local (the direct path).
+    pub runtime: blink_sdk::runtime::selection::RuntimeChoice,
     backend: tokio::sync::OnceCell<Backend>,
 }
 
@@ -24,6 +26,7 @@ impl Context {
             data_dir,
             json,
             server: server.filter(|s| !s.trim().is_empty()),
+            runtime: Default::default(),
             backend: tokio::sync::OnceCell::new(),
         }
     }
@@ -31,7 +34,9 @@ impl Context {
     /// The way to Blink (backend.rs), chosen on first use.
     pub async fn backend(&self, need: Need) -> anyhow::Result<&Backend> {
         self.backend
-            .get_or_try_init(|| Backend::choose(&self.data_dir, self.server.as_deref(), need))
+            .get_or_try_init(|| {
+                Backend::choose(&self.data_dir, self.server.as_deref(), self.runtime, need)
+            })
             .await
     }
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use blink_sdk::manager::{Manager, ManagerConfig, default_data_dir};
 use blink_server::config::FileConfig;
+use blink_server::recording::Recordings;
 use blink_server::{audit, hostkey, rest, ssh};
 use clap::Parser;
 
@@ -49,10 +50,17 @@ struct Args {
     /// HTTP API listen address: IP:PORT, or an IP (port 8787).
     #[arg(long, env = "BLINK_BIND", value_parser = rest::config::parse_listen)]
     http_listen: Option<std::net::SocketAddr>,
+    /// Sandbox runtime: auto (boxlite when its preflight passes, else
+    /// local), boxlite or local. Overrides the config's `runtime`.
+    #[arg(long, env = "BLINK_RUNTIME")]
+    runtime: Option<blink_sdk::runtime::selection::RuntimeChoice>,
     /// Host directory whose scripts REST runs may name (repeatable).
     #[arg(long)]
     script_dir: Vec<PathBuf>,
 }
+
+/// How long recordings still being written at shutdown may take to end.
+const RECORDINGS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -135,6 +143,11 @@ fn configure(args: &Args) -> anyhow::Result<(FileConfig, PathBuf)> {
     if let Some(listen) = args.http_listen {
         file.rest.listen = listen;
     }
+    if let Some(runtime) = args.runtime {
+        // The flag replaces whatever the file says, in either place.
+        file.runtime = Some(runtime);
+        file.sandbox.runtime = None;
+    }
     file.rest
         .script_dirs
         .extend(args.script_dir.iter().cloned());
@@ -177,6 +190,7 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     tracing::info!(fingerprint = %fingerprint, path = %key_path.display(), "ssh host key");
 
     let mut manager_config = ManagerConfig::new(&data_dir);
+    manager_config.runtime = file.runtime()?;
     manager_config.seccomp = file.sandbox.seccomp;
     manager_config.id_base = Some(file.sandbox.id_base);
     manager_config.limits = blink_sdk::runtime::Limits {
@@ -211,22 +225,29 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
         .await
         .with_context(|| format!("opening data dir {}", data_dir.display()))?;
     let ssh_grace = file.ssh.shutdown_grace();
+    // One set of recordings for SSH and REST alike.
+    let recordings = Recordings::new(file.recording, &data_dir);
+    recordings.start_retention();
     // Listen before the servers say they are up, so no signal is missed.
     let signalled = shutdown_signal()?;
-    let http = rest::start(manager.clone(), file.rest).await?;
-    let ssh = match ssh::start(manager.clone(), file.ssh, host_key).await {
+    let http = rest::start(manager.clone(), file.rest, recordings.clone()).await?;
+    let ssh = match ssh::start(manager.clone(), file.ssh, host_key, recordings.clone()).await {
         Ok(ssh) => ssh,
         Err(e) => {
             http.shutdown().await;
             manager.shutdown().await;
+            recordings.shutdown(RECORDINGS_GRACE).await;
             return Err(e);
         }
     };
     signalled.await;
     tracing::info!("shutting down");
-    // Connections and runs drain together; the sandboxes stop after them.
+    // Connections and runs drain together; the sandboxes stop after them;
+    // then the recordings of what ran (REST spawns end with their
+    // sandboxes) are finished.
     tokio::join!(ssh.shutdown(ssh_grace), http.shutdown());
     manager.shutdown().await;
+    recordings.shutdown(RECORDINGS_GRACE).await;
     tracing::info!("blink-server shut down");
     Ok(())
 }

@@ -58,6 +58,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/sessions/nosuch/keys"),
     ("PATCH", "/api/sessions/fuzz/resources"),
     ("PATCH", "/api/sessions/nosuch/resources"),
+    ("PUT", "/api/sessions/fuzz/recording"),
+    ("PUT", "/api/sessions/nosuch/recording"),
 ];
 
 struct Env {
@@ -103,6 +105,13 @@ impl Env {
             script_dirs: Arc::new(Vec::new()),
             shutdown,
             attachments: Arc::new(tokio::sync::Semaphore::new(4)),
+            recordings: crate::recording::Recordings::new(
+                crate::recording::RecordingConfig {
+                    enabled: true,
+                    ..Default::default()
+                },
+                dir.path(),
+            ),
         };
         let guard = Arc::new(super::guard::Guard::new(
             &state.config,
@@ -323,6 +332,13 @@ fn structured_body() -> impl Strategy<Value = ((&'static str, &'static str), Val
         0..5,
     )
     .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()));
+    // A session's recording switch: booleans and what is not one.
+    let switch = prop_oneof![
+        any::<bool>().prop_map(|b| json!({"enabled": b})),
+        json_value().prop_map(|v| json!({"enabled": v})),
+        Just(json!({})),
+        Just(json!({"enabled": true, "record_input": true})),
+    ];
     let on = |routes: &'static [(&'static str, &'static str)]| prop::sample::select(routes);
     prop_oneof![
         (on(&ROUTES[0..2]), run()),
@@ -331,6 +347,7 @@ fn structured_body() -> impl Strategy<Value = ((&'static str, &'static str), Val
         (on(&ROUTES[4..5]), spawn),
         (on(&ROUTES[5..7]), key),
         (on(&ROUTES[7..9]), resources),
+        (on(&ROUTES[9..11]), switch),
     ]
 }
 
@@ -400,6 +417,10 @@ fn bodies_through_the_router() {
                     ("DELETE", "/api/sessions/fuzz/keys/{}"),
                     ("POST", "/api/sessions/{}/stop"),
                     ("GET", "/api/sessions/{}?force=maybe"),
+                    ("GET", "/api/sessions/{}/recordings"),
+                    ("GET", "/api/sessions/fuzz/recordings/{}"),
+                    ("DELETE", "/api/sessions/fuzz/recordings/{}"),
+                    ("GET", "/api/sessions/{}/recording"),
                 ]),
                 "\\PC{0,80}",
             ),
@@ -433,6 +454,7 @@ fn body_types_deserialize_cleanly() {
             let _ = serde_json::from_slice::<super::sessions::OpenRequest>(&b);
             let _ = serde_json::from_slice::<super::spawn::SpawnRequest>(&b);
             let _ = serde_json::from_slice::<super::keys::AddKeyRequest>(&b);
+            let _ = serde_json::from_slice::<super::recordings::SwitchRequest>(&b);
             Ok(())
         })
         .map_err(|e| e.to_string())

@@ -18,6 +18,7 @@ mod network;
 mod observe;
 mod openapi;
 mod product;
+mod recordings;
 mod resources;
 mod run_records;
 mod run_registry;
@@ -49,6 +50,7 @@ use utoipa_axum::routes;
 pub use self::config::RestConfig;
 use self::error::ApiError;
 use self::run_registry::RunRegistry;
+use crate::recording::Recordings;
 
 /// What every handler sees.
 #[derive(Clone)]
@@ -62,6 +64,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// One permit per open WebSocket attachment.
     pub attachments: Arc<tokio::sync::Semaphore>,
+    /// PTY sessions' recordings (shared with the SSH gateway).
+    pub recordings: Arc<Recordings>,
 }
 
 /// The router and its OpenAPI document, built from the same route list.
@@ -93,6 +97,9 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(exports::export))
         .routes(routes!(exports::download))
         .routes(routes!(exports::import))
+        .routes(routes!(recordings::list))
+        .routes(routes!(recordings::download, recordings::remove))
+        .routes(routes!(recordings::get_switch, recordings::put_switch))
         .with_state(state.clone())
         .split_for_parts();
     let json = doc.to_json().unwrap_or_else(|_| "{}".into());
@@ -203,8 +210,13 @@ pub struct RestServer {
 }
 
 /// Bind and start serving. Prints `http listening on ADDR` on stdout once
-/// bound (tests and supervisors read it).
-pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<RestServer> {
+/// bound (tests and supervisors read it). Spawns with a terminal are
+/// recorded in `recordings` as its config says.
+pub async fn start(
+    manager: Arc<Manager>,
+    config: RestConfig,
+    recordings: Arc<Recordings>,
+) -> anyhow::Result<RestServer> {
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("config is invalid: {e}"))?;
@@ -248,6 +260,7 @@ pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<
         config: Arc::new(config),
         script_dirs: Arc::new(script_dirs),
         shutdown: shutdown_rx.clone(),
+        recordings,
     };
     inline_scripts::clean(&state.manager.config().data_dir);
     exports::clean_up(

@@ -24,6 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "executions", description = "Spawned processes and WebSocket attach"),
         (name = "keys", description = "Per-session SSH authorized keys"),
         (name = "checkpoints", description = "Snapshots, export and import (not in this release)"),
+        (name = "recordings", description = "Recordings of PTY sessions (asciicast v2)"),
     )
 )]
 pub struct ApiDoc;

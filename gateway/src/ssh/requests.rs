@@ -202,6 +202,7 @@ impl Conn {
         metrics::counter!(crate::metrics::SSH_CHANNELS_TOTAL, "kind" => what.kind()).increment(1);
         let job = channel::Job {
             manager: self.gateway.manager.clone(),
+            recordings: self.gateway.recordings.clone(),
             session: name,
             login_peer: self.peer,
             what,

@@ -21,6 +21,7 @@ use super::auth::LoginCheck;
 use super::connection::{self, CLOSE_WAIT};
 use super::shutdown::{Shutdown, Trigger};
 use crate::config::SshConfig;
+use crate::recording::Recordings;
 
 /// Bytes a client may send on a channel before the program has consumed
 /// them: what the gateway buffers per channel at most.
@@ -37,6 +38,8 @@ pub(super) struct Gateway {
     pub(super) auth: LoginCheck,
     /// Who may connect before authenticating.
     pub(super) admission: Arc<Admission>,
+    /// Where PTY channels are recorded (if they are).
+    pub(super) recordings: Arc<Recordings>,
 }
 
 impl Gateway {
@@ -44,6 +47,7 @@ impl Gateway {
         manager: Arc<Manager>,
         config: SshConfig,
         host_key: PrivateKey,
+        recordings: Arc<Recordings>,
     ) -> anyhow::Result<Arc<Self>> {
         let limits = &config.limits;
         let mut methods = MethodSet::empty();
@@ -82,6 +86,7 @@ impl Gateway {
             per_session: Mutex::new(HashMap::new()),
             auth,
             admission,
+            recordings,
         }))
     }
 }
@@ -96,17 +101,19 @@ pub struct SshServer {
 }
 
 /// Bind `config.listen` and start serving. Prints `ssh listening on ADDR`
-/// on stdout once bound (tests and supervisors read it).
+/// on stdout once bound (tests and supervisors read it). PTY channels are
+/// recorded in `recordings` as its config says.
 pub async fn start(
     manager: Arc<Manager>,
     config: SshConfig,
     host_key: PrivateKey,
+    recordings: Arc<Recordings>,
 ) -> anyhow::Result<SshServer> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the SSH gateway to {}", config.listen))?;
     let local_addr = listener.local_addr().context("SSH listener address")?;
-    let gateway = Gateway::new(manager, config, host_key)?;
+    let gateway = Gateway::new(manager, config, host_key, recordings)?;
     let trigger = Trigger::new();
     let connections = TaskTracker::new();
     let accept = tokio::spawn(accept_loop(
