@@ -663,3 +663,35 @@ fn export_import_keys_and_spawn_through_the_server() {
         assert!(text.contains("33 101"), "{way}: {text}");
     }
 }
+
+#[test]
+fn spawn_tty_through_the_server_follows_the_window_and_restores_the_terminal() {
+    let Some(blink) = Blink::with_runtime() else {
+        return;
+    };
+    let server = blink.server().token(TOKEN).start();
+    let elsewhere = Blink::new();
+    let cli = bin("blink-cli");
+    let ways = [
+        // Through the socket of the server that holds the data dir.
+        format!(
+            "{} --data-dir {} SPAWN",
+            cli.display(),
+            blink.data_dir.path().display()
+        ),
+        // Through its HTTP API, from another data dir.
+        format!(
+            "BLINK_API_TOKEN={TOKEN} {} --data-dir {} --server http://127.0.0.1:{} SPAWN",
+            cli.display(),
+            elsewhere.data_dir.path().display(),
+            server.http_port
+        ),
+    ];
+    for (i, line) in ways.iter().enumerate() {
+        let name = format!("winch{i}");
+        let local = Cli::on(&blink, Way::Socket);
+        let (_, opened) = local.json(&["session", "open", "--name", &name]);
+        let box_id = opened["session"]["box_id"].as_str().unwrap().to_owned();
+        blink_e2e::tty::check_spawn_tty_follows_the_window(&blink, &box_id, &name, line);
+    }
+}
