@@ -13,6 +13,8 @@ use serde::Serialize;
 pub struct Context {
     pub data_dir: PathBuf,
     pub json: bool,
+    /// `--runtime`: auto, boxlite or local.
+    pub runtime: blink_sdk::runtime::selection::RuntimeChoice,
     manager: tokio::sync::OnceCell<Arc<Manager>>,
 }
 
@@ -21,6 +23,7 @@ impl Context {
         Self {
             data_dir,
             json,
+            runtime: Default::default(),
             manager: tokio::sync::OnceCell::new(),
         }
     }
@@ -29,7 +32,11 @@ impl Context {
     pub async fn manager(&self) -> anyhow::Result<Arc<Manager>> {
         let m = self
             .manager
-            .get_or_try_init(|| Manager::open(ManagerConfig::new(&self.data_dir)))
+            .get_or_try_init(|| {
+                let mut config = ManagerConfig::new(&self.data_dir);
+                config.runtime = self.runtime;
+                Manager::open(config)
+            })
             .await?;
         Ok(m.clone())
     }
