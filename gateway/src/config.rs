@@ -44,6 +44,9 @@ pub struct FileConfig {
     pub sandbox: SandboxConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    /// `[images]`: pulls from registries (docs/IMAGES.md).
+    #[serde(default)]
+    pub images: blink_sdk::image::PullConfig,
 }
 
 /// The `[network]` table: sessions' egress (docs/NETWORK.md).
@@ -280,6 +283,9 @@ impl FileConfig {
             )));
         }
         blink_sdk::network::validate(&self.network.policy())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.images
+            .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let l = &self.ssh.limits;
         let positive = [

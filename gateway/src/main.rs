@@ -134,6 +134,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     manager_config.network = file.network.policy();
     manager_config.ephemeral_pool = file.sandbox.ephemeral_pool;
     manager_config.resolve = file.network.resolve.clone();
+    manager_config.pull = file.images.clone();
     if file.sandbox.seccomp == blink_sdk::runtime::local::SeccompProfile::Unconfined {
         tracing::warn!(
             "[sandbox] seccomp = \"unconfined\": sandboxes run without a seccomp filter"

@@ -17,7 +17,10 @@
 //! Requests that would start a sandbox never get that far: the manager's
 //! default image does not exist (runs and opens fail with "image not
 //! found"), spawns and session runs name a session that does not exist,
-//! and bodies naming the built-in default image are left out.
+//! and bodies naming the built-in default image are left out. Pulls never
+//! leave the machine: sessions and runs do not pull on demand, and
+//! `POST /api/images/pull` may only name a registry on a closed loopback
+//! port (`[images] allowed_registries`): everything else is refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +59,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/sessions/nosuch/spawn"),
     ("POST", "/api/sessions/fuzz/keys"),
     ("POST", "/api/sessions/nosuch/keys"),
+    ("POST", "/api/images/pull"),
 ];
 
 struct Env {
@@ -85,6 +89,8 @@ impl Env {
             .unwrap();
         let mut config = ManagerConfig::new(dir.path());
         config.default_image = "fuzz/none:latest".into();
+        config.pull.pull = blink_sdk::image::PullPolicy::Never;
+        config.pull.allowed_registries = vec!["127.0.0.1:1".into()];
         let manager = rt.block_on(Manager::open(config)).unwrap();
         let rest = RestConfig {
             max_body_bytes: MAX_BODY,
@@ -219,7 +225,7 @@ fn field_name() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => prop::sample::select(vec![
             "script", "command", "session", "args", "env", "cwd", "stdin", "timeout_secs",
-            "image", "name", "warm", "exclusive", "tty", "rows", "cols", "key",
+            "image", "reference", "name", "warm", "exclusive", "tty", "rows", "cols", "key",
         ])
         .prop_map(str::to_string),
         1 => "\\PC{0,8}",

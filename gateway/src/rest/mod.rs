@@ -11,6 +11,7 @@ mod exports;
 #[cfg(test)]
 pub(crate) mod fuzz_tests;
 mod guard;
+mod images;
 mod keys;
 mod network;
 mod openapi;
@@ -84,6 +85,9 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(exports::export))
         .routes(routes!(exports::download))
         .routes(routes!(exports::import))
+        .routes(routes!(images::list, images::remove))
+        .routes(routes!(images::pull))
+        .routes(routes!(images::prune))
         .with_state(state.clone())
         .split_for_parts();
     let json = doc.to_json().unwrap_or_else(|_| "{}".into());

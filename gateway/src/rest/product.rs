@@ -75,6 +75,7 @@ pub async fn product(State(state): State<AppState>) -> axum::Json<Product> {
         ("export", state.manager.snapshots_supported()),
         ("import", state.manager.snapshots_supported()),
         ("api_token", state.config.token.is_some()),
+        ("image_pull", true),
     ]);
     axum::Json(Product {
         name: "blink",

@@ -49,6 +49,9 @@ pub struct ManagerConfig {
     pub network: crate::network::NetworkPolicy,
     /// The operator's name table for the egress proxy (`[network] resolve`).
     pub resolve: std::collections::BTreeMap<String, std::net::IpAddr>,
+    /// Registry pulls: on demand or not, mirrors, credentials, limits
+    /// (`[images]`, docs/IMAGES.md).
+    pub pull: crate::image::PullConfig,
 }
 
 impl ManagerConfig {
@@ -75,6 +78,7 @@ impl ManagerConfig {
             network: Default::default(),
             resolve: Default::default(),
             ephemeral_pool: 0,
+            pull: Default::default(),
         }
     }
 }

@@ -130,6 +130,10 @@ impl Manager {
     /// Open a session, creating it (and its disk) if missing.
     pub async fn open_session(&self, name: &str, options: OpenOptions) -> Result<OpenedSession> {
         names::validate(name)?;
+        if options.from.is_none() && self.slot(name).is_err() {
+            // A pull can take minutes: not under the catalog lock.
+            self.pull_if_missing(options.image.as_deref()).await?;
+        }
         let _catalog = self.catalog.lock().await;
         if let Some(from) = &options.from {
             if self.slot(name).is_ok() {
