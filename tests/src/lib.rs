@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 pub mod abuse;
 pub mod leftovers;
+pub mod registry;
 pub mod rest;
 mod running;
 mod server;

@@ -281,43 +281,18 @@ impl Puller {
         let _running = ingest
             .pull_guard()
             .map_err(|e| Error::io("marking a pull as running", e))?;
-        // Config first (it must parse before any layer is worth fetching),
-        // then the layers, a few at a time.
-        let config_blob =
-            blob::fetch(src, &self.store, &ingest, &chosen.manifest.config, progress.as_ref())
-                .await?;
-        if let Some(p) = &progress {
-            p(&PullEvent::BlobDone {
-                digest: config_blob.digest.clone(),
-                size: chosen.manifest.config.size,
-                cached: config_blob.cached,
-            });
+        let mut fetched = Vec::new();
+        if let Err(e) = self
+            .fetch_blobs(src, &chosen, &name, &ingest, progress, &mut fetched)
+            .await
+        {
+            // A refused image leaves nothing; a cut connection leaves its
+            // downloads for the next pull to resume.
+            if !matches!(e, Error::Registry { .. }) {
+                discard(&ingest, &blobs, &fetched);
+            }
+            return Err(e);
         }
-        let config_bytes = read_config(&config_blob.path, self.config.max_config_bytes)?;
-        manifest::check_config(&config_bytes, &chosen.manifest, &name)?;
-        let mut fetched = vec![config_blob];
-        let mut downloads = futures_util::stream::iter(chosen.manifest.layers.clone())
-            .map(|layer: oci::Descriptor| {
-                let progress = progress.clone();
-                let ingest = ingest.clone();
-                async move {
-                    let f =
-                        blob::fetch(src, &self.store, &ingest, &layer, progress.as_ref()).await?;
-                    if let Some(p) = &progress {
-                        p(&PullEvent::BlobDone {
-                            digest: f.digest.clone(),
-                            size: layer.size,
-                            cached: f.cached,
-                        });
-                    }
-                    Ok::<_, Error>(f)
-                }
-            })
-            .buffer_unordered(self.config.concurrent_downloads);
-        while let Some(f) = downloads.next().await {
-            fetched.push(f?);
-        }
-        drop(downloads);
         let fetched_blobs = fetched.iter().filter(|f| !f.cached).count();
         let fetched_bytes = fetched.iter().map(|f| f.fetched).sum();
         let cached_blobs = fetched.len() - fetched_blobs;
@@ -355,6 +330,52 @@ impl Puller {
         })
     }
 
+    /// The config (it must parse before any layer is worth fetching), then
+    /// the layers, a few at a time; each into `fetched` as it is ready.
+    async fn fetch_blobs(
+        &self,
+        src: &Source,
+        chosen: &manifest::Chosen,
+        name: &str,
+        ingest: &Ingest,
+        progress: Option<PullProgress>,
+        fetched: &mut Vec<blob::Fetched>,
+    ) -> Result<()> {
+        let done = |f: &blob::Fetched, size: u64| {
+            if let Some(p) = &progress {
+                p(&PullEvent::BlobDone {
+                    digest: f.digest.clone(),
+                    size,
+                    cached: f.cached,
+                });
+            }
+        };
+        let config =
+            blob::fetch(src, &self.store, ingest, &chosen.manifest.config, progress.as_ref())
+                .await?;
+        done(&config, chosen.manifest.config.size);
+        let config_path = config.path.clone();
+        fetched.push(config);
+        let config_bytes = read_config(&config_path, self.config.max_config_bytes)?;
+        manifest::check_config(&config_bytes, &chosen.manifest, name)?;
+        let mut downloads = futures_util::stream::iter(chosen.manifest.layers.clone())
+            .map(|layer: oci::Descriptor| {
+                let progress = progress.clone();
+                async move {
+                    let f = blob::fetch(src, &self.store, ingest, &layer, progress.as_ref())
+                        .await?;
+                    Ok::<_, Error>((f, layer.size))
+                }
+            })
+            .buffer_unordered(self.config.concurrent_downloads);
+        while let Some(f) = downloads.next().await {
+            let (f, size) = f?;
+            done(&f, size);
+            fetched.push(f);
+        }
+        Ok(())
+    }
+
     /// Make sure `reference` is in the store, pulling it if the policy
     /// lets a session or run do that. Images under `blink/` are built
     /// here, never pulled.
@@ -378,6 +399,23 @@ impl Puller {
 }
 
 use super::oci;
+
+/// Remove what a refused pull downloaded: its verified blobs, and the
+/// partial downloads of its blobs that no other pull is working on.
+fn discard(ingest: &Ingest, blobs: &[oci::Descriptor], fetched: &[blob::Fetched]) {
+    for f in fetched.iter().filter(|f| !f.cached) {
+        let _ = std::fs::remove_file(&f.path);
+    }
+    for b in blobs {
+        let Ok(hex) = oci::digest_hex("blob", &b.digest) else {
+            continue;
+        };
+        if let Ok(Some(lock)) = ingest.try_lock(hex) {
+            let _ = std::fs::remove_file(ingest.partial_path(hex));
+            lock.release();
+        }
+    }
+}
 
 /// The config blob's bytes, at most `limit`.
 fn read_config(path: &std::path::Path, limit: u64) -> Result<Vec<u8>> {
