@@ -11,13 +11,17 @@
 #   rsync           rsync over ssh in the client tests (tests/tests/ssh_clients.rs)
 #   e2fsprogs       mkfs.ext4: session disks are ext4 images (docs/DISKS.md)
 #   curl            curl through ssh -D in the forwarding tests (tests/tests/ssh_forwarding.rs)
+#   docker-registry a real registry (CNCF distribution) on loopback for the pull tests
+#   skopeo          pushes the images those tests build (tests/tests/registry_pull.rs)
+#   apache2-utils   htpasswd, for the registry behind Basic auth in those tests
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
 #   ssh-audit       (PyPI) grades the SSH gateway's algorithms
 set -euo pipefail
 
 need=()
 for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
-  libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl; do
+  libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl \
+  docker-registry skopeo apache2-utils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -10,6 +10,10 @@
 //! - [`HostileRegistry`]: a test double for what no real registry does
 //!   (answer with a redirect loop, an endless manifest): a few lines of
 //!   HTTP on a loopback port.
+//! - [`TokenServer`]: a test double of a registry's token service (the
+//!   realm of its `WWW-Authenticate: Bearer` challenge; Debian packages
+//!   none), issuing JWTs signed with `openssl` that the real registry
+//!   verifies against the certificate it is configured with.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,7 +28,7 @@ use sha2::Digest as _;
 /// Whether the registry tools are installed; a test without them is
 /// reported skipped (and fails under `CI=true`).
 pub fn tools_available() -> bool {
-    let missing: Vec<&str> = ["docker-registry", "skopeo", "htpasswd"]
+    let missing: Vec<&str> = ["docker-registry", "skopeo", "htpasswd", "openssl"]
         .into_iter()
         .filter(|t| {
             !Command::new("sh")
@@ -68,23 +72,37 @@ pub struct Registry {
 impl Registry {
     /// A registry anyone may pull from and push to.
     pub fn start() -> Self {
-        Self::launch(None)
+        Self::launch(None, None)
     }
 
     /// A registry that wants `user`/`password` (htpasswd, bcrypt).
     pub fn with_auth(user: &str, password: &str) -> Self {
-        Self::launch(Some((user.to_owned(), password.to_owned())))
+        Self::launch(Some((user.to_owned(), password.to_owned())), None)
     }
 
-    fn launch(auth: Option<(String, String)>) -> Self {
+    /// A registry that wants bearer tokens from `tokens` (whose user and
+    /// password skopeo pushes with).
+    pub fn with_tokens(tokens: &TokenServer) -> Self {
+        Self::launch(
+            Some((tokens.user.clone(), tokens.password.clone())),
+            Some(tokens),
+        )
+    }
+
+    fn launch(auth: Option<(String, String)>, tokens: Option<&TokenServer>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("blink-registry-")
             .tempdir()
             .expect("tempdir");
         let root = dir.path().join("storage");
         std::fs::create_dir_all(&root).expect("mkdir storage");
-        let auth_yaml = match &auth {
-            Some((user, password)) => {
+        let auth_yaml = match (&auth, tokens) {
+            (_, Some(t)) => format!(
+                "auth:\n  token:\n    realm: http://{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                t.host(),
+                t.cert.display()
+            ),
+            (Some((user, password)), None) => {
                 let out = Command::new("htpasswd")
                     .args(["-Bbn", user, password])
                     .output()
@@ -97,7 +115,7 @@ impl Registry {
                     file.display()
                 )
             }
-            None => String::new(),
+            (None, None) => String::new(),
         };
         for _ in 0..5 {
             let port = free_port();
@@ -416,6 +434,183 @@ impl Layout {
         let index = json!({"schemaVersion": 2, "manifests": self.index});
         std::fs::write(self.dir.path().join("index.json"), index.to_string()).expect("index");
     }
+}
+
+const TOKEN_SERVICE: &str = "blink-test-registry";
+const TOKEN_ISSUER: &str = "blink-test-issuer";
+
+/// A registry's token service (see the module doc): `GET /token?scope=
+/// repository:NAME:ACTIONS&service=...` with Basic `user:password` gets a
+/// JWT granting those actions; anything else gets 401. It counts the
+/// tokens it issued.
+pub struct TokenServer {
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub issued: Arc<std::sync::atomic::AtomicU64>,
+    cert: PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+impl TokenServer {
+    pub fn start(user: &str, password: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("blink-tokens-")
+            .tempdir()
+            .expect("tempdir");
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=blink-test-tokens", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()
+            .expect("openssl x509");
+        assert!(der.status.success());
+        let x5c = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&der.stdout)
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let basic = {
+            use base64::Engine as _;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            )
+        };
+        let (stop2, issued2) = (stop.clone(), issued.clone());
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(600);
+            while !stop2.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < until {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut conn = conn;
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                    continue;
+                }
+                let mut authorized = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':')
+                        && k.eq_ignore_ascii_case("authorization")
+                        && v.trim() == basic
+                    {
+                        authorized = true;
+                    }
+                }
+                let target = request_line.split_whitespace().nth(1).unwrap_or("");
+                let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+                let scopes: Vec<String> = query
+                    .split('&')
+                    .filter_map(|kv| kv.strip_prefix("scope="))
+                    .map(|s| s.replace("%3A", ":").replace("%2F", "/").replace("%2C", ","))
+                    .collect();
+                let response = if !authorized {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 22\r\nConnection: close\r\n\r\n{\"details\":\"bad auth\"}".to_owned()
+                } else {
+                    let token = sign_token(&key, &x5c, &scopes);
+                    issued2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = conn.write_all(response.as_bytes());
+            }
+        });
+        Self {
+            port,
+            user: user.to_owned(),
+            password: password.to_owned(),
+            issued,
+            cert,
+            _dir: dir,
+            stop,
+        }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A JWT (RS256, the certificate in `x5c`) granting `scopes`
+/// (`repository:NAME:pull,push`), as distribution's token auth verifies.
+fn sign_token(key: &Path, x5c: &str, scopes: &[String]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let access: Vec<Value> = scopes
+        .iter()
+        .filter_map(|s| {
+            let mut parts = s.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+        })
+        .collect();
+    let header = json!({"alg": "RS256", "typ": "JWT", "x5c": [x5c]});
+    let claims = json!({
+        "iss": TOKEN_ISSUER, "sub": "agent", "aud": TOKEN_SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now,
+        "jti": format!("{now}-{}", rand::random::<u64>()), "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl dgst");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(signing_input.as_bytes())
+        .expect("sign");
+    let out = child.wait_with_output().expect("openssl dgst");
+    assert!(out.status.success(), "openssl dgst failed");
+    format!("{signing_input}.{}", b64url(&out.stdout))
 }
 
 /// What a [`HostileRegistry`] does to every request.

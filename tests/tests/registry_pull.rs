@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Output;
 
 use blink_e2e::registry::{
-    Compression, HostileRegistry, Hostility, Layer, Layout, Registry, random_layer, sha256,
-    tools_available,
+    Compression, HostileRegistry, Hostility, Layer, Layout, Registry, TokenServer, random_layer,
+    sha256, tools_available,
 };
 use blink_e2e::{Blink, run, texts};
 use serde_json::{Value, json};
@@ -366,6 +366,41 @@ fn basic_auth_with_docker_config_credentials() {
         &[("DOCKER_AUTH_CONFIG", &docker_config("agent", "s3cret"))],
     );
     assert_eq!(code, Some(0), "{v} {stderr}");
+}
+
+#[test]
+fn bearer_tokens_from_the_registrys_token_service() {
+    if !tools_available() {
+        return;
+    }
+    let tokens = TokenServer::start("agent", "t0ken-pass");
+    let reg = Registry::with_tokens(&tokens);
+    let blink = Blink::new();
+    let mut layout = Layout::new();
+    let img = layout.image(&[random_layer("t", 1000)], "amd64", json!({}));
+    layout.tag("t", &img);
+    reg.push(&layout, "t", "private/tok:1");
+    let reference = format!("{}/private/tok:1", reg.host());
+    blink.set_cli_config(&images_config(&[reg.host()], &[reg.host()], ""));
+    make_store(&blink);
+    let before = store_files(&blink);
+
+    // Anonymous: the token service refuses, and the error says so.
+    let e = refused(&blink, &reference, &[]);
+    assert!(e.contains("token service refused an anonymous pull"), "{e}");
+    assert_eq!(store_files(&blink), before);
+
+    // With credentials: a token, then the pull with it.
+    let issued = tokens.issued.load(std::sync::atomic::Ordering::SeqCst);
+    let auth = json!({"auths": {reg.host(): {"username": "agent", "password": "t0ken-pass"}}});
+    let (code, v, stderr) = cli_json(
+        &blink,
+        &["image", "pull", &reference],
+        &[("DOCKER_AUTH_CONFIG", &auth.to_string())],
+    );
+    assert_eq!(code, Some(0), "{v} {stderr}");
+    assert_eq!(v["fetched_blobs"], 2, "{v}");
+    assert!(tokens.issued.load(std::sync::atomic::Ordering::SeqCst) > issued);
 }
 
 /// Make the store exist (an `image ls`).
