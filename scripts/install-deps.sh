@@ -14,6 +14,7 @@
 #   docker-registry a real registry (CNCF distribution) on loopback for the pull tests
 #   skopeo          pushes the images those tests build (tests/tests/registry_pull.rs)
 #   apache2-utils   htpasswd, for the registry behind Basic auth in those tests
+#   openssl         signs the tokens of their bearer-token service (a test double)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
 #   ssh-audit       (PyPI) grades the SSH gateway's algorithms
 set -euo pipefail
@@ -21,7 +22,7 @@ set -euo pipefail
 need=()
 for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
   libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl \
-  docker-registry skopeo apache2-utils; do
+  docker-registry skopeo apache2-utils openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -274,13 +274,15 @@ impl Layer {
             if path.ends_with('/') {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
-                tar.append_data(&mut h, path, std::io::empty()).expect("tar");
+                tar.append_data(&mut h, path, std::io::empty())
+                    .expect("tar");
             } else if let Some(target) = data.strip_prefix(b"->") {
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
                 h.set_link_name(std::str::from_utf8(target).expect("utf-8 link"))
                     .expect("link");
-                tar.append_data(&mut h, path, std::io::empty()).expect("tar");
+                tar.append_data(&mut h, path, std::io::empty())
+                    .expect("tar");
             } else {
                 h.set_size(data.len() as u64);
                 tar.append_data(&mut h, path, *data).expect("tar");
@@ -289,8 +291,7 @@ impl Layer {
         let tar = tar.into_inner().expect("tar");
         let (bytes, media_type) = match compression {
             Compression::Gzip => {
-                let mut gz =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 gz.write_all(&tar).expect("gzip");
                 (
                     gz.finish().expect("gzip"),
@@ -467,14 +468,20 @@ impl TokenServer {
         let key = dir.path().join("key.pem");
         let cert = dir.path().join("cert.pem");
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
             .args(["-subj", "/CN=blink-test-tokens", "-keyout"])
             .arg(&key)
             .arg("-out")
             .arg(&cert)
             .output()
             .expect("openssl");
-        assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl req: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let der = Command::new("openssl")
             .args(["x509", "-outform", "DER", "-in"])
             .arg(&cert)
@@ -531,14 +538,19 @@ impl TokenServer {
                 let scopes: Vec<String> = query
                     .split('&')
                     .filter_map(|kv| kv.strip_prefix("scope="))
-                    .map(|s| s.replace("%3A", ":").replace("%2F", "/").replace("%2C", ","))
+                    .map(|s| {
+                        s.replace("%3A", ":")
+                            .replace("%2F", "/")
+                            .replace("%2C", ",")
+                    })
                     .collect();
                 let response = if !authorized {
                     "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 22\r\nConnection: close\r\n\r\n{\"details\":\"bad auth\"}".to_owned()
                 } else {
                     let token = sign_token(&key, &x5c, &scopes);
                     issued2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let body = json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+                    let body = json!({"token": token, "access_token": token, "expires_in": 300})
+                        .to_string();
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
@@ -716,7 +728,12 @@ fn serve(
                     return;
                 }
                 let chunk = vec![b' '; 64 << 10];
-                let framed = [format!("{:x}\r\n", chunk.len()).into_bytes(), chunk, b"\r\n".to_vec()].concat();
+                let framed = [
+                    format!("{:x}\r\n", chunk.len()).into_bytes(),
+                    chunk,
+                    b"\r\n".to_vec(),
+                ]
+                .concat();
                 // Bounded: at most 4 GiB or 120 s, whichever is first.
                 let until = Instant::now() + Duration::from_secs(120);
                 for _ in 0..(1 << 16) {

@@ -67,8 +67,15 @@ fn pull(blink: &Blink, reference: &str) -> Value {
 /// A refused pull: exit 125 and its error message.
 fn refused(blink: &Blink, reference: &str, env: &[(&str, &str)]) -> String {
     let (code, v, stderr) = cli_json(blink, &["image", "pull", reference], env);
-    assert_eq!(code, Some(125), "pull {reference} was not refused: {v} {stderr}");
-    v["error"]["message"].as_str().unwrap_or_default().to_owned()
+    assert_eq!(
+        code,
+        Some(125),
+        "pull {reference} was not refused: {v} {stderr}"
+    );
+    v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Every file of the image store with its size (the lock files aside).
@@ -122,10 +129,16 @@ fn pulls_by_tag_and_digest_and_a_session_runs_on_the_image() {
 
     // A Docker Hub name, normalized as Docker does, from the mirror.
     let report = pull(&blink, "alpine:3.20");
-    assert_eq!(report["reference"], "docker.io/library/alpine:3.20", "{report}");
+    assert_eq!(
+        report["reference"], "docker.io/library/alpine:3.20",
+        "{report}"
+    );
     assert_eq!(report["digest"], digest, "{report}");
     assert_eq!(report["source"], format!("mirror {}", reg.host()));
-    assert_eq!(report["fetched_blobs"], 3, "config and two layers: {report}");
+    assert_eq!(
+        report["fetched_blobs"], 3,
+        "config and two layers: {report}"
+    );
     assert_eq!(report["layers"], 2);
 
     // ls shows size and digest.
@@ -146,7 +159,13 @@ fn pulls_by_tag_and_digest_and_a_session_runs_on_the_image() {
     // A session on it runs a command, with the image's environment.
     blink.ok(&["session", "open", "--name", "s", "--image", "alpine:3.20"]);
     let out = blink.ok(&[
-        "session", "exec", "--name", "s", "--", "sh", "-c",
+        "session",
+        "exec",
+        "--name",
+        "s",
+        "--",
+        "sh",
+        "-c",
         "cat /etc/os-release; echo env=$FROM_IMAGE",
     ]);
     assert_eq!(out, "pulled-from-a-registry\nenv=yes\n");
@@ -155,7 +174,13 @@ fn pulls_by_tag_and_digest_and_a_session_runs_on_the_image() {
     let (code, v, _) = cli_json(&blink, &["image", "rm", "alpine:3.20"], &[]);
     assert_eq!(code, Some(125));
     assert_eq!(v["error"]["code"], "image_in_use", "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("session(s) s"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("session(s) s"),
+        "{v}"
+    );
     blink.ok(&["session", "rm", "--name", "s"]);
     blink.ok(&["image", "rm", "alpine:3.20"]);
     blink.ok(&["image", "rm", &by_digest]);
@@ -207,7 +232,10 @@ fn zstd_layers_are_pulled_on_demand_and_unpacked() {
     let reg = Registry::start();
     let blink = blink_for(blink, &reg, "");
     let mut layout = Layout::new();
-    let zstd = Layer::of(&[("hello", b"from a zstd layer\n", 0o644)], Compression::Zstd);
+    let zstd = Layer::of(
+        &[("hello", b"from a zstd layer\n", 0o644)],
+        Compression::Zstd,
+    );
     let image = layout.image(
         &[Layer::busybox(), zstd],
         blink_sdk::image::oci::host_architecture(),
@@ -274,7 +302,10 @@ fn broken_images_are_refused_and_leave_nothing_behind() {
     std::fs::write(&path, &bytes).unwrap();
     let e = refused(&blink, &format!("{}/test/digest:1", reg.host()), &[]);
     assert!(e.contains("digest mismatch"), "{e}");
-    assert!(e.contains(&sha256(&bad_digest.bytes)) && e.contains(&sha256(&bytes)), "{e}");
+    assert!(
+        e.contains(&sha256(&bad_digest.bytes)) && e.contains(&sha256(&bytes)),
+        "{e}"
+    );
     assert_eq!(store_files(&blink), before, "after {e}");
 
     // Half the bytes: truncated.
@@ -283,14 +314,18 @@ fn broken_images_are_refused_and_leave_nothing_behind() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let e = refused(&blink, &format!("{}/test/short:1", reg.host()), &[]);
     assert!(
-        e.contains("truncated") && e.contains(&format!("{} of the {}", bytes.len() / 2, bytes.len())),
+        e.contains("truncated")
+            && e.contains(&format!("{} of the {}", bytes.len() / 2, bytes.len())),
         "{e}"
     );
     assert_eq!(store_files(&blink), before, "after {e}");
 
     // A manifest over [images] max_manifest_bytes.
     let e = refused(&blink, &format!("{}/test/big:1", reg.host()), &[]);
-    assert!(e.contains("too large") && e.contains("the limit is 4096"), "{e}");
+    assert!(
+        e.contains("too large") && e.contains("the limit is 4096"),
+        "{e}"
+    );
     assert_eq!(store_files(&blink), before, "after {e}");
 
     // A redirect loop.
@@ -300,9 +335,15 @@ fn broken_images_are_refused_and_leave_nothing_behind() {
 
     // A manifest that never ends: refused at the limit, not read on.
     let e = refused(&blink, &format!("{}/test/endless:1", endless.host()), &[]);
-    assert!(e.contains("too large") && e.contains("the limit is 4096"), "{e}");
+    assert!(
+        e.contains("too large") && e.contains("the limit is 4096"),
+        "{e}"
+    );
     let sent = endless.sent.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(sent < 64 << 20, "the endless manifest was read on: {sent} bytes");
+    assert!(
+        sent < 64 << 20,
+        "the endless manifest was read on: {sent} bytes"
+    );
     assert_eq!(store_files(&blink), before, "after {e}");
 
     // A registry that is not allowed is never contacted.
@@ -339,7 +380,10 @@ fn basic_auth_with_docker_config_credentials() {
 
     // No credentials: 401, said plainly, nothing stored.
     let e = refused(&blink, &reference, &[]);
-    assert!(e.contains("401") && e.contains("none are configured"), "{e}");
+    assert!(
+        e.contains("401") && e.contains("none are configured"),
+        "{e}"
+    );
     assert_eq!(store_files(&blink), before);
 
     // Wrong ones (from the environment): refused, naming the user only.
@@ -353,7 +397,10 @@ fn basic_auth_with_docker_config_credentials() {
 
     // From a config.json named by [images] auth_file.
     std::fs::write(&auth_file, docker_config("agent", "s3cret")).unwrap();
-    blink.set_cli_config(&config(&format!("auth_file = {:?}", auth_file.display().to_string())));
+    blink.set_cli_config(&config(&format!(
+        "auth_file = {:?}",
+        auth_file.display().to_string()
+    )));
     let report = pull(&blink, &reference);
     assert_eq!(report["fetched_blobs"], 2, "{report}");
 
@@ -434,7 +481,10 @@ fn shared_layers_are_fetched_once_and_mirrors_are_tried_in_order() {
     assert_eq!(first["reference"], "docker.io/team/x:1");
     assert_eq!(first["source"], format!("mirror {}", reg.host()), "{first}");
     let second = pull(&blink, "team/y:1");
-    assert_eq!(second["fetched_blobs"], 2, "config and its own layer: {second}");
+    assert_eq!(
+        second["fetched_blobs"], 2,
+        "config and its own layer: {second}"
+    );
     assert_eq!(second["cached_blobs"], 1, "{second}");
     assert!(
         second["fetched_bytes"].as_u64().unwrap() < 100_000,
@@ -505,7 +555,10 @@ fn an_interrupted_download_resumes_and_prune_clears_leftovers() {
     let report = pull(&blink, "team/r:1");
     let rest = (layer.bytes.len() - have) as u64;
     assert_eq!(reg.blob_gets(&digest), vec![rest], "not resumed");
-    assert_eq!(report["fetched_bytes"].as_u64().unwrap(), rest + config_size(&report, &reg));
+    assert_eq!(
+        report["fetched_bytes"].as_u64().unwrap(),
+        rest + config_size(&report, &reg)
+    );
 
     // A leftover with wrong bytes: resumed, found wrong, fetched whole.
     blink.ok(&["image", "rm", "team/r:1"]);
@@ -562,7 +615,10 @@ fn rest_pulls_on_demand_once_for_concurrent_requests() {
             .map(|name| {
                 let server = &server;
                 s.spawn(move || {
-                    server.post("/api/sessions", json!({"name": name, "image": "alpine:3.20"}))
+                    server.post(
+                        "/api/sessions",
+                        json!({"name": name, "image": "alpine:3.20"}),
+                    )
                 })
             })
             .collect();
@@ -580,12 +636,19 @@ fn rest_pulls_on_demand_once_for_concurrent_requests() {
         assert_eq!(blink_e2e::rest::stdout(&r), "rest-pulled\n", "{r}");
     });
     for blob in image_blobs(&reg, image["digest"].as_str().unwrap()) {
-        assert_eq!(reg.blob_gets(&blob).len(), 1, "blob {blob} fetched more than once");
+        assert_eq!(
+            reg.blob_gets(&blob).len(),
+            1,
+            "blob {blob} fetched more than once"
+        );
     }
     assert_eq!(server.sh("a", "cat /etc/os-release"), "rest-pulled\n");
 
     let list = server.get("/api/images");
-    assert_eq!(list.body["images"][0]["reference"], "docker.io/library/alpine:3.20");
+    assert_eq!(
+        list.body["images"][0]["reference"],
+        "docker.io/library/alpine:3.20"
+    );
     // An explicit pull looks the tag up again; the blobs are here.
     let again = server.post("/api/images/pull", json!({"reference": "alpine:3.20"}));
     assert_eq!(again.status, 200, "{:?}", again.body);
@@ -593,7 +656,12 @@ fn rest_pulls_on_demand_once_for_concurrent_requests() {
     let bad = server.post("/api/images/pull", json!({"reference": ""}));
     assert_eq!((bad.status, bad.code()), (400, "invalid_argument"));
     let used = server.delete("/api/images?reference=alpine:3.20");
-    assert_eq!((used.status, used.code()), (409, "image_in_use"), "{:?}", used.body);
+    assert_eq!(
+        (used.status, used.code()),
+        (409, "image_in_use"),
+        "{:?}",
+        used.body
+    );
     let missing = server.post(
         "/api/images/pull",
         json!({"reference": format!("{}/library/nope:1", reg.host())}),
@@ -603,7 +671,8 @@ fn rest_pulls_on_demand_once_for_concurrent_requests() {
 
 /// The config and layer digests of a manifest the registry holds.
 fn image_blobs(reg: &Registry, manifest: &str) -> Vec<String> {
-    let m: Value = serde_json::from_slice(&std::fs::read(reg.blob_data(manifest)).unwrap()).unwrap();
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(reg.blob_data(manifest)).unwrap()).unwrap();
     std::iter::once(&m["config"])
         .chain(m["layers"].as_array().unwrap())
         .map(|d| d["digest"].as_str().unwrap().to_owned())

@@ -330,7 +330,10 @@ mod tests {
 
     #[test]
     fn digests_pin_without_a_tag() {
-        assert_eq!(normalize(&format!("alpine@{D}")).unwrap(), format!("alpine@{D}"));
+        assert_eq!(
+            normalize(&format!("alpine@{D}")).unwrap(),
+            format!("alpine@{D}")
+        );
         assert_eq!(
             normalize(&format!("alpine:3.20@{D}")).unwrap(),
             format!("alpine:3.20@{D}")
@@ -344,13 +347,20 @@ mod tests {
             ("alpine", "docker.io/library/alpine:latest"),
             ("user/app:1", "docker.io/user/app:1"),
             ("docker.io/alpine", "docker.io/library/alpine:latest"),
-            ("index.docker.io/library/alpine:3", "docker.io/library/alpine:3"),
+            (
+                "index.docker.io/library/alpine:3",
+                "docker.io/library/alpine:3",
+            ),
             ("localhost/a", "localhost/a:latest"),
             ("127.0.0.1:5000/a/b:t", "127.0.0.1:5000/a/b:t"),
             ("ghcr.io/o/r", "ghcr.io/o/r:latest"),
         ];
         for (given, want) in cases {
-            assert_eq!(RemoteReference::parse(given).unwrap().canonical(), want, "{given}");
+            assert_eq!(
+                RemoteReference::parse(given).unwrap().canonical(),
+                want,
+                "{given}"
+            );
         }
         let pinned = RemoteReference::parse(&format!("alpine@{D}")).unwrap();
         assert_eq!(pinned.canonical(), format!("docker.io/library/alpine@{D}"));

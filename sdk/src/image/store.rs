@@ -557,10 +557,11 @@ impl ImageStore {
                     .ok()
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age.as_secs() >= STALE_STAGING_SECS);
-                if name.to_string_lossy().starts_with(".staging-") && stale {
-                    if crate::fs::remove_tree(&entry.path()).is_ok() {
-                        staging_dirs += 1;
-                    }
+                if name.to_string_lossy().starts_with(".staging-")
+                    && stale
+                    && crate::fs::remove_tree(&entry.path()).is_ok()
+                {
+                    staging_dirs += 1;
                 }
             }
         }

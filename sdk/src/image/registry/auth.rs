@@ -70,7 +70,11 @@ fn host_of(key: &str) -> String {
         .trim()
         .trim_start_matches("https://")
         .trim_start_matches("http://");
-    let host = key.split('/').next().unwrap_or_default().to_ascii_lowercase();
+    let host = key
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     match host.as_str() {
         "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
         _ => host,
@@ -126,8 +130,8 @@ impl CredentialStore {
             path: PathBuf::from(source),
             reason,
         };
-        let parsed: DockerConfig =
-            serde_json::from_str(text).map_err(|e| malformed(format!("not Docker's config.json: {e}")))?;
+        let parsed: DockerConfig = serde_json::from_str(text)
+            .map_err(|e| malformed(format!("not Docker's config.json: {e}")))?;
         for (key, entry) in parsed.auths {
             let host = host_of(&key);
             let creds = match (&entry.auth, &entry.username, &entry.password) {
@@ -195,7 +199,10 @@ mod tests {
         });
         s.add("test", &text.to_string()).unwrap();
         let hub = s.get("docker.io").unwrap();
-        assert_eq!((hub.username.as_str(), hub.password.as_str()), ("hub", "pw:with:colons"));
+        assert_eq!(
+            (hub.username.as_str(), hub.password.as_str()),
+            ("hub", "pw:with:colons")
+        );
         assert_eq!(s.get("127.0.0.1:5000").unwrap().username, "u");
         assert_eq!(s.get("reg.example:443").unwrap().password, "s");
         assert!(s.get("token.example").is_none());

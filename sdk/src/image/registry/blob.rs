@@ -72,7 +72,12 @@ pub(super) async fn fetch(
         match ingest.try_lock(&hex) {
             Ok(Some(lock)) => break lock,
             Ok(None) => tokio::time::sleep(LOCK_POLL).await,
-            Err(e) => return Err(Error::io(format!("locking the download of {}", desc.digest), e)),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("locking the download of {}", desc.digest),
+                    e,
+                ));
+            }
         }
     };
     let done = ingest.done_path(&hex);
@@ -185,8 +190,8 @@ async fn attempt(
     let too_long = |n: u64| {
         Failed::Refused(
             Error::InvalidImage {
-            what: what(),
-            reason: format!(
+                what: what(),
+                reason: format!(
                     "the registry sent more than the {size} bytes its manifest declares (at least {n})"
                 ),
             },

@@ -102,8 +102,16 @@ impl PullConfig {
             .iter()
             .flat_map(|(k, v)| std::iter::once(k).chain(v))
             .map(|h| ("mirrors", h))
-            .chain(self.insecure_registries.iter().map(|h| ("insecure_registries", h)))
-            .chain(self.allowed_registries.iter().map(|h| ("allowed_registries", h)));
+            .chain(
+                self.insecure_registries
+                    .iter()
+                    .map(|h| ("insecure_registries", h)),
+            )
+            .chain(
+                self.allowed_registries
+                    .iter()
+                    .map(|h| ("allowed_registries", h)),
+            );
         for (setting, host) in hosts {
             if !valid_host(host) {
                 return bad(format!(
@@ -196,8 +204,6 @@ mod tests {
         .unwrap();
         assert_eq!(c.pull, PullPolicy::Never);
         assert!(!c.mirror_fallback);
-        assert!(
-            serde_json::from_value::<PullConfig>(serde_json::json!({"mirrorz": {}})).is_err()
-        );
+        assert!(serde_json::from_value::<PullConfig>(serde_json::json!({"mirrorz": {}})).is_err());
     }
 }

@@ -44,7 +44,12 @@ fn invalid(what: String, reason: impl Into<String>) -> Error {
 /// have that digest.
 async fn fetch(src: &Source, version: &str, limit: u64) -> Result<RawManifest> {
     let resp = src
-        .get(Asking::Manifest, &format!("manifests/{version}"), Some(ACCEPT), None)
+        .get(
+            Asking::Manifest,
+            &format!("manifests/{version}"),
+            Some(ACCEPT),
+            None,
+        )
         .await?;
     let what = || format!("manifest {version} from {}", src.label());
     let too_large = |size: u64| Error::TooLarge {
@@ -78,7 +83,9 @@ async fn fetch(src: &Source, version: &str, limit: u64) -> Result<RawManifest> {
     if version.starts_with("sha256:") && digest != version {
         return Err(invalid(
             what(),
-            format!("digest mismatch: expected {version}, the registry sent content with digest {digest}"),
+            format!(
+                "digest mismatch: expected {version}, the registry sent content with digest {digest}"
+            ),
         ));
     }
     if let Some(said) = said_digest.filter(|d| d.starts_with("sha256:"))
@@ -98,7 +105,14 @@ async fn fetch(src: &Source, version: &str, limit: u64) -> Result<RawManifest> {
     let media_type = serde_json::from_slice::<Kind>(&bytes)
         .ok()
         .and_then(|k| k.media_type)
-        .unwrap_or_else(|| content_type.split(';').next().unwrap_or("").trim().to_owned());
+        .unwrap_or_else(|| {
+            content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        });
     Ok(RawManifest {
         bytes,
         digest,
@@ -133,7 +147,11 @@ pub(super) async fn choose(
                     format!(
                         "no image for linux/{} (it has: {})",
                         oci::host_architecture(),
-                        if offered.is_empty() { "none".into() } else { offered.join(", ") }
+                        if offered.is_empty() {
+                            "none".into()
+                        } else {
+                            offered.join(", ")
+                        }
                     ),
                 )
             })?;

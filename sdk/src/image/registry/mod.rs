@@ -162,7 +162,11 @@ impl Puller {
 
     /// Pull `reference` (a tag is looked up again even if the store has
     /// it; only what the store lacks is downloaded).
-    pub async fn pull(&self, reference: &str, progress: Option<PullProgress>) -> Result<PullReport> {
+    pub async fn pull(
+        &self,
+        reference: &str,
+        progress: Option<PullProgress>,
+    ) -> Result<PullReport> {
         let remote = RemoteReference::parse(reference)?;
         let name = remote.canonical();
         if !self.config.allows(&remote.registry) {
@@ -239,7 +243,11 @@ impl Puller {
                 }
             }
         }
-        if failures.len() == 1 || failures.iter().all(|(_, e)| matches!(e, Error::ImageNotFound { .. })) {
+        if failures.len() == 1
+            || failures
+                .iter()
+                .all(|(_, e)| matches!(e, Error::ImageNotFound { .. }))
+        {
             // One source: its error as it is.
             if let Some((_, e)) = failures.pop() {
                 return Err(e);
@@ -350,9 +358,14 @@ impl Puller {
                 });
             }
         };
-        let config =
-            blob::fetch(src, &self.store, ingest, &chosen.manifest.config, progress.as_ref())
-                .await?;
+        let config = blob::fetch(
+            src,
+            &self.store,
+            ingest,
+            &chosen.manifest.config,
+            progress.as_ref(),
+        )
+        .await?;
         done(&config, chosen.manifest.config.size);
         let config_path = config.path.clone();
         fetched.push(config);
@@ -362,8 +375,8 @@ impl Puller {
             .map(|layer: oci::Descriptor| {
                 let progress = progress.clone();
                 async move {
-                    let f = blob::fetch(src, &self.store, ingest, &layer, progress.as_ref())
-                        .await?;
+                    let f =
+                        blob::fetch(src, &self.store, ingest, &layer, progress.as_ref()).await?;
                     Ok::<_, Error>((f, layer.size))
                 }
             })

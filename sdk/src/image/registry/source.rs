@@ -76,7 +76,11 @@ impl Source {
 
     /// `registry HOST` or `mirror HOST`, for messages.
     pub(super) fn label(&self) -> String {
-        format!("{} {}", if self.mirror { "mirror" } else { "registry" }, self.host)
+        format!(
+            "{} {}",
+            if self.mirror { "mirror" } else { "registry" },
+            self.host
+        )
     }
 
     pub(super) fn error(&self, reason: impl Into<String>) -> Error {
@@ -328,7 +332,8 @@ mod tests {
 
     #[test]
     fn error_bodies_become_short_messages() {
-        let env = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
+        let env =
+            r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
         assert_eq!(registry_message(env), "MANIFEST_UNKNOWN manifest unknown");
         assert_eq!(registry_message("oops\nmore"), "oops");
         assert_eq!(first_line(&"x".repeat(300)).chars().count(), 201);
@@ -342,7 +347,11 @@ mod tests {
         };
         assert_eq!(
             hosts_for(&c, "docker.io"),
-            vec![("a:1".into(), true), ("b".into(), true), ("docker.io".into(), false)]
+            vec![
+                ("a:1".into(), true),
+                ("b".into(), true),
+                ("docker.io".into(), false)
+            ]
         );
         c.mirror_fallback = false;
         assert_eq!(hosts_for(&c, "docker.io").len(), 2);
