@@ -630,25 +630,15 @@ def write_markdown(path: Path, results: dict) -> None:
 
 
 # Sections other scripts write into RESULTS.md, in this order after
-# bench.py's tables: bench/soak.py's, then bench/disks.py's. Each script
-# rewrites its own and keeps the others; bench.py keeps them all.
+# bench.py's tables: bench/soak.py's, disks.py's, network.py's,
+# archives.py's, pull.py's. Each script rewrites its own (write_section)
+# and keeps the others; bench.py keeps them all.
 SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
 DISKS_BEGIN, DISKS_END = "<!-- disks:begin -->", "<!-- disks:end -->"
-def write_section(results_md: Path, begin: str, end: str, section: str) -> None:
-    """Put `section` (which starts with `begin` and ends with `end`) into
-    RESULTS.md in place of its earlier version, or at the end."""
-    text = results_md.read_text() if results_md.exists() else ""
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    results_md.write_text(text)
-
-
 SECTIONS = ((SOAK_BEGIN, SOAK_END), (DISKS_BEGIN, DISKS_END),
             ("<!-- network:begin -->", "<!-- network:end -->"),
-            ("<!-- archives:begin -->", "<!-- archives:end -->"))
+            ("<!-- archives:begin -->", "<!-- archives:end -->"),
+            ("<!-- pull:begin -->", "<!-- pull:end -->"))
 NOTES_BEGIN = "<!-- bench/NOTES.md follows -->"
 
 

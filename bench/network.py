@@ -146,7 +146,7 @@ def main() -> int:
         END,
         "",
     ])
-    write_section(out / "RESULTS.md", BEGIN, END, section)
+    write_section(out / "RESULTS.md", BEGIN, section)
     print(json.dumps(results, indent=2))
     return 0
 

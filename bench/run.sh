@@ -13,6 +13,10 @@
 # instead (as root): session disks' creation, ephemeral runs, host disk per
 # session, snapshot/restore/clone of a session that wrote 1 GiB or 10,000
 # files, each beside its alternative (--quick: small sizes, no Debian image).
+#
+# `bash bench/run.sh --pull [pull.py's options]` runs bench/pull.py instead:
+# `blink-cli image pull` beside `skopeo copy` from a registry on loopback,
+# and a second pull of an image sharing layers (--quick: small layers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +35,10 @@ fi
 if [[ ${1:-} == --disks ]]; then
   shift
   exec python3 bench/disks.py "$@"
+fi
+if [[ ${1:-} == --pull ]]; then
+  shift
+  exec python3 bench/pull.py "$@"
 fi
 venv=bench/.venv
 [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
