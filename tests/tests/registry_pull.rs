@@ -583,6 +583,58 @@ fn an_interrupted_download_resumes_and_prune_clears_leftovers() {
     assert_eq!(list[0]["reference"], "docker.io/team/r:1");
 }
 
+#[test]
+fn a_killed_pull_resumes_where_it_stopped() {
+    if !tools_available() {
+        return;
+    }
+    let reg = Registry::start();
+    let blink = blink_for(Blink::new(), &reg, "");
+    let mut layout = Layout::new();
+    let layer = random_layer("big", 128 << 20);
+    let img = layout.image(std::slice::from_ref(&layer), "amd64", json!({}));
+    layout.tag("k", &img);
+    reg.push(&layout, "k", "team/k:1");
+    let digest = sha256(&layer.bytes);
+    make_store(&blink);
+    let partial = blink.data_dir.path().join(format!(
+        "images/ingest/{}.partial",
+        digest.trim_start_matches("sha256:")
+    ));
+    let mut child = blink
+        .cli(&["image", "pull", "team/k:1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // SIGKILL it once some MiB are down (bounded wait).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut had = 0;
+    while std::time::Instant::now() < until {
+        had = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if had >= 4 << 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        had >= 4 << 20 && kept < layer.bytes.len() as u64,
+        "the download was not caught half-way ({had} then {kept} bytes)"
+    );
+    let report = pull(&blink, "team/k:1");
+    let gets = reg.blob_gets(&digest);
+    assert_eq!(
+        gets.last().copied(),
+        Some(layer.bytes.len() as u64 - kept),
+        "not resumed from {kept}: {gets:?}"
+    );
+    assert_eq!(report["digest"], img["digest"]);
+    assert!(!partial.exists());
+}
+
 /// Bytes of the config blob of the pulled image.
 fn config_size(report: &Value, reg: &Registry) -> u64 {
     let manifest = std::fs::read(reg.blob_data(report["digest"].as_str().unwrap())).unwrap();
@@ -653,6 +705,8 @@ fn rest_pulls_on_demand_once_for_concurrent_requests() {
     let again = server.post("/api/images/pull", json!({"reference": "alpine:3.20"}));
     assert_eq!(again.status, 200, "{:?}", again.body);
     assert_eq!(again.body["fetched_blobs"], 0, "{:?}", again.body);
+    assert_eq!(again.body["reference"], "docker.io/library/alpine:3.20");
+    assert_eq!(again.body["digest"], image["digest"]);
     let bad = server.post("/api/images/pull", json!({"reference": ""}));
     assert_eq!((bad.status, bad.code()), (400, "invalid_argument"));
     let used = server.delete("/api/images?reference=alpine:3.20");

@@ -46,9 +46,10 @@ pub struct ImageList {
     pub images: Vec<ImageView>,
 }
 
-/// What a pull did.
+/// What a pull did: the image as stored, and how it got there.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Pulled {
+    #[serde(flatten)]
     pub image: ImageView,
     /// The digest the reference named at the registry (an index's for a
     /// multi-platform image).
