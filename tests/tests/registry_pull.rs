@@ -591,7 +591,7 @@ fn a_killed_pull_resumes_where_it_stopped() {
     let reg = Registry::start();
     let blink = blink_for(Blink::new(), &reg, "");
     let mut layout = Layout::new();
-    let layer = random_layer("big", 128 << 20);
+    let layer = random_layer("big", 48 << 20);
     let img = layout.image(std::slice::from_ref(&layer), "amd64", json!({}));
     layout.tag("k", &img);
     reg.push(&layout, "k", "team/k:1");
