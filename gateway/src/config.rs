@@ -379,6 +379,29 @@ mod tests {
         assert_eq!(config.ssh.shutdown_grace(), Duration::from_secs(10));
     }
 
+    /// The `[images]` values the example shows commented out are the
+    /// defaults (the credentials file and the mirror are examples).
+    #[test]
+    fn example_images_values_are_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/blink.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let section = text.split("\n[images]\n").nth(1).unwrap();
+        let section = section.split("\n[").next().unwrap();
+        let values: String = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.split_once(" = ").is_some_and(|(key, _)| {
+                    key != "auth_file" && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(values.contains("pull_timeout_secs"), "{values}");
+        let parsed: blink_sdk::image::PullConfig = toml::from_str(&values).unwrap();
+        assert_eq!(parsed, blink_sdk::image::PullConfig::default());
+    }
+
     #[test]
     fn rejects_unknown_and_zero() {
         assert!(toml::from_str::<FileConfig>("[ssh]\nlisten_addr = \"x\"").is_err());
