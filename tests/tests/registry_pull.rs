@@ -572,6 +572,20 @@ fn an_interrupted_download_resumes_and_prune_clears_leftovers() {
         "a wrong leftover was kept"
     );
 
+    // A whole leftover (cut off before it was kept) is checked, not asked for.
+    blink.ok(&["image", "rm", "team/r:1"]);
+    std::fs::write(ingest.join(format!("{hex}.partial")), &layer.bytes).unwrap();
+    let report = pull(&blink, "team/r:1");
+    assert_eq!(
+        reg.blob_gets(&digest).len(),
+        3,
+        "asked again for a whole blob"
+    );
+    assert_eq!(
+        report["fetched_bytes"].as_u64().unwrap(),
+        config_size(&report, &reg)
+    );
+
     // Prune takes leftovers no pull works on.
     std::fs::write(ingest.join(format!("{}.partial", "ab".repeat(32))), b"junk").unwrap();
     let (code, v, stderr) = cli_json(&blink, &["image", "prune"], &[]);

@@ -136,22 +136,17 @@ async fn attempt(
         Failed::Interrupted(Error::io(format!("{what} {}", partial.display()), e))
     };
     let size = desc.size;
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(partial)
-        .await
-        .map_err(|e| io("opening", e))?;
-    let mut have = file.metadata().await.map_err(|e| io("reading", e))?.len();
-    if !resume || have > size {
-        file.set_len(0).await.map_err(|e| io("truncating", e))?;
-        have = 0;
-    }
+    // What an earlier download left, if it can be resumed.
+    let mut have = match tokio::fs::metadata(partial).await {
+        Ok(m) if resume && m.len() <= size => m.len(),
+        _ => 0,
+    };
     let mut hasher = Sha256::new();
     if have > 0 {
         // What is there was never checked: hash it again.
+        let mut file = tokio::fs::File::open(partial)
+            .await
+            .map_err(|e| io("reading", e))?;
         let mut buf = vec![0u8; 1 << 20];
         let mut left = have;
         while left > 0 {
@@ -163,9 +158,15 @@ async fn attempt(
             hasher.update(&buf[..n]);
             left -= n as u64;
         }
+        have -= left;
+        if have == size {
+            // Whole already (cut off before it was kept): nothing to ask.
+            return check_digest(desc, src, hasher, true);
+        }
     }
     let path = format!("blobs/{}", desc.digest);
     let from = (have > 0).then_some(have);
+    // Nothing is written before the registry answers.
     let resp = src
         .get(Asking::Blob, &path, None, from)
         .await
@@ -174,12 +175,19 @@ async fn attempt(
     if have > 0 && resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
         // The registry sent it all: start over.
         debug!(blob = %desc.digest, "no range support; downloading it whole");
-        file.set_len(0).await.map_err(|e| io("truncating", e))?;
         hasher = Sha256::new();
         at = 0;
     } else if have > 0 {
         info!(blob = %desc.digest, from = have, of = size, "resuming a download");
     }
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(partial)
+        .await
+        .map_err(|e| io("opening", e))?;
+    file.set_len(at).await.map_err(|e| io("truncating", e))?;
     use std::io::SeekFrom;
     use tokio::io::AsyncSeekExt as _;
     file.seek(SeekFrom::Start(at))
@@ -256,11 +264,21 @@ async fn attempt(
             resumed,
         ));
     }
+    check_digest(desc, src, hasher, resumed)
+}
+
+/// The blob's bytes (all in `hasher`) have its digest, or it is refused.
+fn check_digest(
+    desc: &Descriptor,
+    src: &Source,
+    hasher: Sha256,
+    resumed: bool,
+) -> std::result::Result<(), Failed> {
     let got = format!("sha256:{}", hex::encode(hasher.finalize()));
     if got != desc.digest {
         return Err(Failed::Refused(
             Error::InvalidImage {
-                what: what(),
+                what: format!("blob {} from {}", desc.digest, src.label()),
                 reason: format!(
                     "digest mismatch: expected {}, the registry sent bytes with digest {got}",
                     desc.digest
