@@ -14,6 +14,11 @@
 # session, snapshot/restore/clone of a session that wrote 1 GiB or 10,000
 # files, each beside its alternative (--quick: small sizes, no Debian image).
 #
+# `bash bench/run.sh --resources [--quick]` runs bench/resources.py instead
+# (as root): a session's exec latency while its neighbour misbehaves within
+# its limits (fork bomb, memory hog, CPU spinner), idle, and beside a
+# neighbour spinning with no CPU quota.
+#
 # `bash bench/run.sh --pull [pull.py's options]` runs bench/pull.py instead:
 # `blink-cli image pull` beside `skopeo copy` from a registry on loopback,
 # and a second pull of an image sharing layers (--quick: small layers).
@@ -35,6 +40,10 @@ fi
 if [[ ${1:-} == --disks ]]; then
   shift
   exec python3 bench/disks.py "$@"
+fi
+if [[ ${1:-} == --resources ]]; then
+  shift
+  exec python3 bench/resources.py "$@"
 fi
 if [[ ${1:-} == --pull ]]; then
   shift

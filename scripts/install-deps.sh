@@ -11,17 +11,21 @@
 #   rsync           rsync over ssh in the client tests (tests/tests/ssh_clients.rs)
 #   e2fsprogs       mkfs.ext4: session disks are ext4 images (docs/DISKS.md)
 #   curl            curl through ssh -D in the forwarding tests (tests/tests/ssh_forwarding.rs)
+#   systemd         systemd-analyze verify of the unit (tests/tests/deploy.rs)
 #   docker-registry a real registry (CNCF distribution) on loopback for the pull tests
 #   skopeo          pushes the images those tests build (tests/tests/registry_pull.rs)
 #   apache2-utils   htpasswd, for the registry behind Basic auth in those tests
 #   openssl         signs the tokens of their bearer-token service (a test double)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
+#   prometheus_client  the reference parser of /metrics (tests/tests/metrics.rs)
+#   pyte            (PyPI) a headless terminal replaying recordings (tests/tests/recording.rs)
+#   asciinema       (PyPI) `asciinema cat` of the same recordings
 #   ssh-audit       (PyPI) grades the SSH gateway's algorithms
 set -euo pipefail
 
 need=()
 for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
-  libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl \
+  libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl systemd \
   docker-registry skopeo apache2-utils openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
@@ -33,10 +37,17 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-if command -v python3 >/dev/null && ! python3 -c 'import paramiko, asyncssh' 2>/dev/null; then
-  echo "installing: paramiko asyncssh (pip)"
+if command -v python3 >/dev/null && ! python3 -c 'import paramiko, asyncssh, prometheus_client, pyte' 2>/dev/null; then
+  echo "installing: paramiko asyncssh prometheus_client pyte (pip)"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-    'paramiko>=3.4' 'asyncssh>=2.14'
+    'paramiko>=3.4' 'asyncssh>=2.14' 'prometheus_client>=0.20' 'pyte>=0.8'
+fi
+# asciinema 2.x (PyPI, pure Python) reads the recordings back
+# (tests/tests/recording.rs: `asciinema cat`).
+if ! command -v asciinema >/dev/null 2>&1; then
+  echo "installing: asciinema (pip)"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'asciinema>=2.2,<3'
+  hash -r
 fi
 # ssh-audit (PyPI) grades the SSH gateway's algorithms
 # (tests/tests/ssh_algorithms.rs). Without it the test installs it in a venv

@@ -152,9 +152,42 @@ pub fn parse_mib(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// A duration in seconds from the command line: `90`, `90s`, `10m`, `2h`,
+/// `1d`.
+pub fn parse_secs(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a time like 90, 90s, 10m or 2h, got {s:?}"))?;
+    let factor = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        other => {
+            return Err(format!(
+                "unknown time unit {other:?} in {s:?} (use s, m, h or d)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("time {s:?} is too long"))
+}
+
 #[cfg(test)]
 mod size_tests {
-    use super::parse_mib;
+    use super::{parse_mib, parse_secs};
+
+    #[test]
+    fn times_parse_in_seconds() {
+        assert_eq!(parse_secs("90"), Ok(90));
+        assert_eq!(parse_secs("10m"), Ok(600));
+        assert_eq!(parse_secs("2h"), Ok(7200));
+        assert!(parse_secs("-5").is_err());
+        assert!(parse_secs("5y").unwrap_err().contains("unit"));
+    }
 
     #[test]
     fn sizes_parse_in_binary_units() {

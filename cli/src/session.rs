@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use blink_sdk::manager::{Stream, Target};
-use blink_sdk::types::SessionInfo;
+use blink_sdk::manager::{ResourceRequest, Stream, Target};
+use blink_sdk::types::{ResourceUsage, Resources, SessionInfo};
 use blink_sdk::{OpenOptions, Program};
 use clap::{Args, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,10 +32,10 @@ pub enum SessionCommand {
         /// Image for a new session (default: the built-in default image).
         #[arg(long)]
         image: Option<String>,
-        /// Disk size of a new session, its disk quota (`512M`, `20G`;
-        /// plain numbers are MiB). Default: the configured size (10G).
-        #[arg(long, value_name = "SIZE", value_parser = output::parse_mib)]
-        disk_size: Option<u64>,
+        /// A new session's size (an existing one keeps its own: `session
+        /// resources` changes it).
+        #[command(flatten)]
+        resources: ResourceFlags,
         /// Make the new session a copy of session A as it is now, or of
         /// its snapshot S (`A@S`); the image is shared, not copied.
         #[arg(long, value_name = "A[@S]")]
@@ -68,7 +68,9 @@ pub enum SessionCommand {
         replace: bool,
     },
     /// Show or change a session's egress policy (docs/NETWORK.md):
-    /// `--none`, or `--allow RULE` (repeatable) and `--deny RULE`.
+    /// `--none`, or `--allow RULE` (repeatable) and `--deny RULE`; and
+    /// which SSH forwards it takes (`--local-forwarding`,
+    /// `--remote-forwarding`).
     Network {
         #[command(flatten)]
         name: NameArg,
@@ -82,6 +84,21 @@ pub enum SessionCommand {
         /// Deny a destination (wins over allow).
         #[arg(long, value_name = "RULE")]
         deny: Vec<String>,
+        /// Whether `ssh -L`, `-D` and `-W` reach the session.
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        local_forwarding: Option<bool>,
+        /// Whether `ssh -R` may listen in the session.
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        remote_forwarding: Option<bool>,
+    },
+    /// Show a session's size and usage, or change its size (docs/RESOURCES.md):
+    /// CPU, memory and processes change on the running session where the
+    /// machine allows it, else at its next start; the answer says which.
+    Resources {
+        #[command(flatten)]
+        name: NameArg,
+        #[command(flatten)]
+        resources: ResourceFlags,
     },
     /// List a session's snapshots.
     List {
@@ -160,6 +177,45 @@ pub enum SessionCommand {
     Keys(crate::keys::KeysCommand),
 }
 
+/// A session's size, as flags (checked by the SDK, which names the field
+/// of a bad value).
+#[derive(Debug, Args)]
+pub struct ResourceFlags {
+    /// CPU quota in cores (fractional: 0.5, 1.5).
+    #[arg(long, value_name = "CORES", allow_negative_numbers = true)]
+    cpus: Option<f64>,
+    /// Memory limit (`512M`, `2G`; plain numbers are MiB).
+    #[arg(long, value_name = "SIZE", value_parser = output::parse_mib)]
+    memory: Option<u64>,
+    /// Processes and threads at once.
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// Disk size, its quota (`512M`, `20G`; plain numbers are MiB).
+    /// Default: the configured size (10G); an existing disk only grows (at
+    /// its session's next start).
+    #[arg(long, value_name = "SIZE", value_parser = output::parse_mib)]
+    disk_size: Option<u64>,
+    /// Default time limit of the session's runs (`90`, `90s`, `10m`, `2h`).
+    #[arg(long, value_name = "TIME", value_parser = output::parse_secs)]
+    run_timeout: Option<u64>,
+    /// Stop the (cold) session after this long with nothing running.
+    #[arg(long, value_name = "TIME", value_parser = output::parse_secs)]
+    idle_timeout: Option<u64>,
+}
+
+impl ResourceFlags {
+    fn request(&self) -> ResourceRequest {
+        ResourceRequest {
+            cpus: self.cpus,
+            memory_mib: self.memory,
+            pids: self.pids,
+            disk_mib: self.disk_size,
+            run_timeout_secs: self.run_timeout,
+            idle_timeout_secs: self.idle_timeout,
+        }
+    }
+}
+
 pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<ExitCode> {
     // Key files need no manager (and no data-dir lock): they can be edited
     // while blink-server runs.
@@ -173,7 +229,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             name,
             warm,
             image,
-            disk_size,
+            resources,
             from,
         } => {
             let from = from
@@ -187,9 +243,10 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
                     OpenOptions {
                         image,
                         warm: warm.then_some(true),
-                        disk_mib: disk_size,
+                        resources: resources.request(),
                         from,
                         network: None,
+                        forwarding: None,
                     },
                 )
                 .await;
@@ -271,7 +328,15 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             none,
             allow,
             deny,
+            local_forwarding,
+            remote_forwarding,
         } => {
+            if local_forwarding.is_some() || remote_forwarding.is_some() {
+                let mut policy = manager.session_info(&name.name)?.network.forwarding;
+                policy.local = local_forwarding.unwrap_or(policy.local);
+                policy.remote = remote_forwarding.unwrap_or(policy.remote);
+                manager.set_forwarding(&name.name, policy).await?;
+            }
             if none || !allow.is_empty() || !deny.is_empty() {
                 let mode = if none {
                     blink_sdk::network::Mode::None
@@ -293,11 +358,40 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
                 println!("mode:  {:?}", p.mode);
                 println!("allow: {}", p.allow.join(" "));
                 println!("deny:  {}", p.deny.join(" "));
+                let on = |b: bool| if b { "on" } else { "off" };
+                println!(
+                    "forwarding: local {}, remote {}",
+                    on(info.forwarding.local),
+                    on(info.forwarding.remote)
+                );
                 let e = &info.egress;
                 println!(
                     "egress: {} allowed, {} denied, {} bytes sent, {} received",
                     e.allowed_connections, e.denied_connections, e.bytes_sent, e.bytes_received
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Resources { name, resources } => {
+            let request = resources.request();
+            if request == ResourceRequest::default() {
+                let stats = manager.session_stats(&name.name)?;
+                if ctx.json {
+                    output::print_json(&stats)?;
+                } else {
+                    print_resources(&stats.resources);
+                    print_usage(&stats.usage);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let changed = manager.set_resources(&name.name, request).await?;
+            if ctx.json {
+                output::print_json(&changed)?;
+            } else {
+                for (field, how) in &changed.applied {
+                    println!("{field}: applied {how}");
+                }
+                print_resources(&changed.resources);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -386,6 +480,45 @@ fn print_info(s: &SessionInfo) {
             d.used_bytes as f64 / f64::from(1 << 20)
         );
     }
+    print_resources(&s.resources);
+    print_usage(&s.usage);
+}
+
+fn print_resources(r: &Resources) {
+    let limit = |v: Option<u64>, unit: &str| v.map_or("unlimited".into(), |v| format!("{v}{unit}"));
+    println!(
+        "limits:     cpus {}, memory {}, pids {}, disk {}",
+        r.cpus.map_or("unlimited".into(), |c| c.to_string()),
+        limit(r.memory_mib, " MiB"),
+        limit(r.pids, ""),
+        limit(r.disk_mib, " MiB"),
+    );
+    println!(
+        "timeouts:   run {} s, idle {} s",
+        r.run_timeout_secs, r.idle_timeout_secs
+    );
+}
+
+fn print_usage(u: &ResourceUsage) {
+    let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+    let n = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+    println!(
+        "usage:      memory {} (peak {}), cpu {} s ({} periods throttled), pids {}, oom kills {} [{}]",
+        mib(u.memory_bytes),
+        mib(u.memory_peak_bytes),
+        u.cpu_usec
+            .map_or("-".into(), |c| format!("{:.2}", c as f64 / 1e6)),
+        n(u.cpu_throttled_periods),
+        n(u.pids),
+        n(u.oom_kills),
+        u.source
+    );
+    println!(
+        "            disk {} used, egress {} bytes sent, {} received",
+        mib(u.disk_used_bytes),
+        u.egress_bytes_sent,
+        u.egress_bytes_received
+    );
 }
 
 /// Spawn and stay attached until the process ends.
@@ -477,5 +610,14 @@ async fn write_chunk(
         Stream::Stderr => {
             let _ = stderr.write_all(data).await;
         }
+    }
+}
+
+/// `on`/`off` (also `true`/`false`, `yes`/`no`).
+fn on_off(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{text:?} is not on or off")),
     }
 }

@@ -12,6 +12,9 @@ pub use crate::ssh::admission::{MaxStartups, NetBlockSize, Network};
 /// The longest time a setting may hold, in seconds.
 const MAX_SECS: u64 = 365 * 24 * 3600;
 
+/// A cold session's idle timeout unless the config sets one.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config {path}: {source}")]
@@ -47,6 +50,10 @@ pub struct FileConfig {
     /// `[images]`: pulls from registries (docs/IMAGES.md).
     #[serde(default)]
     pub images: blink_sdk::image::PullConfig,
+    #[serde(default)]
+    pub recording: crate::recording::RecordingConfig,
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// The `[network]` table: sessions' egress (docs/NETWORK.md).
@@ -61,6 +68,9 @@ pub struct NetworkConfig {
     /// Names the egress proxy resolves itself, before the host's resolver
     /// (an operator's table; its addresses count as explicitly allowed).
     pub resolve: std::collections::BTreeMap<String, std::net::IpAddr>,
+    /// SSH forwards a new session takes (`local`, `remote`; both on by
+    /// default). `[ssh] allow_forwarding` turns them off server-wide.
+    pub forwarding: blink_sdk::types::ForwardingPolicy,
 }
 
 impl NetworkConfig {
@@ -88,16 +98,125 @@ pub struct SandboxConfig {
     /// Ephemeral sandboxes of the default image kept started ahead of
     /// time, so a run does not wait for one to boot (0: none).
     pub ephemeral_pool: usize,
+    /// A new session's CPU quota in cores unless it asks for its own
+    /// (absent: no quota). docs/RESOURCES.md.
+    pub cpus: Option<f64>,
+    /// A new session's memory limit in MiB unless it asks for its own.
+    pub memory_mib: u64,
+    /// A new session's limit on processes (and threads) at once.
+    pub pids: u64,
+    /// Default time limit of a pipe-mode run, unless the session or the
+    /// run sets its own (at most `[rest] max_run_timeout_secs`).
+    pub run_timeout_secs: u64,
+    /// The most one session may ask for: CPU cores (default: this host's),
+    /// memory (default: this host's), processes, disk, idle timeout.
+    pub max_cpus: Option<f64>,
+    pub max_memory_mib: Option<u64>,
+    pub max_pids: u64,
+    pub max_disk_mib: u64,
+    pub max_idle_timeout_secs: u64,
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
+        let host = blink_sdk::manager::ResourceMaxima::for_this_host();
         Self {
             seccomp: blink_sdk::runtime::local::SeccompProfile::Default,
             id_base: blink_sdk::runtime::local::DEFAULT_ID_BASE,
             disk_size_mib: blink_sdk::runtime::local::DEFAULT_DISK_MIB,
             ephemeral_pool: 2,
+            cpus: None,
+            memory_mib: 2048.min(host.memory_mib),
+            pids: 1024,
+            run_timeout_secs: 600,
+            max_cpus: None,
+            max_memory_mib: None,
+            max_pids: host.pids,
+            max_disk_mib: host.disk_mib,
+            max_idle_timeout_secs: host.idle_timeout_secs,
         }
+    }
+}
+
+impl SandboxConfig {
+    /// The maxima as the manager takes them; a run's timeout is bounded by
+    /// `[rest] max_run_timeout_secs`, one bound for both.
+    pub fn maxima(&self, max_run_timeout_secs: u64) -> blink_sdk::manager::ResourceMaxima {
+        let host = blink_sdk::manager::ResourceMaxima::for_this_host();
+        blink_sdk::manager::ResourceMaxima {
+            cpus: self.max_cpus.unwrap_or(host.cpus),
+            memory_mib: self.max_memory_mib.unwrap_or(host.memory_mib),
+            pids: self.max_pids,
+            disk_mib: self.max_disk_mib,
+            run_timeout_secs: max_run_timeout_secs,
+            idle_timeout_secs: self.max_idle_timeout_secs,
+        }
+    }
+
+    /// What a new session gets unless it asks for its own, as a request
+    /// the maxima check.
+    pub fn defaults(&self, idle_timeout_secs: u64) -> blink_sdk::manager::ResourceRequest {
+        blink_sdk::manager::ResourceRequest {
+            cpus: self.cpus,
+            memory_mib: Some(self.memory_mib),
+            pids: Some(self.pids),
+            disk_mib: Some(self.disk_size_mib),
+            run_timeout_secs: Some(self.run_timeout_secs),
+            idle_timeout_secs: Some(idle_timeout_secs),
+        }
+    }
+
+    /// The maxima are themselves sane, and the defaults within them.
+    fn validate(
+        &self,
+        max_run_timeout_secs: u64,
+        idle_timeout_secs: u64,
+    ) -> Result<(), ConfigError> {
+        use blink_sdk::manager::{MIN_CPUS, MIN_MEMORY_MIB, MIN_PIDS};
+        use blink_sdk::runtime::local::{MAX_DISK_MIB, MIN_DISK_MIB};
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(c) = self.max_cpus
+            && !(c.is_finite() && c >= MIN_CPUS)
+        {
+            return invalid(format!(
+                "sandbox.max_cpus must be at least {MIN_CPUS}, not {c}"
+            ));
+        }
+        let floors = [
+            (
+                "max_memory_mib",
+                self.max_memory_mib.unwrap_or(u64::MAX),
+                MIN_MEMORY_MIB,
+            ),
+            ("max_pids", self.max_pids, MIN_PIDS),
+            ("max_disk_mib", self.max_disk_mib, MIN_DISK_MIB),
+            ("max_idle_timeout_secs", self.max_idle_timeout_secs, 1),
+        ];
+        for (name, value, floor) in floors {
+            if value < floor {
+                return invalid(format!(
+                    "sandbox.{name} must be at least {floor}, not {value}"
+                ));
+            }
+        }
+        if self.max_disk_mib > MAX_DISK_MIB {
+            return invalid(format!(
+                "sandbox.max_disk_mib must be at most {MAX_DISK_MIB}"
+            ));
+        }
+        if self.max_idle_timeout_secs > MAX_SECS {
+            return invalid(format!(
+                "sandbox.max_idle_timeout_secs must be at most {MAX_SECS} (a year)"
+            ));
+        }
+        self.maxima(max_run_timeout_secs)
+            .check(&self.defaults(idle_timeout_secs))
+            .map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "a new session's defaults ([sandbox] cpus, memory_mib, pids, disk_size_mib, \
+                     run_timeout_secs; session_idle_timeout_secs) must lie within the maxima: {e}"
+                ))
+            })
     }
 }
 
@@ -125,7 +244,72 @@ pub struct SshConfig {
     /// loopback; keys may still refuse it (`no-port-forwarding`,
     /// `restrict`) or narrow it (`permitopen=`, `permitlisten=`).
     pub allow_forwarding: bool,
+    /// OpenSSH public keys of CAs (one a line) whose user certificates log
+    /// in to the sessions their principals name (sshd's
+    /// `TrustedUserCAKeys`); read again when the file changes.
+    pub trusted_user_ca_keys: Option<PathBuf>,
+    /// A certificate principal that reaches every session, as an admin
+    /// key does (`admin_create_sessions` included). It may not be a valid
+    /// session name (e.g. `"*"`), so that a certificate for one session
+    /// never reaches them all.
+    pub wildcard_principal: Option<String>,
+    /// Seconds a certificate is still taken before its `valid after` and
+    /// after its `valid before` (clocks of the CA and the gateway differ).
+    pub certificate_clock_skew_secs: u64,
+    /// Revoked keys and certificates: an OpenSSH KRL (`ssh-keygen -k`) or
+    /// a text list (keys, `serial:`, `id:`, `sha256:` lines); read again
+    /// when the file changes. Unreadable or invalid: every login refused.
+    pub revoked_keys: Option<PathBuf>,
+    /// An HTTP endpoint asked on every login (docs/XENSEMBLE.md).
+    pub auth_hook: Option<AuthHookConfig>,
     pub limits: Limits,
+}
+
+/// The `[ssh.auth_hook]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthHookConfig {
+    /// `http://host[:port]/path`, asked with a POST per login.
+    pub url: String,
+    /// `"confirm"`: the hook must also allow what keys and certificates
+    /// let in; `"authorize"`: it may also let in keys nothing else does.
+    #[serde(default)]
+    pub mode: HookMode,
+    /// No answer in this long refuses the login.
+    #[serde(default = "AuthHookConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Answers (allow and deny) are reused this long (0: never).
+    #[serde(default = "AuthHookConfig::default_cache_secs")]
+    pub cache_secs: u64,
+    /// At most this many answers kept.
+    #[serde(default = "AuthHookConfig::default_cache_max_entries")]
+    pub cache_max_entries: usize,
+    /// A file holding the token sent as `Authorization: Bearer`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl AuthHookConfig {
+    fn default_timeout_ms() -> u64 {
+        2000
+    }
+    fn default_cache_secs() -> u64 {
+        5
+    }
+    fn default_cache_max_entries() -> usize {
+        4096
+    }
+}
+
+/// What the auth hook decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookMode {
+    /// Only refuses: a login needs a key or certificate and the hook.
+    #[default]
+    Confirm,
+    /// Also grants: a key no file or CA lets in may log in to an existing
+    /// session when the hook allows it (ContainerSSH's model).
+    Authorize,
 }
 
 impl Default for SshConfig {
@@ -139,6 +323,11 @@ impl Default for SshConfig {
             shutdown_grace_secs: 10,
             post_quantum_only: false,
             allow_forwarding: true,
+            trusted_user_ca_keys: None,
+            wildcard_principal: None,
+            certificate_clock_skew_secs: 60,
+            revoked_keys: None,
+            auth_hook: None,
             limits: Limits::default(),
         }
     }
@@ -287,6 +476,13 @@ impl FileConfig {
         self.images
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.recording.validate().map_err(ConfigError::Invalid)?;
+        self.audit.validate().map_err(ConfigError::Invalid)?;
+        self.sandbox.validate(
+            self.rest.max_run_timeout_secs,
+            self.session_idle_timeout_secs
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS),
+        )?;
         let l = &self.ssh.limits;
         let positive = [
             ("max_auth_attempts", l.max_auth_attempts as u64),
@@ -352,11 +548,58 @@ impl FileConfig {
                 )));
             }
         }
+        self.validate_auth()?;
         for name in &self.ssh.env_allow {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
                 return Err(ConfigError::Invalid(format!(
                     "ssh.env_allow has an invalid name {name:?}"
                 )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FileConfig {
+    /// Certificates and the auth hook: the settings themselves (the files
+    /// they name are read when the SSH server starts).
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let ssh = &self.ssh;
+        if ssh.certificate_clock_skew_secs > 3600 {
+            return Err(ConfigError::Invalid(
+                "ssh.certificate_clock_skew_secs must be at most 3600 (an hour)".into(),
+            ));
+        }
+        if let Some(w) = &ssh.wildcard_principal {
+            if w.is_empty() || w.contains([',', '\0']) || w.chars().any(char::is_whitespace) {
+                return Err(ConfigError::Invalid(format!(
+                    "ssh.wildcard_principal {w:?} must be one principal: no spaces, commas or NUL"
+                )));
+            }
+            if blink_sdk::manager::names::validate(w).is_ok() {
+                return Err(ConfigError::Invalid(format!(
+                    "ssh.wildcard_principal {w:?} is also a valid session name, so a \
+                     certificate for that one session would reach every session; pick \
+                     one that is not (e.g. \"*\")"
+                )));
+            }
+        }
+        if let Some(hook) = &ssh.auth_hook {
+            crate::ssh::parse_hook_url(&hook.url).map_err(ConfigError::Invalid)?;
+            if !(1..=60_000).contains(&hook.timeout_ms) {
+                return Err(ConfigError::Invalid(
+                    "ssh.auth_hook.timeout_ms must be between 1 and 60000".into(),
+                ));
+            }
+            if hook.cache_secs > 3600 {
+                return Err(ConfigError::Invalid(
+                    "ssh.auth_hook.cache_secs must be at most 3600".into(),
+                ));
+            }
+            if !(1..=1 << 20).contains(&hook.cache_max_entries) {
+                return Err(ConfigError::Invalid(
+                    "ssh.auth_hook.cache_max_entries must be between 1 and 1048576".into(),
+                ));
             }
         }
         Ok(())
@@ -400,6 +643,70 @@ mod tests {
         assert!(values.contains("pull_timeout_secs"), "{values}");
         let parsed: blink_sdk::image::PullConfig = toml::from_str(&values).unwrap();
         assert_eq!(parsed, blink_sdk::image::PullConfig::default());
+    }
+
+    #[test]
+    fn certificate_and_hook_settings() {
+        let load = |text: &str| {
+            toml::from_str::<FileConfig>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map(|_| c).map_err(|e| e.to_string()))
+        };
+        let c = load(
+            "[ssh]\ntrusted_user_ca_keys = \"/ca.pub\"\nwildcard_principal = \"*\"\n\
+             [ssh.auth_hook]\nurl = \"http://127.0.0.1:9000/auth\"\nmode = \"authorize\"\n",
+        )
+        .unwrap();
+        let hook = c.ssh.auth_hook.unwrap();
+        assert_eq!(hook.mode, HookMode::Authorize);
+        assert_eq!((hook.timeout_ms, hook.cache_secs), (2000, 5));
+        assert_eq!(c.ssh.certificate_clock_skew_secs, 60);
+        for (text, named) in [
+            (
+                "[ssh]\nwildcard_principal = \"admin\"",
+                "wildcard_principal",
+            ),
+            ("[ssh]\nwildcard_principal = \"a b\"", "wildcard_principal"),
+            ("[ssh]\ncertificate_clock_skew_secs = 7200", "skew"),
+            ("[ssh.auth_hook]\nurl = \"https://h/\"", "https"),
+            (
+                "[ssh.auth_hook]\nurl = \"http://h/\"\ntimeout_ms = 0",
+                "timeout_ms",
+            ),
+            (
+                "[ssh.auth_hook]\nurl = \"http://h/\"\nmode = \"maybe\"",
+                "maybe",
+            ),
+            (
+                "[ssh.auth_hook]\nurl = \"http://h/\"\ncache_max_entries = 0",
+                "cache_max",
+            ),
+            (
+                "[ssh.auth_hook]\nurl = \"http://h/\"\ntoken = \"x\"",
+                "token",
+            ),
+        ] {
+            let e = load(text).unwrap_err();
+            assert!(e.contains(named), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn sandbox_defaults_must_lie_within_the_maxima() {
+        let c: FileConfig =
+            toml::from_str("[sandbox]\nmemory_mib = 4096\nmax_memory_mib = 1024").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("memory_mib"), "{e}");
+        let c: FileConfig = toml::from_str("[sandbox]\nrun_timeout_secs = 7200").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("run_timeout_secs"), "{e}");
+        let c: FileConfig = toml::from_str("[sandbox]\nmax_cpus = 0.0").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("max_cpus"));
+        let c: FileConfig =
+            toml::from_str("[sandbox]\ncpus = 0.5\nmemory_mib = 256\npids = 64\nmax_pids = 128")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.sandbox.maxima(3600).pids, 128);
     }
 
     #[test]

@@ -2,8 +2,13 @@
 //! manager, each started with `start` and stopped with `shutdown`. The
 //! `blink-server` binary (`main.rs`) is the thin edge around it: flags,
 //! config file, signals. Tests start the servers in-process through here.
+//! `recording` is shared by both: PTY sessions recorded as asciicast
+//! files, listed and downloaded over REST.
 
+pub mod audit;
 pub mod config;
 pub mod hostkey;
+pub mod metrics;
+pub mod recording;
 pub mod rest;
 pub mod ssh;

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use blink_sdk::manager::{Manager, ManagerConfig, default_data_dir};
 use blink_server::config::FileConfig;
-use blink_server::{hostkey, rest, ssh};
+use blink_server::recording::Recordings;
+use blink_server::{audit, hostkey, rest, ssh};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -54,16 +55,26 @@ struct Args {
     script_dir: Vec<PathBuf>,
 }
 
+/// How long recordings still being written at shutdown may take to end.
+const RECORDINGS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    let (file, data_dir) = match configure(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("blink-server: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // Flushes the audit log's queue when main returns.
+    let _audit = match init_logging(&file, &data_dir, !args.fingerprint) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("blink-server: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -71,7 +82,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(args, file, data_dir)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("blink-server: {e:#}");
@@ -80,7 +91,44 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+/// Logs on stderr (`RUST_LOG`, default info) and, when enabled, the audit
+/// log (audit.rs).
+fn init_logging(
+    file: &FileConfig,
+    data_dir: &std::path::Path,
+    with_audit: bool,
+) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let (audit, guard) = if with_audit && file.audit.enabled {
+        let (layer, guard) = audit::layer(&file.audit, data_dir).with_context(|| {
+            format!(
+                "opening the audit log {}",
+                file.audit.path_in(data_dir).display()
+            )
+        })?;
+        (Some(layer), Some(guard))
+    } else {
+        (None, None)
+    };
+    tracing_subscriber::registry()
+        .with(audit)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .with_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                ),
+        )
+        .init();
+    Ok(guard)
+}
+
+/// The config file with the command line's overrides, and the data dir.
+fn configure(args: &Args) -> anyhow::Result<(FileConfig, PathBuf)> {
     let mut file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -100,19 +148,24 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     {
         file.rest.token = Some(token);
     }
-    if let Some(path) = args.host_key {
-        file.ssh.host_key = Some(path);
+    if let Some(path) = &args.host_key {
+        file.ssh.host_key = Some(path.clone());
     }
-    if let Some(path) = args.admin_keys {
-        file.ssh.admin_authorized_keys = Some(path);
+    if let Some(path) = &args.admin_keys {
+        file.ssh.admin_authorized_keys = Some(path.clone());
     }
     if args.admin_create_sessions {
         file.ssh.admin_create_sessions = true;
     }
     let data_dir = args
         .data_dir
+        .clone()
         .or(file.data_dir.clone())
         .unwrap_or_else(default_data_dir);
+    Ok((file, data_dir))
+}
+
+async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Result<()> {
     let key_path = file
         .ssh
         .host_key
@@ -130,39 +183,62 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut manager_config = ManagerConfig::new(&data_dir);
     manager_config.seccomp = file.sandbox.seccomp;
     manager_config.id_base = Some(file.sandbox.id_base);
-    manager_config.limits.disk_mib = Some(file.sandbox.disk_size_mib);
+    manager_config.limits = blink_sdk::runtime::Limits {
+        cpus: file.sandbox.cpus,
+        memory_mib: Some(file.sandbox.memory_mib),
+        pids: Some(file.sandbox.pids),
+        disk_mib: Some(file.sandbox.disk_size_mib),
+    };
+    manager_config.maxima = file.sandbox.maxima(file.rest.max_run_timeout_secs);
+    manager_config.run_timeout = std::time::Duration::from_secs(file.sandbox.run_timeout_secs);
     manager_config.network = file.network.policy();
     manager_config.ephemeral_pool = file.sandbox.ephemeral_pool;
     manager_config.resolve = file.network.resolve.clone();
     manager_config.pull = file.images.clone();
+    manager_config.forwarding = file.network.forwarding;
     if file.sandbox.seccomp == blink_sdk::runtime::local::SeccompProfile::Unconfined {
         tracing::warn!(
             "[sandbox] seccomp = \"unconfined\": sandboxes run without a seccomp filter"
         );
     }
     if let Some(secs) = args.session_idle_timeout.or(file.session_idle_timeout_secs) {
-        manager_config.idle_timeout = std::time::Duration::from_secs(secs.max(1));
+        let secs = secs.max(1);
+        manager_config
+            .maxima
+            .check(&blink_sdk::manager::ResourceRequest {
+                idle_timeout_secs: Some(secs),
+                ..Default::default()
+            })
+            .context("--session-idle-timeout")?;
+        manager_config.idle_timeout = std::time::Duration::from_secs(secs);
     }
     let manager = Manager::open(manager_config)
         .await
         .with_context(|| format!("opening data dir {}", data_dir.display()))?;
     let ssh_grace = file.ssh.shutdown_grace();
+    // One set of recordings for SSH and REST alike.
+    let recordings = Recordings::new(file.recording, &data_dir);
+    recordings.start_retention();
     // Listen before the servers say they are up, so no signal is missed.
     let signalled = shutdown_signal()?;
-    let http = rest::start(manager.clone(), file.rest).await?;
-    let ssh = match ssh::start(manager.clone(), file.ssh, host_key).await {
+    let http = rest::start(manager.clone(), file.rest, recordings.clone()).await?;
+    let ssh = match ssh::start(manager.clone(), file.ssh, host_key, recordings.clone()).await {
         Ok(ssh) => ssh,
         Err(e) => {
             http.shutdown().await;
             manager.shutdown().await;
+            recordings.shutdown(RECORDINGS_GRACE).await;
             return Err(e);
         }
     };
     signalled.await;
     tracing::info!("shutting down");
-    // Connections and runs drain together; the sandboxes stop after them.
+    // Connections and runs drain together; the sandboxes stop after them;
+    // then the recordings of what ran (REST spawns end with their
+    // sandboxes) are finished.
     tokio::join!(ssh.shutdown(ssh_grace), http.shutdown());
     manager.shutdown().await;
+    recordings.shutdown(RECORDINGS_GRACE).await;
     tracing::info!("blink-server shut down");
     Ok(())
 }

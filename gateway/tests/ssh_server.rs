@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use blink_sdk::manager::{Manager, ManagerConfig};
 use blink_server::config::SshConfig;
+use blink_server::recording::{RecordingConfig, Recordings};
 use blink_server::{hostkey, ssh};
 use russh::client::{DisconnectReason, RemoteDisconnectInfo};
 use tokio::io::AsyncReadExt as _;
@@ -51,7 +52,10 @@ async fn shutdown_tells_clients_why_and_stops_accepting() {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..SshConfig::default()
     };
-    let server = ssh::start(manager.clone(), config, host_key).await.unwrap();
+    let recordings = Recordings::new(RecordingConfig::default(), &dir.path().join("data"));
+    let server = ssh::start(manager.clone(), config, host_key, recordings)
+        .await
+        .unwrap();
     let addr = server.local_addr();
 
     // A client past the key exchange, not logged in.

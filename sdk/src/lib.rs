@@ -17,6 +17,7 @@ pub mod escape;
 pub mod fs;
 pub mod image;
 pub mod manager;
+pub mod metrics;
 pub mod network;
 pub mod runtime;
 pub mod testing;

@@ -21,8 +21,15 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::runtime::exec::{ExecControl, ExecSpec, Execution, PtySize};
-use crate::runtime::{IsolationClass, Runtime, RuntimeInfo, SandboxSpec};
+use crate::runtime::{
+    Applied, IsolationClass, Limits, LimitsApplied, ResourceUsage, Runtime, RuntimeInfo,
+    SandboxSpec,
+};
 use crate::types::ExitStatus;
+
+/// A fake disk's size when its spec names none (the local runtime's
+/// default).
+const FAKE_DISK_MIB: u64 = crate::runtime::local::DEFAULT_DISK_MIB;
 
 /// What the fake knows of one sandbox.
 #[derive(Debug, Default, Clone)]
@@ -32,6 +39,13 @@ pub struct FakeSandbox {
     pub stops: u32,
     /// Files written into it (copied scripts).
     pub files: HashSet<String>,
+    /// The limits it runs with now: its spec's at start, changed by
+    /// `update_limits` while it runs.
+    pub limits: Limits,
+    /// Its disk's size in MiB: its spec's at creation, grown at start.
+    pub disk_mib: u64,
+    /// What `usage` reports while it runs (set by a test).
+    pub usage: ResourceUsage,
 }
 
 /// An in-memory runtime (a test double; see the module docs).
@@ -65,6 +79,13 @@ impl FakeRuntime {
         let mut ids: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
         ids.sort();
         ids
+    }
+
+    /// Give a sandbox the usage figures `usage` reports while it runs.
+    pub fn set_usage(&self, id: &str, usage: ResourceUsage) {
+        if let Some(b) = lock(&self.sandboxes).get_mut(id) {
+            b.usage = usage;
+        }
     }
 
     /// Make a disk behind the manager's back (an orphan left by a crash).
@@ -133,8 +154,57 @@ impl Runtime for FakeRuntime {
                 spec.id
             )));
         }
-        boxes.insert(spec.id.clone(), FakeSandbox::default());
+        boxes.insert(
+            spec.id.clone(),
+            FakeSandbox {
+                disk_mib: spec.limits.disk_mib.unwrap_or(FAKE_DISK_MIB),
+                ..FakeSandbox::default()
+            },
+        );
         Ok(())
+    }
+
+    fn disk_usage(&self, id: &str) -> Option<crate::types::DiskUsage> {
+        lock(&self.sandboxes)
+            .get(id)
+            .map(|b| crate::types::DiskUsage {
+                size_bytes: b.disk_mib << 20,
+                used_bytes: 0,
+            })
+    }
+
+    /// Like a cgroup runtime: CPU, memory and processes change while it
+    /// runs, the disk grows at the next start.
+    async fn update_limits(&self, id: &str, limits: &Limits) -> Result<LimitsApplied> {
+        self.with(id, |b| {
+            if !b.running {
+                return LimitsApplied::NEXT_START;
+            }
+            b.limits = Limits {
+                disk_mib: b.limits.disk_mib,
+                ..limits.clone()
+            };
+            LimitsApplied {
+                memory: Applied::Live,
+                cpus: Applied::Live,
+                pids: Applied::Live,
+                disk: Applied::NextStart,
+            }
+        })
+    }
+
+    fn usage(&self, id: &str) -> ResourceUsage {
+        let boxes = lock(&self.sandboxes);
+        let sandbox = boxes.get(id);
+        let mut usage = match sandbox {
+            Some(b) if b.running => b.usage.clone(),
+            _ => ResourceUsage {
+                source: "none".into(),
+                ..ResourceUsage::default()
+            },
+        };
+        usage.disk_used_bytes = sandbox.map(|_| 0);
+        usage
     }
 
     fn exists(&self, id: &str) -> bool {
@@ -146,6 +216,8 @@ impl Runtime for FakeRuntime {
             if !b.running {
                 b.running = true;
                 b.starts += 1;
+                b.limits = spec.limits.clone();
+                b.disk_mib = b.disk_mib.max(spec.limits.disk_mib.unwrap_or(0));
             }
         })
     }

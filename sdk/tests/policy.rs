@@ -1,6 +1,7 @@
 //! The manager's policies on the in-memory runtime (`blink_sdk::testing`,
 //! a test double): idle stop, warm restart, spawn caps, recovery of
-//! orphans, refusals while busy, forwards starting and holding a session.
+//! orphans, refusals while busy, forwards starting and holding a session,
+//! sessions' sizes (checked, held, changed live or at the next start).
 //! No sandbox is made, so these run in milliseconds anywhere;
 //! tests/manager.rs covers the same ground against real bubblewrap
 //! sandboxes.
@@ -9,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blink_sdk::image::ImageStore;
-use blink_sdk::manager::{ManagerConfig, OpenOptions, Program, RunOptions, Target};
+use blink_sdk::manager::{
+    ManagerConfig, OpenOptions, Program, ResourceNumbers, ResourceRequest, RunOptions, Target,
+};
 use blink_sdk::testing::FakeRuntime;
-use blink_sdk::types::SessionState;
+use blink_sdk::types::{Applied, ResourceUsage, SessionState};
 use blink_sdk::{Error, Manager};
 
 struct Fixture {
@@ -372,4 +375,351 @@ async fn forwards_start_a_stopped_session_and_hold_it_active() {
         eventually(Duration::from_secs(5), || !rt.is_running_now(&id)).await,
         "and idles out once they are gone"
     );
+}
+
+fn sized(r: ResourceRequest) -> OpenOptions {
+    OpenOptions {
+        resources: r,
+        ..OpenOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_sessions_size_is_held_applied_at_start_and_survives_a_restart() {
+    let fx = Fixture::new();
+    let asked = ResourceRequest {
+        cpus: Some(0.5),
+        memory_mib: Some(256),
+        pids: Some(64),
+        disk_mib: Some(512),
+        run_timeout_secs: Some(30),
+        idle_timeout_secs: Some(120),
+    };
+    let id = {
+        let m = fx.manager(|_| {}).await;
+        let opened = m
+            .open_session("sized", sized(asked.clone()))
+            .await
+            .expect("open");
+        let r = &opened.session.resources;
+        assert_eq!(
+            (r.cpus, r.memory_mib, r.pids, r.disk_mib),
+            (Some(0.5), Some(256), Some(64), Some(512))
+        );
+        assert_eq!((r.run_timeout_secs, r.idle_timeout_secs), (30, 120));
+        // Another session has the configured defaults.
+        let plain = m
+            .open_session("plain", OpenOptions::default())
+            .await
+            .expect("open");
+        let defaults = &m.config().limits;
+        assert_eq!(plain.session.resources.memory_mib, defaults.memory_mib);
+        assert_eq!(plain.session.resources.cpus, None);
+        assert_eq!(
+            plain.session.resources.idle_timeout_secs,
+            m.config().idle_timeout.as_secs()
+        );
+        opened.session.box_id
+    };
+    let m = fx.manager(|_| {}).await;
+    let info = m.session_info("sized").expect("info");
+    assert_eq!(info.resources.memory_mib, Some(256));
+    assert_eq!(info.resources.run_timeout_secs, 30);
+    m.ensure_running("sized").await.expect("start");
+    let running = fx.runtime.sandbox(&id).expect("sandbox").limits;
+    assert_eq!(
+        (running.cpus, running.memory_mib, running.pids),
+        (Some(0.5), Some(256), Some(64)),
+        "the runtime started it with the session's limits"
+    );
+}
+
+#[tokio::test]
+async fn bad_figures_are_refused_naming_the_field_and_nothing_is_made() {
+    let fx = Fixture::new();
+    let m = fx
+        .manager(|c| {
+            c.maxima.cpus = 2.0;
+            c.maxima.memory_mib = 1024;
+            c.maxima.pids = 256;
+        })
+        .await;
+    let cases = [
+        (
+            ResourceNumbers {
+                cpus: Some(0.0),
+                ..Default::default()
+            },
+            "cpus",
+        ),
+        (
+            ResourceNumbers {
+                cpus: Some(-1.0),
+                ..Default::default()
+            },
+            "cpus",
+        ),
+        (
+            ResourceNumbers {
+                cpus: Some(2.5),
+                ..Default::default()
+            },
+            "cpus",
+        ),
+        (
+            ResourceNumbers {
+                memory_mib: Some(-64.0),
+                ..Default::default()
+            },
+            "memory_mib",
+        ),
+        (
+            ResourceNumbers {
+                memory_mib: Some(0.0),
+                ..Default::default()
+            },
+            "memory_mib",
+        ),
+        (
+            ResourceNumbers {
+                memory_mib: Some(1025.0),
+                ..Default::default()
+            },
+            "memory_mib",
+        ),
+        (
+            ResourceNumbers {
+                pids: Some(1e300),
+                ..Default::default()
+            },
+            "pids",
+        ),
+        (
+            ResourceNumbers {
+                pids: Some(32.5),
+                ..Default::default()
+            },
+            "pids",
+        ),
+        (
+            ResourceNumbers {
+                disk_mib: Some(1.0),
+                ..Default::default()
+            },
+            "disk_mib",
+        ),
+        (
+            ResourceNumbers {
+                run_timeout_secs: Some(0.0),
+                ..Default::default()
+            },
+            "run_timeout_secs",
+        ),
+        (
+            ResourceNumbers {
+                idle_timeout_secs: Some(1e12),
+                ..Default::default()
+            },
+            "idle_timeout_secs",
+        ),
+    ];
+    for (numbers, field) in cases {
+        let refused = match ResourceRequest::from_numbers(numbers) {
+            Err(e) => e,
+            Ok(request) => m
+                .open_session("bad", sized(request))
+                .await
+                .expect_err("refused"),
+        };
+        assert_eq!(refused.code(), "invalid_argument", "{refused}");
+        assert!(
+            refused.to_string().starts_with(&format!("{field}:")),
+            "{numbers:?}: {refused}"
+        );
+    }
+    assert!(fx.runtime.ids().is_empty(), "a sandbox was made");
+    assert!(m.list_sessions().is_empty());
+    // The same rules on a change, which leaves the session as it was.
+    open(&m, "s", false).await;
+    let before = m.session_info("s").expect("info").resources;
+    let e = m
+        .set_resources(
+            "s",
+            ResourceRequest {
+                memory_mib: Some(512),
+                pids: Some(100_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("refused");
+    assert!(e.to_string().starts_with("pids:"), "{e}");
+    assert_eq!(m.session_info("s").expect("info").resources, before);
+}
+
+#[tokio::test]
+async fn changes_apply_live_on_a_running_session_and_at_the_next_start_otherwise() {
+    let fx = Fixture::new();
+    let m = fx.manager(|_| {}).await;
+    let id = m
+        .open_session(
+            "s",
+            sized(ResourceRequest {
+                disk_mib: Some(1024),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("open")
+        .session
+        .box_id;
+    // Stopped: everything waits for the next start.
+    let changed = m
+        .set_resources(
+            "s",
+            ResourceRequest {
+                memory_mib: Some(300),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("change");
+    assert_eq!(changed.applied["memory_mib"], Applied::NextStart);
+    assert_eq!(changed.resources.memory_mib, Some(300));
+    m.ensure_running("s").await.expect("start");
+    assert_eq!(
+        fx.runtime.sandbox(&id).expect("box").limits.memory_mib,
+        Some(300)
+    );
+    // Running: limits at once, the disk at the next start, timeouts now.
+    let changed = m
+        .set_resources(
+            "s",
+            ResourceRequest {
+                cpus: Some(1.0),
+                pids: Some(50),
+                disk_mib: Some(2048),
+                idle_timeout_secs: Some(60),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("change");
+    let applied: Vec<(&str, Applied)> = changed
+        .applied
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(
+        applied,
+        vec![
+            ("cpus", Applied::Live),
+            ("disk_mib", Applied::NextStart),
+            ("idle_timeout_secs", Applied::Live),
+            ("pids", Applied::Live),
+        ]
+    );
+    let now = fx.runtime.sandbox(&id).expect("box");
+    assert_eq!((now.limits.cpus, now.limits.pids), (Some(1.0), Some(50)));
+    assert_eq!(now.disk_mib, 1024, "the disk grows only at the next start");
+    m.stop_session("s", false).await.expect("stop");
+    m.ensure_running("s").await.expect("start");
+    assert_eq!(fx.runtime.sandbox(&id).expect("box").disk_mib, 2048);
+    // A disk never shrinks.
+    let e = m
+        .set_resources(
+            "s",
+            ResourceRequest {
+                disk_mib: Some(1024),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("shrink");
+    assert!(e.to_string().starts_with("disk_mib:"), "{e}");
+    // Held across a restart.
+    drop(m);
+    let m = fx.manager(|_| {}).await;
+    let r = m.session_info("s").expect("info").resources;
+    assert_eq!(
+        (r.cpus, r.pids, r.disk_mib, r.idle_timeout_secs),
+        (Some(1.0), Some(50), Some(2048), 60)
+    );
+}
+
+#[tokio::test]
+async fn each_session_idles_and_times_out_runs_by_its_own_timeouts() {
+    let fx = Fixture::new();
+    // The configured idle timeout is an hour (the fixture's).
+    let m = fx.manager(|_| {}).await;
+    let quick = m
+        .open_session(
+            "quick",
+            sized(ResourceRequest {
+                idle_timeout_secs: Some(1),
+                run_timeout_secs: Some(1),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("open")
+        .session
+        .box_id;
+    let slow = open(&m, "slow", false).await;
+    for name in ["quick", "slow"] {
+        m.ensure_running(name).await.expect("start");
+    }
+    let runtime = fx.runtime.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || !runtime.is_running_now(&quick)).await,
+        "the session with a 1 s idle timeout kept running"
+    );
+    assert!(fx.runtime.is_running_now(&slow), "the other one idled out");
+    // Its runs are stopped after its run timeout unless they ask for more.
+    let r = m
+        .run(
+            Target::Session("quick"),
+            &command(&["sleep", "30"]),
+            RunOptions::default(),
+        )
+        .await
+        .expect("run");
+    assert!(r.timed_out, "{r:?}");
+    let r = m
+        .run(
+            Target::Session("quick"),
+            &command(&["sleep", "1.5"]),
+            RunOptions {
+                timeout: Some(Duration::from_secs(10)),
+                ..RunOptions::default()
+            },
+        )
+        .await
+        .expect("run");
+    assert!(!r.timed_out && r.exit_code == 0, "{r:?}");
+}
+
+#[tokio::test]
+async fn usage_comes_from_the_runtime_with_the_egress_counters() {
+    let fx = Fixture::new();
+    let m = fx.manager(|_| {}).await;
+    let id = open(&m, "s", false).await;
+    let stopped = m.session_stats("s").expect("stats");
+    assert_eq!(stopped.usage.source, "none");
+    assert_eq!(stopped.usage.memory_bytes, None);
+    m.ensure_running("s").await.expect("start");
+    fx.runtime.set_usage(
+        &id,
+        ResourceUsage {
+            source: "fake".into(),
+            memory_bytes: Some(5 << 20),
+            oom_kills: Some(2),
+            ..ResourceUsage::default()
+        },
+    );
+    let stats = m.session_stats("s").expect("stats");
+    assert_eq!(stats.state, SessionState::Running);
+    assert_eq!(stats.usage.memory_bytes, Some(5 << 20));
+    assert_eq!(stats.usage.oom_kills, Some(2));
+    assert_eq!(m.session_info("s").expect("info").usage, stats.usage);
 }

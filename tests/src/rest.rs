@@ -105,6 +105,10 @@ impl Server {
         answer(self.request("PUT", path).send_json(body))
     }
 
+    pub fn patch(&self, path: &str, body: Value) -> Answer {
+        answer(self.request("PATCH", path).send_json(body))
+    }
+
     pub fn post(&self, path: &str, body: Value) -> Answer {
         answer(self.request("POST", path).send_json(body))
     }

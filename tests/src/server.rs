@@ -25,6 +25,8 @@ pub struct ServerBuilder {
     env: Vec<(String, String)>,
     token: Option<String>,
     log_filter: String,
+    /// A command the server is started through (see `wrapped`).
+    wrapper: Vec<String>,
 }
 
 /// Admission limits (`[ssh.limits]`) every test server gets unless its
@@ -97,7 +99,15 @@ impl ServerBuilder {
             env: Vec::new(),
             token: None,
             log_filter: "warn".into(),
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Start the server through this command (it must exec the server,
+    /// keeping its pid), e.g. `setpriv` with a capability bounding set.
+    pub fn wrapped(mut self, command: &[&str]) -> Self {
+        self.wrapper = command.iter().map(|a| a.to_string()).collect();
+        self
     }
 
     /// A config file with this TOML, written into the data dir and passed
@@ -140,7 +150,14 @@ impl ServerBuilder {
     /// Start the server; returns once it listens on both ports.
     pub fn start(self) -> Server {
         std::fs::create_dir_all(&self.scripts_dir).expect("mkdir host-scripts");
-        let mut cmd = Command::new(bin("blink-server"));
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin("blink-server"));
+                cmd
+            }
+            None => Command::new(bin("blink-server")),
+        };
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--ssh-listen", "127.0.0.1:0"])

@@ -23,7 +23,7 @@ fn export_then_import_over_rest_is_byte_exact() {
     };
     let a = server.post(
         "/api/sessions",
-        json!({"name": "a", "warm": true, "disk_mib": 512}),
+        json!({"name": "a", "warm": true, "disk_mib": 512, "memory_mib": 300, "pids": 100}),
     );
     assert_eq!(a.status, 201, "{:?}", a.body);
     server.sh("a",
@@ -79,6 +79,28 @@ fn export_then_import_over_rest_is_byte_exact() {
     );
     assert_eq!(replaced.status, 201, "{:?}", replaced.body);
     assert_eq!(server.sh("b", "cat /root/d/f"), "one\n");
+    // The limits it brings come along where this server allows them...
+    let size = &replaced.body["session"]["resources"];
+    assert_eq!(
+        (size["memory_mib"].clone(), size["pids"].clone()),
+        (json!(300), json!(100))
+    );
+    // ...and on a server whose maxima they exceed, its defaults apply.
+    let Some(other) = Blink::with_runtime() else {
+        return;
+    };
+    let strict = other
+        .server()
+        .config("[sandbox]\npids = 50\nmax_pids = 64\n")
+        .start();
+    let imported =
+        strict.post_multipart("/api/import", &[("name", "c")], Some(("archive", &whole)));
+    assert_eq!(imported.status, 201, "{:?}", imported.body);
+    let size = &imported.body["session"]["resources"];
+    assert_eq!(
+        (size["memory_mib"].clone(), size["pids"].clone()),
+        (json!(300), json!(50))
+    );
 }
 
 #[test]

@@ -55,8 +55,15 @@ fn health_product_and_openapi() {
         ("/api/import", &["post"]),
         ("/api/sessions/{name}/stop", &["post"]),
         ("/api/sessions/{name}/network", &["get", "put"]),
+        ("/api/sessions/{name}/resources", &["get", "patch"]),
+        ("/api/sessions/{name}/stats", &["get"]),
+        ("/api/sessions/{name}/forwarding", &["get", "put"]),
         ("/api/sessions/{name}/keys", &["get", "post"]),
         ("/api/sessions/{name}/keys/{fingerprint}", &["delete"]),
+        ("/api/sessions/{name}/recordings", &["get"]),
+        ("/api/sessions/{name}/recordings/{id}", &["get", "delete"]),
+        ("/api/sessions/{name}/recording", &["get", "put"]),
+        ("/metrics", &["get"]),
     ];
     for (path, methods) in expected {
         let item = paths
@@ -81,6 +88,13 @@ fn health_product_and_openapi() {
         ("POST", "/api/sessions/s1/export", "session_not_found"),
         ("GET", "/api/exports/x.boxlite", "export_not_found"),
         ("GET", "/api/sessions/s1/network", "session_not_found"),
+        ("GET", "/api/sessions/s1/recordings", "session_not_found"),
+        ("GET", "/api/sessions/s1/recording", "session_not_found"),
+        (
+            "GET",
+            "/api/sessions/s1/recordings/1-0123456789abcdef",
+            "recording_not_found",
+        ),
     ] {
         let a = match method {
             "GET" => server.get(path),

@@ -221,7 +221,8 @@ fn local_forward_never_reaches_the_hosts_loopback() {
     assert!(stderr.contains("connect failed"), "{stderr}");
     assert!(!stdout.contains("HTTP/"), "{stdout}");
 
-    // Other hosts are refused outright, the connection lives on.
+    // Other hosts are outside the session: refused by its network policy
+    // ("none": loopback only), before any lookup; the connection lives on.
     for target in ["10.0.0.1:80", "example.invalid:80", "127.0.0.2:22"] {
         let out = stdio_forward(&f, target, b"");
         assert_eq!(out.status.code(), Some(255), "{target}");
@@ -233,7 +234,11 @@ fn local_forward_never_reaches_the_hosts_loopback() {
     }
     let refused = f
         .server
-        .wait_log(&["ssh forward refused", "outside the session"])
+        .wait_log(&[
+            "ssh forward refused",
+            "outside the session",
+            "network policy is",
+        ])
         .expect("refusals are logged with their reason");
     assert!(refused.contains("allowed=false"), "{refused}");
     assert_alive(&mut ssh, "alive-at-the-end");
@@ -656,4 +661,194 @@ fn forwarding_can_be_turned_off() {
         .wait_log(&["ssh forward refused", "turned off"])
         .expect("logged");
     assert_eq!(f.sh("echo fine"), "fine\n");
+}
+
+/// A tiny HTTP server on the test's 127.0.0.1 answering `body` to each of
+/// up to `count` requests (60 s at most): an upstream outside the session.
+fn upstream(body: &'static str, count: usize) -> u16 {
+    client_side_server(body, count).0
+}
+
+/// A fixture whose server maps `allowed.test` and `other.test` to the
+/// test's 127.0.0.1 (no DNS is ever asked), with session `s1` allowed to
+/// reach `allowed.test:PORT` only.
+fn fixture_with_egress(port: u16) -> Option<SshFixture> {
+    let f = SshFixture::with(|server| {
+        server
+            .config(
+                "[network.resolve]\n\"allowed.test\" = \"127.0.0.1\"\n\"other.test\" = \"127.0.0.1\"\n",
+            )
+            .log_filter("info")
+    })?;
+    let a = f.server.put(
+        "/api/sessions/s1/network",
+        json!({"mode": "proxy", "allow": [format!("allowed.test:{port}")]}),
+    );
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    Some(f)
+}
+
+#[test]
+fn forwarding_to_other_hosts_follows_the_sessions_egress_policy() {
+    let port = upstream("upstream-ok", 8);
+    let Some(f) = fixture_with_egress(port) else {
+        return;
+    };
+    let get = b"GET / HTTP/1.0\r\nHost: allowed.test\r\n\r\n";
+    // ssh -W to an allowed name: out through the policy, from the host.
+    let out = stdio_forward(&f, &format!("allowed.test:{port}"), get);
+    let (stdout, stderr) = texts(&out);
+    assert!(stdout.ends_with("upstream-ok"), "{stdout} {stderr}");
+    let line = f
+        .server
+        .wait_log(&["egress connection", "via=ssh-forward", "allowed.test"])
+        .unwrap_or_else(|| panic!("the egress connection is logged: {}", f.server.log()));
+    assert!(line.contains("allowed=true"), "{line}");
+
+    // Names and addresses the policy does not allow: refused before any
+    // lookup or packet, the way the proxy refuses them.
+    for target in [
+        format!("other.test:{port}"),
+        format!("allowed.test:{}", port + 1),
+        "169.254.169.254:80".to_owned(),
+        format!("127.0.0.2:{port}"),
+    ] {
+        let out = stdio_forward(&f, &target, get);
+        assert_eq!(out.status.code(), Some(255), "{target}");
+        assert!(
+            texts(&out).1.contains("administratively prohibited"),
+            "{target}: {}",
+            texts(&out).1
+        );
+        assert!(!texts(&out).0.contains("upstream-ok"), "{target}");
+    }
+    f.server
+        .wait_log(&["ssh forward refused", "other.test", "not on the allow list"])
+        .expect("the refusal names the reason");
+
+    // ssh -D with the name resolved by the server, inside the policy.
+    let curl_here = Command::new("curl").arg("--version").output().is_ok();
+    if blink_sdk::testing::require(curl_here, "curl is not installed (scripts/install-deps.sh)") {
+        let socks = free_port();
+        let mut ssh = forwarding(&f, &["-D", &format!("127.0.0.1:{socks}")]);
+        let curl = |url: &str| {
+            Command::new("curl")
+                .args(["-sS", "--max-time", "30", "--socks5-hostname"])
+                .arg(format!("127.0.0.1:{socks}"))
+                .arg(url)
+                .output()
+                .expect("curl")
+        };
+        let out = curl(&format!("http://allowed.test:{port}/"));
+        assert_eq!(texts(&out).0, "upstream-ok", "{}", texts(&out).1);
+        let out = curl(&format!("http://other.test:{port}/"));
+        assert!(!out.status.success(), "{:?}", texts(&out));
+        assert_alive(&mut ssh, "socks-alive");
+    }
+
+    // Counted with the session's egress.
+    let a = f.server.get("/api/sessions/s1/network");
+    let egress = &a.body["egress"];
+    assert!(
+        egress["allowed_connections"].as_u64() >= Some(1),
+        "{egress}"
+    );
+    assert!(egress["denied_connections"].as_u64() >= Some(4), "{egress}");
+    assert!(egress["bytes_received"].as_u64() > Some(0), "{egress}");
+
+    // A policy change applies to the next forward.
+    let a = f
+        .server
+        .put("/api/sessions/s1/network", json!({"mode": "none"}));
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let out = stdio_forward(&f, &format!("allowed.test:{port}"), get);
+    assert!(
+        texts(&out).1.contains("administratively prohibited"),
+        "{}",
+        texts(&out).1
+    );
+}
+
+#[test]
+fn a_sessions_forwarding_switches_apply_to_the_next_forward() {
+    let Some(blink) = blink_e2e::Blink::with_runtime() else {
+        return;
+    };
+    let client = blink_e2e::ssh::Client::new();
+    let box_id = blink_e2e::ssh::setup(&blink, &client);
+    // Turned off with the CLI before the server starts: kept in the record.
+    let out = blink.ok(&[
+        "session",
+        "network",
+        "--name",
+        "s1",
+        "--local-forwarding",
+        "off",
+    ]);
+    assert!(out.contains("forwarding: local off, remote on"), "{out}");
+    let server = blink.server().log_filter("info").start();
+    let f = SshFixture {
+        blink,
+        client,
+        server,
+        box_id,
+    };
+    let a = f.server.get("/api/sessions/s1/forwarding");
+    assert_eq!(a.body, json!({"local": false, "remote": true}));
+
+    let _httpd = start_httpd(&f);
+    let out = stdio_forward(&f, "localhost:8080", b"GET / HTTP/1.0\r\n\r\n");
+    assert!(
+        texts(&out).1.contains("administratively prohibited"),
+        "{}",
+        texts(&out).1
+    );
+    f.server
+        .wait_log(&["ssh forward refused", "forwarding.local is off"])
+        .expect("the refusal is logged");
+
+    // On again over REST: the next forward reaches the httpd.
+    let a = f
+        .server
+        .put("/api/sessions/s1/forwarding", json!({"local": true}));
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let out = stdio_forward(&f, "localhost:8080", b"GET / HTTP/1.0\r\n\r\n");
+    assert!(texts(&out).0.ends_with(PAGE), "{}", texts(&out).1);
+
+    // Remote off: ssh -R is refused, exec still works.
+    let a = f.server.put(
+        "/api/sessions/s1/forwarding",
+        json!({"local": true, "remote": false}),
+    );
+    assert_eq!(a.body, json!({"local": true, "remote": false}));
+    let out = run(
+        f.ssh_command()
+            .args(["-o", "ExitOnForwardFailure=yes", "-R", "9090:127.0.0.1:9"])
+            .arg("true"),
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
+    f.server
+        .wait_log(&["ssh forward refused", "forwarding.remote is off"])
+        .expect("logged");
+    assert_eq!(f.sh("echo fine"), "fine\n");
+
+    // A bad body names the field; an unknown session is 404.
+    let a = f
+        .server
+        .put("/api/sessions/s1/forwarding", json!({"lcoal": false}));
+    assert_eq!(a.status, 400, "{:?}", a.body);
+    assert!(a.body.to_string().contains("lcoal"), "{}", a.body);
+    let a = f.server.put("/api/sessions/nope/forwarding", json!({}));
+    assert_eq!(a.status, 404, "{:?}", a.body);
+    // New sessions take the request's switches.
+    let a = f.server.post(
+        "/api/sessions",
+        json!({"name": "s2", "forwarding": {"remote": false}}),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(
+        a.body["session"]["network"]["forwarding"],
+        json!({"local": true, "remote": false})
+    );
 }

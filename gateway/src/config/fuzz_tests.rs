@@ -168,6 +168,8 @@ fn check_usable(config: &FileConfig) -> Result<(), TestCaseError> {
     if let Some(secs) = config.session_idle_timeout_secs {
         let _ = std::time::Duration::from_secs(secs.max(1));
     }
+    // Recordings: where they go.
+    let _ = config.recording.dir(std::path::Path::new("/var/lib/blink"));
     // rest::start validates its table before it builds anything.
     match config.rest.validate() {
         Ok(()) => check_rest_config_usable(&config.rest),

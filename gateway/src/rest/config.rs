@@ -28,9 +28,12 @@ pub struct RestConfig {
     /// Runs of one session waiting to start; more of that session's are
     /// refused with 429 (`session_queue_full`) while others still queue.
     pub max_queued_runs_per_session: usize,
-    /// Runs remembered for `GET /api/runs/{id}`; the oldest finished ones
-    /// are forgotten first.
+    /// Runs remembered for `GET /api/runs/{id}` (in memory and in their
+    /// records under `<data>/runs`, across restarts); the oldest finished
+    /// ones are forgotten first.
     pub max_runs_kept: usize,
+    /// How long a finished run is remembered.
+    pub run_retention_secs: u64,
     /// WebSocket attachments open at once; more are refused with 429.
     pub max_attachments: usize,
     /// Largest archive `POST /api/import` takes (413 past it).
@@ -65,6 +68,7 @@ impl Default for RestConfig {
             max_queued_runs: 256,
             max_queued_runs_per_session: 64,
             max_runs_kept: 1000,
+            run_retention_secs: 86_400,
             max_attachments: 256,
             max_import_bytes: 16 << 30,
             export_retention_secs: 24 * 3600,

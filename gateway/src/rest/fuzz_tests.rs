@@ -59,6 +59,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/sessions/nosuch/spawn"),
     ("POST", "/api/sessions/fuzz/keys"),
     ("POST", "/api/sessions/nosuch/keys"),
+    ("PATCH", "/api/sessions/fuzz/resources"),
+    ("PATCH", "/api/sessions/nosuch/resources"),
+    ("PUT", "/api/sessions/fuzz/recording"),
+    ("PUT", "/api/sessions/nosuch/recording"),
     ("POST", "/api/images/pull"),
 ];
 
@@ -107,6 +111,13 @@ impl Env {
             script_dirs: Arc::new(Vec::new()),
             shutdown,
             attachments: Arc::new(tokio::sync::Semaphore::new(4)),
+            recordings: crate::recording::Recordings::new(
+                crate::recording::RecordingConfig {
+                    enabled: true,
+                    ..Default::default()
+                },
+                dir.path(),
+            ),
         };
         let guard = Arc::new(super::guard::Guard::new(
             &state.config,
@@ -225,7 +236,8 @@ fn field_name() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => prop::sample::select(vec![
             "script", "command", "session", "args", "env", "cwd", "stdin", "timeout_secs",
-            "image", "reference", "name", "warm", "exclusive", "tty", "rows", "cols", "key",
+            "image", "reference", "name", "warm", "exclusive", "tty", "rows", "cols", "key", "cpus",
+            "memory_mib", "pids", "run_timeout_secs", "idle_timeout_secs",
         ])
         .prop_map(str::to_string),
         1 => "\\PC{0,8}",
@@ -302,6 +314,37 @@ fn structured_body() -> impl Strategy<Value = ((&'static str, &'static str), Val
         Just(format!("ssh-ed25519 {}", "A".repeat(20_000))),
     ]
     .prop_map(|k| json!({"key": k}));
+    // A session's size, figures of every sign and size. Not `disk_mib`:
+    // the fuzz session has no disk, whose size this server would then
+    // answer it cannot change (501).
+    let figure = || {
+        prop_oneof![
+            3 => (0u64..5000).prop_map(|n| json!(n)),
+            1 => prop::sample::select(vec![
+                json!(-1), json!(0.5), json!(12.5), json!(1e300), json!(-1e300), json!(u64::MAX),
+                json!(i64::MIN), json!("64"), json!(null), json!([1]),
+            ]),
+        ]
+    };
+    let resources = prop::collection::btree_map(
+        prop::sample::select(vec![
+            "cpus",
+            "memory_mib",
+            "pids",
+            "run_timeout_secs",
+            "idle_timeout_secs",
+        ]),
+        figure(),
+        0..5,
+    )
+    .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()));
+    // A session's recording switch: booleans and what is not one.
+    let switch = prop_oneof![
+        any::<bool>().prop_map(|b| json!({"enabled": b})),
+        json_value().prop_map(|v| json!({"enabled": v})),
+        Just(json!({})),
+        Just(json!({"enabled": true, "record_input": true})),
+    ];
     let on = |routes: &'static [(&'static str, &'static str)]| prop::sample::select(routes);
     prop_oneof![
         (on(&ROUTES[0..2]), run()),
@@ -309,6 +352,8 @@ fn structured_body() -> impl Strategy<Value = ((&'static str, &'static str), Val
         (on(&ROUTES[2..3]), open),
         (on(&ROUTES[4..5]), spawn),
         (on(&ROUTES[5..7]), key),
+        (on(&ROUTES[7..9]), resources),
+        (on(&ROUTES[9..11]), switch),
     ]
 }
 
@@ -378,6 +423,10 @@ fn bodies_through_the_router() {
                     ("DELETE", "/api/sessions/fuzz/keys/{}"),
                     ("POST", "/api/sessions/{}/stop"),
                     ("GET", "/api/sessions/{}?force=maybe"),
+                    ("GET", "/api/sessions/{}/recordings"),
+                    ("GET", "/api/sessions/fuzz/recordings/{}"),
+                    ("DELETE", "/api/sessions/fuzz/recordings/{}"),
+                    ("GET", "/api/sessions/{}/recording"),
                 ]),
                 "\\PC{0,80}",
             ),
@@ -411,6 +460,7 @@ fn body_types_deserialize_cleanly() {
             let _ = serde_json::from_slice::<super::sessions::OpenRequest>(&b);
             let _ = serde_json::from_slice::<super::spawn::SpawnRequest>(&b);
             let _ = serde_json::from_slice::<super::keys::AddKeyRequest>(&b);
+            let _ = serde_json::from_slice::<super::recordings::SwitchRequest>(&b);
             Ok(())
         })
         .map_err(|e| e.to_string())

@@ -14,8 +14,12 @@ mod guard;
 mod images;
 mod keys;
 mod network;
+mod observe;
 mod openapi;
 mod product;
+mod recordings;
+mod resources;
+mod run_records;
 mod run_registry;
 mod runs;
 mod sessions;
@@ -45,6 +49,7 @@ use utoipa_axum::routes;
 pub use self::config::RestConfig;
 use self::error::ApiError;
 use self::run_registry::RunRegistry;
+use crate::recording::Recordings;
 
 /// What every handler sees.
 #[derive(Clone)]
@@ -58,6 +63,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// One permit per open WebSocket attachment.
     pub attachments: Arc<tokio::sync::Semaphore>,
+    /// PTY sessions' recordings (shared with the SSH gateway).
+    pub recordings: Arc<Recordings>,
 }
 
 /// The router and its OpenAPI document, built from the same route list.
@@ -65,6 +72,7 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
     let (api, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(product::health))
         .routes(routes!(product::product))
+        .routes(routes!(observe::metrics))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(runs::create_run))
         .routes(routes!(runs::get_run))
@@ -72,6 +80,9 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(sessions::info, sessions::remove))
         .routes(routes!(sessions::stop))
         .routes(routes!(network::get, network::put))
+        .routes(routes!(resources::get, resources::patch))
+        .routes(routes!(resources::stats))
+        .routes(routes!(network::get_forwarding, network::put_forwarding))
         .routes(routes!(runs::session_run))
         .routes(routes!(spawn::spawn))
         .routes(routes!(spawn::list))
@@ -88,6 +99,9 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(images::list, images::remove))
         .routes(routes!(images::pull))
         .routes(routes!(images::prune))
+        .routes(routes!(recordings::list))
+        .routes(routes!(recordings::download, recordings::remove))
+        .routes(routes!(recordings::get_switch, recordings::put_switch))
         .with_state(state.clone())
         .split_for_parts();
     let json = doc.to_json().unwrap_or_else(|_| "{}".into());
@@ -116,7 +130,9 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .layer(
             TraceLayer::new_for_http()
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-        );
+        )
+        // Outermost: sees every answer as the client gets it.
+        .layer(axum::middleware::from_fn(observe::observe));
     (app, doc)
 }
 
@@ -188,8 +204,13 @@ pub struct RestServer {
 }
 
 /// Bind and start serving. Prints `http listening on ADDR` on stdout once
-/// bound (tests and supervisors read it).
-pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<RestServer> {
+/// bound (tests and supervisors read it). Spawns with a terminal are
+/// recorded in `recordings` as its config says.
+pub async fn start(
+    manager: Arc<Manager>,
+    config: RestConfig,
+    recordings: Arc<Recordings>,
+) -> anyhow::Result<RestServer> {
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("config is invalid: {e}"))?;
@@ -209,12 +230,19 @@ pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<
         .with_context(|| format!("binding the HTTP API to {}", config.listen))?;
     let local_addr = listener.local_addr().context("HTTP listener address")?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let runs = Arc::new(RunRegistry::new(
-        config.max_concurrent_runs,
-        config.max_queued_runs,
-        config.max_queued_runs_per_session,
-        config.max_runs_kept,
-    ));
+    crate::metrics::handle();
+    let records_dir = manager.config().data_dir.join("runs");
+    let records = run_records::RunRecords::open(&records_dir)
+        .with_context(|| format!("opening the run records in {}", records_dir.display()))?;
+    let runs = Arc::new(
+        RunRegistry::new(
+            config.max_concurrent_runs,
+            config.max_queued_runs,
+            config.max_queued_runs_per_session,
+            config.max_runs_kept,
+        )
+        .with_records(records, Duration::from_secs(config.run_retention_secs)),
+    );
     let grace = config.shutdown_grace();
     if config.token.is_none() && !local_addr.ip().is_loopback() {
         tracing::warn!(addr = %local_addr, "the HTTP API has no token and listens beyond loopback: keep it on a private network");
@@ -226,6 +254,7 @@ pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<
         config: Arc::new(config),
         script_dirs: Arc::new(script_dirs),
         shutdown: shutdown_rx.clone(),
+        recordings,
     };
     exports::clean_up(
         exports::dir(&state),
@@ -236,6 +265,7 @@ pub async fn start(manager: Arc<Manager>, config: RestConfig) -> anyhow::Result<
     let (app, _) = router(state, guard);
     let mut stop = shutdown_rx;
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         });

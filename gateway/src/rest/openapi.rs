@@ -25,6 +25,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "keys", description = "Per-session SSH authorized keys"),
         (name = "images", description = "The image store: pulls from registries, removal, pruning"),
         (name = "checkpoints", description = "Snapshots, export and import (not in this release)"),
+        (name = "recordings", description = "Recordings of PTY sessions (asciicast v2)"),
     )
 )]
 pub struct ApiDoc;

@@ -1,7 +1,9 @@
-//! The registry of queued pipe-mode runs, in memory and bounded: a few
-//! runs execute at once, the rest wait, and the oldest finished runs are
-//! forgotten once more than the configured number are kept. On shutdown it
-//! stops taking runs and lets running ones finish within a grace period.
+//! The registry of queued pipe-mode runs, bounded: a few runs execute at
+//! once, the rest wait, and the oldest finished runs are forgotten once
+//! more than the configured number are kept or their retention has passed.
+//! Every change of a run is also written to its record on disk
+//! (run_records.rs), so results outlive a restart. On shutdown it stops
+//! taking runs and lets running ones finish within a grace period.
 //! The HTTP handlers (runs.rs) only parse requests into runs and present
 //! what the registry holds.
 //!
@@ -19,15 +21,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use blink_sdk::escape::Escaped;
 use blink_sdk::manager::{Manager, Program, RunOptions, Target};
 use blink_sdk::types::{CapturedOutput, RunResult};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot, watch};
 use utoipa::ToSchema;
 
 use axum::http::StatusCode;
 
 use super::error::{ApiError, ApiResult, ErrorDetail};
+use super::run_records::RunRecords;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Queued,
@@ -38,16 +41,31 @@ pub enum RunState {
     Failed,
     /// Killed because it ran past its timeout.
     TimedOut,
+    /// The server stopped (or was killed) while it was queued or running:
+    /// its result is unknown (`error` says which).
+    Lost,
 }
 
 impl RunState {
     pub(super) fn finished(self) -> bool {
         !matches!(self, Self::Queued | Self::Running)
     }
+
+    /// As the API spells it (and metrics label it).
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Lost => "lost",
+        }
+    }
 }
 
-/// A run as `GET /api/runs/{id}` shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// A run as `GET /api/runs/{id}` shows it (and its record keeps it).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunView {
     pub id: String,
     pub state: RunState,
@@ -78,7 +96,7 @@ pub struct RunView {
 
 impl RunView {
     /// A run just queued: nothing known yet but its id and session.
-    fn queued(id: String, session: Option<String>) -> Self {
+    pub(super) fn queued(id: String, session: Option<String>) -> Self {
         Self {
             id,
             state: RunState::Queued,
@@ -118,6 +136,9 @@ pub struct RunRegistry {
     max_queued: usize,
     max_queued_per_session: usize,
     max_kept: usize,
+    /// How long a finished run is kept.
+    retention: Duration,
+    records: Option<RunRecords>,
     accepting: AtomicBool,
     closing: watch::Sender<bool>,
     running: AtomicUsize,
@@ -140,10 +161,42 @@ impl RunRegistry {
             max_queued,
             max_queued_per_session,
             max_kept,
+            retention: Duration::MAX,
+            records: None,
             accepting: AtomicBool::new(true),
             closing: watch::channel(false).0,
             running: AtomicUsize::new(0),
             idle: Notify::new(),
+        }
+    }
+
+    /// Keep every run's record in `records`, finished runs for
+    /// `retention`; the records a previous server left are taken in
+    /// (runs it left unfinished as lost).
+    pub fn with_records(mut self, records: RunRecords, retention: Duration) -> Self {
+        let kept = records.load(self.max_kept, retention, now_ms());
+        if !kept.is_empty() {
+            tracing::info!(runs = kept.len(), "run records read back");
+        }
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        for view in kept {
+            inner.order.push_back(view.id.clone());
+            inner.runs.insert(
+                view.id.clone(),
+                Entry {
+                    view,
+                    done: watch::channel(true).0,
+                },
+            );
+        }
+        self.retention = retention;
+        self.records = Some(records);
+        self
+    }
+
+    fn save(&self, view: Option<RunView>) {
+        if let (Some(records), Some(view)) = (&self.records, view) {
+            records.save(&view);
         }
     }
 
@@ -157,14 +210,21 @@ impl RunRegistry {
         self.lock().runs.get(id).map(|e| e.view.clone())
     }
 
+    /// Change a run, then write its record (a run's changes all come
+    /// from its one task, in order, so records are never written out of
+    /// order).
     fn update(&self, id: &str, f: impl FnOnce(&mut RunView)) {
-        let mut inner = self.lock();
-        if let Some(e) = inner.runs.get_mut(id) {
-            f(&mut e.view);
-            if e.view.state.finished() {
-                e.done.send_replace(true);
-            }
-        }
+        let view = {
+            let mut inner = self.lock();
+            inner.runs.get_mut(id).map(|e| {
+                f(&mut e.view);
+                if e.view.state.finished() {
+                    e.done.send_replace(true);
+                }
+                e.view.clone()
+            })
+        };
+        self.save(view);
     }
 
     /// Queue a run; returns its id.
@@ -183,7 +243,7 @@ impl RunRegistry {
             ));
         }
         let id = format!("r-{}", uuid::Uuid::new_v4().simple());
-        {
+        let (queued_view, forgotten) = {
             let mut inner = self.lock();
             let queued = || {
                 inner
@@ -214,15 +274,24 @@ impl RunRegistry {
                     ));
                 }
             }
+            let view = RunView::queued(id.clone(), session.clone());
             inner.runs.insert(
                 id.clone(),
                 Entry {
-                    view: RunView::queued(id.clone(), session.clone()),
+                    view: view.clone(),
                     done: watch::channel(false).0,
                 },
             );
             inner.order.push_back(id.clone());
-            self.prune(&mut inner);
+            (view, self.prune(&mut inner))
+        };
+        // On disk before the id is answered: a restart cannot lose it.
+        self.save(Some(queued_view));
+        metrics::gauge!(crate::metrics::RUNS_QUEUED).increment(1.0);
+        if let Some(records) = &self.records {
+            for id in &forgotten {
+                records.remove(id);
+            }
         }
         // Queued here, in submission order, not when the task first runs.
         let class = match &session {
@@ -239,23 +308,36 @@ impl RunRegistry {
         Ok(id)
     }
 
-    /// Forget the oldest finished runs beyond the cap.
-    fn prune(&self, inner: &mut Inner) {
+    /// Forget finished runs past their retention, then the oldest
+    /// finished runs beyond the cap; returns the ids forgotten.
+    fn prune(&self, inner: &mut Inner) -> Vec<String> {
+        let cutoff =
+            now_ms().saturating_sub(self.retention.as_millis().min(u64::MAX.into()) as u64);
+        let expired = |v: &RunView| v.finished_at_ms.is_some_and(|t| t < cutoff);
         let mut excess = inner.runs.len().saturating_sub(self.max_kept);
-        if excess == 0 {
-            return;
+        let oldest_expired = inner
+            .order
+            .front()
+            .and_then(|id| inner.runs.get(id))
+            .is_some_and(|e| expired(&e.view));
+        if excess == 0 && !oldest_expired {
+            return Vec::new();
         }
+        let mut forgotten = Vec::new();
         let mut keep = VecDeque::with_capacity(inner.order.len());
         while let Some(id) = inner.order.pop_front() {
-            let finished = inner.runs.get(&id).is_none_or(|e| e.view.state.finished());
-            if excess > 0 && finished {
+            let view = inner.runs.get(&id).map(|e| &e.view);
+            let finished = view.is_none_or(|v| v.state.finished());
+            if finished && (excess > 0 || view.is_some_and(expired)) {
                 inner.runs.remove(&id);
-                excess -= 1;
+                excess = excess.saturating_sub(1);
+                forgotten.push(id);
             } else {
                 keep.push_back(id);
             }
         }
         inner.order = keep;
+        forgotten
     }
 
     async fn execute(
@@ -275,7 +357,9 @@ impl RunRegistry {
             slot = ticket.ready() => slot,
             _ = closing.wait_for(|c| *c) => None,
         };
+        metrics::gauge!(crate::metrics::RUNS_QUEUED).decrement(1.0);
         let Some(permit) = permit.filter(|_| !*self.closing.borrow()) else {
+            metrics::counter!(crate::metrics::RUNS_TOTAL, "state" => "failed").increment(1);
             self.update(&id, |v| {
                 v.state = RunState::Failed;
                 v.finished_at_ms = Some(now_ms());
@@ -287,6 +371,9 @@ impl RunRegistry {
             return;
         };
         self.running.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!(crate::metrics::RUNS_RUNNING).increment(1.0);
+        metrics::histogram!(crate::metrics::RUN_QUEUE_SECONDS)
+            .record(queued_at.elapsed().as_secs_f64());
         let queued_ms = queued_at.elapsed().as_millis() as u64;
         self.update(&id, |v| {
             v.state = RunState::Running;
@@ -316,6 +403,10 @@ impl RunRegistry {
                 });
             }
         }
+        let state = self.get(&id).map_or("failed", |v| v.state.as_str());
+        metrics::counter!(crate::metrics::RUNS_TOTAL, "state" => state).increment(1);
+        metrics::histogram!(crate::metrics::RUN_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::gauge!(crate::metrics::RUNS_RUNNING).decrement(1.0);
         drop(permit);
         if self.running.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.idle.notify_waiters();

@@ -40,7 +40,8 @@ pub struct RunRequest {
     /// Text fed to the program's stdin (closed afterwards).
     pub stdin: Option<String>,
     /// Kill the program after this many seconds (state `timed_out`);
-    /// default 600, at most `rest.max_run_timeout_secs`.
+    /// default: the session's run timeout (`[sandbox] run_timeout_secs`
+    /// for ephemeral runs), at most `rest.max_run_timeout_secs`.
     pub timeout_secs: Option<u64>,
     /// Image of an ephemeral run; not allowed with a session.
     pub image: Option<String>,

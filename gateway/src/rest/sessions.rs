@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use blink_sdk::OpenOptions;
-use blink_sdk::manager::{CloneSource, names};
+use blink_sdk::manager::{CloneSource, ResourceNumbers, ResourceRequest, names};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -24,7 +24,20 @@ pub struct OpenRequest {
     pub image: Option<String>,
     /// Disk size of a new session in MiB: its disk quota (a program that
     /// writes past it gets ENOSPC). Default: `[sandbox] disk_size_mib`.
-    pub disk_mib: Option<u64>,
+    pub disk_mib: Option<f64>,
+    /// CPU quota of a new session in cores (fractional). Default: `[sandbox]
+    /// cpus` (none). docs/RESOURCES.md, as the size fields below.
+    pub cpus: Option<f64>,
+    /// Memory limit of a new session in MiB. Default: `[sandbox] memory_mib`.
+    pub memory_mib: Option<f64>,
+    /// Processes (and threads) at once. Default: `[sandbox] pids`.
+    pub pids: Option<f64>,
+    /// Default time limit of the session's runs. Default: `[sandbox]
+    /// run_timeout_secs`.
+    pub run_timeout_secs: Option<f64>,
+    /// Stop the (cold) session after this long with nothing running.
+    /// Default: `session_idle_timeout_secs`.
+    pub idle_timeout_secs: Option<f64>,
     /// Make the new session a copy of session `A` as it is now (consistent)
     /// or of its snapshot `A@S`, with its image and settings; the name must
     /// be free (409 otherwise).
@@ -34,6 +47,10 @@ pub struct OpenRequest {
     /// config (loopback only).
     #[schema(value_type = Object)]
     pub network: Option<blink_sdk::network::NetworkPolicy>,
+    /// SSH forwards a new session takes (`{"local": true, "remote":
+    /// false}`). Default: `[network.forwarding]` in the config (both on).
+    #[schema(value_type = Object)]
+    pub forwarding: Option<blink_sdk::types::ForwardingPolicy>,
     /// Answer 409 instead of opening a session that already exists.
     #[serde(default)]
     pub exclusive: bool,
@@ -43,7 +60,7 @@ pub struct OpenRequest {
 pub struct SessionList {
     /// Sessions by name (`name`, `box_id`, `image`, `warm`, `state`,
     /// `runtime`, `isolation`, `created_at`, `last_used_at`,
-    /// `active_executions`).
+    /// `active_executions`, `disk`, `network`, `resources`, `usage`).
     #[schema(value_type = Vec<Object>)]
     pub sessions: Vec<blink_sdk::types::SessionInfo>,
 }
@@ -88,6 +105,14 @@ pub async fn open(
     ApiJson(req): ApiJson<OpenRequest>,
 ) -> ApiResult<Response> {
     names::validate(&req.name)?;
+    let resources = ResourceRequest::from_numbers(ResourceNumbers {
+        cpus: req.cpus,
+        memory_mib: req.memory_mib,
+        pids: req.pids,
+        disk_mib: req.disk_mib,
+        run_timeout_secs: req.run_timeout_secs,
+        idle_timeout_secs: req.idle_timeout_secs,
+    })?;
     if req.exclusive && state.manager.session_info(&req.name).is_ok() {
         return Err(blink_sdk::Error::SessionExists(req.name).into());
     }
@@ -98,9 +123,10 @@ pub async fn open(
             OpenOptions {
                 image: req.image,
                 warm: req.warm,
-                disk_mib: req.disk_mib,
+                resources,
                 from: req.from.as_deref().map(CloneSource::parse).transpose()?,
                 network: req.network,
+                forwarding: req.forwarding,
             },
         )
         .await?;

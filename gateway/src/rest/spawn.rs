@@ -1,4 +1,5 @@
-//! Spawned executions and their WebSocket attach (see docs/PTY.md).
+//! Spawned executions and their WebSocket attach (see docs/PTY.md). A
+//! spawn with a terminal is recorded if its session is (docs/RECORDING.md).
 //!
 //! Frames from the server: binary frames carry output (raw terminal bytes
 //! in PTY mode; in pipe mode one leading byte says the stream, 1 stdout,
@@ -7,6 +8,7 @@
 //! closes stdin); text frames are JSON control (`resize`, `signal`, `eof`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -22,6 +24,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorResponse};
+use crate::recording::Recordings;
 
 /// Largest WebSocket message a client may send.
 const MAX_WS_MESSAGE: usize = 1 << 20;
@@ -84,8 +87,19 @@ pub async fn spawn(
         None
     };
     state.manager.session_info(&name)?;
+    let term = env
+        .iter()
+        .find(|(k, _)| k == "TERM")
+        .map_or_else(|| "xterm-256color".to_owned(), |(_, v)| v.clone());
     let info = state.manager.spawn(&name, req.command, env, tty).await?;
     tracing::info!(session = %name, execution = %info.id, tty = info.tty, "spawned");
+    if let Some(size) = tty {
+        // Recorded from its own output, whoever attaches (recording/).
+        state
+            .recordings
+            .record_spawn(&state.manager, &name, &info.id, size, &term)
+            .await;
+    }
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }
 
@@ -173,13 +187,14 @@ pub async fn attach(
         )
     })?;
     let shutdown = state.shutdown.clone();
+    let recordings = state.recordings.clone();
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE)
         .max_frame_size(MAX_WS_MESSAGE)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
             tracing::debug!(session = %name, execution = %id, "attached");
-            serve_socket(socket, attachment, shutdown).await;
+            serve_socket(socket, attachment, shutdown, recordings).await;
             tracing::debug!(session = %name, execution = %id, "detached");
         }))
 }
@@ -254,6 +269,7 @@ async fn serve_socket(
     mut socket: WebSocket,
     mut att: Attachment,
     mut shutdown: watch::Receiver<bool>,
+    recordings: Arc<Recordings>,
 ) {
     let tty = att.spawn.tty;
     let id = att.spawn.id.clone();
@@ -294,8 +310,11 @@ async fn serve_socket(
                 };
                 match msg {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                    Some(Ok(Message::Binary(data))) => pending = Some(write(data.to_vec())),
-                    Some(Ok(Message::Text(text))) => match control(&att, text.as_str()) {
+                    Some(Ok(Message::Binary(data))) => {
+                        recordings.spawn_input(&id, &data);
+                        pending = Some(write(data.to_vec()));
+                    }
+                    Some(Ok(Message::Text(text))) => match control(&att, text.as_str(), &recordings) {
                         Reply::Nothing => {}
                         // In order: after the input before it.
                         Reply::CloseInput => pending = Some(write(Vec::new())),
@@ -375,7 +394,7 @@ enum Reply {
     CloseInput,
 }
 
-fn control(att: &Attachment, text: &str) -> Reply {
+fn control(att: &Attachment, text: &str, recordings: &Recordings) -> Reply {
     let err =
         |code: &'static str, message: String| Reply::Send(event(&Event::Error { code, message }));
     let msg: Control = match serde_json::from_str(text) {
@@ -391,6 +410,8 @@ fn control(att: &Attachment, text: &str) -> Reply {
                 Ok(s) => s,
                 Err(e) => return err(e.code, e.message),
             };
+            // Recorded before the program sees it (as SSH window changes).
+            recordings.spawn_resized(&att.spawn.id, size);
             if let Err(e) = att.spawn.control.resize(size) {
                 return err(e.code(), e.client_message());
             }

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::compat::SymlinkOrder;
 use super::connection::ConnStats;
+use crate::recording::{Begin, Recorder, Recordings, Source};
 
 /// What a pty-req asked for.
 #[derive(Debug, Clone)]
@@ -45,6 +46,11 @@ impl What {
     pub fn exec(command: &[u8]) -> Option<Self> {
         let command = std::str::from_utf8(command).ok()?;
         (!command.contains('\0')).then(|| What::Exec(command.to_string()))
+    }
+
+    /// The kind, for log lines and metrics.
+    pub fn kind(&self) -> &'static str {
+        self.argv().1
     }
 
     /// The program and arguments, and the kind for the log line.
@@ -77,6 +83,8 @@ const EXIT_BLINK_ERROR: u32 = 125;
 /// One channel's program: what runs, where, and how it was asked for.
 pub struct Job {
     pub manager: Arc<Manager>,
+    /// Where a PTY channel is recorded, if its session is.
+    pub recordings: Arc<Recordings>,
     pub session: String,
     pub login_peer: SocketAddr,
     pub what: What,
@@ -141,11 +149,22 @@ impl Job {
                 return Err(e.to_string());
             }
         };
+        let recorder = self.begin_recording().await;
         let control = started.execution.control.clone();
         let handle = self.handle.clone();
         let credit = move |bytes: usize| handle.consumed(id, bytes as u32);
-        input.attach(control.clone(), started.execution.stdin.take(), credit);
-        let output = self.pump_output(&mut started.execution, &writer, &traffic.bytes_out);
+        input.attach(
+            control.clone(),
+            started.execution.stdin.take(),
+            credit,
+            recorder.clone(),
+        );
+        let output = self.pump_output(
+            &mut started.execution,
+            &writer,
+            &traffic.bytes_out,
+            recorder,
+        );
         let status = self.wait_program(&control, &mut input, &writer, id).await;
         input.stop_feeding();
         // All output first, then the status, EOF and close.
@@ -169,13 +188,43 @@ impl Job {
         self.manager.exec(&self.session, spec).await
     }
 
+    /// A recording of this channel, if it has a terminal and its session
+    /// is recorded (`recording/`).
+    async fn begin_recording(&self) -> Option<Arc<Recorder>> {
+        let pty = self.pty.as_ref()?;
+        if !self.recordings.config().enabled {
+            return None;
+        }
+        let command = match &self.what {
+            What::Shell => None,
+            What::Exec(command) => Some(command.as_str()),
+            What::Sftp(_) => return None,
+        };
+        let info = self.manager.session_info(&self.session).ok()?;
+        let begin = Begin {
+            session: &self.session,
+            box_id: &info.box_id,
+            size: pty.size,
+            term: Some(&pty.term),
+            shell: Some("/bin/sh"),
+            command,
+            source: Source::Ssh {
+                login: self.session.clone(),
+                peer: self.login_peer,
+            },
+        };
+        self.recordings.begin(begin).await
+    }
+
     /// Copy the program's stdout and stderr to the channel, as data and as
-    /// extended data 1, each in a task of its own.
+    /// extended data 1, each in a task of its own; the terminal's output
+    /// (stdout in PTY mode) to the recording too.
     fn pump_output(
         &self,
         execution: &mut Execution,
         writer: &ChannelWriteHalf<Msg>,
         bytes_out: &Arc<AtomicU64>,
+        recorder: Option<Arc<Recorder>>,
     ) -> OutputPumps {
         let stdout = execution.stdout.take().map(|r| {
             tokio::spawn(pump(
@@ -183,6 +232,7 @@ impl Job {
                 writer.make_writer(),
                 bytes_out.clone(),
                 self.stats.clone(),
+                recorder,
             ))
         });
         let stderr = execution.stderr.take().map(|r| {
@@ -191,6 +241,7 @@ impl Job {
                 writer.make_writer_ext(Some(1)),
                 bytes_out.clone(),
                 self.stats.clone(),
+                None,
             ))
         });
         OutputPumps([stdout, stderr])
@@ -331,8 +382,8 @@ enum Input {
     Eof,
 }
 
-/// The running program's control, once it runs; a terminal size asked for
-/// before that is applied when it starts.
+/// The running program's control (and its recording), once it runs; a
+/// terminal size asked for before that is applied when it starts.
 #[derive(Default)]
 struct ControlLink {
     inner: std::sync::Mutex<LinkState>,
@@ -342,15 +393,20 @@ struct ControlLink {
 struct LinkState {
     control: Option<Arc<dyn ExecControl>>,
     size: Option<PtySize>,
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl ControlLink {
-    fn attach(&self, control: Arc<dyn ExecControl>) {
+    fn attach(&self, control: Arc<dyn ExecControl>, recorder: Option<Arc<Recorder>>) {
         if let Ok(mut state) = self.inner.lock() {
             if let Some(size) = state.size.take() {
                 let _ = control.resize(size);
+                if let Some(r) = &recorder {
+                    r.resize(size);
+                }
             }
             state.control = Some(control);
+            state.recorder = recorder;
         }
     }
 
@@ -358,14 +414,28 @@ impl ControlLink {
         self.inner.lock().ok().and_then(|s| s.control.clone())
     }
 
+    /// A window change: recorded before the program sees it, so its
+    /// output at the new size comes after it in the cast.
     fn resize(&self, size: PtySize) {
         if let Ok(mut state) = self.inner.lock() {
             match &state.control {
                 Some(c) => {
+                    if let Some(r) = &state.recorder {
+                        r.resize(size);
+                    }
                     let _ = c.resize(size);
                 }
                 None => state.size = Some(size),
             }
+        }
+    }
+
+    /// Client input, for a recording that keeps it.
+    fn record_input(&self, data: &[u8]) {
+        if let Ok(state) = self.inner.lock()
+            && let Some(r) = &state.recorder
+        {
+            r.input(data);
         }
     }
 }
@@ -424,8 +494,9 @@ impl ClientInput {
         control: Arc<dyn ExecControl>,
         stdin: Option<ByteWriter>,
         credit: impl Fn(usize) + Send + 'static,
+        recorder: Option<Arc<Recorder>>,
     ) {
-        self.link.attach(control);
+        self.link.attach(control, recorder);
         if let Some(queue) = self.queue.take() {
             self.feeder = Some(tokio::spawn(feed_stdin(
                 stdin,
@@ -484,6 +555,7 @@ async fn read_client(
                     overflow.notify_one();
                     continue;
                 }
+                link.record_input(&data);
                 // A closed receiver means the program is gone: drop it.
                 let _ = stdin.send(Input::Data(data.to_vec()));
             }
@@ -536,12 +608,14 @@ async fn feed_stdin(
     }
 }
 
-/// Copy a program stream to the channel until it ends.
+/// Copy a program stream to the channel until it ends, and to its
+/// recording (which never waits) as it is read.
 async fn pump(
     mut from: ByteReader,
     mut to: impl tokio::io::AsyncWrite + Unpin,
     counter: Arc<AtomicU64>,
     stats: Arc<ConnStats>,
+    recorder: Option<Arc<Recorder>>,
 ) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -550,6 +624,9 @@ async fn pump(
             Ok(n) => {
                 counter.fetch_add(n as u64, Ordering::SeqCst);
                 stats.touch();
+                if let Some(r) = &recorder {
+                    r.output(&buf[..n]);
+                }
                 if to.write_all(&buf[..n]).await.is_err() {
                     break;
                 }

@@ -340,6 +340,13 @@ impl ConnStats {
     /// The connection's one log line.
     fn log_closed(&self, peer: SocketAddr, started: Instant, error: Option<String>) {
         let (user, key) = self.who.lock().map(|w| w.clone()).unwrap_or_default();
+        let (bytes_in, bytes_out) = (
+            self.bytes_in.load(Ordering::SeqCst),
+            self.bytes_out.load(Ordering::SeqCst),
+        );
+        metrics::counter!(crate::metrics::SSH_BYTES_TOTAL, "direction" => "in").increment(bytes_in);
+        metrics::counter!(crate::metrics::SSH_BYTES_TOTAL, "direction" => "out")
+            .increment(bytes_out);
         tracing::info!(
             target: "blink::ssh::connection",
             %peer,

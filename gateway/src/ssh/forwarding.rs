@@ -143,6 +143,8 @@ impl Conn {
             return Some(why.to_string());
         };
         self.stats.forwards.fetch_add(1, Ordering::SeqCst);
+        metrics::counter!(crate::metrics::SSH_CHANNELS_TOTAL, "kind" => "direct-tcpip")
+            .increment(1);
         self.stats.touch();
         let manager = self.gateway.manager.clone();
         let stats = self.stats.clone();
@@ -159,7 +161,11 @@ impl Conn {
                     tunnel.run(channel, connection).await;
                 }
                 Err(e) => {
-                    forward.failed(&e.to_string());
+                    if e.kind() == blink_sdk::error::ErrorKind::Forbidden {
+                        forward.refused(&e.to_string());
+                    } else {
+                        forward.failed(&e.to_string());
+                    }
                     reply.reject(tunnel::open_failure(&e)).await;
                 }
             }
@@ -207,6 +213,9 @@ impl Conn {
         }
         let listener = match self.gateway.manager.forward_listen(&session, target).await {
             Ok(listener) => listener,
+            Err(e) if e.kind() == blink_sdk::error::ErrorKind::Forbidden => {
+                return refuse(e.to_string());
+            }
             Err(e) => {
                 forward.failed(&e.to_string());
                 return Err(tunnel::listen_failure(&e, *port));
@@ -317,6 +326,8 @@ impl Accepting {
             };
             self.connections.fetch_add(1, Ordering::SeqCst);
             self.stats.forwards.fetch_add(1, Ordering::SeqCst);
+            metrics::counter!(crate::metrics::SSH_CHANNELS_TOTAL, "kind" => "forwarded-tcpip")
+                .increment(1);
             self.stats.touch();
             let forward = Forward {
                 origin: connection.peer.to_string(),

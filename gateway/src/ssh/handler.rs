@@ -5,6 +5,7 @@
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, Pty, Sig};
 
+use super::auth::Offer;
 use super::channel::What;
 use super::requests::Conn;
 
@@ -34,8 +35,12 @@ impl russh::server::Handler for Conn {
         user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        let what = match offer.certificate {
+            Some(cert) => Offer::Cert(cert),
+            None => Offer::Key(offer.public_key),
+        };
         let auth = self
-            .check_key(user, offer.public_key, offer.algorithm, false)
+            .check_login(user, what, Some(offer.algorithm), false)
             .await;
         self.stats.auth_answered(&auth, false);
         Ok(auth)
@@ -47,7 +52,20 @@ impl russh::server::Handler for Conn {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         let auth = self
-            .check_key(user, key.public_key, key.algorithm, true)
+            .check_login(user, Offer::Key(key.public_key), Some(key.algorithm), true)
+            .await;
+        self.stats.auth_answered(&auth, true);
+        Ok(auth)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        // The algorithm was checked when russh asked about this offer.
+        let auth = self
+            .check_login(user, Offer::Cert(certificate), None, true)
             .await;
         self.stats.auth_answered(&auth, true);
         Ok(auth)

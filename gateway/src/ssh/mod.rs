@@ -10,7 +10,8 @@
 //! - `connection.rs`: one connection's life (login grace time, its
 //!   source's penalty, timeouts, its part of a shutdown, its log line).
 //! - `handler.rs`: russh's callbacks, each turned into a call on `Conn`.
-//! - `requests.rs`: `Conn` and what channel requests do; `auth.rs`: keys.
+//! - `requests.rs`: `Conn` and what channel requests do; `auth.rs`: keys,
+//!   certificates, revocation and the auth hook (`auth/`).
 //! - `forwarding.rs`: `ssh -L`/`-D` channel opens and `ssh -R` listeners,
 //!   checked by the SDK's rules; `tunnel.rs`: one forwarded connection on
 //!   its channel.
@@ -30,5 +31,6 @@ mod server;
 mod shutdown;
 mod tunnel;
 
+pub(crate) use self::auth::hook::parse_url as parse_hook_url;
 pub use self::connection::SHUTDOWN_REASON;
 pub use self::server::{SshServer, start};

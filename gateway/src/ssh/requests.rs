@@ -199,8 +199,10 @@ impl Conn {
             env.retain(|(n, _)| *n != key);
             env.push((key, value));
         }
+        metrics::counter!(crate::metrics::SSH_CHANNELS_TOTAL, "kind" => what.kind()).increment(1);
         let job = channel::Job {
             manager: self.gateway.manager.clone(),
+            recordings: self.gateway.recordings.clone(),
             session: name,
             login_peer: self.peer,
             what,

@@ -17,10 +17,11 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::admission::{Admission, RefusalLog};
-use super::auth::KeyCheck;
+use super::auth::LoginCheck;
 use super::connection::{self, CLOSE_WAIT};
 use super::shutdown::{Shutdown, Trigger};
 use crate::config::SshConfig;
+use crate::recording::Recordings;
 
 /// Bytes a client may send on a channel before the program has consumed
 /// them: what the gateway buffers per channel at most.
@@ -33,13 +34,21 @@ pub(super) struct Gateway {
     pub(super) russh: Arc<russh::server::Config>,
     /// Authenticated connections per session.
     pub(super) per_session: Mutex<HashMap<String, usize>>,
-    pub(super) keys: KeyCheck,
+    /// Keys, certificates, revocations and the auth hook.
+    pub(super) auth: LoginCheck,
     /// Who may connect before authenticating.
     pub(super) admission: Arc<Admission>,
+    /// Where PTY channels are recorded (if they are).
+    pub(super) recordings: Arc<Recordings>,
 }
 
 impl Gateway {
-    fn new(manager: Arc<Manager>, config: SshConfig, host_key: PrivateKey) -> Arc<Self> {
+    fn new(
+        manager: Arc<Manager>,
+        config: SshConfig,
+        host_key: PrivateKey,
+        recordings: Arc<Recordings>,
+    ) -> anyhow::Result<Arc<Self>> {
         let limits = &config.limits;
         let mut methods = MethodSet::empty();
         methods.push(MethodKind::PublicKey);
@@ -63,18 +72,22 @@ impl Gateway {
             // its stdin slowly holds back its own client, never another
             // channel, and is never killed for it.
             window_follows_consumption: true,
+            // Certificates' validity windows are checked in `auth/certs.rs`,
+            // with the configured clock skew and a log line on refusal.
+            certificate_validity_by_handler: true,
             ..Default::default()
         };
-        let keys = KeyCheck::new(manager.keys(), config.admin_authorized_keys.clone());
+        let auth = LoginCheck::new(manager.keys(), &config).map_err(anyhow::Error::msg)?;
         let admission = Admission::new(limits);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             manager,
             config,
             russh: Arc::new(russh),
             per_session: Mutex::new(HashMap::new()),
-            keys,
+            auth,
             admission,
-        })
+            recordings,
+        }))
     }
 }
 
@@ -88,17 +101,19 @@ pub struct SshServer {
 }
 
 /// Bind `config.listen` and start serving. Prints `ssh listening on ADDR`
-/// on stdout once bound (tests and supervisors read it).
+/// on stdout once bound (tests and supervisors read it). PTY channels are
+/// recorded in `recordings` as its config says.
 pub async fn start(
     manager: Arc<Manager>,
     config: SshConfig,
     host_key: PrivateKey,
+    recordings: Arc<Recordings>,
 ) -> anyhow::Result<SshServer> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the SSH gateway to {}", config.listen))?;
     let local_addr = listener.local_addr().context("SSH listener address")?;
-    let gateway = Gateway::new(manager, config, host_key);
+    let gateway = Gateway::new(manager, config, host_key, recordings)?;
     let trigger = Trigger::new();
     let connections = TaskTracker::new();
     let accept = tokio::spawn(accept_loop(
@@ -202,8 +217,12 @@ async fn accept_loop(
         };
         let connection =
             connection::serve(gateway.clone(), socket, peer, startup, shutdown.clone());
+        metrics::counter!(crate::metrics::SSH_CONNECTIONS_TOTAL).increment(1);
+        let open = metrics::gauge!(crate::metrics::SSH_CONNECTIONS_OPEN);
+        open.increment(1.0);
         connections.spawn(async move {
             connection.await;
+            open.decrement(1.0);
             drop(permit);
         });
     }

@@ -166,9 +166,16 @@ impl Tunnel {
             stream,
             peer: _,
             lease,
+            egress,
         } = connection;
         let end = carry(channel, stream, &self.handle, &self.stats, &traffic).await;
         drop(lease);
+        if let Some(egress) = egress {
+            egress.finish(
+                traffic.bytes_in.load(Ordering::SeqCst),
+                traffic.bytes_out.load(Ordering::SeqCst),
+            );
+        }
         self.log_closed(id, started, &traffic, &end);
         drop(self.slot);
     }

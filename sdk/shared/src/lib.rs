@@ -55,7 +55,7 @@ impl std::fmt::Display for SessionState {
 }
 
 /// A named session as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub name: String,
     /// Stable sandbox id, the brief's `box_id`.
@@ -77,6 +77,97 @@ pub struct SessionInfo {
     /// The session's egress policy and what went through its proxy.
     #[serde(default)]
     pub network: NetworkInfo,
+    /// What the session may use (docs/RESOURCES.md).
+    #[serde(default)]
+    pub resources: Resources,
+    /// What it uses now, read from the kernel's counters.
+    #[serde(default)]
+    pub usage: ResourceUsage,
+}
+
+/// A session's size: what it may use. A limit that is `None` is not
+/// enforced (only `cpus` is unlimited by default).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU quota in cores (1.5 = one and a half cores' time).
+    pub cpus: Option<f64>,
+    pub memory_mib: Option<u64>,
+    /// Processes and threads at once.
+    pub pids: Option<u64>,
+    /// Disk size (quota) the session's disk is made or grown to.
+    pub disk_mib: Option<u64>,
+    /// Default time limit of a pipe-mode run (a run may ask for its own).
+    pub run_timeout_secs: u64,
+    /// A cold session with nothing running stops after this long.
+    pub idle_timeout_secs: u64,
+}
+
+/// What a session uses, read from the kernel's counters while its sandbox
+/// runs. Counters are those of the sandbox's current start (they begin at
+/// zero each time it starts); a figure the mechanism cannot give is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceUsage {
+    /// Where the figures come from: `cgroup-v2`, `cgroup-v1`, `proc` (no
+    /// cgroups: summed over the sandbox's processes, so no peak and no
+    /// OOM count) or `none` (not running: only disk and egress).
+    pub source: String,
+    pub memory_bytes: Option<u64>,
+    /// Highest memory use since the sandbox started.
+    pub memory_peak_bytes: Option<u64>,
+    /// CPU time used, user and system, in microseconds.
+    pub cpu_usec: Option<u64>,
+    /// Scheduler periods in which the CPU quota held the sandbox back,
+    /// and for how long in all.
+    pub cpu_throttled_periods: Option<u64>,
+    pub cpu_throttled_usec: Option<u64>,
+    /// Processes and threads now.
+    pub pids: Option<u64>,
+    /// Processes the kernel killed for the memory limit.
+    pub oom_kills: Option<u64>,
+    /// Host disk space the session's disk takes.
+    pub disk_used_bytes: Option<u64>,
+    /// Bytes through the session's egress proxy since the server started.
+    pub egress_bytes_sent: u64,
+    pub egress_bytes_received: u64,
+}
+
+/// `GET /api/sessions/{name}/stats`: one reading of a session's usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStats {
+    pub name: String,
+    pub state: SessionState,
+    /// Milliseconds since the Unix epoch, when the counters were read.
+    pub taken_at_ms: u64,
+    pub resources: Resources,
+    pub usage: ResourceUsage,
+}
+
+/// How a change of a session's resources took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Applied {
+    /// On the running sandbox, now.
+    Live,
+    /// When the sandbox next starts (it is stopped, or the mechanism
+    /// cannot change it while it runs).
+    NextStart,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Live => "live",
+            Self::NextStart => "next start",
+        })
+    }
+}
+
+/// The answer to a change of a session's resources: the new settings, and
+/// for each field changed how it applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourcesChanged {
+    pub resources: Resources,
+    pub applied: std::collections::BTreeMap<String, Applied>,
 }
 
 /// Whether a session's programs reach anything beyond its own loopback.
@@ -117,6 +208,37 @@ pub struct EgressCounters {
 pub struct NetworkInfo {
     pub policy: NetworkPolicy,
     pub egress: EgressCounters,
+    /// Which SSH forwards the session takes.
+    #[serde(default)]
+    pub forwarding: ForwardingPolicy,
+}
+
+/// Which SSH forwards a session takes (docs/NETWORK.md). The server's
+/// `[ssh] allow_forwarding` and the login key's options may refuse more;
+/// nothing here widens them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingPolicy {
+    /// `ssh -L`, `-D`, `-W`: connections from the client into the session
+    /// (its loopback, or other hosts by its egress policy).
+    #[serde(default = "yes")]
+    pub local: bool,
+    /// `ssh -R`: listeners on the session's loopback.
+    #[serde(default = "yes")]
+    pub remote: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ForwardingPolicy {
+    fn default() -> Self {
+        Self {
+            local: true,
+            remote: true,
+        }
+    }
 }
 
 /// A session disk's size (its quota) and the host disk space it takes.
@@ -127,7 +249,7 @@ pub struct DiskUsage {
 }
 
 /// Result of `open`: the session and whether this call created it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpenedSession {
     pub session: SessionInfo,
     pub created: bool,

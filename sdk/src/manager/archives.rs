@@ -204,8 +204,11 @@ impl Manager {
             runtime: self.runtime.info().name,
             created_at: t,
             last_used_at: t,
-            limits: header.session.limits.clone(),
+            limits: self.limits_for_import(&name, &header.session.limits),
             network: self.config.network.clone(),
+            run_timeout_secs: None,
+            idle_timeout_secs: None,
+            forwarding: self.config.forwarding,
         };
         if let Err(e) = self.store.save(&record) {
             let _ = self.runtime.remove(&box_id).await;

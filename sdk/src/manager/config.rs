@@ -38,8 +38,11 @@ pub struct ManagerConfig {
     /// Spawns kept per session, running or finished; a new spawn beyond it
     /// first forgets the oldest finished one, and is refused if none is.
     pub max_spawns_per_session: usize,
-    /// Resource limits of every sandbox.
+    /// Resource limits of a new session unless it asks for its own, and of
+    /// every ephemeral sandbox.
     pub limits: Limits,
+    /// The most one session may ask for (docs/RESOURCES.md).
+    pub maxima: super::ResourceMaxima,
     /// Largest script a run may copy into a sandbox.
     pub max_script_bytes: u64,
     /// Ephemeral sandboxes of the default image kept started ahead of
@@ -47,6 +50,8 @@ pub struct ManagerConfig {
     pub ephemeral_pool: usize,
     /// Egress policy of a new session unless it asks for its own.
     pub network: crate::network::NetworkPolicy,
+    /// SSH forwards a new session takes (`[network.forwarding]`).
+    pub forwarding: crate::types::ForwardingPolicy,
     /// The operator's name table for the egress proxy (`[network] resolve`).
     pub resolve: std::collections::BTreeMap<String, std::net::IpAddr>,
     /// Registry pulls: on demand or not, mirrors, credentials, limits
@@ -56,6 +61,7 @@ pub struct ManagerConfig {
 
 impl ManagerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let maxima = super::ResourceMaxima::for_this_host();
         Self {
             data_dir: data_dir.into(),
             runtime: RuntimeKind::Local,
@@ -69,13 +75,15 @@ impl ManagerConfig {
             spawn_retention: Duration::from_secs(600),
             max_spawns_per_session: 64,
             limits: Limits {
-                memory_mib: Some(2048),
+                memory_mib: Some(2048.min(maxima.memory_mib)),
                 cpus: None,
                 pids: Some(1024),
                 disk_mib: None,
             },
+            maxima,
             max_script_bytes: 64 << 20,
             network: Default::default(),
+            forwarding: Default::default(),
             resolve: Default::default(),
             ephemeral_pool: 0,
             pull: Default::default(),

@@ -202,6 +202,7 @@ impl Manager {
             hostname: "blink-run".into(),
             limits: self.config.limits.clone(),
         };
+        let started = std::time::Instant::now();
         self.runtime.create(&sandbox).await?;
         let b = EphemeralBox {
             id,
@@ -209,6 +210,7 @@ impl Manager {
             released: false,
         };
         self.runtime.start(&sandbox).await?;
+        crate::metrics::sandbox_started("ephemeral", started.elapsed());
         Ok(b)
     }
 
@@ -224,7 +226,13 @@ impl Manager {
             Target::Ephemeral => None,
         };
         let mut started = self.start(target, program, &options, None).await?;
-        let timeout = options.timeout.unwrap_or(self.config.run_timeout);
+        let timeout = match (options.timeout, target) {
+            (Some(asked), _) => asked,
+            (None, Target::Session(name)) => self.slot(name).map_or(self.config.run_timeout, |s| {
+                self.run_timeout_of(&lock(&s.record))
+            }),
+            (None, Target::Ephemeral) => self.config.run_timeout,
+        };
         let cap = options.output_limit.unwrap_or(self.config.output_limit);
         let collected =
             collect::collect(&mut started.execution, options.stdin.clone(), timeout, cap).await;

@@ -7,26 +7,35 @@
 //! ([`ForwardRules::connect`]) or a listener may take `host:port`
 //! ([`ForwardRules::listen`]): the server's switch, the login key's options
 //! (`no-port-forwarding`, `restrict`, `permitopen=`, `permitlisten=`), and
-//! where. Only the session's own loopback is reached: `localhost`,
-//! `127.0.0.1` and `::1` all mean 127.0.0.1 inside the sandbox. Any other
-//! host is refused; reaching other hosts is the egress policy's business,
-//! not forwarding's.
+//! where. `localhost`, `127.0.0.1` and `::1` all mean the session's own
+//! loopback (127.0.0.1 inside the sandbox), never the host's. Any other
+//! host is a connection out of the session, and goes out only as its
+//! egress policy allows, through the same decision as its proxy
+//! (`network::dial`): by name before any lookup, by address after,
+//! counted and logged as egress. Listeners are on the session's loopback
+//! only.
 //!
 //! The manager's calls take only what the rules let through
-//! ([`ConnectTarget`], [`ListenTarget`]). They resolve the session, start
-//! it if it is stopped, and hold it active ([`ActivityGuard`]) for as long
-//! as the connection or the listener lives.
+//! ([`ConnectTarget`], [`ListenTarget`]), then ask the session's own
+//! switches ([`ForwardingPolicy`]). They resolve the session, start it if
+//! it is stopped (for its loopback), and hold it active ([`ActivityGuard`])
+//! for as long as the connection or the listener lives.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::Manager;
 use super::keys::KeyOptions;
 use super::sessions::{ActivityGuard, Slot};
+use super::{Manager, lock};
 use crate::error::{Error, Result};
 use crate::escape::Escaped;
+use crate::network::{Compiled, DialError, Egress, EgressLog, Mode};
+pub use crate::types::ForwardingPolicy;
+
+/// Longest host name a client may ask to connect to (DNS's limit).
+const MAX_HOST: usize = 253;
 
 /// The names of the session's loopback a connection may go to: each is
 /// 127.0.0.1 inside the sandbox (`localhost` in any case).
@@ -47,15 +56,19 @@ pub struct ForwardRules<'a> {
     pub key: &'a KeyOptions,
 }
 
-/// A port on a session's loopback that the rules let a client connect to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectTarget {
-    port: u16,
+/// Where the rules let a client connect: a port on the session's
+/// loopback, or a host outside that the session's egress policy decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectTarget {
+    Loopback { port: u16 },
+    Outside { host: String, port: u16 },
 }
 
 impl ConnectTarget {
     pub fn port(&self) -> u16 {
-        self.port
+        match self {
+            Self::Loopback { port } | Self::Outside { port, .. } => *port,
+        }
     }
 }
 
@@ -116,14 +129,19 @@ impl ForwardRules<'_> {
                 shown(host)
             )));
         }
-        if !is_loopback_host(host) {
-            return Err(refused(format!(
-                "{} is outside the session: forwarding reaches only the session's own loopback \
-                 (localhost, 127.0.0.1, ::1)",
+        if is_loopback_host(host) {
+            return Ok(ConnectTarget::Loopback { port });
+        }
+        if host.is_empty() || host.len() > MAX_HOST || host.chars().any(|c| c.is_control()) {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a host name or address",
                 shown(host)
             )));
         }
-        Ok(ConnectTarget { port })
+        Ok(ConnectTarget::Outside {
+            host: host.to_owned(),
+            port,
+        })
     }
 
     /// Whether a listener may take `host:port` (port 0: any free one), as
@@ -157,14 +175,18 @@ pub fn is_loopback_host(host: &str) -> bool {
     LOOPBACK_HOSTS.iter().any(|h| h.eq_ignore_ascii_case(host))
 }
 
-/// A TCP connection to or from a session's loopback. The session stays
-/// active (the idle policy leaves it running) while `lease` lives.
+/// A forwarded TCP connection: to or from a session's loopback, or out of
+/// it by its egress policy. The session stays active (the idle policy
+/// leaves it running) while `lease` lives.
 #[derive(Debug)]
 pub struct Forwarded {
     pub stream: TcpStream,
-    /// The other end, inside the sandbox.
+    /// The other end: inside the sandbox, or the outside address.
     pub peer: SocketAddr,
     pub lease: ActivityGuard,
+    /// For a connection out of the session: its egress log line, to be
+    /// finished with the bytes carried.
+    pub egress: Option<EgressLog>,
 }
 
 /// A listener on a session's loopback. The session stays active while it
@@ -194,19 +216,51 @@ impl ForwardListener {
             stream,
             peer,
             lease: ActivityGuard::hold(self.slot.clone()),
+            egress: None,
         })
     }
 }
 
 impl Manager {
-    /// A connection to a port on a session's own loopback. A stopped
-    /// session is started for it.
+    /// Change which SSH forwards a session takes; applies to the next
+    /// forward asked for (open ones are left alone, as a policy change
+    /// leaves open egress connections).
+    pub async fn set_forwarding(&self, name: &str, policy: ForwardingPolicy) -> Result<()> {
+        let slot = self.slot(name)?;
+        let _life = slot.lifecycle.lock().await;
+        let mut record = lock(&slot.record).clone();
+        record.forwarding = policy;
+        self.store.save(&record)?;
+        *lock(&slot.record) = record;
+        tracing::info!(session = %name, local = policy.local, remote = policy.remote, "forwarding policy changed");
+        Ok(())
+    }
+
+    /// A session's forwarding switches, checked before anything is made.
+    fn forwarding_of(&self, name: &str) -> Result<(Arc<Slot>, ForwardingPolicy)> {
+        let slot = self.slot(name)?;
+        let policy = lock(&slot.record).forwarding;
+        Ok((slot, policy))
+    }
+
+    /// A connection for a client: to a port on a session's own loopback (a
+    /// stopped session is started for it), or to a host outside by the
+    /// session's egress policy.
     pub async fn forward_connect(&self, name: &str, target: ConnectTarget) -> Result<Forwarded> {
+        let (slot, policy) = self.forwarding_of(name)?;
+        if !policy.local {
+            return Err(refused(format!(
+                "session {name} does not take local forwarding (its forwarding.local is off)"
+            )));
+        }
+        let port = match target {
+            ConnectTarget::Loopback { port } => port,
+            ConnectTarget::Outside { host, port } => {
+                return self.forward_out(name, slot, &host, port).await;
+            }
+        };
         let (lease, _, record) = self.hold_running(name).await?;
-        let stream = self
-            .runtime
-            .connect_loopback(&record.box_id, target.port)
-            .await?;
+        let stream = self.runtime.connect_loopback(&record.box_id, port).await?;
         let peer = stream
             .peer_addr()
             .map_err(|e| Error::io("a forwarded connection's address", e))?;
@@ -214,7 +268,47 @@ impl Manager {
             stream,
             peer,
             lease,
+            egress: None,
         })
+    }
+
+    /// A connection out of the session to `host:port`, decided by its
+    /// egress policy as its proxy decides (the sandbox need not run).
+    async fn forward_out(
+        &self,
+        name: &str,
+        slot: Arc<Slot>,
+        host: &str,
+        port: u16,
+    ) -> Result<Forwarded> {
+        let lease = ActivityGuard::hold(slot.clone());
+        let network = lock(&slot.record).network.clone();
+        if network.mode == Mode::None {
+            return Err(refused(format!(
+                "{} is outside the session, and its network policy is \"none\" (loopback only)",
+                shown(host)
+            )));
+        }
+        let (_, policy) = tokio::sync::watch::channel(Arc::new(Compiled::new(&network)?));
+        let egress = Egress {
+            session: name.to_owned(),
+            policy,
+            resolver: self.resolver.clone(),
+            stats: slot.egress_stats.clone(),
+        };
+        match egress.dial(host, port, "ssh-forward").await {
+            Ok(out) => Ok(Forwarded {
+                stream: out.stream,
+                peer: out.addr,
+                lease,
+                egress: Some(out.log),
+            }),
+            Err(e @ DialError::Denied(_)) => Err(refused(e.to_string())),
+            Err(DialError::Unreachable(why)) => Err(Error::io(
+                format!("forwarding to {}:{port}", shown(host)),
+                std::io::Error::new(std::io::ErrorKind::ConnectionRefused, why),
+            )),
+        }
     }
 
     /// A listener on a port of a session's own loopback (what its programs
@@ -225,6 +319,12 @@ impl Manager {
         name: &str,
         target: ListenTarget,
     ) -> Result<ForwardListener> {
+        let (_, policy) = self.forwarding_of(name)?;
+        if !policy.remote {
+            return Err(refused(format!(
+                "session {name} does not take remote forwarding (its forwarding.remote is off)"
+            )));
+        }
         let (lease, slot, record) = self.hold_running(name).await?;
         let listener = self
             .runtime
@@ -257,6 +357,7 @@ mod tests {
         for host in ["localhost", "LocalHost", "127.0.0.1", "::1"] {
             assert_eq!(rules(&key).connect(host, 8080).unwrap().port(), 8080);
         }
+        // Every other host is outside: the egress policy decides it.
         for host in [
             "example.com",
             "127.0.0.2",
@@ -264,11 +365,18 @@ mod tests {
             "10.0.0.1",
             "[::1]",
             "localhost.",
-            "",
         ] {
+            assert_eq!(
+                rules(&key).connect(host, 80).unwrap(),
+                ConnectTarget::Outside {
+                    host: host.into(),
+                    port: 80
+                }
+            );
+        }
+        for host in ["", "a\0b", &"a".repeat(254)] {
             let e = rules(&key).connect(host, 80).unwrap_err();
-            assert_eq!(e.code(), "not_permitted", "{host}");
-            assert!(e.to_string().contains("outside the session"), "{e}");
+            assert_eq!(e.code(), "invalid_argument", "{host}");
         }
         for port in [0, 65536, u32::MAX] {
             assert_eq!(
@@ -322,9 +430,12 @@ mod tests {
         assert!(rules(&key).connect("localhost", 8081).is_err());
         assert!(rules(&key).listen("localhost", 9000).is_ok());
         assert!(rules(&key).listen("localhost", 0).is_err());
-        // permitopen cannot widen where forwarding reaches.
+        // permitopen narrows; the egress policy still decides outside.
         let key = KeyOptions::parse(r#"permitopen="example.com:80""#).unwrap();
-        let e = rules(&key).connect("example.com", 80).unwrap_err();
-        assert!(e.to_string().contains("outside the session"), "{e}");
+        assert!(matches!(
+            rules(&key).connect("example.com", 80).unwrap(),
+            ConnectTarget::Outside { .. }
+        ));
+        assert!(rules(&key).connect("localhost", 80).is_err());
     }
 }

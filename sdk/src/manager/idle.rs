@@ -1,5 +1,6 @@
 //! The warm/idle policy: warm sessions are started when a manager opens;
-//! cold ones stop after `idle_timeout` with nothing active in them.
+//! cold ones stop after their idle timeout (their own, else the
+//! configured `idle_timeout`) with nothing active in them.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,6 +13,8 @@ impl Manager {
     /// Start warm sessions and the idle reaper.
     pub(super) fn start_policy(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
+        // Its own handle: the task holds no manager while it waits.
+        let idle_changed = self.idle_changed.clone();
         tokio::spawn(async move {
             if let Some(m) = weak.upgrade() {
                 for name in m.warm_sessions() {
@@ -22,12 +25,15 @@ impl Manager {
             }
             loop {
                 let Some(m) = weak.upgrade() else { break };
-                let tick = (m.config.idle_timeout / 4)
+                let tick = (m.shortest_idle_timeout() / 4)
                     .clamp(Duration::from_millis(100), Duration::from_secs(5));
                 m.reap_idle().await;
                 m.forget_finished_spawns();
                 drop(m);
-                tokio::time::sleep(tick).await;
+                tokio::select! {
+                    () = tokio::time::sleep(tick) => {}
+                    () = idle_changed.notified() => {}
+                }
             }
         });
     }
@@ -40,15 +46,16 @@ impl Manager {
             .collect()
     }
 
-    /// Stop every cold session that has been idle long enough. A session
-    /// with anything active is never stopped.
+    /// Stop every cold session that has been idle long enough (its own
+    /// idle timeout, else the configured one). A session with anything
+    /// active is never stopped.
     async fn reap_idle(&self) {
-        let idle = self.config.idle_timeout.as_millis() as u64;
         let candidates: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
         for slot in candidates {
-            let (warm, box_id, name) = {
+            let (warm, box_id, name, idle) = {
                 let r = lock(&slot.record);
-                (r.warm, r.box_id.clone(), r.name.clone())
+                let idle = self.idle_timeout_of(&r).as_millis() as u64;
+                (r.warm, r.box_id.clone(), r.name.clone(), idle)
             };
             if warm || !self.runtime.is_running(&box_id) {
                 continue;

@@ -19,6 +19,14 @@
 //! | `[no-]pty`, `[no-]port-forwarding`, `[no-]agent-forwarding`, `[no-]X11-forwarding`, `[no-]user-rc` | as in OpenSSH |
 //! | `permitopen="host:port"` | `ssh -L`/`-D` only to these (host as the client names it, port or `*`) |
 //! | `permitlisten="[host:]port"` | `ssh -R` only on these (host a pattern, port or `*`) |
+//!
+//! An OpenSSH user certificate carries its restrictions as critical
+//! options and its permissions as extensions (PROTOCOL.certkeys);
+//! [`KeyOptions::from_certificate`] turns them into the same options, so a
+//! certificate goes through the same checks as a key line, and refuses a
+//! critical option it cannot enforce, as OpenSSH's sshd does.
+//! [`KeyOptions::merge`] joins two sets (a login's and what an auth hook
+//! adds), keeping the restrictions of both.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -400,6 +408,13 @@ impl KeyOptions {
         })
     }
 
+    pub fn user_rc_allowed(&self) -> bool {
+        self.flag_allowed(|o| match o {
+            KeyOption::UserRc(b) => Some(*b),
+            _ => None,
+        })
+    }
+
     pub fn x11_forwarding_allowed(&self) -> bool {
         self.flag_allowed(|o| match o {
             KeyOption::X11Forwarding(b) => Some(*b),
@@ -460,6 +475,162 @@ impl KeyOptions {
         Ok(())
     }
 }
+
+impl KeyOptions {
+    /// The options an OpenSSH user certificate stands for: its critical
+    /// options (`force-command`, `source-address`; any other is refused,
+    /// naming it, as OpenSSH refuses the certificate) and its permissions,
+    /// granted only by their extension (`permit-pty`,
+    /// `permit-port-forwarding`, ...; unknown extensions are ignored, as
+    /// PROTOCOL.certkeys says).
+    pub fn from_certificate<'a>(
+        critical: impl IntoIterator<Item = (&'a str, &'a str)>,
+        extensions: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self> {
+        let extensions: Vec<&str> = extensions.into_iter().collect();
+        let mut list = vec![KeyOption::Restrict];
+        for p in PERMISSIONS {
+            if extensions.contains(&p.extension) {
+                list.push((p.option)(true));
+            }
+        }
+        for (name, value) in critical {
+            match name {
+                CERT_FORCE_COMMAND => {
+                    if value.chars().any(|c| c.is_control() && c != '\t') {
+                        return Err(invalid(
+                            "certificate critical option \"force-command\" has a control character",
+                        ));
+                    }
+                    list.push(KeyOption::Command(value.to_string()));
+                }
+                CERT_SOURCE_ADDRESS => {
+                    list.push(KeyOption::From(FromList::parse_addresses(value)?));
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "certificate critical option {other:?} is not supported \
+                         (only force-command and source-address are)"
+                    )));
+                }
+            }
+        }
+        Ok(Self { list })
+    }
+
+    /// Both sets at once, as OpenSSH's `sshauthopt_merge` joins a
+    /// certificate's options with its authorized_keys line's: a permission
+    /// only if both allow it; both `from=` and every `expiry-time=` must
+    /// pass; one forced command (two different ones are an error);
+    /// `environment=` from `self` first; `permitopen=`/`permitlisten=`
+    /// from `self` if it has any, else from `other`. The result is for
+    /// enforcing and logging: it may hold two `from=`, which a key line
+    /// could not.
+    pub fn merge(&self, other: &KeyOptions) -> Result<KeyOptions> {
+        // Nothing on one side: the other, as written.
+        if other.is_empty() {
+            return Ok(self.clone());
+        }
+        if self.is_empty() {
+            return Ok(other.clone());
+        }
+        let mut list = vec![KeyOption::Restrict];
+        for p in PERMISSIONS {
+            if (p.allowed)(self) && (p.allowed)(other) {
+                list.push((p.option)(true));
+            }
+        }
+        match (self.forced_command(), other.forced_command()) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(invalid(format!(
+                    "two different forced commands: {a:?} and {b:?}"
+                )));
+            }
+            (Some(c), _) | (None, Some(c)) => list.push(KeyOption::Command(c.to_string())),
+            (None, None) => {}
+        }
+        for o in self.list.iter().chain(&other.list) {
+            if matches!(o, KeyOption::From(_) | KeyOption::ExpiryTime { .. }) {
+                list.push(o.clone());
+            }
+        }
+        for (name, value) in self.environment().chain(other.environment()) {
+            let set = list
+                .iter()
+                .any(|o| matches!(o, KeyOption::Environment { name: n, .. } if n == name));
+            if !set {
+                list.push(KeyOption::Environment {
+                    name: name.to_string(),
+                    value: value.to_string(),
+                });
+            }
+        }
+        let opens = |o: &KeyOptions| -> Vec<KeyOption> {
+            o.list
+                .iter()
+                .filter(|x| matches!(x, KeyOption::PermitOpen(_)))
+                .cloned()
+                .collect()
+        };
+        let listens = |o: &KeyOptions| -> Vec<KeyOption> {
+            o.list
+                .iter()
+                .filter(|x| matches!(x, KeyOption::PermitListen(_)))
+                .cloned()
+                .collect()
+        };
+        for pick in [opens, listens] {
+            let mine = pick(self);
+            list.extend(if mine.is_empty() { pick(other) } else { mine });
+        }
+        Ok(Self { list })
+    }
+}
+
+/// A permission a key option can take away and a certificate extension
+/// can grant.
+struct Permission {
+    /// The extension granting it (PROTOCOL.certkeys).
+    extension: &'static str,
+    /// Whether options leave it allowed.
+    allowed: fn(&KeyOptions) -> bool,
+    /// The option allowing (`true`) or refusing it.
+    option: fn(bool) -> KeyOption,
+}
+
+const PERMISSIONS: [Permission; 5] = [
+    Permission {
+        extension: "permit-pty",
+        allowed: KeyOptions::pty_allowed,
+        option: KeyOption::Pty,
+    },
+    Permission {
+        extension: "permit-port-forwarding",
+        allowed: KeyOptions::port_forwarding_allowed,
+        option: KeyOption::PortForwarding,
+    },
+    Permission {
+        extension: "permit-agent-forwarding",
+        allowed: KeyOptions::agent_forwarding_allowed,
+        option: KeyOption::AgentForwarding,
+    },
+    Permission {
+        extension: "permit-X11-forwarding",
+        allowed: KeyOptions::x11_forwarding_allowed,
+        option: KeyOption::X11Forwarding,
+    },
+    Permission {
+        extension: "permit-user-rc",
+        allowed: KeyOptions::user_rc_allowed,
+        option: KeyOption::UserRc,
+    },
+];
+
+/// A user certificate's critical option forcing a command (as `command=`).
+pub const CERT_FORCE_COMMAND: &str = "force-command";
+/// A user certificate's critical option limiting client addresses (as
+/// `from=`, addresses and CIDR networks only).
+pub const CERT_SOURCE_ADDRESS: &str = "source-address";
 
 fn unsupported(name: &str, why: &str) -> Error {
     invalid(format!("key option {name:?} is not supported: {why}"))
@@ -554,6 +725,25 @@ impl FromList {
             text: text.to_string(),
             entries,
         })
+    }
+
+    /// A certificate's `source-address`: addresses and CIDR networks,
+    /// comma-separated, nothing negated and no wildcard (OpenSSH's
+    /// `addr_match_cidr_list`).
+    pub fn parse_addresses(text: &str) -> Result<Self> {
+        let list = Self::parse(text).map_err(|_| {
+            invalid(format!(
+                "certificate source-address {text:?} is not a list of addresses and CIDR networks"
+            ))
+        })?;
+        for (negated, pattern) in &list.entries {
+            if *negated || matches!(pattern, AddrPattern::Wildcard(_)) {
+                return Err(invalid(format!(
+                    "certificate source-address {text:?} may hold only addresses and CIDR networks"
+                )));
+            }
+        }
+        Ok(list)
     }
 
     /// Whether a client at `peer` may use the key.
@@ -888,6 +1078,96 @@ mod tests {
         // They restrict forwarding; they never allow it back.
         let r = KeyOptions::parse(r#"restrict,permitopen="localhost:80""#).unwrap();
         assert!(!r.port_forwarding_allowed());
+    }
+
+    #[test]
+    fn certificate_options_grant_only_what_extensions_permit() {
+        let all = [
+            "permit-X11-forwarding",
+            "permit-agent-forwarding",
+            "permit-port-forwarding",
+            "permit-pty",
+            "permit-user-rc",
+        ];
+        let o = KeyOptions::from_certificate([], all).unwrap();
+        assert!(o.pty_allowed() && o.port_forwarding_allowed() && o.user_rc_allowed());
+        assert!(o.agent_forwarding_allowed() && o.x11_forwarding_allowed());
+        assert_eq!(o.forced_command(), None);
+        // No extension: nothing permitted (ssh-keygen -O clear).
+        let none = KeyOptions::from_certificate([], []).unwrap();
+        assert!(!none.pty_allowed() && !none.port_forwarding_allowed());
+        // Unknown extensions are ignored; one permission alone.
+        let pty =
+            KeyOptions::from_certificate([], ["permit-pty", "no-touch-required", "x@y"]).unwrap();
+        assert!(pty.pty_allowed() && !pty.port_forwarding_allowed());
+
+        let o = KeyOptions::from_certificate(
+            [
+                ("force-command", "echo hi"),
+                ("source-address", "10.0.0.0/8,127.0.0.1"),
+            ],
+            all,
+        )
+        .unwrap();
+        assert_eq!(o.forced_command(), Some("echo hi"));
+        assert!(o.check_login(ip("127.0.0.1"), SystemTime::now()).is_ok());
+        assert!(o.check_login(ip("192.168.0.1"), SystemTime::now()).is_err());
+
+        for (name, value) in [
+            ("verify-required", ""),
+            ("frobnicate", "1"),
+            ("source-address", "127.0.0.*"),
+            ("source-address", "!10.0.0.1"),
+            ("source-address", "host.example"),
+            ("force-command", "a\nb"),
+        ] {
+            let e = KeyOptions::from_certificate([(name, value)], all)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name), "{name}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn merge_keeps_the_restrictions_of_both() {
+        let a =
+            KeyOptions::parse(r#"no-pty,from="127.0.0.0/8",environment="A=1",permitopen="h:1""#)
+                .unwrap();
+        let b = KeyOptions::parse(
+            r#"no-port-forwarding,from="10.0.0.0/8",environment="A=2",environment="B=2",command="x",permitopen="h:2",permitlisten="9""#,
+        )
+        .unwrap();
+        let m = a.merge(&b).unwrap();
+        assert!(!m.pty_allowed() && !m.port_forwarding_allowed());
+        assert!(m.agent_forwarding_allowed());
+        assert_eq!(m.forced_command(), Some("x"));
+        // Both from= must pass: no address is in both networks.
+        let now = SystemTime::now();
+        assert!(m.check_login(ip("127.0.0.1"), now).is_err());
+        assert!(m.check_login(ip("10.0.0.1"), now).is_err());
+        let env: Vec<_> = m.environment().collect();
+        assert_eq!(env, vec![("A", "1"), ("B", "2")]);
+        assert!(m.permits_open("h", 1) && !m.permits_open("h", 2));
+        assert!(m.permits_listen("x", 9) && !m.permits_listen("x", 8));
+        // Nothing on either side: nothing lost; nothing on one: the other.
+        let m = KeyOptions::default().merge(&KeyOptions::default()).unwrap();
+        assert!(m.pty_allowed() && m.port_forwarding_allowed() && m.user_rc_allowed());
+        assert_eq!(a.merge(&KeyOptions::default()).unwrap(), a);
+        assert_eq!(KeyOptions::default().merge(&b).unwrap(), b);
+        // The same command twice is one; two different ones conflict.
+        let c = KeyOptions::parse(r#"command="x""#).unwrap();
+        assert_eq!(c.merge(&b).unwrap().forced_command(), Some("x"));
+        let d = KeyOptions::parse(r#"command="y""#).unwrap();
+        assert!(d.merge(&b).is_err());
+        // The earliest expiry-time counts.
+        let e = KeyOptions::parse(r#"expiry-time="20200101Z""#).unwrap();
+        assert!(
+            KeyOptions::default()
+                .merge(&e)
+                .unwrap()
+                .check_login(ip("::1"), now)
+                .is_err()
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 use super::key_options::options_end;
-pub use super::key_options::{FromList, INTERNAL_SFTP, KeyOption, KeyOptions};
+pub use super::key_options::{
+    CERT_FORCE_COMMAND, CERT_SOURCE_ADDRESS, FromList, INTERNAL_SFTP, KeyOption, KeyOptions,
+};
 use super::names;
 use super::store::{Store, write_atomic};
 use crate::error::{Error, Result};

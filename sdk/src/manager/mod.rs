@@ -12,6 +12,8 @@
 //! - `spawns.rs` and `spawn.rs`: attachable executions and their registry.
 //! - `keys.rs`, `key_options.rs`: SSH keys of sessions; `store.rs`: files.
 //! - `images.rs`: pulls on demand, image removal that spares used images.
+//! - `resources.rs`: a session's size (CPU, memory, processes, disk,
+//!   timeouts), checked against the maxima, changed live, its usage.
 //! - `forwarding.rs`: TCP connections to and listeners on a session's own
 //!   loopback (SSH forwarding), and the rules for them.
 
@@ -30,6 +32,7 @@ pub mod names;
 pub mod policy;
 mod pool;
 mod program;
+mod resources;
 mod sessions;
 mod spawn;
 mod spawns;
@@ -49,9 +52,12 @@ pub use self::forwarding::{ForwardListener, ForwardRules, Forwarded};
 pub use self::images::images_in_use;
 pub use self::keys::KeyStore;
 pub use self::program::{Program, RunOptions};
+pub use self::resources::{
+    MIN_CPUS, MIN_MEMORY_MIB, MIN_PIDS, ResourceMaxima, ResourceNumbers, ResourceRequest,
+};
 use self::sessions::Slot;
 pub use self::sessions::{ActivityGuard, OpenOptions};
-pub use self::spawn::{Attachment, Chunk, SpawnInfo, Spawned, Stream};
+pub use self::spawn::{Attachment, Chunk, Observer, SpawnInfo, Spawned, Stream};
 use self::store::{DataDirLock, Store};
 use crate::error::{Error, Result};
 use crate::image::{ImageStore, Puller};
@@ -77,6 +83,9 @@ pub struct Manager {
     /// `shutdown` waits for them.
     removals: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     spawns: Mutex<HashMap<String, Arc<Spawned>>>,
+    /// Wakes the idle policy when a session's idle timeout is set (its
+    /// tick follows the shortest).
+    idle_changed: Arc<tokio::sync::Notify>,
     _lock: DataDirLock,
 }
 
@@ -151,6 +160,7 @@ impl Manager {
             slots: Mutex::default(),
             catalog: tokio::sync::Mutex::new(()),
             spawns: Mutex::default(),
+            idle_changed: Arc::default(),
             _lock: lock,
         });
         manager.recover().await?;

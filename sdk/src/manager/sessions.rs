@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::store::SessionRecord;
 use super::{Manager, lock, names, now, now_ms};
 use crate::error::{Error, Result};
-use crate::runtime::{Limits, SandboxSpec};
+use crate::runtime::SandboxSpec;
 use crate::types::{OpenedSession, SessionInfo, SessionState};
 
 /// Options of `open_session`.
@@ -18,15 +18,20 @@ pub struct OpenOptions {
     /// `Some(true)` makes the session warm (kept running), `Some(false)`
     /// makes it cold again, `None` keeps what it was.
     pub warm: Option<bool>,
-    /// Disk size in MiB (the session's quota) when it is created; the
-    /// configured default when `None`. An existing session keeps its own.
-    pub disk_mib: Option<u64>,
+    /// The size of a new session (CPU, memory, processes, disk, timeouts);
+    /// the configured defaults for what it leaves out. Checked even when
+    /// the session exists, which keeps its own (`set_resources` changes
+    /// it).
+    pub resources: super::ResourceRequest,
     /// Make the new session's disk a copy of another session's (or of one
     /// of its snapshots), with its image and settings. The name must be
     /// free.
     pub from: Option<super::CloneSource>,
     /// Egress policy of a new session; the configured default when `None`.
     pub network: Option<crate::network::NetworkPolicy>,
+    /// SSH forwards a new session takes; the configured default when
+    /// `None`.
+    pub forwarding: Option<crate::types::ForwardingPolicy>,
 }
 
 /// In-memory state of one session.
@@ -95,11 +100,19 @@ impl Manager {
     fn info_of(&self, slot: &Slot) -> SessionInfo {
         let r = lock(&slot.record).clone();
         let rt = self.runtime.info();
+        let egress = slot.egress_stats.snapshot();
         SessionInfo {
+            resources: self.resources_of(&r),
+            usage: crate::types::ResourceUsage {
+                egress_bytes_sent: egress.bytes_sent,
+                egress_bytes_received: egress.bytes_received,
+                ..self.runtime.usage(&r.box_id)
+            },
             disk: self.runtime.disk_usage(&r.box_id),
             network: crate::types::NetworkInfo {
                 policy: r.network.clone(),
                 egress: slot.egress_stats.snapshot(),
+                forwarding: r.forwarding,
             },
             state: if self.runtime.is_running(&r.box_id) {
                 SessionState::Running
@@ -130,6 +143,7 @@ impl Manager {
     /// Open a session, creating it (and its disk) if missing.
     pub async fn open_session(&self, name: &str, options: OpenOptions) -> Result<OpenedSession> {
         names::validate(name)?;
+        let limits = self.limits_for_new(&options.resources)?;
         if options.from.is_none() && self.slot(name).is_err() {
             // A pull can take minutes: not under the catalog lock.
             self.pull_if_missing(options.image.as_deref()).await?;
@@ -170,10 +184,7 @@ impl Manager {
             runtime: self.runtime.info().name,
             created_at: t,
             last_used_at: t,
-            limits: Limits {
-                disk_mib: options.disk_mib.or(self.config.limits.disk_mib),
-                ..self.config.limits.clone()
-            },
+            limits,
             network: match options.network {
                 Some(n) => {
                     crate::network::validate(&n)?;
@@ -181,6 +192,9 @@ impl Manager {
                 }
                 None => self.config.network.clone(),
             },
+            run_timeout_secs: options.resources.run_timeout_secs,
+            idle_timeout_secs: options.resources.idle_timeout_secs,
+            forwarding: options.forwarding.unwrap_or(self.config.forwarding),
         };
         let spec = self.spec_of(&record);
         self.runtime.create(&spec).await?;
@@ -192,6 +206,9 @@ impl Manager {
         let slot = Arc::new(new_slot(record.clone(), t.saturating_mul(1000)));
         lock(&self.slots).insert(name.into(), slot.clone());
         drop(_catalog);
+        if record.idle_timeout_secs.is_some() {
+            self.idle_changed.notify_one();
+        }
         tracing::info!(session = %name, box_id = %record.box_id, image = %record.image, "session created");
         if record.warm {
             self.ensure_running(name).await?;
@@ -231,6 +248,9 @@ impl Manager {
             last_used_at: t,
             limits: origin.limits.clone(),
             network: origin.network.clone(),
+            run_timeout_secs: origin.run_timeout_secs,
+            idle_timeout_secs: origin.idle_timeout_secs,
+            forwarding: origin.forwarding,
         };
         let spec = self.spec_of(&record);
         self.runtime
@@ -307,7 +327,9 @@ impl Manager {
         }
         let record = lock(&slot.record).clone();
         if !self.runtime.is_running(&record.box_id) {
+            let started = std::time::Instant::now();
             self.runtime.start(&self.spec_of(&record)).await?;
+            crate::metrics::sandbox_started("session", started.elapsed());
         }
         self.ensure_egress(slot, &record).await
     }

@@ -148,6 +148,18 @@ impl Drop for Attachment {
     }
 }
 
+/// The server's own view of a spawn's output (a recording of it): the
+/// same cut as an [`Attachment`], but no client, so it does not count in
+/// `attached`.
+pub struct Observer {
+    /// Output kept so far.
+    pub replay: Vec<Chunk>,
+    /// Bytes lost from the front of the replay because it was full.
+    pub dropped: u64,
+    pub live: broadcast::Receiver<Chunk>,
+    pub exit: watch::Receiver<Option<ExitStatus>>,
+}
+
 impl Attachment {
     /// Send bytes to the process's stdin (or terminal); see [`Input::write`].
     pub async fn write(&self, data: Vec<u8>) -> bool {
@@ -270,25 +282,44 @@ impl Spawned {
     }
 
     /// Attach: everything kept so far, then everything new, without gaps
-    /// or repeats (the subscription is taken under the replay lock).
+    /// or repeats.
     pub fn attach(self: &Arc<Self>) -> Attachment {
+        let (replay, dropped, live) = self.subscribe();
+        self.attached
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Attachment {
+            spawn: self.clone(),
+            replay,
+            dropped,
+            live,
+            exit: self.exit.clone(),
+        }
+    }
+
+    /// Watch the output as an attachment would, without attaching.
+    pub fn observe(&self) -> Observer {
+        let (replay, dropped, live) = self.subscribe();
+        Observer {
+            replay,
+            dropped,
+            live,
+            exit: self.exit.clone(),
+        }
+    }
+
+    /// The replay, the bytes it lost and a live subscription, taken under
+    /// the replay lock so that nothing falls between them.
+    fn subscribe(&self) -> (Vec<Chunk>, u64, broadcast::Receiver<Chunk>) {
         let replay = self
             .replay
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let live = self.live.subscribe();
-        let chunks = replay.chunks.iter().cloned().collect();
-        let dropped = replay.dropped;
-        drop(replay);
-        self.attached
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Attachment {
-            spawn: self.clone(),
-            replay: chunks,
-            dropped,
+        (
+            replay.chunks.iter().cloned().collect(),
+            replay.dropped,
             live,
-            exit: self.exit.clone(),
-        }
+        )
     }
 }
 

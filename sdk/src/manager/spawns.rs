@@ -2,7 +2,7 @@
 //! come back to, kept per session within a cap and forgotten a while after
 //! they end.
 
-use super::spawn::{Attachment, SpawnInfo, Spawned};
+use super::spawn::{Attachment, Observer, SpawnInfo, Spawned};
 use super::{Lease, Manager, Program, RunOptions, Target, lock, now};
 use crate::error::{Error, Result};
 use crate::runtime::PtySize;
@@ -79,6 +79,18 @@ impl Manager {
             .filter(|s| s.session == name)
             .ok_or_else(|| Error::ExecutionNotFound(id.into()))?;
         Ok(s.attach())
+    }
+
+    /// Watch a spawn's output without attaching (it does not count in
+    /// `attached`): what the gateway records.
+    pub fn observe_spawn(&self, name: &str, id: &str) -> Result<Observer> {
+        self.slot(name)?;
+        let spawns = lock(&self.spawns);
+        let s = spawns
+            .get(id)
+            .filter(|s| s.session == name)
+            .ok_or_else(|| Error::ExecutionNotFound(id.into()))?;
+        Ok(s.observe())
     }
 
     pub fn spawn_info(&self, name: &str, id: &str) -> Result<SpawnInfo> {

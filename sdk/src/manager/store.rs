@@ -26,6 +26,15 @@ pub struct SessionRecord {
     /// Its egress policy (loopback only when absent).
     #[serde(default)]
     pub network: crate::network::NetworkPolicy,
+    /// Its own default run timeout and idle timeout; absent: the
+    /// manager's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Which SSH forwards it takes (all when absent).
+    #[serde(default)]
+    pub forwarding: crate::types::ForwardingPolicy,
 }
 
 /// The session records under `<data>/sessions/<name>/session.json`.
@@ -215,6 +224,9 @@ mod tests {
             last_used_at: 2,
             limits: Limits::default(),
             network: Default::default(),
+            run_timeout_secs: None,
+            idle_timeout_secs: Some(60),
+            forwarding: Default::default(),
         }
     }
 

@@ -4,12 +4,15 @@
 //!
 //! - [`policy`]: rules, and the decision for a name or an address
 //! - [`resolve`]: names to addresses (the operator's table, then the host)
-//! - [`proxy`]: the HTTP/SOCKS5 proxy and its counters
+//! - [`dial`]: one egress connection: decided, made, counted, logged
+//! - [`proxy`]: the HTTP/SOCKS5 proxy inside every sandbox with a policy
 
+pub mod dial;
 pub mod policy;
 pub mod proxy;
 pub mod resolve;
 
+pub use dial::{DialError, Egress, EgressLog, EgressStats, Outbound};
 pub use policy::{Compiled, Mode, NetworkPolicy, validate};
-pub use proxy::{Egress, EgressStats, PROXY_PORT};
+pub use proxy::PROXY_PORT;
 pub use resolve::Resolver;

@@ -5,60 +5,26 @@
 //! protocol the program speaks (403, SOCKS5 "not allowed by ruleset"),
 //! every connection is logged and counted.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use super::policy::Compiled;
-use super::resolve::Resolver;
-use crate::escape::Escaped;
+use super::dial::{DialError, Egress, Outbound};
 
 /// The port the proxy listens on inside every sandbox with network access.
 pub const PROXY_PORT: u16 = 3128;
 /// Connections one session's proxy relays at once.
 const MAX_CONNECTIONS: usize = 256;
-/// How long a program has to send its request, and a connection to open.
+/// How long a program has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Each direction of a relayed connection copies through this much.
 const RELAY_BUFFER: usize = 64 * 1024;
 /// Largest HTTP request head.
 const MAX_HEAD: usize = 16 * 1024;
-
-/// Counters of one session's egress, reported in session info.
-#[derive(Debug, Default)]
-pub struct EgressStats {
-    pub allowed: AtomicU64,
-    pub denied: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub bytes_received: AtomicU64,
-}
-
-impl EgressStats {
-    pub fn snapshot(&self) -> crate::types::EgressCounters {
-        crate::types::EgressCounters {
-            allowed_connections: self.allowed.load(Ordering::Relaxed),
-            denied_connections: self.denied.load(Ordering::Relaxed),
-            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
-            bytes_received: self.bytes_received.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// What one session's proxy needs.
-#[derive(Debug, Clone)]
-pub struct Egress {
-    pub session: String,
-    /// The current policy: a change applies to the next connection.
-    pub policy: watch::Receiver<Arc<Compiled>>,
-    pub resolver: Arc<Resolver>,
-    pub stats: Arc<EgressStats>,
-}
 
 /// Accept and relay until `stop` turns true (or the listener fails).
 pub async fn serve(listener: TcpListener, egress: Egress, mut stop: watch::Receiver<bool>) {
@@ -92,12 +58,7 @@ struct Target {
     port: u16,
 }
 
-/// A decided destination.
-struct Decision {
-    target: Target,
-    addr: Result<SocketAddr, String>,
-}
-
+/// HTTP or SOCKS5, by the first byte.
 async fn handle(inbound: TcpStream, egress: &Egress) {
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(REQUEST_TIMEOUT, inbound.peek(&mut first)).await;
@@ -111,87 +72,29 @@ async fn handle(inbound: TcpStream, egress: &Egress) {
     }
 }
 
-/// Decide `target` by the current policy: the name first (no lookup for a
-/// refused one), then the address.
-async fn decide(target: Target, egress: &Egress) -> Decision {
-    let policy = egress.policy.borrow().clone();
-    let host = target.host.trim_start_matches('[').trim_end_matches(']');
-    let addr = if let Ok(ip) = host.parse::<IpAddr>() {
-        policy
-            .check_addr(ip, target.port, false, false, egress.resolver.host_addrs())
-            .map(|()| SocketAddr::new(ip, target.port))
-    } else {
-        match policy.check_name(host, target.port) {
-            Err(why) => Err(why),
-            Ok(()) => match egress.resolver.resolve(host, target.port).await {
-                Err(why) => Err(why),
-                Ok((ip, trusted)) => policy
-                    .check_addr(ip, target.port, true, trusted, egress.resolver.host_addrs())
-                    .map(|()| SocketAddr::new(ip, target.port)),
-            },
-        }
-    };
-    Decision { target, addr }
-}
-
-/// Connect, relay both ways, count and log.
+/// Connect to `target` through the session's egress, relay both ways,
+/// count and log (dial.rs). `greet` answers the program and sends what it
+/// wrote after its request; `fail` answers a refusal.
 async fn relay(
     mut inbound: TcpStream,
-    decision: Decision,
+    target: Target,
     egress: &Egress,
-    started: Instant,
     greet: impl AsyncFnOnce(&mut TcpStream, &mut TcpStream) -> std::io::Result<u64>,
-    fail: impl AsyncFnOnce(&mut TcpStream, &str) -> std::io::Result<()>,
+    fail: impl AsyncFnOnce(&mut TcpStream, &str, bool) -> std::io::Result<()>,
 ) {
-    let log = |allowed: bool, addr: Option<SocketAddr>, reason: &str, up: u64, down: u64| {
-        tracing::info!(
-            target: "blink::egress",
-            session = %egress.session,
-            dest = %Escaped(&decision.target.host),
-            port = decision.target.port,
-            addr = %addr.map(|a| a.ip().to_string()).unwrap_or_default(),
-            allowed,
-            reason = %Escaped(reason),
-            bytes_sent = up,
-            bytes_received = down,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "egress connection"
-        );
-    };
-    let addr = match &decision.addr {
-        Ok(addr) => *addr,
-        Err(why) => {
-            egress.stats.denied.fetch_add(1, Ordering::Relaxed);
-            log(false, None, why, 0, 0);
-            let _ = fail(
-                &mut inbound,
-                &format!("denied by the session's network policy: {why}"),
-            )
-            .await;
+    let Outbound {
+        stream: mut outbound,
+        log,
+        ..
+    } = match egress.dial(&target.host, target.port, "proxy").await {
+        Ok(o) => o,
+        Err(e) => {
+            let denied = matches!(e, DialError::Denied(_));
+            let _ = fail(&mut inbound, &e.to_string(), denied).await;
             return;
         }
     };
-    let outbound = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
-    let mut outbound = match outbound {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let why = format!("cannot reach {addr}: {e}");
-            egress.stats.allowed.fetch_add(1, Ordering::Relaxed);
-            log(true, Some(addr), &why, 0, 0);
-            let _ = fail(&mut inbound, &why).await;
-            return;
-        }
-        Err(_) => {
-            let why = format!("cannot reach {addr}: timed out");
-            egress.stats.allowed.fetch_add(1, Ordering::Relaxed);
-            log(true, Some(addr), &why, 0, 0);
-            let _ = fail(&mut inbound, &why).await;
-            return;
-        }
-    };
-    egress.stats.allowed.fetch_add(1, Ordering::Relaxed);
     let Ok(sent) = greet(&mut inbound, &mut outbound).await else {
-        log(true, Some(addr), "the program went away", 0, 0);
         return;
     };
     // Large buffers: a bulk download moves in few, big reads and writes.
@@ -203,13 +106,7 @@ async fn relay(
     )
     .await
     .unwrap_or((0, 0));
-    let up = up + sent;
-    egress.stats.bytes_sent.fetch_add(up, Ordering::Relaxed);
-    egress
-        .stats
-        .bytes_received
-        .fetch_add(down, Ordering::Relaxed);
-    log(true, Some(addr), "", up, down);
+    log.finish(up + sent, down);
 }
 
 // ---- HTTP -------------------------------------------------------------
@@ -276,7 +173,6 @@ fn split_host_port(authority: &str, default: u16) -> Option<Target> {
 }
 
 async fn http(mut inbound: TcpStream, egress: &Egress) {
-    let started = Instant::now();
     let Some((head, rest)) = read_head(&mut inbound).await else {
         let _ = refuse_http(&mut inbound, 400, "no complete request head").await;
         return;
@@ -295,12 +191,10 @@ async fn http(mut inbound: TcpStream, egress: &Egress) {
             let _ = refuse_http(&mut inbound, 400, "bad CONNECT target").await;
             return;
         };
-        let decision = decide(t, egress).await;
         relay(
             inbound,
-            decision,
+            t,
             egress,
-            started,
             async |inbound, outbound| {
                 inbound
                     .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -309,13 +203,8 @@ async fn http(mut inbound: TcpStream, egress: &Egress) {
                 outbound.write_all(&rest).await?;
                 Ok(rest.len() as u64)
             },
-            async |inbound, why| {
-                refuse_http(
-                    inbound,
-                    if why.starts_with("denied") { 403 } else { 502 },
-                    why,
-                )
-                .await
+            async |inbound, why, denied| {
+                refuse_http(inbound, if denied { 403 } else { 502 }, why).await
             },
         )
         .await;
@@ -359,24 +248,17 @@ async fn http(mut inbound: TcpStream, egress: &Egress) {
         forwarded.push_str("\r\n");
     }
     forwarded.push_str("Connection: close\r\n\r\n");
-    let decision = decide(t, egress).await;
     relay(
         inbound,
-        decision,
+        t,
         egress,
-        started,
         async |_, outbound| {
             outbound.write_all(forwarded.as_bytes()).await?;
             outbound.write_all(&rest).await?;
             Ok((forwarded.len() + rest.len()) as u64)
         },
-        async |inbound, why| {
-            refuse_http(
-                inbound,
-                if why.starts_with("denied") { 403 } else { 502 },
-                why,
-            )
-            .await
+        async |inbound, why, denied| {
+            refuse_http(inbound, if denied { 403 } else { 502 }, why).await
         },
     )
     .await;
@@ -385,7 +267,6 @@ async fn http(mut inbound: TcpStream, egress: &Egress) {
 // ---- SOCKS5 -----------------------------------------------------------
 
 async fn socks5(mut inbound: TcpStream, egress: &Egress) {
-    let started = Instant::now();
     let request = tokio::time::timeout(REQUEST_TIMEOUT, socks5_request(&mut inbound)).await;
     let target = match request {
         Ok(Ok(t)) => t,
@@ -395,16 +276,12 @@ async fn socks5(mut inbound: TcpStream, egress: &Egress) {
         }
         Err(_) => return,
     };
-    let decision = decide(target, egress).await;
     relay(
         inbound,
-        decision,
+        target,
         egress,
-        started,
         async |inbound, _| socks5_reply(inbound, 0).await.map(|()| 0),
-        async |inbound, why| {
-            socks5_reply(inbound, if why.starts_with("denied") { 2 } else { 5 }).await
-        },
+        async |inbound, _, denied| socks5_reply(inbound, if denied { 2 } else { 5 }).await,
     )
     .await;
 }

@@ -16,7 +16,7 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
-pub use crate::types::{IsolationClass, RuntimeInfo};
+pub use crate::types::{Applied, IsolationClass, ResourceUsage, RuntimeInfo};
 pub use exec::{ExecSpec, Execution, PtySize};
 
 /// Resource limits for one sandbox. `None` leaves a resource unlimited.
@@ -30,6 +30,26 @@ pub struct Limits {
     /// disks; `None` is the runtime's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mib: Option<u64>,
+}
+
+/// How a change of limits took effect on a sandbox, per resource
+/// ([`Runtime::update_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsApplied {
+    pub memory: Applied,
+    pub cpus: Applied,
+    pub pids: Applied,
+    pub disk: Applied,
+}
+
+impl LimitsApplied {
+    /// Everything when the sandbox next starts.
+    pub const NEXT_START: Self = Self {
+        memory: Applied::NextStart,
+        cpus: Applied::NextStart,
+        pids: Applied::NextStart,
+        disk: Applied::NextStart,
+    };
 }
 
 /// What [`Runtime::export`] writes.
@@ -126,6 +146,26 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// runtime gives each sandbox a disk of its own.
     fn disk_usage(&self, _id: &str) -> Option<crate::types::DiskUsage> {
         None
+    }
+
+    /// Change a sandbox's limits. A running sandbox gets at once what its
+    /// mechanism can change while it runs; the rest, and everything on a
+    /// stopped sandbox, takes effect when it next starts (from its spec,
+    /// which the caller keeps). Refused as a whole (nothing changed) when a
+    /// live change fails, such as a memory limit below what it uses.
+    async fn update_limits(&self, _id: &str, _limits: &Limits) -> Result<LimitsApplied> {
+        Ok(LimitsApplied::NEXT_START)
+    }
+
+    /// What the sandbox uses now (memory, CPU time, processes, OOM kills,
+    /// disk), from the kernel's counters; `source` says from which, `none`
+    /// when it is not running.
+    fn usage(&self, id: &str) -> ResourceUsage {
+        ResourceUsage {
+            source: "none".into(),
+            disk_used_bytes: self.disk_usage(id).map(|d| d.used_bytes),
+            ..ResourceUsage::default()
+        }
     }
 
     /// A TCP connection to `port` on the sandbox's own loopback (inside its

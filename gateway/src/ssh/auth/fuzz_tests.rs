@@ -2,7 +2,8 @@
 //! over `blink_sdk::manager::keys`): hostile admin and session
 //! authorized_keys files and hostile login names. A key is granted exactly
 //! when a readable file lists it; a login name never makes a file outside
-//! the session store count; nothing panics.
+//! the session store count; nothing panics. Revocation lists (KRLs and
+//! the text form) damaged anywhere are read or refused, never a panic.
 //!
 //! Why property-based (proptest) and not coverage-guided: see
 //! `rest/fuzz_tests.rs`. The key-line parser itself is fuzzed in
@@ -108,5 +109,74 @@ proptest! {
             let g = check.grant(&user, &p, LOOPBACK).grant;
             prop_assert!(g == Grant::None || p == admin_fp || p == session_fp);
         }
+    }
+}
+
+/// A KRL with one section of each kind, as `krl.rs` reads them.
+fn sample_krl() -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+    let mut k = b"SSHKRL\n\0".to_vec();
+    k.extend_from_slice(&1u32.to_be_bytes());
+    k.extend_from_slice(&[0; 24]);
+    string(&mut k, b"");
+    string(&mut k, b"");
+    let mut certs = Vec::new();
+    string(&mut certs, b"");
+    string(&mut certs, b"");
+    certs.push(0x21);
+    string(
+        &mut certs,
+        &[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9],
+    );
+    certs.push(0x22);
+    string(&mut certs, &[0, 0, 0, 0, 0, 0, 0, 100, 0, 0, 0, 1, 5]);
+    certs.push(0x23);
+    let mut ids = Vec::new();
+    string(&mut ids, b"alice");
+    string(&mut certs, &ids);
+    k.push(1);
+    string(&mut k, &certs);
+    let mut keys = Vec::new();
+    string(&mut keys, b"some-key-blob");
+    k.push(2);
+    string(&mut k, &keys);
+    let mut hashes = Vec::new();
+    string(&mut hashes, &[7; 32]);
+    k.push(5);
+    string(&mut k, &hashes);
+    k
+}
+
+proptest! {
+    #![proptest_config(cases(300))]
+
+    /// Revocation files (KRLs and the text form), damaged anywhere: read
+    /// or refused, and what is read answers; never a panic.
+    #[test]
+    fn revocation_lists_read_whole_or_not_at_all(
+        flips in prop::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+        cut in any::<usize>(),
+        tail in prop::collection::vec(any::<u8>(), 0..40),
+        text in "\\PC{0,200}",
+        serial in any::<u64>(),
+    ) {
+        let mut k = sample_krl();
+        let clean = super::revocation::RevocationList::parse(&k).unwrap();
+        prop_assert!(clean.cert_revoked(b"ca", 5, "bob") && clean.cert_revoked(b"ca", 102, "x"));
+        prop_assert!(!clean.cert_revoked(b"ca", 101, "x") && clean.cert_revoked(b"ca", 3, "alice"));
+        for (at, byte) in &flips {
+            let i = at % k.len();
+            k[i] ^= byte;
+        }
+        k.truncate(cut % (k.len() + 1));
+        k.extend_from_slice(&tail);
+        if let Ok(list) = super::revocation::RevocationList::parse(&k) {
+            let _ = list.cert_revoked(b"ca", serial, "bob");
+            let _ = list.key_revoked(&k);
+        }
+        let _ = super::revocation::RevocationList::parse(text.as_bytes());
     }
 }

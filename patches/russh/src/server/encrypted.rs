@@ -131,6 +131,7 @@ impl Session {
                     buf,
                     &mut r,
                     &mut self.common.auth_user,
+                    self.common.config.certificate_validity_by_handler,
                 )
                 .await?;
                 self.common.auth_attempts += 1;
@@ -939,6 +940,7 @@ impl Encrypted {
         original_packet: &[u8],
         r: &mut &[u8],
         auth_user: &mut String,
+        certificate_validity_by_handler: bool,
     ) -> Result<(), H::Error> {
         // https://tools.ietf.org/html/rfc4252#section-5
         let user = map_err!(String::decode(r))?;
@@ -1014,6 +1016,7 @@ impl Encrypted {
                     auth_user,
                     &user,
                     r,
+                    certificate_validity_by_handler,
                 )
                 .await
             } else if method == "none" {
@@ -1092,6 +1095,14 @@ impl Encrypted {
     }
 }
 
+/// (Blink patch) The certificate in an offer, if it is one.
+fn offered_certificate(offer: &PublicKeyOrCertificate) -> Option<&Certificate> {
+    match offer {
+        PublicKeyOrCertificate::Certificate(cert) => Some(cert),
+        PublicKeyOrCertificate::PublicKey { .. } => None,
+    }
+}
+
 thread_local! {
     static SIGNATURE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -1105,6 +1116,7 @@ impl Encrypted {
         auth_user: &mut String,
         user: &str,
         r: &mut &[u8],
+        certificate_validity_by_handler: bool,
     ) -> Result<(), H::Error> {
         let auth_request = if let EncryptedState::WaitingAuthRequest(ref mut a) = self.state {
             a
@@ -1131,11 +1143,12 @@ impl Encrypted {
                         // for OpenSSH's "always valid" sentinels (PROTOCOL.certkeys),
                         // which skips the corresponding check.
                         let now = SystemTime::now();
-                        if cert.valid_after_time().map(|t| now < t).unwrap_or_default()
+                        if !certificate_validity_by_handler
+                            && (cert.valid_after_time().map(|t| now < t).unwrap_or_default()
                             || cert
                                 .valid_before_time()
                                 .map(|t| now > t)
-                                .unwrap_or_default()
+                                .unwrap_or_default())
                         {
                             warn!("Certificate is expired or not yet valid");
                             reject_auth_request(until, &mut self.write, auth_request).await?;
@@ -1217,6 +1230,7 @@ impl Encrypted {
                         let offer = PublicKeyOffer {
                             public_key: &pubkey,
                             algorithm: &algorithm,
+                            certificate: offered_certificate(&pk_or_cert),
                         };
                         let auth = handler.auth_publickey_offered(user, offer).await?;
                         auth == Auth::Accept
@@ -1288,6 +1302,7 @@ impl Encrypted {
                     let offer = PublicKeyOffer {
                         public_key: &pubkey,
                         algorithm: &algorithm,
+                        certificate: offered_certificate(&pk_or_cert),
                     };
                     let auth = handler.auth_publickey_offered(user, offer).await?;
                     match auth {

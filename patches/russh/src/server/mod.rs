@@ -106,6 +106,15 @@ pub struct Config {
     /// own client back and no other channel. Off by default: windows are
     /// then renewed as data arrives, as upstream russh does.
     pub window_follows_consumption: bool,
+    /// (Blink patch) The handler checks a user certificate's validity
+    /// window itself (in [`Handler::auth_publickey_offered`], whose
+    /// [`PublicKeyOffer::certificate`] holds it, and in
+    /// [`Handler::auth_openssh_certificate`]), for example with an
+    /// allowance for clock skew and a log line saying why a certificate
+    /// was refused. Off by default: the server then refuses certificates
+    /// outside their window before the handler is asked, as upstream
+    /// russh does. The certificate's own signature is checked either way.
+    pub certificate_validity_by_handler: bool,
 }
 
 impl Default for Config {
@@ -134,6 +143,7 @@ impl Default for Config {
             keepalive_max: 3,
             nodelay: false,
             window_follows_consumption: false,
+            certificate_validity_by_handler: false,
         }
     }
 }
@@ -231,6 +241,14 @@ pub struct PublicKeyOffer<'a> {
     /// signature algorithm the certificate type maps to (for example
     /// `rsa-sha2-256` for `rsa-sha2-256-cert-v01@openssh.com`).
     pub algorithm: &'a ssh_key::Algorithm,
+    /// (Blink patch) The OpenSSH certificate offered, when the client
+    /// offered one: then [`PublicKeyOffer::public_key`] is the key it
+    /// certifies, and a successful signature leads to
+    /// [`Handler::auth_openssh_certificate`], not
+    /// [`Handler::auth_publickey`]. Without it a handler could not tell a
+    /// certificate from the bare key inside it, and would answer for the
+    /// wrong one.
+    pub certificate: Option<&'a Certificate>,
 }
 
 /// A public key whose ownership has been verified, passed to

@@ -130,6 +130,50 @@ fn make_template(mib: u64, dest: &Path, skeleton: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Grow a disk that is not in use to `mib` MiB: its file, then its
+/// filesystem (checked first, as resize2fs wants). A disk never shrinks:
+/// a size at or below its own leaves it as it is (false). On failure the
+/// file is put back to its size, its filesystem untouched.
+pub fn grow(image: &Path, mib: u64) -> io::Result<bool> {
+    let len = std::fs::metadata(image)?.len();
+    let want = mib.saturating_mul(1 << 20);
+    if want <= len {
+        return Ok(false);
+    }
+    let tool = |name: &str| super::which(name).unwrap_or_else(|| format!("/sbin/{name}").into());
+    // -p: repair only what is safe without asking; 0 clean, 1 repaired.
+    let check = Command::new(tool("e2fsck"))
+        .args(["-f", "-p"])
+        .arg(image)
+        .env_clear()
+        .output()?;
+    if !matches!(check.status.code(), Some(0 | 1)) {
+        return Err(io::Error::other(format!(
+            "e2fsck before growing the disk failed: {}",
+            String::from_utf8_lossy(&check.stdout).trim()
+        )));
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(image)?;
+    file.set_len(want)?;
+    let resized = Command::new(tool("resize2fs"))
+        .arg(image)
+        .env_clear()
+        .output();
+    match resized {
+        Ok(out) if out.status.success() => Ok(true),
+        outcome => {
+            let _ = file.set_len(len);
+            Err(match outcome {
+                Ok(out) => io::Error::other(format!(
+                    "resize2fs failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                Err(e) => e,
+            })
+        }
+    }
+}
+
 fn mkfs() -> PathBuf {
     super::which("mkfs.ext4").unwrap_or_else(|| "/sbin/mkfs.ext4".into())
 }
@@ -216,5 +260,42 @@ mod tests {
         assert!(allocated < 1 << 20, "holes were filled: {allocated} bytes");
         // The copy refuses to overwrite.
         assert!(copy_sparse(&src, &dest).is_err());
+    }
+
+    #[test]
+    fn a_disk_grows_and_never_shrinks() {
+        if !available() {
+            crate::testing::skip("mkfs.ext4 is not installed (e2fsprogs)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let templates = Templates::new(dir.path().join("templates"));
+        let disk = dir.path().join(FILE);
+        templates.make_disk(MIN_MIB, &disk).unwrap();
+        assert!(!grow(&disk, MIN_MIB).unwrap());
+        assert!(!grow(&disk, MIN_MIB / 2).unwrap());
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), MIN_MIB << 20);
+        assert!(grow(&disk, 1024).unwrap());
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 1024 << 20);
+        // The filesystem fills the new size, and is whole.
+        let out = Command::new(super::super::which("dumpe2fs").unwrap_or("/sbin/dumpe2fs".into()))
+            .arg("-h")
+            .arg(&disk)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap()
+        };
+        assert_eq!(field("Block count:") * field("Block size:"), 1024 << 20);
+        let check = Command::new(super::super::which("e2fsck").unwrap_or("/sbin/e2fsck".into()))
+            .args(["-f", "-n"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{check:?}");
     }
 }

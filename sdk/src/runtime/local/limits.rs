@@ -6,6 +6,7 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use crate::runtime::Limits;
+use crate::types::ResourceUsage;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const GROUP: &str = "blink";
@@ -72,7 +73,7 @@ fn parents(backend: &LimitBackend) -> Vec<PathBuf> {
     match backend {
         LimitBackend::Rlimit => Vec::new(),
         LimitBackend::CgroupV2(root) => vec![root.join(GROUP)],
-        LimitBackend::CgroupV1 => ["memory", "pids", "cpu", "freezer"]
+        LimitBackend::CgroupV1 => ["memory", "pids", "cpu", "freezer", "cpuacct"]
             .iter()
             .map(|c| Path::new(CGROUP_ROOT).join(c).join(GROUP))
             .collect(),
@@ -161,10 +162,24 @@ impl SandboxCgroup {
                     .iter()
                     .map(|c| Path::new(CGROUP_ROOT).join(c).join(GROUP).join(id))
                     .collect();
-                // The freezer, where there is one, for consistent snapshots.
-                let freezer = Path::new(CGROUP_ROOT).join("freezer").join(GROUP);
-                if std::fs::create_dir_all(&freezer).is_ok() {
-                    dirs.push(freezer.join(id));
+                // The freezer, where there is one, for consistent snapshots;
+                // cpuacct, where it is a hierarchy of its own, for CPU time.
+                // (Co-mounted with cpu, cpuacct is the same directory.)
+                let real = |p: &Path| std::fs::canonicalize(p).ok();
+                for optional in ["freezer", "cpuacct"] {
+                    let hierarchy = Path::new(CGROUP_ROOT).join(optional);
+                    let parent = hierarchy.join(GROUP);
+                    if !hierarchy.join("cgroup.procs").exists()
+                        || std::fs::create_dir_all(&parent).is_err()
+                    {
+                        continue;
+                    }
+                    let seen = dirs
+                        .iter()
+                        .any(|d| d.parent().and_then(real) == real(&parent));
+                    if !seen {
+                        dirs.push(parent.join(id));
+                    }
                 }
                 dirs
             }
@@ -181,7 +196,11 @@ impl SandboxCgroup {
         Ok(Some(group))
     }
 
-    fn apply(&self, backend: &LimitBackend, limits: &Limits) -> std::io::Result<()> {
+    /// Write `limits` into the group: at creation, and on a running
+    /// sandbox (the kernel applies cgroup limits at once; a memory limit
+    /// below what the group uses makes it reclaim, and under cgroup v1
+    /// refuses with EBUSY when it cannot).
+    pub fn apply(&self, backend: &LimitBackend, limits: &Limits) -> std::io::Result<()> {
         let write = |file: &str, value: String| -> std::io::Result<()> {
             for dir in &self.dirs {
                 let path = dir.join(file);
@@ -225,6 +244,42 @@ impl SandboxCgroup {
             LimitBackend::Rlimit => {}
         }
         Ok(())
+    }
+
+    /// The group's counters, as the kernel keeps them.
+    pub fn usage(&self, backend: &LimitBackend) -> ResourceUsage {
+        let read = |file: &str| {
+            self.dirs
+                .iter()
+                .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+        };
+        let number = |file: &str| read(file).and_then(|t| t.trim().parse::<u64>().ok());
+        let keyed = |file: &str, key: &str| read(file).and_then(|t| keyed_value(&t, key));
+        match backend {
+            LimitBackend::CgroupV2(_) => ResourceUsage {
+                source: "cgroup-v2".into(),
+                memory_bytes: number("memory.current"),
+                memory_peak_bytes: number("memory.peak"),
+                cpu_usec: keyed("cpu.stat", "usage_usec"),
+                cpu_throttled_periods: keyed("cpu.stat", "nr_throttled"),
+                cpu_throttled_usec: keyed("cpu.stat", "throttled_usec"),
+                pids: number("pids.current"),
+                oom_kills: keyed("memory.events", "oom_kill"),
+                ..ResourceUsage::default()
+            },
+            LimitBackend::CgroupV1 => ResourceUsage {
+                source: "cgroup-v1".into(),
+                memory_bytes: number("memory.usage_in_bytes"),
+                memory_peak_bytes: number("memory.max_usage_in_bytes"),
+                cpu_usec: number("cpuacct.usage").map(|ns| ns / 1000),
+                cpu_throttled_periods: keyed("cpu.stat", "nr_throttled"),
+                cpu_throttled_usec: keyed("cpu.stat", "throttled_time").map(|ns| ns / 1000),
+                pids: number("pids.current"),
+                oom_kills: keyed("memory.oom_control", "oom_kill"),
+                ..ResourceUsage::default()
+            },
+            LimitBackend::Rlimit => ResourceUsage::default(),
+        }
     }
 
     /// `cgroup.procs` paths, prepared before fork for `attach_self`.
@@ -319,6 +374,78 @@ impl SandboxCgroup {
     }
 }
 
+/// `key value` lines (`cpu.stat`, `memory.events`): the value of `key`.
+fn keyed_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Usage without cgroups: summed over the processes in the pid namespace
+/// of `init_pid` (a sandbox's init), from `/proc`. No peak and no OOM
+/// count: nothing keeps them.
+pub fn proc_usage(init_pid: u32) -> ResourceUsage {
+    use std::os::unix::fs::MetadataExt;
+    let namespace = |pid: &str| {
+        std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let mut usage = ResourceUsage {
+        source: "proc".into(),
+        ..ResourceUsage::default()
+    };
+    let Some(sandbox) = namespace(&init_pid.to_string()) else {
+        return usage;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    // SAFETY: as above.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let (mut threads, mut rss, mut cpu_ticks) = (0u64, 0u64, 0u64);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if namespace(pid) != Some(sandbox) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): state is
+        // field 3, utime 14, stime 15, num_threads 20.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        cpu_ticks += field(14) + field(15);
+        threads += field(20).max(1);
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+        rss += statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u64>().ok())
+            .unwrap_or(0)
+            * page;
+    }
+    usage.memory_bytes = Some(rss);
+    usage.cpu_usec = Some(cpu_ticks * 1_000_000 / ticks);
+    usage.pids = Some(threads);
+    usage
+}
+
 /// Moves the calling process into the given cgroups. Runs between fork and
 /// exec, so it only makes raw syscalls on memory prepared before the fork.
 ///
@@ -365,4 +492,37 @@ pub unsafe fn apply_rlimits(limits: &Limits) -> std::io::Result<()> {
         set(libc::RLIMIT_NPROC, p)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_counters_are_read_by_name() {
+        let stat = "usage_usec 1234\nnr_periods 10\nnr_throttled 3\nthrottled_usec 99\n";
+        assert_eq!(keyed_value(stat, "usage_usec"), Some(1234));
+        assert_eq!(keyed_value(stat, "nr_throttled"), Some(3));
+        assert_eq!(keyed_value(stat, "nr"), None);
+        let events = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(keyed_value(events, "oom_kill"), Some(2));
+    }
+
+    #[test]
+    fn without_cgroups_usage_is_summed_over_a_pid_namespace() {
+        // This test's own pid namespace: it holds at least this process,
+        // its threads, the memory it maps and the CPU it has used.
+        let burn = std::time::Instant::now();
+        while burn.elapsed() < std::time::Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        let usage = proc_usage(std::process::id());
+        assert_eq!(usage.source, "proc");
+        assert!(usage.pids.unwrap_or(0) >= 2, "{usage:?}");
+        assert!(usage.memory_bytes.unwrap_or(0) > 1 << 20, "{usage:?}");
+        assert!(usage.cpu_usec.unwrap_or(0) >= 10_000, "{usage:?}");
+        assert_eq!((usage.memory_peak_bytes, usage.oom_kills), (None, None));
+        // A process that does not exist has nothing to sum.
+        assert_eq!(proc_usage(u32::MAX).pids, None);
+    }
 }

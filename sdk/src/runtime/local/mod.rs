@@ -54,8 +54,8 @@ use self::namespaces::Namespaces;
 pub use self::seccomp::SeccompProfile;
 use self::spawner::Spawner;
 use super::{
-    Check, Diagnosis, ExecSpec, Execution, ExportRequest, ImportRequest, IsolationClass, Runtime,
-    RuntimeInfo, SandboxSpec, SnapshotInfo,
+    Applied, Check, Diagnosis, ExecSpec, Execution, ExportRequest, ImportRequest, IsolationClass,
+    Limits, LimitsApplied, ResourceUsage, Runtime, RuntimeInfo, SandboxSpec, SnapshotInfo,
 };
 use crate::error::{Error, Result};
 use crate::fs::ConfinedRoot;
@@ -362,6 +362,7 @@ impl Runtime for LocalRuntime {
                     reason: format!("its image (sha256:{key}) is no longer on this host"),
                 })?;
                 self.disk_released(&spec.id).await?;
+                self.grow_disk(&spec.id, spec.limits.disk_mib).await;
                 let attached = loopdev::attach(&dir.join(disk_image::FILE)).map_err(prepare)?;
                 let userns = idmap::userns_for(range).map_err(prepare)?;
                 let overlay =
@@ -568,6 +569,69 @@ impl Runtime for LocalRuntime {
         let trees = self.trees.clone();
         let _ = tokio::task::spawn_blocking(move || trees.remove_unused(&used)).await;
         Ok(())
+    }
+
+    /// cgroup limits change on the running sandbox; rlimits are set on
+    /// each process as it starts, so they wait for the next start (for
+    /// every process of the sandbox to have the same). A disk grows when
+    /// the sandbox next starts (disk_image::grow).
+    async fn update_limits(&self, id: &str, limits: &Limits) -> Result<LimitsApplied> {
+        validate_id(id)?;
+        let group = lock(&self.running)
+            .get(id)
+            .and_then(|r| r.cgroup.clone().map(|c| (c, r.limits.clone())));
+        let Some((cgroup, before)) = group.filter(|_| self.is_running(id)) else {
+            return Ok(LimitsApplied::NEXT_START);
+        };
+        let backend = self.backend.clone();
+        let wanted = limits.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let outcome = cgroup.apply(&backend, &wanted);
+            if outcome.is_err() {
+                // All or nothing: what was written goes back.
+                let _ = cgroup.apply(&backend, &before);
+            }
+            outcome
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("limits task failed: {e}")))?;
+        match written {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                return Err(Error::InvalidArgument(format!(
+                    "memory_mib: sandbox {id} uses more than {} MiB now, and the kernel could \
+                     not reclaim enough; free memory in it or stop it first",
+                    limits.memory_mib.unwrap_or(0)
+                )));
+            }
+            Err(e) => return Err(Error::io(format!("changing the limits of {id}"), e)),
+        }
+        if let Some(r) = lock(&self.running).get_mut(id) {
+            r.limits = limits.clone();
+        }
+        tracing::info!(sandbox = %id, ?limits, "limits changed");
+        Ok(LimitsApplied {
+            memory: Applied::Live,
+            cpus: Applied::Live,
+            pids: Applied::Live,
+            disk: Applied::NextStart,
+        })
+    }
+
+    fn usage(&self, id: &str) -> ResourceUsage {
+        let parts = lock(&self.running)
+            .get(id)
+            .map(|r| (r.cgroup.clone(), r.init_pid));
+        let mut usage = match parts.filter(|_| self.is_running(id)) {
+            Some((Some(cgroup), _)) => cgroup.usage(&self.backend),
+            Some((None, init_pid)) => limits::proc_usage(init_pid),
+            None => ResourceUsage {
+                source: "none".into(),
+                ..ResourceUsage::default()
+            },
+        };
+        usage.disk_used_bytes = self.disk_usage(id).map(|d| d.used_bytes);
+        usage
     }
 
     async fn connect_loopback(&self, id: &str, port: u16) -> Result<tokio::net::TcpStream> {
@@ -902,6 +966,24 @@ impl LocalRuntime {
             name: id.into(),
             reason: "its disk is still mounted by its previous run; try again in a moment".into(),
         })
+    }
+
+    /// Grow a stopped sandbox's disk image to the size its spec asks for
+    /// (a size it already has, or less, leaves it). A failure leaves the
+    /// disk as it was and the sandbox starts with it: the session's info
+    /// shows the size it has.
+    async fn grow_disk(&self, id: &str, mib: Option<u64>) {
+        let Some(mib) = mib else { return };
+        let image = self.dir(id).join(disk_image::FILE);
+        let grown = tokio::task::spawn_blocking(move || disk_image::grow(&image, mib)).await;
+        match grown {
+            Ok(Ok(true)) => tracing::info!(sandbox = %id, mib, "disk grown"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(sandbox = %id, mib, error = %e, "growing the disk failed; it keeps its size");
+            }
+            Err(e) => tracing::warn!(sandbox = %id, error = %e, "disk growth task failed"),
+        }
     }
 
     /// The namespaces of a running sandbox.

@@ -1,0 +1,155 @@
+//! Deployment (docs/DEPLOY.md): the systemd unit passes `systemd-analyze
+//! verify`, and blink-server does its whole job under exactly the
+//! capability bounding set and `no_new_privs` the unit gives it (started
+//! through `setpriv` with the unit's own list): sessions, runs, SSH,
+//! snapshots, clones. Take a capability the server needs out of the unit
+//! and this test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use blink_e2e::ssh::{Client, setup};
+use blink_e2e::{Blink, bin};
+use serde_json::json;
+
+fn unit_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/blink-server.service")
+}
+
+/// The unit's `CapabilityBoundingSet`, as setpriv's `--bounding-set`.
+fn bounding_set() -> String {
+    let unit = std::fs::read_to_string(unit_path()).expect("read the unit");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit sets CapabilityBoundingSet");
+    let caps: Vec<String> = line
+        .split_whitespace()
+        .map(|c| {
+            let name = c.strip_prefix("CAP_").expect("CAP_ names");
+            format!("+{}", name.to_ascii_lowercase())
+        })
+        .collect();
+    assert!(caps.len() > 5, "{line}");
+    format!("-all,{}", caps.join(","))
+}
+
+fn tool(name: &str) -> bool {
+    Command::new(name).arg("--version").output().is_ok()
+}
+
+#[test]
+fn the_unit_verifies() {
+    if !blink_sdk::testing::require(tool("systemd-analyze"), "systemd-analyze is not installed") {
+        return;
+    }
+    // Verified as installed: ExecStart names the built server.
+    let unit = std::fs::read_to_string(unit_path()).expect("read the unit");
+    let server = bin("blink-server");
+    let here = tempfile::tempdir().expect("tempdir");
+    let copy = here.path().join("blink-server.service");
+    std::fs::write(
+        &copy,
+        unit.replace(
+            "/usr/local/bin/blink-server",
+            server.to_str().expect("utf-8"),
+        ),
+    )
+    .expect("write");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("Unknown key") && !stderr.contains("Failed to parse"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_server_works_under_the_units_capabilities() {
+    let Some(blink) = Blink::with_runtime() else {
+        return;
+    };
+    if !blink_sdk::testing::require(tool("setpriv"), "setpriv (util-linux) is not installed") {
+        return;
+    }
+    let client = Client::new();
+    setup(&blink, &client);
+    let caps = bounding_set();
+    let server = blink
+        .server()
+        .wrapped(&[
+            "setpriv",
+            "--bounding-set",
+            &caps,
+            "--inh-caps=-all",
+            "--no-new-privs",
+        ])
+        .start();
+    // It runs with that set and no more.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("server status");
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .expect("CapBnd")
+        .trim()
+        .to_owned();
+    let full = u64::from_str_radix(&bounding, 16).expect("hex");
+    assert_eq!(full & (1 << 16), 0, "CAP_SYS_MODULE kept: {bounding}");
+    assert_eq!(full & (1 << 17), 0, "CAP_SYS_RAWIO kept: {bounding}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+
+    // Sessions, runs, SSH, snapshots and clones.
+    assert_eq!(server.sh("s1", "echo data > /root/f; id -u"), "0\n");
+    // Deleting an image's file (an overlay whiteout), set-id bits, owners.
+    let script = "rm /etc/passwd && test ! -e /etc/passwd && mkdir -p /srv/g && \
+                  chown 1000:1000 /srv/g && chmod 2775 /srv/g && touch /srv/g/x && \
+                  stat -c '%u %a' /srv/g && stat -c %g /srv/g/x";
+    assert_eq!(server.sh("s1", script), "1000 2775\n1000\n");
+    let out = client.ssh(&server, "id", "s1").arg("cat /root/f").output();
+    let out = out.expect("ssh");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "data\n");
+    let a = server.post("/api/sessions/s1/checkpoints", json!({"snapshot": "c1"}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let a = server.post("/api/sessions", json!({"name": "s2", "from": "s1@c1"}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(
+        server.sh("s2", "cat /root/f; test -e /etc/passwd || echo gone"),
+        "data\ngone\n"
+    );
+    let a = server.post("/api/sessions/s1/checkpoints/c1/restore", json!({}));
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    // Export (with its image) and import: image trees and disks made by
+    // the server itself.
+    server.sh(
+        "s1",
+        "mkfifo /root/pipe && chown 7:8 /root/f && chmod 4750 /root/f",
+    );
+    let e = server.post_raw("/api/sessions/s1/export", None, b"");
+    assert_eq!(e.status, 201, "{:?}", e.body);
+    let file = e.body["filename"].as_str().expect("filename").to_owned();
+    let (status, _, archive) = server.get_bytes(&format!("/api/exports/{file}"), &[]);
+    assert_eq!(status, 200);
+    let a = server.post_multipart(
+        "/api/import",
+        &[("name", "s3")],
+        Some(("archive", &archive)),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(
+        server.sh(
+            "s3",
+            "stat -c '%u %g %a' /root/f; test -p /root/pipe && echo fifo"
+        ),
+        "7 8 4750\nfifo\n"
+    );
+    let run = server.run_wait("/api/runs", json!({"command": ["echo", "ephemeral"]}));
+    assert_eq!(run["stdout"]["data"], "ephemeral\n", "{run}");
+    let a = server.delete("/api/sessions/s2");
+    assert!(a.status == 200 || a.status == 204, "{:?}", a.body);
+}
