@@ -735,6 +735,35 @@ fn rest_pulls_on_demand_once_for_concurrent_requests() {
         json!({"reference": format!("{}/library/nope:1", reg.host())}),
     );
     assert_eq!((missing.status, missing.code()), (404, "image_not_found"));
+
+    // One audit line per pull that did the work (the concurrent ones that
+    // waited for it have none), and the counters.
+    let audit = std::fs::read_to_string(blink.data_dir.path().join("audit/audit.jsonl")).unwrap();
+    let pulls: Vec<Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["target"] == "blink::image")
+        .collect();
+    let ok: Vec<&Value> = pulls
+        .iter()
+        .filter(|l| l["message"] == "image pulled")
+        .collect();
+    assert_eq!(ok.len(), 2, "{pulls:?}");
+    assert_eq!(ok[0]["image"], "docker.io/library/alpine:3.20");
+    assert_eq!(ok[0]["fetched_blobs"], 3, "{:?}", ok[0]);
+    assert_eq!(ok[1]["fetched_blobs"], 0, "{:?}", ok[1]);
+    assert!(
+        pulls
+            .iter()
+            .any(|l| l["message"] == "image pull failed" && l["result"] == "not_found"),
+        "{pulls:?}"
+    );
+    let (_, _, metrics) = server.get_bytes("/metrics", &[]);
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("blink_image_pulls_total{result=\"ok\"} 2"),
+        "{metrics}"
+    );
 }
 
 /// The config and layer digests of a manifest the registry holds.

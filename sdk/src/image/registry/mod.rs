@@ -197,7 +197,7 @@ impl Puller {
             }
         }
         let limit = self.config.pull_timeout();
-        match tokio::time::timeout(limit, self.pull_sources(&remote, progress)).await {
+        let result = match tokio::time::timeout(limit, self.pull_sources(&remote, progress)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Registry {
                 registry: remote.registry.clone(),
@@ -206,7 +206,9 @@ impl Puller {
                     limit.as_secs()
                 ),
             }),
-        }
+        };
+        audit(&name, &result);
+        result
     }
 
     /// Try each source in turn.
@@ -327,7 +329,6 @@ impl Puller {
             .into_iter()
             .next()
             .ok_or_else(|| Error::Runtime(format!("{name} was not committed")))?;
-        info!(image = %name, digest = %image.digest, source = %src.label(), fetched_blobs, fetched_bytes, cached_blobs, "pulled image");
         Ok(PullReport {
             image,
             resolved_digest: chosen.top_digest,
@@ -412,6 +413,27 @@ impl Puller {
 }
 
 use super::oci;
+
+/// A pull's audit line (`blink::image`) and metrics.
+fn audit(name: &str, result: &Result<PullReport>) {
+    match result {
+        Ok(r) => {
+            crate::metrics::image_pull("ok", r.fetched_bytes);
+            info!(target: "blink::image", image = %name, digest = %r.image.digest, source = %r.source, fetched_blobs = r.fetched_blobs, fetched_bytes = r.fetched_bytes, cached_blobs = r.cached_blobs, "image pulled");
+        }
+        Err(e) => {
+            let kind = match e {
+                Error::ImageNotFound { .. } => "not_found",
+                Error::InvalidImage { .. } | Error::TooLarge { .. } => "refused",
+                Error::Registry { .. } => "registry",
+                Error::NotPermitted(_) => "not_permitted",
+                _ => "error",
+            };
+            crate::metrics::image_pull(kind, 0);
+            warn!(target: "blink::image", image = %name, result = kind, error = %e, "image pull failed");
+        }
+    }
+}
 
 /// Remove what a refused pull downloaded: its verified blobs, and the
 /// partial downloads of its blobs that no other pull is working on.

@@ -258,11 +258,17 @@ impl Source {
     }
 }
 
-/// The first line of a message, shortened.
+/// The first line of a message from a registry, shortened, its control
+/// characters (terminal escapes included) shown as `?`: it ends up in
+/// logs and terminals.
 fn first_line(text: &str) -> String {
     let line = text.lines().next().unwrap_or_default().trim();
-    let mut out: String = line.chars().take(200).collect();
-    if out.len() < line.len() {
+    let mut out: String = line
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if line.chars().count() > 200 {
         out.push('…');
     }
     out
@@ -337,6 +343,7 @@ mod tests {
         assert_eq!(registry_message(env), "MANIFEST_UNKNOWN manifest unknown");
         assert_eq!(registry_message("oops\nmore"), "oops");
         assert_eq!(first_line(&"x".repeat(300)).chars().count(), 201);
+        assert_eq!(first_line("a\x1b[31mb\r"), "a?[31mb");
     }
 
     #[test]
