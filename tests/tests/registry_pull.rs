@@ -737,26 +737,36 @@ fn rest_pulls_on_demand_once_for_concurrent_requests() {
     assert_eq!((missing.status, missing.code()), (404, "image_not_found"));
 
     // One audit line per pull that did the work (the concurrent ones that
-    // waited for it have none), and the counters.
-    let audit = std::fs::read_to_string(blink.data_dir.path().join("audit/audit.jsonl")).unwrap();
-    let pulls: Vec<Value> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["target"] == "blink::image")
-        .collect();
-    let ok: Vec<&Value> = pulls
+    // waited for it have none), and the counters. The audit log is
+    // written behind a queue: wait for its lines (20 s at most).
+    let audit = blink.data_dir.path().join("audit/audit.jsonl");
+    let pulls = |text: &str| -> Vec<Value> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["target"] == "blink::image")
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let lines = loop {
+        let lines = pulls(&std::fs::read_to_string(&audit).unwrap_or_default());
+        if lines.len() >= 3 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let ok: Vec<&Value> = lines
         .iter()
         .filter(|l| l["message"] == "image pulled")
         .collect();
-    assert_eq!(ok.len(), 2, "{pulls:?}");
+    assert_eq!(ok.len(), 2, "{lines:?}");
     assert_eq!(ok[0]["image"], "docker.io/library/alpine:3.20");
     assert_eq!(ok[0]["fetched_blobs"], 3, "{:?}", ok[0]);
     assert_eq!(ok[1]["fetched_blobs"], 0, "{:?}", ok[1]);
     assert!(
-        pulls
+        lines
             .iter()
             .any(|l| l["message"] == "image pull failed" && l["result"] == "not_found"),
-        "{pulls:?}"
+        "{lines:?}"
     );
     let (_, _, metrics) = server.get_bytes("/metrics", &[]);
     let metrics = String::from_utf8_lossy(&metrics);

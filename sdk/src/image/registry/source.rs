@@ -219,11 +219,11 @@ impl Source {
     }
 
     fn refusal(&self, asking: Asking, path: &str, status: StatusCode, body: &str) -> Error {
-        let said = registry_message(body);
-        let said = if said.is_empty() {
+        let message = registry_message(body);
+        let said = if message.is_empty() {
             String::new()
         } else {
-            format!(" ({said})")
+            format!(" ({message})")
         };
         let what = match asking {
             Asking::Manifest => format!("manifest {}", path.trim_start_matches("manifests/")),
@@ -248,7 +248,11 @@ impl Source {
             StatusCode::NOT_FOUND if asking == Asking::Manifest => Error::ImageNotFound {
                 reference: format!("{}/{repo}:{}", self.host, path.trim_start_matches("manifests/"))
                     .replace(":sha256:", "@sha256:"),
-                hint: format!("{} has no such image (404{said})", self.label()),
+                hint: if message.is_empty() {
+                    format!("{} has no such image (404)", self.label())
+                } else {
+                    format!("{} has no such image (404: {message})", self.label())
+                },
             },
             StatusCode::TOO_MANY_REQUESTS => {
                 self.error(format!("429 Too Many Requests: rate limited{said}"))
