@@ -201,6 +201,14 @@ def forwarding_rows(compare, size: int, image: str | None) -> None:
             lambda t: forward_local(t, size, "down", listeners), "mib_s", "higher")
 
 
+def sftp_rows(compare, rows: list[dict], work: Path, size: int) -> None:
+    """The sftp rows: one upload and one download of `size` bytes."""
+    compare("sftp upload", "MiB/s", lambda t: sftp_transfer(t, work, size), "upload_mib_s", "higher")
+    rows.append({**rows[-1], "figure": "sftp download", "blink": rows[-1]["blink_raw"]["download_mib_s"],
+                 "openssh": rows[-1]["openssh_raw"]["download_mib_s"],
+                 "ratio": ratio(rows[-1]["blink_raw"]["download_mib_s"], rows[-1]["openssh_raw"]["download_mib_s"])})
+
+
 def tree_rss_kib(root: int) -> int:
     """Resident memory of a process and all its descendants."""
     parents: dict[int, int] = {}
@@ -487,6 +495,8 @@ def main() -> int:
                         help="Debian suite for the session's image (same coreutils as the host), or 'default'")
     parser.add_argument("--only-forwarding", action="store_true",
                         help="only the ssh -L rows (write them with --out elsewhere)")
+    parser.add_argument("--only-sftp", action="store_true",
+                        help="only the sftp upload/download rows (write them with --out elsewhere)")
     args = parser.parse_args()
     sizes = {
         "runs": 10 if args.quick else 50,
@@ -526,6 +536,9 @@ def main() -> int:
         if args.only_forwarding:
             forwarding_rows(compare, sizes["stream"], image)
             return finish(args, results, rows, server, sshd, work)
+        if args.only_sftp:
+            sftp_rows(compare, rows, work, sizes["sftp"])
+            return finish(args, results, rows, server, sshd, work)
         compare("connect+auth+exec true (median)", "ms", lambda t: connect_exec(t, sizes["runs"]), "median_ms", "lower")
         rows.append({**rows[-1], "figure": "connect+auth+exec true (p95)", "blink": rows[-1]["blink_raw"]["p95_ms"],
                      "openssh": rows[-1]["openssh_raw"]["p95_ms"],
@@ -546,10 +559,7 @@ def main() -> int:
                      "openssh": float(rows[-1]["openssh_raw"]["complete"]),
                      "ratio": ratio(float(rows[-1]["blink_raw"]["complete"]),
                                     float(rows[-1]["openssh_raw"]["complete"])), "better": "higher"})
-        compare("sftp upload", "MiB/s", lambda t: sftp_transfer(t, work, sizes["sftp"]), "upload_mib_s", "higher")
-        rows.append({**rows[-1], "figure": "sftp download", "blink": rows[-1]["blink_raw"]["download_mib_s"],
-                     "openssh": rows[-1]["openssh_raw"]["download_mib_s"],
-                     "ratio": ratio(rows[-1]["blink_raw"]["download_mib_s"], rows[-1]["openssh_raw"]["download_mib_s"])})
+        sftp_rows(compare, rows, work, sizes["sftp"])
         forwarding_rows(compare, sizes["stream"], image)
         compare(f"{sizes['concurrent']} concurrent ssh true (successes)", "ok",
                 lambda t: concurrent_true(t, sizes["concurrent"]), "succeeded", "higher")

@@ -16,7 +16,9 @@ where one exists, measured in the same run:
    directory), beside the size of its image;
 4. a session that wrote 1 GiB (one file) and one that wrote 10,000 small
    files: snapshot of the running session (wall, frozen_ms, size), restore,
-   clone (live and from the snapshot); beside `cp --sparse=always` of its
+   clone (live, from the snapshot, of the stopped session) and snapshot of
+   the stopped session, with the host bytes each adds (disk layers,
+   docs/DISKS.md); beside `cp --sparse=always` of its
    disk.img on the host (the floor) and `tar` of the changes inside the
    session (what a user would do by hand);
 5. export and import: only when `blink-cli session export` exists.
@@ -317,7 +319,59 @@ def written_session(srv: Server, work: Path, name: str, image: str | None, write
     for k in range(1, repeats):
         http(srv.port, "DELETE", f"/api/sessions/{name}/checkpoints/s{k}")
 
-    # Restore (the session is warm: stopped, disk copied back, started again).
+    # Clones: of the running session (a consistent copy, as a new disk
+    # layer; made before the restore below, while what it wrote is still
+    # in its own disk, not in its snapshot's layer), of the snapshot (a
+    # fresh disk over its layers), and of the session stopped (its disk
+    # becomes a layer, nothing copied). Host bytes: the clone's directory
+    # and what the shared layers grew by.
+    layers_dir = srv.data / "disk-layers"
+
+    def clones(kind: str, source: str) -> None:
+        times, sizes, added, states = [], [], [], []
+        for k in range(repeats):
+            clone = f"{name}-{kind.replace('_', '-')}-{k}"
+            layers_before = du_bytes(layers_dir) if layers_dir.exists() else 0
+            took, _, state = copy_op(lambda: http(srv.port, "POST", "/api/sessions", {"name": clone, "from": source}))
+            times.append(took)
+            states.append(state)
+            sizes.append(du_bytes(srv.box(clone)))
+            added.append(sizes[-1] + max(0, du_bytes(layers_dir) - layers_before))
+            if k == 0:
+                verify(clone)
+            remove_session(srv.port, clone)
+        out[kind] = {**stats(times), "box_dir_bytes": statistics.median(sizes),
+                     "host_bytes_added": statistics.median(added), "runs": states}
+        print(f"[{tag}] {kind} p50 {out[kind]['p50_ms']:.0f} ms, {out[kind]['host_bytes_added'] / 2**20:.1f} MiB "
+              "added on the host", flush=True)
+
+    clones("clone_live", name)
+
+    http(srv.port, "POST", f"/api/sessions/{name}/stop?force=true")
+    # A snapshot of the stopped session: its disk becomes a layer.
+    times, added, layer_sizes = [], [], []
+    for k in range(repeats):
+        layers_before = du_bytes(layers_dir) if layers_dir.exists() else 0
+        box_before = du_bytes(box)
+        took, info, _ = copy_op(lambda: http(srv.port, "POST", f"/api/sessions/{name}/checkpoints",
+                                             {"snapshot": f"stopped-{k}"}))
+        times.append(took)
+        layer_sizes.append(info["size_bytes"])
+        added.append(max(0, du_bytes(layers_dir) + du_bytes(box) - layers_before - box_before))
+        # Written again, so the next one has something to make a layer of.
+        run_in(srv.port, name, "echo x >> /root/.bench-mark && sync")
+        http(srv.port, "POST", f"/api/sessions/{name}/stop?force=true")
+    out["snapshot_stopped"] = {**stats(times), "host_bytes_added": statistics.median(added),
+                               "first_size_bytes": layer_sizes[0], "host_bytes_added_first": added[0]}
+    print(f"[{tag}] snapshot of the stopped session p50 {out['snapshot_stopped']['p50_ms']:.0f} ms", flush=True)
+    clones("clone_stopped", name)
+    for k in range(repeats):
+        http(srv.port, "DELETE", f"/api/sessions/{name}/checkpoints/stopped-{k}")
+    run_in(srv.port, name, "rm -f /root/.bench-mark && sync")
+    verify(name)
+
+    # Restore (the session is warm: stopped, a fresh disk put over the
+    # snapshot's layers, started again).
     times, states = [], []
     for _ in range(repeats):
         took, info, state = copy_op(lambda: http(srv.port, "POST",
@@ -328,20 +382,7 @@ def written_session(srv: Server, work: Path, name: str, image: str | None, write
     verify(name)
     print(f"[{tag}] restore p50 {out['restore']['p50_ms']:.0f} ms (then {info['state']})", flush=True)
 
-    # Clones: of the running session (consistent, as now) and of the snapshot.
-    for kind, source in (("clone_live", name), ("clone_snapshot", f"{name}@s0")):
-        times, sizes, states = [], [], []
-        for k in range(repeats):
-            clone = f"{name}-{kind.replace('_', '-')}-{k}"
-            took, _, state = copy_op(lambda: http(srv.port, "POST", "/api/sessions", {"name": clone, "from": source}))
-            times.append(took)
-            states.append(state)
-            sizes.append(du_bytes(srv.box(clone)))
-            if k == 0:
-                verify(clone)
-            remove_session(srv.port, clone)
-        out[kind] = {**stats(times), "box_dir_bytes": statistics.median(sizes), "runs": states}
-        print(f"[{tag}] {kind} p50 {out[kind]['p50_ms']:.0f} ms", flush=True)
+    clones("clone_snapshot", f"{name}@s0")
 
     # By hand: tar of the changes inside the session (to its own disk, as a
     # user keeping a copy would), tar streamed to nowhere (reading and
@@ -996,8 +1037,13 @@ def markdown(r: dict) -> str:
               f"10 GiB disk; one wrote one file of {s['big_mib']} MiB from /dev/urandom (`dd`), the other "
               f"{s['small_files']} files of {s['small_file_bytes']} bytes; {s['repeats']} of each operation, p50 "
               "(max). Snapshot: `POST …/checkpoints` while the session runs; restore: "
-              "`POST …/checkpoints/s0/restore?force=true` (stops the session, puts the disk back, starts it "
-              "again); clone: `POST /api/sessions {\"from\": …}`. Floors and by-hand alternatives: "
+              "`POST …/checkpoints/s0/restore?force=true` (stops the session, puts a fresh disk over the "
+              "snapshot's layers, starts it again); clone: `POST /api/sessions {\"from\": …}` of the running "
+              "session, of its snapshot, and of the session stopped. In this order: the running snapshots and "
+              "clones while what the session wrote is in its own disk, then the session stopped, snapshotted "
+              "(its disk, data and all, becomes a layer; later ones find little new) and cloned, then the "
+              "restores, then the clones of the snapshot. Host bytes added: the clone's directory plus what "
+              "`disk-layers` grew by. Floors and by-hand alternatives: "
               "`cp --sparse=always` (read/write) and `cp` (coreutils 9 copies the data extents with "
               "copy_file_range, as Blink's copy does) of the session's `disk.img` on the host, each run right "
               "before or after a snapshot (alternating); inside the session, `tar cf` of "
@@ -1018,8 +1064,17 @@ def markdown(r: dict) -> str:
     row("snapshot: frozen_ms reported", lambda v: f"{v['snapshot']['frozen_ms_p50']} ms ({v['snapshot']['frozen_ms_max']})")
     row("snapshot: size_bytes", lambda v: mib(v["snapshot"]["size_bytes"]))
     row("**restore**, wall", lambda v: pm(v["restore"]))
-    row("**clone** of the running session, wall", lambda v: pm(v["clone_live"]))
-    row("clone of the snapshot, wall", lambda v: pm(v["clone_snapshot"]))
+    row("**clone** of the running session (a copy, as a layer), wall", lambda v: pm(v["clone_live"]))
+    row("clone of the running session: host bytes added", lambda v: mib(v["clone_live"]["host_bytes_added"]))
+    row("**clone of the snapshot** (over its layers), wall", lambda v: pm(v["clone_snapshot"]))
+    row("clone of the snapshot: host bytes added", lambda v: mib(v["clone_snapshot"]["host_bytes_added"]))
+    row("**snapshot of the stopped session** (its disk becomes a layer), wall",
+        lambda v: pm(v["snapshot_stopped"]))
+    row("snapshot of the stopped session: the first one's layer (size_bytes) / host bytes it added",
+        lambda v: f"{mib(v['snapshot_stopped']['first_size_bytes'])} / "
+        f"{mib(v['snapshot_stopped']['host_bytes_added_first'])}")
+    row("**clone of the stopped session** (its disk becomes a layer), wall", lambda v: pm(v["clone_stopped"]))
+    row("clone of the stopped session: host bytes added", lambda v: mib(v["clone_stopped"]["host_bytes_added"]))
     row("a clone's directory on the host", lambda v: mib(v["clone_live"]["box_dir_bytes"]))
     row("floor: `cp --sparse=always disk.img` (read/write)", lambda v: pm(v["cp_sparse"]))
     row("floor: `cp disk.img` (copy_file_range, as Blink)", lambda v: pm(v["cp_auto"]))

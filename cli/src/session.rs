@@ -479,6 +479,13 @@ fn print_info(s: &SessionInfo) {
             d.size_bytes >> 20,
             d.used_bytes as f64 / f64::from(1 << 20)
         );
+        if d.layers > 0 {
+            println!(
+                "layers:     {} shared, {:.1} MiB on the host",
+                d.layers,
+                d.layers_bytes as f64 / f64::from(1 << 20)
+            );
+        }
     }
     print_resources(&s.resources);
     print_usage(&s.usage);

@@ -20,12 +20,13 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 
 /// The log targets whose lines are audit events.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "blink::ssh::auth",
     "blink::ssh::admission",
     "blink::ssh::connection",
     "blink::ssh::channel",
     "blink::ssh::forward",
+    "blink::sftp",
     "blink::egress",
     "blink::rest::request",
     "blink::recording",

@@ -14,6 +14,7 @@ pub const SSH_AUTH_TOTAL: &str = "blink_ssh_auth_total";
 pub const SSH_CHANNELS_TOTAL: &str = "blink_ssh_channels_total";
 pub const SSH_BYTES_TOTAL: &str = "blink_ssh_bytes_total";
 pub const SFTP_OPERATIONS_TOTAL: &str = "blink_sftp_operations_total";
+pub const SFTP_AUDIT_LOST_TOTAL: &str = "blink_sftp_audit_lost_total";
 pub const SESSIONS: &str = "blink_sessions";
 pub const RUNS_QUEUED: &str = "blink_runs_queued";
 pub const RUNS_RUNNING: &str = "blink_runs_running";
@@ -65,6 +66,10 @@ fn describe() {
         "Bytes of channel data through SSH, by direction (in: from clients)."
     );
     describe_counter!(SFTP_OPERATIONS_TOTAL, "SFTP requests, by operation.");
+    describe_counter!(
+        SFTP_AUDIT_LOST_TOTAL,
+        "What the SFTP audit could not follow: requests and handles dropped from its full tables, streams it stopped reading (what: request, handle, stream)."
+    );
     describe_gauge!(SESSIONS, "Sessions, by state.");
     describe_gauge!(RUNS_QUEUED, "REST runs waiting for a slot.");
     describe_gauge!(RUNS_RUNNING, "REST runs executing.");

@@ -170,6 +170,8 @@ impl Runtime for FakeRuntime {
             .map(|b| crate::types::DiskUsage {
                 size_bytes: b.disk_mib << 20,
                 used_bytes: 0,
+                layers: 0,
+                layers_bytes: 0,
             })
     }
 

@@ -229,6 +229,28 @@ impl Blink {
     }
 }
 
+/// Host bytes allocated under `dir` (files' blocks, not their sizes).
+pub fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    total
+}
+
 /// Real sandboxes and a server of the defaults on them; `None` as for
 /// [`Blink::with_runtime`].
 pub fn server_fixture() -> Option<(Blink, Server)> {

@@ -191,6 +191,95 @@ fn the_cli_exports_and_imports_with_snapshots_and_without_the_image() {
     );
 }
 
+/// TREE without link counts: overlayfs shows a file of a lower layer with
+/// its count there, even once another of its names is shadowed above (the
+/// exported tree, rightly, links what it shows).
+const LAYERED_TREE: &str = "find /root /etc /usr/share -xdev | sort | while read -r p; do \
+    if [ -L \"$p\" ]; then echo \"$p link $(readlink \"$p\")\"; \
+    elif [ -f \"$p\" ]; then echo \"$p $(stat -c '%a %u %g %s' \"$p\") $(sha256sum < \"$p\" | cut -c1-16)\"; \
+    else echo \"$p $(stat -c '%F %a %u %g' \"$p\")\"; fi; done";
+
+/// A session over a chain of disk layers (a snapshot of it running, one
+/// of it stopped, changes over both that delete and replace what the
+/// layers hold) exports as one tree and imports back identically, its
+/// snapshots too.
+#[test]
+fn a_session_over_disk_layers_exports_and_imports_identically() {
+    let Some((_blink, server)) = server_fixture() else {
+        return;
+    };
+    let a = server.post("/api/sessions", json!({"name": "a", "disk_mib": 256}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    server.sh(
+        "a",
+        "mkdir -p /root/d/sub && echo one > /root/d/f && echo x > /root/d/sub/x \
+         && ln /root/d/f /root/hard && chown 7:8 /root/d/f && rm -f /etc/group \
+         && echo keep > /root/keep && echo gone > /root/gone && echo p > /root/p1 \
+         && ln /root/p1 /root/p2",
+    );
+    // s1 of the stopped session (its disk becomes a layer), s2 of the
+    // running one (a copy over it), and its disk over two layers.
+    let stop = || {
+        let stopped = server.post_raw("/api/sessions/a/stop?force=true", None, b"");
+        assert_eq!(stopped.status, 200, "{:?}", stopped.body);
+    };
+    let snapshot = |name: &str| {
+        let made = server.post("/api/sessions/a/checkpoints", json!({"snapshot": name}));
+        assert_eq!(made.status, 201, "{:?}", made.body);
+    };
+    stop();
+    snapshot("s1");
+    let at_s1 = server.sh("a", LAYERED_TREE);
+    server.sh(
+        "a",
+        "rm /root/gone && rm -rf /root/d/sub && mkdir /root/d/sub && echo y > /root/d/sub/y \
+         && chmod 600 /root/keep && rm -rf /usr/share/udhcpc && echo 2 > /root/two",
+    );
+    snapshot("s2");
+    let at_s2 = server.sh("a", LAYERED_TREE);
+    stop();
+    snapshot("s3");
+    server.sh(
+        "a",
+        "echo three > /root/d/f && rm /root/two && mkdir -p /usr/share/udhcpc \
+         && echo back > /usr/share/udhcpc/z && touch /root/gone && rm /root/keep",
+    );
+    assert_eq!(server.get("/api/sessions/a").body["disk"]["layers"], 2);
+    let before = server.sh("a", LAYERED_TREE);
+
+    let e = server.post_raw("/api/sessions/a/export?snapshots=true", None, b"");
+    assert_eq!(e.status, 201, "{:?}", e.body);
+    let file = e.body["filename"].as_str().expect("filename").to_owned();
+    let (status, _, whole) = server.get_bytes(&format!("/api/exports/{file}"), &[]);
+    assert_eq!(status, 200);
+    let imported =
+        server.post_multipart("/api/import", &[("name", "b")], Some(("archive", &whole)));
+    assert_eq!(imported.status, 201, "{:?}", imported.body);
+    assert_eq!(
+        server.sh("b", LAYERED_TREE),
+        before,
+        "the imported tree differs"
+    );
+    assert_eq!(
+        server.sh("b", "stat -c %i /root/p1 /root/p2 | uniq | wc -l"),
+        "1\n",
+        "a hard link of a layer was not kept"
+    );
+    for (snapshot, tree) in [("s1", &at_s1), ("s2", &at_s2)] {
+        let r = server.post_raw(
+            &format!("/api/sessions/b/checkpoints/{snapshot}/restore?force=true"),
+            None,
+            b"",
+        );
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(
+            &server.sh("b", LAYERED_TREE),
+            tree,
+            "snapshot {snapshot} differs"
+        );
+    }
+}
+
 /// One entry of a hand-made archive.
 enum Entry<'a> {
     File(&'a str, &'a [u8]),

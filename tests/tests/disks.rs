@@ -2,27 +2,8 @@
 //! session costs next to nothing and copies nothing), a quota per session
 //! (ENOSPC inside, nothing outside), usage reported, sizes validated.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-
-use blink_e2e::{Blink, server_fixture, texts};
+use blink_e2e::{Blink, allocated, server_fixture, texts};
 use serde_json::json;
-
-/// Host bytes allocated under `dir` (files' blocks, not their sizes).
-fn allocated(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let meta = entry.metadata().expect("metadata");
-            total += meta.blocks() * 512;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            }
-        }
-    }
-    total
-}
 
 fn box_dir(blink: &Blink, opened: &serde_json::Value) -> std::path::PathBuf {
     let id = opened["session"]["box_id"].as_str().expect("box_id");

@@ -281,3 +281,344 @@ fn the_cli_speaks_the_seeds_words() {
         texts(&out)
     );
 }
+
+// --- Disk layers: what snapshots, restores and clones share -------------
+
+/// Like TREE, over the places the tests below change.
+const LAYER_TREE: &str = "find /root /etc /home /usr/share -xdev | sort | while read -r p; do \
+    if [ -L \"$p\" ]; then echo \"$p link $(readlink \"$p\")\"; \
+    elif [ -f \"$p\" ]; then echo \"$p $(stat -c '%a %u %g %s' \"$p\") $(sha256sum < \"$p\" | cut -c1-16)\"; \
+    else echo \"$p $(stat -c '%F %a %u %g' \"$p\")\"; fi; done";
+
+fn stop(server: &blink_e2e::Server, name: &str) {
+    let a = server.post_raw(&format!("/api/sessions/{name}/stop?force=true"), None, b"");
+    assert_eq!(a.status, 200, "{:?}", a.body);
+}
+
+fn snapshot(server: &blink_e2e::Server, name: &str, snapshot: &str) -> Value {
+    let a = server.post(
+        &format!("/api/sessions/{name}/checkpoints"),
+        json!({"snapshot": snapshot}),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    a.body
+}
+
+fn clone(server: &blink_e2e::Server, name: &str, from: &str) -> Value {
+    let a = server.post("/api/sessions", json!({"name": name, "from": from}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    a.body["session"].clone()
+}
+
+/// Host bytes `work` added to the data dir.
+fn host_bytes_of(blink: &Blink, work: impl FnOnce()) -> u64 {
+    let before = blink_e2e::allocated(blink.data_dir.path());
+    work();
+    blink_e2e::allocated(blink.data_dir.path()).saturating_sub(before)
+}
+
+fn layer_files(blink: &Blink) -> Vec<String> {
+    std::fs::read_dir(blink.data_dir.path().join("disk-layers"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The host uid owning a path of a running session's disk.
+fn host_uid(blink: &Blink, session: &Value, path: &str) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let id = session["box_id"].as_str().expect("box_id");
+    std::fs::symlink_metadata(blink.disk_path(id, path))
+        .expect("stat")
+        .uid()
+}
+
+/// A clone of a stopped session with 64 MiB of its own costs next to
+/// nothing on the host (the source's disk becomes a shared layer), shows
+/// the data with its own ids, and clone and source never see each other's
+/// writes: new files, deletions of the shared layer's files, a directory
+/// replaced, owners and modes changed over the layer.
+#[test]
+fn a_clone_of_a_stopped_session_shares_its_disk_and_nothing_it_writes() {
+    let Some((blink, server)) = server_fixture() else {
+        return;
+    };
+    server.open_session("a");
+    server.sh(
+        "a",
+        "dd if=/dev/urandom of=/root/big bs=1M count=64 2>/dev/null \
+         && mkdir -p /root/dir && echo keep > /root/dir/k && echo old > /root/gone \
+         && echo o > /root/owned && chmod 644 /root/owned \
+         && echo 'u:x:1000:1000::/home/u:/bin/sh' >> /etc/passwd && mkdir -p /home/u \
+         && chown 1000:1000 /home/u && su u -s /bin/sh -c 'echo mine > /home/u/f' && sync",
+    );
+    let sum = server.sh("a", "sha256sum < /root/big");
+    stop(&server, "a");
+
+    let mut b = Value::Null;
+    let cost = host_bytes_of(&blink, || b = clone(&server, "b", "a"));
+    assert!(cost < 1 << 20, "a clone took {cost} bytes of the host");
+    assert_eq!(server.sh("b", "sha256sum < /root/big"), sum);
+    // Ids as the clone's own: inside, the source's uid 1000 is 1000; on
+    // the host, in the clone's range, not the source's.
+    assert_eq!(
+        server.sh("b", "stat -c '%u %g' /root/big /home/u /home/u/f"),
+        "0 0\n1000 1000\n1000 1000\n"
+    );
+    server.sh("a", "true");
+    let a = server.get("/api/sessions/a").body;
+    let b_root = host_uid(&blink, &b, "/");
+    assert_ne!(b_root, host_uid(&blink, &a, "/"));
+    assert_eq!(host_uid(&blink, &b, "/home/u/f"), b_root + 1000);
+    assert_eq!(host_uid(&blink, &b, "/root/big"), b_root);
+
+    // Usage: the clone's own bytes, and the shared layer apart.
+    let disk = &server.get("/api/sessions/b").body["disk"];
+    assert_eq!(disk["layers"], 1, "{disk}");
+    assert!(disk["layers_bytes"].as_u64().unwrap() >= 64 << 20, "{disk}");
+    assert!(disk["used_bytes"].as_u64().unwrap() < 16 << 20, "{disk}");
+
+    server.sh(
+        "b",
+        "echo b > /root/new-b && rm /root/gone && rm -rf /root/dir && mkdir /root/dir \
+         && echo b > /root/dir/only && chown 5:6 /root/owned && chmod 600 /root/owned \
+         && echo b >> /root/big && rm /home/u/f",
+    );
+    server.sh(
+        "a",
+        "echo a > /root/new-a && rm /root/dir/k && chmod 640 /root/gone && chown 1000 /root/owned",
+    );
+    assert_eq!(server.sh("a", "sha256sum < /root/big"), sum);
+    assert_eq!(
+        server.sh(
+            "a",
+            "ls /root /root/dir; stat -c '%a %u' /root/gone /root/owned; cat /home/u/f"
+        ),
+        "/root:\nbig\ndir\ngone\nnew-a\nowned\n\n/root/dir:\n640 0\n644 1000\nmine\n"
+    );
+    assert_eq!(
+        server.sh(
+            "b",
+            "ls /root /root/dir /home/u; stat -c '%a %u %g' /root/owned; cat /root/dir/only"
+        ),
+        "/home/u:\n\n/root:\nbig\ndir\nnew-b\nowned\n\n/root/dir:\nonly\n600 5 6\nb\n"
+    );
+    assert_ne!(server.sh("b", "sha256sum < /root/big"), sum);
+    // Both survive a stop as they are.
+    stop(&server, "b");
+    assert_eq!(server.sh("b", "cat /root/new-b; ls /root/dir"), "b\nonly\n");
+}
+
+/// A snapshot of a stopped session, a restore, and clones of snapshots copy
+/// nothing; a clone of a clone of a snapshot (a chain of three layers)
+/// reads as its source did, deletions and replaced directories of older
+/// layers included.
+#[test]
+fn snapshots_restores_and_chains_of_clones_copy_nothing() {
+    let Some((blink, server)) = server_fixture() else {
+        return;
+    };
+    server.open_session("a");
+    server.sh(
+        "a",
+        "dd if=/dev/urandom of=/root/big bs=1M count=64 2>/dev/null \
+         && echo a > /root/from-a && mkdir -p /root/dir-a && echo x > /root/dir-a/x \
+         && rm /etc/hosts && sync",
+    );
+    let sum = server.sh("a", "sha256sum < /root/big");
+    stop(&server, "a");
+    let mut made = Value::Null;
+    let cost = host_bytes_of(&blink, || made = snapshot(&server, "a", "s1"));
+    assert!(
+        cost < 1 << 20,
+        "a snapshot of a stopped session took {cost} bytes"
+    );
+    assert!(made["size_bytes"].as_u64().unwrap() >= 64 << 20, "{made}");
+    let at_s1 = server.sh("a", LAYER_TREE);
+
+    server.sh("a", "echo later > /root/later && rm /root/from-a");
+    stop(&server, "a");
+    let cost = host_bytes_of(&blink, || {
+        let r = server.post_raw("/api/sessions/a/checkpoints/s1/restore", None, b"");
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    });
+    assert!(cost < 1 << 20, "a restore took {cost} bytes");
+    assert_eq!(
+        server.sh("a", LAYER_TREE),
+        at_s1,
+        "the restore is not exact"
+    );
+
+    let cost = host_bytes_of(&blink, || {
+        clone(&server, "b", "a@s1");
+    });
+    assert!(cost < 1 << 20, "a clone of a snapshot took {cost} bytes");
+    server.sh(
+        "b",
+        "rm /root/from-a && rm -rf /root/dir-a && mkdir /root/dir-a && echo b > /root/dir-a/y \
+         && echo b > /root/from-b",
+    );
+    stop(&server, "b");
+    snapshot(&server, "b", "s2");
+    clone(&server, "c", "b@s2");
+    server.sh("c", "echo c > /root/from-c && rm /etc/group");
+    let c_tree = server.sh("c", LAYER_TREE);
+    stop(&server, "c");
+    let d = clone(&server, "d", "c");
+    assert_eq!(d["disk"]["layers"], 3, "{d}");
+    let d_tree = server.sh("d", LAYER_TREE);
+    assert_eq!(d_tree, c_tree);
+    assert_eq!(
+        server.sh(
+            "d",
+            "ls /root /root/dir-a; ls /etc/hosts /etc/group 2>&1 | wc -l; sha256sum < /root/big"
+        ),
+        format!("/root:\nbig\ndir-a\nfrom-b\nfrom-c\n\n/root/dir-a:\ny\n2\n{sum}")
+    );
+    // Every older link of the chain still reads as it did.
+    assert_eq!(server.sh("a", LAYER_TREE), at_s1);
+}
+
+/// Removing a source and its snapshots leaves its clones whole; once the
+/// clones go too, no layer is left on the host.
+#[test]
+fn removing_sources_leaves_clones_whole_and_the_last_user_frees_every_layer() {
+    let Some((blink, server)) = server_fixture() else {
+        return;
+    };
+    server.open_session("a");
+    server.sh(
+        "a",
+        "dd if=/dev/urandom of=/root/big bs=1M count=8 2>/dev/null && echo 1 > /root/v",
+    );
+    snapshot(&server, "a", "s");
+    clone(&server, "b", "a@s");
+    server.sh("a", "echo 2 > /root/v");
+    clone(&server, "c", "a");
+    server.sh("c", "echo c > /root/c");
+    stop(&server, "c");
+    clone(&server, "d", "c");
+    assert!(!layer_files(&blink).is_empty());
+    assert_eq!(server.delete("/api/sessions/a").status, 204);
+    assert_eq!(server.sh("b", "cat /root/v"), "1\n");
+    assert_eq!(server.sh("c", "cat /root/v /root/c"), "2\nc\n");
+    assert_eq!(server.sh("d", "cat /root/v /root/c"), "2\nc\n");
+    for name in ["c", "b"] {
+        assert_eq!(server.delete(&format!("/api/sessions/{name}")).status, 204);
+    }
+    assert_eq!(server.sh("d", "cat /root/v /root/c"), "2\nc\n");
+    assert!(!layer_files(&blink).is_empty(), "d's layers went");
+    assert_eq!(server.delete("/api/sessions/d").status, 204);
+    assert_eq!(layer_files(&blink), Vec::<String>::new(), "layers left");
+}
+
+/// Past the depth limit, the top of a chain is flattened into one layer:
+/// every snapshot still restores exactly, deletions made in flattened
+/// layers stay deleted.
+#[test]
+fn a_chain_past_the_depth_limit_is_flattened_and_reads_the_same() {
+    let Some((_blink, server)) = server_fixture() else {
+        return;
+    };
+    let a = server.post("/api/sessions", json!({"name": "a", "disk_mib": 64}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let mut trees = Vec::new();
+    for i in 0..19 {
+        // Each step: a file, one of three steps ago deleted, a directory
+        // replaced now and then; then a snapshot of the stopped session
+        // (a new layer each time).
+        let mut script = format!("echo {i} > /root/n{i} && chown {i} /root/n{i}");
+        if i >= 3 {
+            script += &format!(" && rm /root/n{}", i - 3);
+        }
+        if i % 5 == 0 {
+            script += &format!(" && rm -rf /root/d && mkdir /root/d && echo {i} > /root/d/at-{i}");
+        }
+        server.sh("a", &script);
+        trees.push(server.sh("a", LAYER_TREE));
+        stop(&server, "a");
+        snapshot(&server, "a", &format!("s{i}"));
+    }
+    let info = server.get("/api/sessions/a").body;
+    let layers = info["disk"]["layers"].as_u64().unwrap();
+    assert!(layers < 16, "never flattened: {layers} layers");
+    assert_eq!(
+        server.sh("a", "ls /root /root/d"),
+        "/root:\nd\nn16\nn17\nn18\n\n/root/d:\nat-15\n"
+    );
+    assert_eq!(server.sh("a", LAYER_TREE), trees[18]);
+    for i in [2, 9, 15, 18] {
+        let r = server.post_raw(
+            &format!("/api/sessions/a/checkpoints/s{i}/restore?force=true"),
+            None,
+            b"",
+        );
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(server.sh("a", LAYER_TREE), trees[i], "snapshot s{i}");
+    }
+    clone(&server, "b", "a@s17");
+    assert_eq!(server.sh("b", LAYER_TREE), trees[17]);
+}
+
+/// What a server killed mid-snapshot leaves is cleaned up when the next
+/// one starts: a half-made layer, a layer made whose disk was not yet
+/// switched (a second name of the disk image), a fresh disk not yet in
+/// place, a snapshot record not yet written. The session and its real
+/// snapshot are whole.
+#[test]
+fn leftovers_of_a_killed_snapshot_are_removed_at_start() {
+    let Some((blink, mut server)) = server_fixture() else {
+        return;
+    };
+    let id = server.open_session("a");
+    server.sh("a", "echo 1 > /root/v");
+    stop(&server, "a");
+    snapshot(&server, "a", "s");
+    server.sh("a", "echo 2 > /root/v");
+    stop(&server, "a");
+    let layers = blink.data_dir.path().join("disk-layers");
+    let real = layer_files(&blink);
+    assert_eq!(real.len(), 2, "{real:?}");
+    assert!(server.signal_and_wait("KILL").code().is_none());
+
+    let boxdir = blink.data_dir.path().join("sandboxes").join(&id);
+    std::fs::write(layers.join(".0123.partial"), b"half").unwrap();
+    let orphan = "0123456789abcdef0123456789abcdef";
+    std::fs::hard_link(
+        boxdir.join("disk.img"),
+        layers.join(format!("{orphan}.img")),
+    )
+    .unwrap();
+    std::fs::write(
+        layers.join(format!("{orphan}.json")),
+        br#"{"parent":null,"id_root":0,"size_bytes":0,"created_at":0}"#,
+    )
+    .unwrap();
+    std::fs::write(boxdir.join(".disk.img.new"), b"fresh").unwrap();
+    std::fs::write(boxdir.join("snapshots/.t.json.tmp"), b"{").unwrap();
+
+    let server = blink.server().start();
+    let mut left = layer_files(&blink);
+    left.sort();
+    let mut want = real.clone();
+    want.sort();
+    assert_eq!(left, want);
+    assert!(!boxdir.join(".disk.img.new").exists());
+    assert!(!boxdir.join("snapshots/.t.json.tmp").exists());
+    {
+        use std::os::unix::fs::MetadataExt;
+        let disk = std::fs::metadata(boxdir.join("disk.img")).unwrap();
+        assert_eq!(disk.nlink(), 1, "the disk image kept a second name");
+    }
+    assert_eq!(server.sh("a", "cat /root/v"), "2\n");
+    let r = server.post_raw(
+        "/api/sessions/a/checkpoints/s/restore?force=true",
+        None,
+        b"",
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(server.sh("a", "cat /root/v"), "1\n");
+}

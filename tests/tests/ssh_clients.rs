@@ -107,6 +107,9 @@ fn python_client(module: &str, script_name: &str, checks: &[&str]) {
             "{script_name} did not report {check:?}\n{stdout}"
         );
     }
+    // The gateway's SFTP audit read the client's SFTP to its end.
+    let log = server.log();
+    assert!(!log.contains("sftp audit stopped"), "{log}");
 }
 
 #[test]

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::compat::SymlinkOrder;
 use super::connection::ConnStats;
+use super::sftp_audit;
 use crate::recording::{Begin, Recorder, Recordings, Source};
 
 /// What a pty-req asked for.
@@ -149,6 +150,15 @@ impl Job {
                 return Err(e.to_string());
             }
         };
+        if let What::Sftp(order) = self.what {
+            // Every SFTP operation in the audit log, read as bytes cross.
+            let context = sftp_audit::Context {
+                session: self.session.clone(),
+                peer: self.login_peer,
+                channel: id,
+            };
+            sftp_audit::tap(&mut started.execution, order, context);
+        }
         let recorder = self.begin_recording().await;
         let control = started.execution.control.clone();
         let handle = self.handle.clone();

@@ -15,7 +15,8 @@
 //! - `forwarding.rs`: `ssh -L`/`-D` channel opens and `ssh -R` listeners,
 //!   checked by the SDK's rules; `tunnel.rs`: one forwarded connection on
 //!   its channel.
-//! - `channel.rs`: one channel running a program.
+//! - `channel.rs`: one channel running a program; `sftp_audit.rs`: what
+//!   an sftp channel's client does, read from its bytes, for the audit log.
 //! - `compat.rs`: what differs by client, keyed on its version string.
 
 pub(crate) mod admission;
@@ -28,6 +29,7 @@ mod forwarding;
 mod handler;
 mod requests;
 mod server;
+mod sftp_audit;
 mod shutdown;
 mod tunnel;
 

@@ -245,7 +245,16 @@ impl Default for ForwardingPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskUsage {
     pub size_bytes: u64,
+    /// Host bytes of the session's own writable disk (what it wrote since
+    /// its last layer).
     pub used_bytes: u64,
+    /// Read-only layers under the disk (its past, shared with its
+    /// snapshots and clones; docs/DISKS.md).
+    #[serde(default)]
+    pub layers: u32,
+    /// Host bytes those layers take, shared with whoever else uses them.
+    #[serde(default)]
+    pub layers_bytes: u64,
 }
 
 /// Result of `open`: the session and whether this call created it.

@@ -16,6 +16,7 @@
 //!
 //! Streamed both ways: nothing is held whole in memory.
 
+pub mod merged;
 mod read;
 mod write;
 
@@ -23,6 +24,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::merged::ChangeLayer;
 pub use self::read::{ImportLimits, ImportTargets, Imported, read_archive};
 pub use self::write::{ExportSource, write_archive};
 

@@ -121,9 +121,11 @@ fn a_tree_round_trips_exactly_through_the_format() {
         includes_image: false,
     };
     let source = ExportSource {
-        changes: src.clone(),
+        changes: vec![crate::archive::ChangeLayer {
+            upper: src.clone(),
+            id_root: from_root,
+        }],
         snapshots: vec![],
-        id_root: from_root,
         image_archive: None,
     };
     let bytes = write_archive(Vec::new(), &header, &source, &|_| {}).unwrap();

@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::merged::{self, Change, ChangeLayer, Kind};
 use super::{CHANGES, CHECKSUMS, Checksums, HEADER, Header, IMAGE, NOBODY, SNAPSHOTS};
 use crate::error::{Error, Result};
 
@@ -15,12 +16,11 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct ExportSource {
     /// The session's changes: the upper layer of its disk (a private,
-    /// still copy, mounted for the export).
-    pub changes: PathBuf,
-    /// Snapshots by name, each an upper layer like `changes`.
-    pub snapshots: Vec<(String, PathBuf)>,
-    /// Host id of the session's root: ids in the trees are its range.
-    pub id_root: u32,
+    /// still copy, mounted for the export) over the read-only layers of its
+    /// chain, topmost first; written as one merged tree.
+    pub changes: Vec<ChangeLayer>,
+    /// Snapshots by name, each a stack like `changes`.
+    pub snapshots: Vec<(String, Vec<ChangeLayer>)>,
     /// The image as an OCI archive, when it goes in.
     pub image_archive: Option<PathBuf>,
 }
@@ -40,7 +40,6 @@ pub fn write_archive<W: Write>(
         sums: Checksums::new(),
         written: 0,
         progress,
-        id_root: source.id_root,
     };
     w.tar.mode(tar::HeaderMode::Complete);
     let json = serde_json::to_vec_pretty(header).map_err(|e| Error::Runtime(e.to_string()))?;
@@ -69,7 +68,6 @@ struct Writer<'a, W: Write> {
     sums: Checksums,
     written: u64,
     progress: &'a dyn Fn(u64),
-    id_root: u32,
 }
 
 /// A reader that hashes what it reads and reports progress.
@@ -125,20 +123,20 @@ impl<W: Write> Writer<'_, W> {
         Ok(())
     }
 
-    fn id(&self, host: u32) -> u64 {
+    fn id(host: u32, id_root: u32) -> u64 {
         u64::from(
-            host.checked_sub(self.id_root)
+            host.checked_sub(id_root)
                 .filter(|id| *id < crate::runtime::local::ID_RANGE)
                 .unwrap_or(NOBODY),
         )
     }
 
-    fn header(&self, meta: &std::fs::Metadata, kind: tar::EntryType) -> tar::Header {
+    fn header(&self, meta: &std::fs::Metadata, kind: tar::EntryType, id_root: u32) -> tar::Header {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_mode(meta.mode() & 0o7777);
-        h.set_uid(self.id(meta.uid()));
-        h.set_gid(self.id(meta.gid()));
+        h.set_uid(Self::id(meta.uid(), id_root));
+        h.set_gid(Self::id(meta.gid(), id_root));
         h.set_mtime(meta.mtime().max(0) as u64);
         h.set_size(0);
         h
@@ -163,107 +161,98 @@ impl<W: Write> Writer<'_, W> {
             .map_err(|e| Error::io("writing extended attributes to the archive", e))
     }
 
-    /// Every entry under `root` (an overlay upper layer), as `prefix/...`.
-    fn tree(&mut self, root: &Path, prefix: &str) -> Result<()> {
-        let meta = std::fs::symlink_metadata(root)
-            .map_err(|e| Error::io(format!("reading {}", root.display()), e))?;
-        let mut h = self.header(&meta, tar::EntryType::Directory);
-        self.tar
-            .append_data(&mut h, format!("{prefix}/"), io::empty())
-            .map_err(|e| Error::io("writing to the archive", e))?;
+    /// Every entry of the merged tree of `layers` (overlay upper layers,
+    /// topmost first), as `prefix/...`.
+    fn tree(&mut self, layers: &[ChangeLayer], prefix: &str) -> Result<()> {
         let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-        // Depth-first with an explicit stack: deep trees cannot overflow ours.
-        let mut stack: Vec<(PathBuf, PathBuf)> = vec![(root.to_path_buf(), PathBuf::from(prefix))];
-        while let Some((dir, name)) = stack.pop() {
-            if is_opaque(&dir) && dir != root {
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o644);
-                h.set_size(0);
+        merged::walk(layers, &mut |c| self.change(c, prefix, &mut links))
+    }
+
+    fn change(
+        &mut self,
+        c: &Change<'_>,
+        prefix: &str,
+        links: &mut HashMap<(u64, u64), PathBuf>,
+    ) -> Result<()> {
+        let err = |e: io::Error| Error::io("writing to the archive", e);
+        let meta = c.meta;
+        if c.path.as_os_str().is_empty() {
+            let mut h = self.header(meta, tar::EntryType::Directory, c.id_root);
+            return self
+                .tar
+                .append_data(&mut h, format!("{prefix}/"), io::empty())
+                .map_err(err);
+        }
+        let inside = Path::new(prefix).join(c.path);
+        match c.kind {
+            Kind::Dir { opaque } => {
+                self.xattrs(c.host)?;
+                let mut h = self.header(meta, tar::EntryType::Directory, c.id_root);
                 self.tar
-                    .append_data(&mut h, name.join(".wh..wh..opq"), io::empty())
-                    .map_err(|e| Error::io("writing to the archive", e))?;
-            }
-            let mut entries: Vec<_> = std::fs::read_dir(&dir)
-                .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
-                .flatten()
-                .map(|e| e.file_name())
-                .collect();
-            entries.sort();
-            // Reversed onto the stack, so directories come out in order.
-            let mut subdirs = Vec::new();
-            for file_name in entries {
-                let host = dir.join(&file_name);
-                let inside = name.join(&file_name);
-                let meta = std::fs::symlink_metadata(&host)
-                    .map_err(|e| Error::io(format!("reading {}", host.display()), e))?;
-                let ft = meta.file_type();
-                if ft.is_dir() {
-                    self.xattrs(&host)?;
-                    let mut h = self.header(&meta, tar::EntryType::Directory);
-                    self.tar
-                        .append_data(&mut h, &inside, io::empty())
-                        .map_err(|e| Error::io("writing to the archive", e))?;
-                    subdirs.push((host, inside));
-                } else if ft.is_file() {
-                    let key = (meta.dev(), meta.ino());
-                    if meta.nlink() > 1
-                        && let Some(first) = links.get(&key)
-                    {
-                        let mut h = self.header(&meta, tar::EntryType::Link);
-                        self.tar
-                            .append_link(&mut h, &inside, first)
-                            .map_err(|e| Error::io("writing to the archive", e))?;
-                        continue;
-                    }
-                    if meta.nlink() > 1 {
-                        links.insert(key, inside.clone());
-                    }
-                    self.xattrs(&host)?;
-                    let mut h = self.header(&meta, tar::EntryType::Regular);
-                    h.set_size(meta.len());
-                    let file = File::open(&host)
-                        .map_err(|e| Error::io(format!("reading {}", host.display()), e))?;
-                    // Exactly the size in the header, even if it changed.
-                    self.file(inside, h, file.take(meta.len()))?;
-                } else if ft.is_symlink() {
-                    let target = std::fs::read_link(&host)
-                        .map_err(|e| Error::io(format!("reading {}", host.display()), e))?;
-                    let mut h = self.header(&meta, tar::EntryType::Symlink);
-                    self.tar
-                        .append_link(&mut h, &inside, &target)
-                        .map_err(|e| Error::io("writing to the archive", e))?;
-                } else if ft.is_char_device() && meta.rdev() == 0 {
-                    // An overlay whiteout: the lower layer's file is deleted.
-                    let mut wh = name.clone();
-                    let mut marker = std::ffi::OsString::from(".wh.");
-                    marker.push(&file_name);
-                    wh.push(marker);
+                    .append_data(&mut h, &inside, io::empty())
+                    .map_err(err)?;
+                if opaque {
                     let mut h = tar::Header::new_gnu();
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_mode(0o644);
                     h.set_size(0);
                     self.tar
-                        .append_data(&mut h, &wh, io::empty())
-                        .map_err(|e| Error::io("writing to the archive", e))?;
-                } else if ft.is_fifo() {
-                    let mut h = self.header(&meta, tar::EntryType::Fifo);
-                    self.tar
-                        .append_data(&mut h, &inside, io::empty())
-                        .map_err(|e| Error::io("writing to the archive", e))?;
-                } else {
-                    // Sockets and device nodes are not carried.
-                    tracing::debug!(path = %inside.display(), "not exported (socket or device)");
+                        .append_data(&mut h, inside.join(".wh..wh..opq"), io::empty())
+                        .map_err(err)?;
                 }
             }
-            stack.extend(subdirs.into_iter().rev());
+            Kind::File => {
+                let key = (meta.dev(), meta.ino());
+                if meta.nlink() > 1
+                    && let Some(first) = links.get(&key)
+                {
+                    let mut h = self.header(meta, tar::EntryType::Link, c.id_root);
+                    return self.tar.append_link(&mut h, &inside, first).map_err(err);
+                }
+                if meta.nlink() > 1 {
+                    links.insert(key, inside.clone());
+                }
+                self.xattrs(c.host)?;
+                let mut h = self.header(meta, tar::EntryType::Regular, c.id_root);
+                h.set_size(meta.len());
+                let file = File::open(c.host)
+                    .map_err(|e| Error::io(format!("reading {}", c.host.display()), e))?;
+                // Exactly the size in the header, even if it changed.
+                self.file(inside, h, file.take(meta.len()))?;
+            }
+            Kind::Symlink => {
+                let target = std::fs::read_link(c.host)
+                    .map_err(|e| Error::io(format!("reading {}", c.host.display()), e))?;
+                let mut h = self.header(meta, tar::EntryType::Symlink, c.id_root);
+                self.tar
+                    .append_link(&mut h, &inside, &target)
+                    .map_err(err)?;
+            }
+            Kind::Whiteout => {
+                // An overlay whiteout: the lower layer's file is deleted.
+                let mut marker = std::ffi::OsString::from(".wh.");
+                marker.push(c.path.file_name().unwrap_or_default());
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(0);
+                self.tar
+                    .append_data(&mut h, inside.with_file_name(marker), io::empty())
+                    .map_err(err)?;
+            }
+            Kind::Fifo => {
+                let mut h = self.header(meta, tar::EntryType::Fifo, c.id_root);
+                self.tar
+                    .append_data(&mut h, &inside, io::empty())
+                    .map_err(err)?;
+            }
+            Kind::Other => {
+                // Sockets and device nodes are not carried.
+                tracing::debug!(path = %inside.display(), "not exported (socket or device)");
+            }
         }
         Ok(())
     }
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    xattr_get(dir, "trusted.overlay.opaque").is_ok_and(|v| v == b"y")
 }
 
 fn xattr_names(path: &Path) -> io::Result<Vec<String>> {

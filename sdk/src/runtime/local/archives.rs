@@ -4,140 +4,126 @@
 //! loop devices) when the thread ends, whatever happens.
 //!
 //! An export copies the disk first (frozen and synced if the sandbox runs,
-//! as a snapshot is) and the snapshots it carries, and reads the copies:
-//! an ext4 is never mounted twice, and the sandbox runs on meanwhile.
+//! as a snapshot is) and reads the copy: an ext4 is never mounted
+//! read-write twice, and the sandbox runs on meanwhile. The layers under it
+//! (and under the snapshots it carries) are read-only, and are mounted
+//! read-only as they are (layers.rs); the disk's own changes and theirs are
+//! written as one tree (crate::archive::merged).
 
-use std::ffi::CString;
-use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::disk_image::{self, Templates};
-use super::loopdev::{self, LoopDevice};
-use super::snapshots;
-use crate::archive::{self, ExportSource, Header, ImportLimits, ImportTargets};
+use super::layers::Layer;
+use super::mounts::{Mounts, in_private_mounts};
+use crate::archive::{self, ChangeLayer, ExportSource, Header, ImportLimits, ImportTargets};
 use crate::error::{Error, Result};
 use crate::fs::ConfinedRoot;
 
-/// Run `work` on a new thread inside a private mount namespace.
-pub fn in_private_mounts<T: Send + 'static>(
-    work: impl FnOnce(&mut Mounts) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    std::thread::Builder::new()
-        .name("blink-disk-io".into())
-        .spawn(move || {
-            // SAFETY: unshare and mount on this thread's own state.
-            unsafe {
-                if libc::unshare(libc::CLONE_NEWNS) != 0
-                    || libc::mount(
-                        std::ptr::null(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_SLAVE,
-                        std::ptr::null(),
-                    ) != 0
-                {
-                    return Err(Error::io(
-                        "a private mount namespace",
-                        io::Error::last_os_error(),
-                    ));
-                }
-            }
-            let mut mounts = Mounts::default();
-            let result = work(&mut mounts);
-            mounts.release();
-            result
-        })
-        .map_err(|e| Error::io("starting the disk thread", e))?
-        .join()
-        .map_err(|_| Error::Runtime("the disk thread panicked".into()))?
+/// A snapshot to export, as the runtime found it.
+pub enum SnapshotDisk {
+    /// A chain of layers, topmost first (empty: the image as it is).
+    Chain(Vec<Layer>),
+    /// A copy of the disk, made before layers.
+    Copy(PathBuf),
 }
 
-/// Disk images mounted on the current (private) thread.
-#[derive(Default)]
-pub struct Mounts {
-    mounted: Vec<(CString, LoopDevice)>,
+/// What to export: the disk of sandbox directory `dir` (its ids counting
+/// from `id_root`) over the layers of its `chain`, and `snapshots`.
+pub struct ExportDisk {
+    pub dir: PathBuf,
+    pub id_root: u32,
+    pub chain: Vec<Layer>,
+    pub snapshots: Vec<(String, SnapshotDisk)>,
 }
 
-impl Mounts {
-    /// Mount the ext4 of `image` at `at` (created); the upper layer's path.
-    pub fn mount(&mut self, image: &Path, at: &Path) -> Result<PathBuf> {
-        let io = |what: &str, e: io::Error| Error::io(what.to_owned(), e);
-        std::fs::create_dir_all(at).map_err(|e| io("making a mount point", e))?;
-        let device = loopdev::attach(image).map_err(|e| io("attaching a disk", e))?;
-        let dev = CString::new(device.path().as_os_str().as_bytes())
-            .map_err(|e| Error::Runtime(e.to_string()))?;
-        let target =
-            CString::new(at.as_os_str().as_bytes()).map_err(|e| Error::Runtime(e.to_string()))?;
-        // SAFETY: mount with valid NUL-terminated strings.
-        let mounted = unsafe {
-            libc::mount(
-                dev.as_ptr(),
-                target.as_ptr(),
-                c"ext4".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            )
-        };
-        if mounted != 0 {
-            return Err(io("mounting a disk", io::Error::last_os_error()));
-        }
-        self.mounted.push((target, device));
-        Ok(at.join("upper"))
-    }
-
-    fn release(&mut self) {
-        for (target, device) in self.mounted.drain(..).rev() {
-            // SAFETY: unmounting what we mounted.
-            unsafe {
-                libc::umount2(target.as_ptr(), libc::MNT_DETACH);
-            }
-            drop(device);
-        }
-    }
-}
-
-/// Export the layered disk of sandbox directory `dir`.
+/// Export a layered disk: its own changes over its chain, as one tree.
 pub fn export(
-    dir: PathBuf,
-    id_root: u32,
+    disk: ExportDisk,
     header: Header,
     image_archive: Option<PathBuf>,
     dest: PathBuf,
     copy_disk: impl FnOnce(&Path) -> Result<u64> + Send + 'static,
     progress: std::sync::Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<u64> {
+    let ExportDisk {
+        dir,
+        id_root,
+        chain,
+        snapshots,
+    } = disk;
     let work = dir.join(format!(".export-{}", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         super::private_dir(&work)?;
         let disk = work.join("disk.img");
         copy_disk(&disk)?;
-        let mut copies = Vec::new();
-        for s in &header.snapshots {
-            let image =
-                snapshots::image_of(&dir, &s.name).ok_or_else(|| Error::SnapshotNotFound {
-                    session: header.session.name.clone(),
-                    snapshot: s.name.clone(),
-                })?;
-            let copy = work.join(format!("snap-{}.img", s.name));
-            disk_image::copy_sparse(&image, &copy)
-                .map_err(|e| Error::io("copying a snapshot", e))?;
-            copies.push((s.name.clone(), copy));
+        // Copies made before layers are copied again (they are mounted
+        // read-write); layers are read-only and mounted as they are.
+        let mut snaps = Vec::new();
+        for (name, stored) in snapshots {
+            snaps.push(match stored {
+                SnapshotDisk::Copy(image) => {
+                    let copy = work.join(format!("snap-{name}.img"));
+                    disk_image::copy_sparse(&image, &copy)
+                        .map_err(|e| Error::io("copying a snapshot", e))?;
+                    (name, SnapshotDisk::Copy(copy))
+                }
+                chain => (name, chain),
+            });
         }
         let work2 = work.clone();
         in_private_mounts(move |mounts| {
-            let changes = mounts.mount(&disk, &work2.join("mnt"))?;
-            let mut snaps = Vec::new();
-            for (i, (name, copy)) in copies.iter().enumerate() {
-                snaps.push((
-                    name.clone(),
-                    mounts.mount(copy, &work2.join(format!("mnt-{i}")))?,
-                ));
+            let mut mounted: HashMap<String, PathBuf> = HashMap::new();
+            let mut stack_of = |mounts: &mut Mounts, chain: &[Layer]| -> Result<Vec<ChangeLayer>> {
+                let mut stack = Vec::new();
+                for layer in chain {
+                    let upper = match mounted.get(&layer.id) {
+                        Some(upper) => upper.clone(),
+                        None => {
+                            let at = work2.join(format!("layer-{}", layer.id));
+                            let upper = mounts.mount_read_only(&layer.image, &at)?;
+                            mounted.insert(layer.id.clone(), upper.clone());
+                            upper
+                        }
+                    };
+                    stack.push(ChangeLayer {
+                        upper,
+                        id_root: layer.id_root,
+                    });
+                }
+                Ok(stack)
+            };
+            let mut changes = vec![ChangeLayer {
+                upper: mounts.mount(&disk, &work2.join("mnt"))?,
+                id_root,
+            }];
+            changes.extend(stack_of(mounts, &chain)?);
+            let mut snapshots = Vec::new();
+            for (i, (name, stored)) in snaps.iter().enumerate() {
+                let stack = match stored {
+                    SnapshotDisk::Copy(copy) => vec![ChangeLayer {
+                        upper: mounts.mount(copy, &work2.join(format!("mnt-{i}")))?,
+                        id_root,
+                    }],
+                    SnapshotDisk::Chain(chain) if chain.is_empty() => {
+                        // Nothing over the image: an empty tree.
+                        let empty = work2.join(format!("empty-{i}"));
+                        std::fs::create_dir_all(&empty)
+                            .map_err(|e| Error::io("making an empty tree", e))?;
+                        std::os::unix::fs::chown(&empty, Some(id_root), Some(id_root))
+                            .map_err(|e| Error::io("making an empty tree", e))?;
+                        vec![ChangeLayer {
+                            upper: empty,
+                            id_root,
+                        }]
+                    }
+                    SnapshotDisk::Chain(chain) => stack_of(mounts, chain)?,
+                };
+                snapshots.push((name.clone(), stack));
             }
             let source = ExportSource {
                 changes,
-                snapshots: snaps,
-                id_root,
+                snapshots,
                 image_archive,
             };
             let partial = dest.with_extension("partial");

@@ -3,10 +3,14 @@
 //! bubblewrap binds as `/`. Its layers:
 //! - layered disks (made since disks became copy-on-write): the image's
 //!   shared tree (trees.rs), id-mapped to the sandbox's id range and
-//!   read-only, at `<box>/lower`, under the session's own filesystem
-//!   (`<box>/disk.img` on a loop device, disk_image.rs) at `<box>/disk`,
-//!   whose `upper` holds the session's changes. Nothing of the image is
-//!   copied; the disk's size is the session's quota.
+//!   read-only, at `<box>/lower`; over it the disk's chain of read-only
+//!   layers (layers.rs; none for most disks), each on a read-only loop
+//!   device, mounted read-only and id-mapped from the range its files were
+//!   written with, at `<box>/layers/<n>` (0 the topmost); over them the
+//!   session's own filesystem (`<box>/disk.img` on a loop device,
+//!   disk_image.rs) at `<box>/disk`, whose `upper` holds the session's
+//!   changes. Nothing of the image or the layers is copied; the disk's
+//!   size is the session's quota.
 //! - legacy disks: `<box>/rootfs` (a full copy of the image) over an empty
 //!   lower layer.
 //!
@@ -26,7 +30,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const LOWER: &str = "lower";
 const WORK: &str = "work";
@@ -34,7 +38,27 @@ const MERGED: &str = "merged";
 /// Mount point of a layered disk's own filesystem (disk_image.rs).
 const DISK: &str = "disk";
 const LEGACY_OPTIONS: &str = "lowerdir=lower,upperdir=rootfs,workdir=work";
-const LAYERED_OPTIONS: &str = "lowerdir=lower,upperdir=disk/upper,workdir=disk/work";
+/// Mount points of a disk's layers: `layers/0` (the topmost), `layers/1`...
+const LAYERS: &str = "layers";
+
+/// A read-only layer under a session's own disk (layers.rs), as the
+/// sandbox mounts it.
+#[derive(Debug)]
+pub struct LowerLayer {
+    /// Its image, attached to a read-only loop device.
+    pub device: PathBuf,
+    /// The user namespace its ids are seen through, unless they are the
+    /// sandbox's own already.
+    pub userns: Option<OwnedFd>,
+}
+
+/// A layer's mount, prepared before the fork.
+#[derive(Debug)]
+struct LayerMount {
+    device: CString,
+    userns: Option<OwnedFd>,
+    at: CString,
+}
 
 /// What the overlay is made of.
 #[derive(Debug)]
@@ -43,22 +67,34 @@ enum Layers {
     /// image) is the upper layer, over an empty lower.
     Legacy,
     /// The image's shared tree, id-mapped to the sandbox's range and
-    /// read-only, under the session's own filesystem (a loop device).
-    Layered {
-        device: CString,
-        image: CString,
-        /// The user namespace whose map the image tree is seen through.
-        userns: OwnedFd,
-        /// The sandbox's root id: owner of the upper layer's root.
-        owner: u32,
-        ext4: CString,
-        source_key: CString,
-        discard: CString,
-        disk: CString,
-        upper: CString,
-        lower: CString,
-        empty: CString,
-    },
+    /// read-only, under the disk's layers, under the session's own
+    /// filesystem (a loop device).
+    Layered(Box<Layered>),
+}
+
+/// The parts of a layered disk's overlay.
+#[derive(Debug)]
+struct Layered {
+    device: CString,
+    image: CString,
+    /// The user namespace whose map the image tree is seen through.
+    userns: OwnedFd,
+    /// The sandbox's root id: owner of the upper layer's root.
+    owner: u32,
+    ext4: CString,
+    source_key: CString,
+    discard: CString,
+    disk: CString,
+    upper: CString,
+    lower: CString,
+    empty: CString,
+    layers: Vec<LayerMount>,
+    ro: CString,
+    noload: CString,
+    /// The topmost layer's upper, whose root's mode a fresh disk's
+    /// upper takes on its first mount (the root directory is the
+    /// upper's).
+    inherit_root: Option<CString>,
 }
 
 /// Everything the forked child needs to mount a sandbox's overlay, made
@@ -95,17 +131,40 @@ pub fn prepare_legacy(dir: &Path) -> io::Result<Overlay> {
 }
 
 /// The overlay of a layered sandbox directory `dir`: `image` (the shared
-/// tree) under the filesystem on `device` (its disk image, attached).
+/// tree) under `layers` (topmost first) under the filesystem on `device`
+/// (its disk image, attached). `fresh`: the disk was made empty over its
+/// layers and was never mounted.
 pub fn prepare_layered(
     dir: &Path,
     device: &Path,
     image: &Path,
     userns: OwnedFd,
     owner: u32,
+    layers: Vec<LowerLayer>,
+    fresh: bool,
 ) -> io::Result<Overlay> {
     make_dirs(dir, &[(LOWER, 0o755), (DISK, 0o700), (MERGED, 0o755)])?;
+    if !layers.is_empty() {
+        make_dirs(dir, &[(LAYERS, 0o700)])?;
+    }
     let c = |s: &str| CString::new(s);
-    let layers = Layers::Layered {
+    let mut lowers = String::new();
+    let mut mounts = Vec::new();
+    for (i, layer) in layers.into_iter().enumerate() {
+        let at = format!("{LAYERS}/{i}");
+        make_dirs(dir, &[(at.as_str(), 0o755)])?;
+        lowers.push_str(&format!("{at}/upper:"));
+        mounts.push(LayerMount {
+            device: CString::new(layer.device.as_os_str().as_bytes())?,
+            userns: layer.userns,
+            at: CString::new(at)?,
+        });
+    }
+    let options = format!("lowerdir={lowers}{LOWER},upperdir=disk/upper,workdir=disk/work");
+    let inherit_root = (fresh && !mounts.is_empty())
+        .then(|| c(&format!("{LAYERS}/0/upper")))
+        .transpose()?;
+    let layers = Layers::Layered(Box::new(Layered {
         device: CString::new(device.as_os_str().as_bytes())?,
         image: CString::new(image.as_os_str().as_bytes())?,
         userns,
@@ -117,8 +176,12 @@ pub fn prepare_layered(
         upper: c("disk/upper")?,
         lower: c(LOWER)?,
         empty: c("")?,
-    };
-    overlay(dir, LAYERED_OPTIONS, layers)
+        layers: mounts,
+        ro: c("ro")?,
+        noload: c("noload")?,
+        inherit_root,
+    }));
+    overlay(dir, &options, layers)
 }
 
 fn overlay(dir: &Path, options: &str, layers: Layers) -> io::Result<Overlay> {
@@ -177,7 +240,7 @@ impl Overlay {
             {
                 return fail();
             }
-            if let Layers::Layered { .. } = &self.layers
+            if let Layers::Layered(_) = &self.layers
                 && self.mount_layers().is_err()
             {
                 return fail();
@@ -210,7 +273,10 @@ impl Overlay {
     /// # Safety
     /// As [`Overlay::mount_in_child`].
     unsafe fn mount_layers(&self) -> io::Result<()> {
-        let Layers::Layered {
+        let Layers::Layered(layered) = &self.layers else {
+            return Ok(());
+        };
+        let Layered {
             device,
             image,
             userns,
@@ -222,10 +288,11 @@ impl Overlay {
             upper,
             lower,
             empty,
-        } = &self.layers
-        else {
-            return Ok(());
-        };
+            layers,
+            ro,
+            noload,
+            inherit_root,
+        } = &**layered;
         let check = |ret: libc::c_long| {
             if ret < 0 {
                 Err(io::Error::last_os_error())
@@ -278,6 +345,74 @@ impl Overlay {
             ))?;
             libc::close(m);
             check(libc::chown(upper.as_ptr(), *owner, *owner).into())?;
+
+            for layer in layers {
+                let fs = check(libc::syscall(libc::SYS_fsopen, ext4.as_ptr(), 1))?;
+                check(libc::syscall(
+                    libc::SYS_fsconfig,
+                    fs,
+                    FSCONFIG_SET_STRING,
+                    source_key.as_ptr(),
+                    layer.device.as_ptr(),
+                    0,
+                ))?;
+                for flag in [ro, noload] {
+                    check(libc::syscall(
+                        libc::SYS_fsconfig,
+                        fs,
+                        FSCONFIG_SET_FLAG,
+                        flag.as_ptr(),
+                        std::ptr::null::<libc::c_char>(),
+                        0,
+                    ))?;
+                }
+                check(libc::syscall(
+                    libc::SYS_fsconfig,
+                    fs,
+                    FSCONFIG_CMD_CREATE,
+                    std::ptr::null::<libc::c_char>(),
+                    std::ptr::null::<libc::c_char>(),
+                    0,
+                ))?;
+                let m = check(libc::syscall(
+                    libc::SYS_fsmount,
+                    fs,
+                    1,
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                ))?;
+                libc::close(fs);
+                if let Some(userns) = &layer.userns {
+                    let attr = MountAttr {
+                        attr_set: MOUNT_ATTR_IDMAP,
+                        attr_clr: 0,
+                        propagation: 0,
+                        userns_fd: userns.as_raw_fd() as u64,
+                    };
+                    check(libc::syscall(
+                        libc::SYS_mount_setattr,
+                        m,
+                        empty.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                        &attr as *const MountAttr,
+                        std::mem::size_of::<MountAttr>(),
+                    ))?;
+                }
+                check(libc::syscall(
+                    libc::SYS_move_mount,
+                    m,
+                    empty.as_ptr(),
+                    libc::AT_FDCWD,
+                    layer.at.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ))?;
+                libc::close(m);
+            }
+            if let Some(top) = inherit_root {
+                // SAFETY: a zeroed stat is a valid buffer for stat(2).
+                let mut st: libc::stat = std::mem::zeroed();
+                check(libc::stat(top.as_ptr(), &mut st).into())?;
+                check(libc::chmod(upper.as_ptr(), st.st_mode & 0o7777).into())?;
+            }
 
             let tree = check(libc::syscall(
                 libc::SYS_open_tree,

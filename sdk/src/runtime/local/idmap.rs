@@ -1,18 +1,29 @@
-//! A user namespace that maps ids `0..65536` to a sandbox's host id range,
-//! held as a descriptor: what an idmapped mount of a shared image tree
-//! needs, so files the tree stores as root show as the sandbox's root.
+//! A user namespace that maps one range of 65536 ids to a sandbox's host id
+//! range, held as a descriptor: what an idmapped mount needs. A shared
+//! image tree stores its files as ids `0..65536` (host root's), which must
+//! show as the sandbox's root and its users; a disk layer (layers.rs)
+//! stores them in the host range of the sandbox that wrote it, which must
+//! show as the same ids of the sandbox that mounts it.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use super::ids::{IdRange, RANGE};
 
-/// Make the namespace: a child unshares a user namespace and waits; host
-/// root writes its maps; the namespace is kept open and the child let go.
+/// The namespace through which an image tree (ids from 0) shows in `range`.
+pub fn userns_for(range: IdRange) -> io::Result<OwnedFd> {
+    userns_mapping(0, range)
+}
+
+/// The namespace through which files stored with ids `from..from+65536`
+/// show as the same ids of `range`.
+///
+/// Made so: a child unshares a user namespace and waits; host root writes
+/// its maps; the namespace is kept open and the child let go.
 /// The child waits on a pipe only we write to, so it ends when we are done
 /// with it or gone, whichever comes first: it never outlives us (it holds
 /// copies of our descriptors, the data dir's lock among them).
-pub fn userns_for(range: IdRange) -> io::Result<OwnedFd> {
+pub fn userns_mapping(from: u32, range: IdRange) -> io::Result<OwnedFd> {
     let (ready_rx, ready_tx) = pipe()?;
     let (hold_rx, hold_tx) = pipe()?;
     let parent = std::process::id() as libc::pid_t;
@@ -50,7 +61,7 @@ pub fn userns_for(range: IdRange) -> io::Result<OwnedFd> {
                 "could not make a user namespace for an id map",
             ));
         }
-        let map = format!("0 {} {RANGE}\n", range.root);
+        let map = format!("{from} {} {RANGE}\n", range.root);
         std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
         std::fs::write(format!("/proc/{pid}/gid_map"), &map)?;
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;

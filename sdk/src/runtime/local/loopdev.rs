@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
 /// `struct loop_info64` (linux/loop.h).
@@ -92,6 +93,17 @@ pub fn in_use(image: &Path) -> bool {
 
 /// Attach `image` to a free loop device.
 pub fn attach(image: &Path) -> io::Result<LoopDevice> {
+    attach_with(image, false)
+}
+
+/// Attach `image` to a free loop device that refuses writes (a disk
+/// layer: its file is opened read-only too, so nothing mounted from it
+/// can change it).
+pub fn attach_read_only(image: &Path) -> io::Result<LoopDevice> {
+    attach_with(image, true)
+}
+
+fn attach_with(image: &Path, read_only: bool) -> io::Result<LoopDevice> {
     let control = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -99,7 +111,7 @@ pub fn attach(image: &Path) -> io::Result<LoopDevice> {
         .open("/dev/loop-control")?;
     let backing = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(!read_only)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(image)?;
     let mut last = io::Error::other("no free loop device");
@@ -135,7 +147,11 @@ pub fn attach(image: &Path) -> io::Result<LoopDevice> {
                 number: 0,
                 encrypt_type: 0,
                 encrypt_key_size: 0,
-                flags: LO_FLAGS_AUTOCLEAR,
+                flags: if read_only {
+                    LO_FLAGS_AUTOCLEAR | LO_FLAGS_READ_ONLY
+                } else {
+                    LO_FLAGS_AUTOCLEAR
+                },
                 file_name: [0; 64],
                 crypt_name: [0; 64],
                 encrypt_key: [0; 32],

@@ -22,11 +22,14 @@ mod bwrap;
 mod disk;
 mod disk_image;
 mod exec;
+mod flatten;
 mod handover;
 mod idmap;
 mod ids;
+mod layers;
 mod limits;
 mod loopdev;
+mod mounts;
 mod namespaces;
 mod pty;
 mod seccomp;
@@ -107,6 +110,8 @@ pub struct LocalRuntime {
     /// Shared image trees (layered disks only).
     trees: Arc<trees::Trees>,
     templates: Arc<disk_image::Templates>,
+    /// Read-only layers shared by disks, snapshots and clones.
+    layers: Arc<layers::Layers>,
 }
 
 impl LocalRuntime {
@@ -143,6 +148,10 @@ impl LocalRuntime {
             .map_or_else(|| options.root.clone(), Path::to_path_buf);
         let trees = Arc::new(trees::Trees::new(data.join("image-trees"), images.clone()));
         let templates = Arc::new(disk_image::Templates::new(data.join("disk-templates")));
+        let layers = Arc::new(layers::Layers::new(
+            data.join(layers::DIR),
+            options.root.clone(),
+        ));
         let backend = LimitBackend::detect();
         // Groups a killed predecessor left; then old empty ones of others.
         limits::remove_left_by(&backend, &box_ids(&options.root));
@@ -159,6 +168,7 @@ impl LocalRuntime {
             running: Arc::default(),
             trees,
             templates,
+            layers,
         })
     }
 
@@ -317,9 +327,16 @@ impl Runtime for LocalRuntime {
 
     fn disk_usage(&self, id: &str) -> Option<crate::types::DiskUsage> {
         validate_id(id).ok()?;
-        disk_image::usage(&self.dir(id)).map(|u| crate::types::DiskUsage {
-            size_bytes: u.size_bytes,
-            used_bytes: u.used_bytes,
+        let dir = self.dir(id);
+        let usage = disk_image::usage(&dir)?;
+        let chain = layers::top_of(&dir.join(disk_image::FILE))
+            .and_then(|top| self.layers.chain(top.as_deref()))
+            .unwrap_or_default();
+        Some(crate::types::DiskUsage {
+            size_bytes: usage.size_bytes,
+            used_bytes: usage.used_bytes,
+            layers: chain.len() as u32,
+            layers_bytes: layers::Layers::bytes(&chain),
         })
     }
 
@@ -363,12 +380,55 @@ impl Runtime for LocalRuntime {
                 })?;
                 self.disk_released(&spec.id).await?;
                 self.grow_disk(&spec.id, spec.limits.disk_mib).await;
-                let attached = loopdev::attach(&dir.join(disk_image::FILE)).map_err(prepare)?;
+                let image = dir.join(disk_image::FILE);
+                let dead = |reason: String| Error::SandboxDead {
+                    id: spec.id.clone(),
+                    reason,
+                };
+                let chain = layers::top_of(&image)
+                    .and_then(|top| self.layers.chain(top.as_deref()))
+                    .map_err(|e| dead(format!("its disk's layers: {e}")))?;
+                let fresh = layers::is_fresh(&image);
+                layers::clear_fresh(&image)?;
+                let attached = loopdev::attach(&image).map_err(prepare)?;
+                // Each layer read-only, seen in the sandbox's ids (one user
+                // namespace per range layers were written in).
+                let mut lowers = Vec::new();
+                let mut held = Vec::new();
+                let mut maps: HashMap<u32, OwnedFd> = HashMap::new();
+                for layer in &chain {
+                    let device = loopdev::attach_read_only(&layer.image).map_err(prepare)?;
+                    let userns = if layer.id_root == range.root {
+                        None
+                    } else {
+                        use std::collections::hash_map::Entry;
+                        let ns = match maps.entry(layer.id_root) {
+                            Entry::Occupied(e) => e.into_mut(),
+                            Entry::Vacant(v) => v.insert(
+                                idmap::userns_mapping(layer.id_root, range).map_err(prepare)?,
+                            ),
+                        };
+                        Some(ns.try_clone().map_err(prepare)?)
+                    };
+                    lowers.push(disk::LowerLayer {
+                        device: device.path().to_path_buf(),
+                        userns,
+                    });
+                    held.push(device);
+                }
                 let userns = idmap::userns_for(range).map_err(prepare)?;
-                let overlay =
-                    disk::prepare_layered(&dir, attached.path(), &tree, userns, range.root)
-                        .map_err(prepare)?;
-                device = Some(attached);
+                let overlay = disk::prepare_layered(
+                    &dir,
+                    attached.path(),
+                    &tree,
+                    userns,
+                    range.root,
+                    lowers,
+                    fresh,
+                )
+                .map_err(prepare)?;
+                held.push(attached);
+                device = Some(held);
                 bwrap::Root::Overlay(Box::new(overlay))
             }
             Some(_) => bwrap::Root::Overlay(Box::new(disk::prepare_legacy(&dir).map_err(prepare)?)),
@@ -507,6 +567,7 @@ impl Runtime for LocalRuntime {
         if dir.exists() {
             disk::unmount_legacy(&dir);
             let range = self.ids.as_ref().and_then(|ids| ids.recorded(&dir));
+            let had_layers = uses_layers(&dir);
             // Rename first so a crash mid-delete never leaves a half disk
             // under the sandbox's name.
             let doomed = self.root.join(format!(".{id}.removing"));
@@ -519,6 +580,9 @@ impl Runtime for LocalRuntime {
                 .map_err(|e| Error::io(format!("deleting disk of {id}"), e))?;
             if let (Some(ids), Some(range)) = (&self.ids, range) {
                 ids.release(range);
+            }
+            if had_layers {
+                self.collect_layers().await;
             }
         }
         Ok(())
@@ -540,6 +604,7 @@ impl Runtime for LocalRuntime {
             disk::unmount_legacy(&entry.path());
             // Partial and half-removed disks start with a dot.
             if keep.contains(&name) {
+                snapshots::remove_leftovers(&entry.path());
                 continue;
             }
             tracing::info!(sandbox = %name, "removing a sandbox left by an earlier process");
@@ -568,6 +633,9 @@ impl Runtime for LocalRuntime {
             .unwrap_or_default();
         let trees = self.trees.clone();
         let _ = tokio::task::spawn_blocking(move || trees.remove_unused(&used)).await;
+        // Layers half made, and layers nothing needs any more.
+        self.layers.remove_leftovers();
+        self.collect_layers().await;
         Ok(())
     }
 
@@ -683,6 +751,8 @@ impl Runtime for LocalRuntime {
         if running.is_none() && dir.join(disk_image::FILE).is_file() {
             self.disk_released(id).await?;
         }
+        let id_root = self.id_root(id)?;
+        let (layers, templates) = (self.layers.clone(), self.templates.clone());
         let id_owned = id.to_owned();
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -692,7 +762,12 @@ impl Runtime for LocalRuntime {
                     "a snapshot of a running session without cgroups on this host; stop the session first".into(),
                 ));
             }
-            snapshots::take(&dir, &id_owned, &name, freeze)
+            let disks = snapshots::Disks {
+                layers: &layers,
+                templates: &templates,
+            };
+            let running = running.is_some().then_some(freeze);
+            snapshots::take(disks, &dir, &id_owned, &name, id_root, running)
         })
         .await
         .map_err(|e| Error::Runtime(format!("snapshot task failed: {e}")))?
@@ -700,7 +775,7 @@ impl Runtime for LocalRuntime {
 
     fn snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>> {
         validate_id(id)?;
-        Ok(snapshots::list(&self.dir(id)))
+        Ok(snapshots::list(&self.dir(id), &self.layers))
     }
 
     async fn restore(&self, id: &str, name: &str) -> Result<()> {
@@ -713,15 +788,25 @@ impl Runtime for LocalRuntime {
         }
         let dir = self.dir(id);
         self.disk_released(id).await?;
+        let id_root = self.id_root(id)?;
+        let (layers, templates) = (self.layers.clone(), self.templates.clone());
         let (id, name) = (id.to_owned(), name.to_owned());
-        tokio::task::spawn_blocking(move || snapshots::restore(&dir, &id, &name))
-            .await
-            .map_err(|e| Error::Runtime(format!("restore task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let disks = snapshots::Disks {
+                layers: &layers,
+                templates: &templates,
+            };
+            snapshots::restore(disks, &dir, &id, &name, id_root)
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("restore task failed: {e}")))?
     }
 
     async fn remove_snapshot(&self, id: &str, name: &str) -> Result<()> {
         validate_id(id)?;
-        snapshots::remove(&self.dir(id), id, name)
+        snapshots::remove(&self.dir(id), id, name)?;
+        self.collect_layers().await;
+        Ok(())
     }
 
     async fn create_from(
@@ -738,15 +823,15 @@ impl Runtime for LocalRuntime {
                 "cloning this session: its disk is a directory (made without root, or before disk images)".into(),
             ));
         };
-        let snapshot_image = match snapshot {
-            Some(name) => Some(snapshots::image_of(&source_dir, name).ok_or_else(|| {
-                Error::SnapshotNotFound {
-                    session: source.into(),
-                    snapshot: name.into(),
-                }
-            })?),
-            None => None,
-        };
+        if let Some(name) = snapshot
+            && !snapshots::exists(&source_dir, name)
+        {
+            return Err(Error::SnapshotNotFound {
+                session: source.into(),
+                snapshot: name.into(),
+            });
+        }
+        let source_root = self.id_root(source)?;
         let dir = self.dir(&spec.id);
         if dir.exists() {
             return Err(Error::Runtime(format!(
@@ -757,12 +842,12 @@ impl Runtime for LocalRuntime {
         let staging = self.root.join(format!(".{}.partial", spec.id));
         let _ = crate::fs::remove_tree(&staging);
         let range = ids.allocate()?;
-        let running = if snapshot_image.is_none() {
+        let running = if snapshot.is_none() {
             self.frozen_parts(source)
         } else {
             None
         };
-        if snapshot_image.is_none() && running.is_none() {
+        if snapshot.is_none() && running.is_none() {
             self.disk_released(source).await?;
         }
         let made: Result<()> = async {
@@ -772,17 +857,24 @@ impl Runtime for LocalRuntime {
             std::fs::copy(source_dir.join(trees::FILE), staging.join(trees::FILE))
                 .map_err(|e| Error::io("naming the disk's image", e))?;
             let (src_dir, stage) = (source_dir.clone(), staging.clone());
+            let (layers, templates) = (self.layers.clone(), self.templates.clone());
+            let (source_id, snapshot) = (source.to_owned(), snapshot.map(str::to_owned));
             tokio::task::spawn_blocking(move || -> Result<()> {
-                let disk = stage.join(disk_image::FILE);
-                match snapshot_image {
-                    Some(image) => disk_image::copy_sparse(&image, &disk)
-                        .map_err(|e| Error::io("copying the snapshot", e))?,
-                    None => {
-                        let freeze = freeze_of(running.as_ref());
-                        snapshots::copy_disk(&src_dir, &disk, freeze)?;
-                    }
-                }
-                snapshots::move_into_range(&disk, &stage.join("disk"), range)
+                let disks = snapshots::Disks {
+                    layers: &layers,
+                    templates: &templates,
+                };
+                // A running source without a freezer is copied as it runs.
+                let running = running.as_ref().map(|r| freeze_of(Some(r)));
+                snapshots::clone_disk(
+                    disks,
+                    &src_dir,
+                    &source_id,
+                    source_root,
+                    snapshot.as_deref(),
+                    running,
+                    &stage.join(disk_image::FILE),
+                )
             })
             .await
             .map_err(|e| Error::Runtime(format!("clone task failed: {e}")))??;
@@ -792,6 +884,8 @@ impl Runtime for LocalRuntime {
         if made.is_err() {
             let _ = crate::fs::remove_tree(&staging);
             ids.release(range);
+            // A layer made for it may be needed by nothing now.
+            self.collect_layers().await;
         }
         made
     }
@@ -807,6 +901,23 @@ impl Runtime for LocalRuntime {
         let range = ids
             .recorded(&dir)
             .ok_or_else(|| Error::Runtime(format!("sandbox {} has no id range", request.id)))?;
+        let chain = layers::top_of(&dir.join(disk_image::FILE))
+            .and_then(|top| self.layers.chain(top.as_deref()))?;
+        let mut snapshot_disks = Vec::new();
+        for s in &request.header.snapshots {
+            let stored =
+                snapshots::stored(&dir, &s.name).ok_or_else(|| Error::SnapshotNotFound {
+                    session: request.header.session.name.clone(),
+                    snapshot: s.name.clone(),
+                })?;
+            let disk = match stored {
+                snapshots::Stored::Layered(top) => {
+                    archives::SnapshotDisk::Chain(self.layers.chain(top.as_deref())?)
+                }
+                snapshots::Stored::Copy(image) => archives::SnapshotDisk::Copy(image),
+            };
+            snapshot_disks.push((s.name.clone(), disk));
+        }
         let running = self.frozen_parts(&request.id);
         if running.is_none() {
             self.disk_released(&request.id).await?;
@@ -823,16 +934,14 @@ impl Runtime for LocalRuntime {
             progress,
             ..
         } = request;
+        let disk = archives::ExportDisk {
+            dir,
+            id_root: range.root,
+            chain,
+            snapshots: snapshot_disks,
+        };
         tokio::task::spawn_blocking(move || {
-            archives::export(
-                dir,
-                range.root,
-                header,
-                image_archive,
-                dest,
-                copy_disk,
-                progress,
-            )
+            archives::export(disk, header, image_archive, dest, copy_disk, progress)
         })
         .await
         .map_err(|e| Error::Runtime(format!("export task failed: {e}")))?
@@ -986,6 +1095,22 @@ impl LocalRuntime {
         }
     }
 
+    /// The host id of a sandbox's root (disk images exist only with id
+    /// ranges).
+    fn id_root(&self, id: &str) -> Result<u32> {
+        self.ids
+            .as_ref()
+            .and_then(|ids| ids.recorded(&self.dir(id)))
+            .map(|range| range.root)
+            .ok_or_else(|| Error::Runtime(format!("sandbox {id} has no id range")))
+    }
+
+    /// Remove the disk layers nothing needs any more.
+    async fn collect_layers(&self) {
+        let layers = self.layers.clone();
+        let _ = tokio::task::spawn_blocking(move || layers.collect()).await;
+    }
+
     /// The namespaces of a running sandbox.
     fn namespaces_of(&self, id: &str) -> Result<Arc<Namespaces>> {
         let running = lock(&self.running);
@@ -1034,9 +1159,7 @@ impl LocalRuntime {
             trees.ensure(&image)?;
             std::fs::write(staging.join(trees::FILE), trees::Trees::key(&image))
                 .map_err(|e| Error::io("naming the disk's image", e))?;
-            templates
-                .make_disk(mib, &staging.join(disk_image::FILE))
-                .map_err(|e| Error::io("making the disk image", e))
+            layers::fresh_disk(&templates, mib, &staging.join(disk_image::FILE), None)
         })
         .await
         .map_err(|e| Error::Runtime(format!("disk task failed: {e}")))?
@@ -1100,6 +1223,14 @@ impl LocalRuntime {
         }
         Ok(Some(range))
     }
+}
+
+/// Whether a sandbox directory's disk or snapshots name disk layers (its
+/// removal may leave some unneeded).
+fn uses_layers(dir: &Path) -> bool {
+    let disk = dir.join(disk_image::FILE);
+    (disk.is_file() && layers::top_of(&disk).map_or(true, |top| top.is_some()))
+        || snapshots::layers_named(dir).map_or(true, |tops| !tops.is_empty())
 }
 
 /// A running sandbox's cgroup (if limits use cgroups) and namespaces.
