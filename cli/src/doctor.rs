@@ -1,19 +1,22 @@
-//! `blink-cli doctor`: which runtime is usable here, and why.
+//! `blink-cli doctor`: which runtime is usable here, which one `--runtime`
+//! selects, and why.
 
 use std::process::ExitCode;
 
 use crate::output::{self, Context};
 
 pub fn doctor(ctx: &Context) -> anyhow::Result<ExitCode> {
-    let report = blink_sdk::runtime::diagnose();
+    let report = blink_sdk::runtime::diagnose(ctx.runtime);
     if ctx.json {
         output::print_json(&report)?;
     } else {
-        for d in &report {
+        for r in &report {
+            let d = &r.diagnosis;
             println!(
-                "{}: {}",
+                "{}: {}{}",
                 d.runtime,
-                if d.usable { "usable" } else { "not usable" }
+                if d.usable { "usable" } else { "not usable" },
+                if r.selected { " (selected)" } else { "" }
             );
             for c in &d.checks {
                 println!(
@@ -24,10 +27,17 @@ pub fn doctor(ctx: &Context) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        match report.iter().find(|r| r.selected) {
+            Some(r) => println!("runtime: {} ({})", r.diagnosis.runtime, r.reason),
+            None => println!(
+                "runtime: none ({})",
+                report.first().map_or("", |r| r.reason.as_str())
+            ),
+        }
         println!("data dir: {}", ctx.data_dir.display());
     }
-    let any = report.iter().any(|d| d.usable);
-    Ok(if any {
+    let selected = report.iter().any(|r| r.selected && r.diagnosis.usable);
+    Ok(if selected {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -41,6 +41,11 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
+    /// Sandbox runtime: auto (boxlite when its preflight passes, else
+    /// local), boxlite or local.
+    #[arg(long, global = true, env = "BLINK_RUNTIME", default_value = "auto")]
+    runtime: blink_sdk::runtime::selection::RuntimeChoice,
+
     /// Log verbosity (-v info, -vv debug). Logs go to stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -88,13 +93,14 @@ fn main() -> ExitCode {
         }
         None => Default::default(),
     };
-    let ctx = output::Context::new(
+    let mut ctx = output::Context::new(
         cli.data_dir
             .clone()
             .unwrap_or_else(blink_sdk::manager::default_data_dir),
         cli.json,
         pull,
     );
+    ctx.runtime = cli.runtime;
     let result = runtime.block_on(async {
         let result = match cli.command {
             Command::Run(args) => run::run(&ctx, args).await,

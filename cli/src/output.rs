@@ -17,6 +17,8 @@ pub struct Context {
     pub json: bool,
     /// `[images]` of `--config`: how pulls go.
     pub pull: PullConfig,
+    /// `--runtime`: auto, boxlite or local.
+    pub runtime: blink_sdk::runtime::selection::RuntimeChoice,
     manager: tokio::sync::OnceCell<Arc<Manager>>,
 }
 
@@ -26,6 +28,7 @@ impl Context {
             data_dir,
             json,
             pull,
+            runtime: Default::default(),
             manager: tokio::sync::OnceCell::new(),
         }
     }
@@ -37,6 +40,7 @@ impl Context {
             .get_or_try_init(|| {
                 let mut config = ManagerConfig::new(&self.data_dir);
                 config.pull = self.pull.clone();
+                config.runtime = self.runtime;
                 Manager::open(config)
             })
             .await?;

@@ -36,6 +36,9 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
+    /// `"auto"` (default), `"boxlite"` or `"local"`; the same as
+    /// `[sandbox] runtime` (setting both differently is an error).
+    pub runtime: Option<blink_sdk::runtime::selection::RuntimeChoice>,
     /// Stop a cold session after this many seconds with nothing running in
     /// it (default 300).
     pub session_idle_timeout_secs: Option<u64>,
@@ -87,6 +90,9 @@ impl NetworkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
+    /// The sandbox runtime: `"auto"` (boxlite when its preflight passes,
+    /// else local), `"boxlite"` or `"local"` (docs/BOXLITE.md).
+    pub runtime: Option<blink_sdk::runtime::selection::RuntimeChoice>,
     /// `"default"` (Docker's default semantics) or `"unconfined"`.
     pub seccomp: blink_sdk::runtime::local::SeccompProfile,
     /// First host id of the per-sandbox id ranges (65536 ids each) when
@@ -121,6 +127,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         let host = blink_sdk::manager::ResourceMaxima::for_this_host();
         Self {
+            runtime: None,
             seccomp: blink_sdk::runtime::local::SeccompProfile::Default,
             id_base: blink_sdk::runtime::local::DEFAULT_ID_BASE,
             disk_size_mib: blink_sdk::runtime::local::DEFAULT_DISK_MIB,
@@ -134,6 +141,19 @@ impl Default for SandboxConfig {
             max_pids: host.pids,
             max_disk_mib: host.disk_mib,
             max_idle_timeout_secs: host.idle_timeout_secs,
+        }
+    }
+}
+
+impl FileConfig {
+    /// The runtime choice: top-level `runtime` or `[sandbox] runtime`
+    /// (default `auto`).
+    pub fn runtime(&self) -> Result<blink_sdk::runtime::selection::RuntimeChoice, ConfigError> {
+        match (self.runtime, self.sandbox.runtime) {
+            (Some(a), Some(b)) if a != b => Err(ConfigError::Invalid(format!(
+                "runtime = {a:?} and sandbox.runtime = {b:?} disagree: set one"
+            ))),
+            (a, b) => Ok(a.or(b).unwrap_or_default()),
         }
     }
 }
@@ -471,6 +491,7 @@ impl FileConfig {
                 "sandbox.disk_size_mib must be between {MIN_DISK_MIB} and {MAX_DISK_MIB}, not {disk}"
             )));
         }
+        self.runtime()?;
         blink_sdk::network::validate(&self.network.policy())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.images
@@ -612,6 +633,39 @@ mod fuzz_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_choice_top_level_or_in_sandbox() {
+        use blink_sdk::runtime::selection::RuntimeChoice;
+        let parse = |t: &str| toml::from_str::<FileConfig>(t).map(|c| c.runtime());
+        assert_eq!(parse("").unwrap().unwrap(), RuntimeChoice::Auto);
+        assert_eq!(
+            parse("runtime = \"local\"").unwrap().unwrap(),
+            RuntimeChoice::Local
+        );
+        assert_eq!(
+            parse("[sandbox]\nruntime = \"boxlite\"").unwrap().unwrap(),
+            RuntimeChoice::Boxlite
+        );
+        assert_eq!(
+            parse("runtime = \"auto\"\n[sandbox]\nruntime = \"auto\"")
+                .unwrap()
+                .unwrap(),
+            RuntimeChoice::Auto
+        );
+        let both = parse("runtime = \"local\"\n[sandbox]\nruntime = \"boxlite\"")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("disagree"), "{both}");
+        let bad = parse("[sandbox]\nruntime = \"qemu\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("\"qemu\"") && bad.contains("auto, boxlite or local"),
+            "{bad}"
+        );
+    }
 
     #[test]
     fn example_config_parses() {

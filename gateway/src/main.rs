@@ -50,6 +50,10 @@ struct Args {
     /// HTTP API listen address: IP:PORT, or an IP (port 8787).
     #[arg(long, env = "BLINK_BIND", value_parser = rest::config::parse_listen)]
     http_listen: Option<std::net::SocketAddr>,
+    /// Sandbox runtime: auto (boxlite when its preflight passes, else
+    /// local), boxlite or local. Overrides the config's `runtime`.
+    #[arg(long, env = "BLINK_RUNTIME")]
+    runtime: Option<blink_sdk::runtime::selection::RuntimeChoice>,
     /// Host directory whose scripts REST runs may name (repeatable).
     #[arg(long)]
     script_dir: Vec<PathBuf>,
@@ -139,6 +143,11 @@ fn configure(args: &Args) -> anyhow::Result<(FileConfig, PathBuf)> {
     if let Some(listen) = args.http_listen {
         file.rest.listen = listen;
     }
+    if let Some(runtime) = args.runtime {
+        // The flag replaces whatever the file says, in either place.
+        file.runtime = Some(runtime);
+        file.sandbox.runtime = None;
+    }
     file.rest
         .script_dirs
         .extend(args.script_dir.iter().cloned());
@@ -181,6 +190,7 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     tracing::info!(fingerprint = %fingerprint, path = %key_path.display(), "ssh host key");
 
     let mut manager_config = ManagerConfig::new(&data_dir);
+    manager_config.runtime = file.runtime()?;
     manager_config.seccomp = file.sandbox.seccomp;
     manager_config.id_base = Some(file.sandbox.id_base);
     manager_config.limits = blink_sdk::runtime::Limits {

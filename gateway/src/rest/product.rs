@@ -13,6 +13,10 @@ pub struct Health {
     /// Always `ok` when the server answers.
     pub status: &'static str,
     pub version: &'static str,
+    /// The sandbox runtime in use (`local`, `boxlite`).
+    pub runtime: String,
+    /// Why that runtime (`runtime = "auto"` says what it found).
+    pub runtime_reason: String,
 }
 
 /// Liveness: answers without touching sandboxes (and without a token).
@@ -22,10 +26,13 @@ pub struct Health {
     tag = "product",
     responses((status = 200, description = "Up", body = Health))
 )]
-pub async fn health() -> axum::Json<Health> {
+pub async fn health(State(state): State<AppState>) -> axum::Json<Health> {
+    let selection = state.manager.runtime_selection();
     axum::Json(Health {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
+        runtime: selection.runtime.clone(),
+        runtime_reason: selection.reason.clone(),
     })
 }
 
@@ -37,6 +44,14 @@ pub struct Product {
     /// `details`).
     #[schema(value_type = Object)]
     pub runtime: blink_sdk::types::RuntimeInfo,
+    /// What was asked for (`requested`: auto, boxlite, local), what runs
+    /// (`runtime`) and why (`reason`).
+    #[schema(value_type = Object)]
+    pub runtime_selection: blink_sdk::runtime::selection::Selection,
+    /// Per runtime (`local`, `boxlite`): compiled in, and which session
+    /// operations it maps.
+    #[schema(value_type = Object)]
+    pub runtimes: BTreeMap<&'static str, blink_sdk::runtime::support::RuntimeSupport>,
     /// `namespace` (Linux namespaces) or `vm` (micro-VM).
     pub isolation: String,
     /// What this build and configuration can do.
@@ -77,11 +92,25 @@ pub async fn product(State(state): State<AppState>) -> axum::Json<Product> {
         ("api_token", state.config.token.is_some()),
         ("image_pull", true),
     ]);
+    use blink_sdk::runtime::RuntimeKind;
+    use blink_sdk::runtime::support::support;
+    let mut local = support(RuntimeKind::Local);
+    if !state.manager.snapshots_supported() {
+        for op in ["snapshots", "clone", "export", "import"] {
+            local.operations.insert(op.into(), false);
+        }
+        local.note =
+            "snapshots, clone, export and import need disk images (a server running as root)"
+                .into();
+    }
+    let runtimes = BTreeMap::from([("local", local), ("boxlite", support(RuntimeKind::Boxlite))]);
     axum::Json(Product {
         name: "blink",
         version: env!("CARGO_PKG_VERSION"),
         isolation: runtime.isolation.to_string(),
         runtime,
+        runtime_selection: state.manager.runtime_selection().clone(),
+        runtimes,
         features,
         limits: ProductLimits {
             max_body_bytes: state.config.max_body_bytes,

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::image::DEFAULT_IMAGE;
-use crate::runtime::{Limits, RuntimeKind};
+use crate::runtime::Limits;
+use crate::runtime::selection::RuntimeChoice;
 
 /// Where agent memory lives inside every session.
 pub const MEMORY_DIR: &str = "/var/blink/memory";
@@ -17,7 +18,9 @@ pub(super) const SCRIPT_DIR: &str = "/var/blink/run";
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
     pub data_dir: PathBuf,
-    pub runtime: RuntimeKind,
+    /// `auto` (boxlite when its preflight passes, else local), `boxlite`
+    /// or `local`; decided once in `Manager::open`.
+    pub runtime: RuntimeChoice,
     /// First host id of the per-sandbox id ranges when running as root
     /// (each sandbox owns 65536 ids from there); `None` maps sandbox root
     /// to the caller.
@@ -64,7 +67,7 @@ impl ManagerConfig {
         let maxima = super::ResourceMaxima::for_this_host();
         Self {
             data_dir: data_dir.into(),
-            runtime: RuntimeKind::Local,
+            runtime: RuntimeChoice::Auto,
             id_base: Some(crate::runtime::local::DEFAULT_ID_BASE),
             seccomp: crate::runtime::local::SeccompProfile::Default,
             default_image: DEFAULT_IMAGE.into(),

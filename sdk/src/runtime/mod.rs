@@ -9,6 +9,9 @@
 
 pub mod exec;
 pub mod local;
+pub mod preflight;
+pub mod selection;
+pub mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -268,6 +271,16 @@ impl std::str::FromStr for RuntimeKind {
     }
 }
 
+impl RuntimeKind {
+    /// `local` or `boxlite`, as [`RuntimeInfo::name`] says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Boxlite => "boxlite",
+        }
+    }
+}
+
 /// One line of `doctor`: a check and its outcome.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Check {
@@ -284,42 +297,45 @@ pub struct Diagnosis {
     pub checks: Vec<Check>,
 }
 
-/// Check both runtimes on this machine without starting anything lasting.
-pub fn diagnose() -> Vec<Diagnosis> {
-    vec![local::diagnose(), boxlite_diagnosis()]
+/// A runtime's diagnosis and whether the configured choice selects it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DoctorReport {
+    #[serde(flatten)]
+    pub diagnosis: Diagnosis,
+    /// Whether the requested choice selects this runtime here.
+    pub selected: bool,
+    /// Why this runtime is or is not the one selected.
+    pub reason: String,
 }
 
-/// The boxlite runtime is not built into this binary yet; say why it would
-/// not run here either way.
-fn boxlite_diagnosis() -> Diagnosis {
-    let mut checks = Vec::new();
-    let kvm = Path::new("/dev/kvm").exists();
-    checks.push(Check {
-        name: "/dev/kvm".into(),
-        ok: kvm,
-        detail: if kvm {
-            "present".into()
-        } else {
-            "missing".into()
-        },
-    });
-    let pvm = Path::new("/sys/module/kvm_pvm").exists();
-    if pvm {
-        checks.push(Check {
-            name: "hardware virtualization".into(),
-            ok: false,
-            detail: "/dev/kvm is kvm_pvm (emulated); it cannot boot a micro-VM".into(),
-        });
-    }
-    checks.push(Check {
-        name: "built in".into(),
-        ok: false,
-        detail: "this build has no boxlite runtime (a later release adds it)".into(),
-    });
+/// Check both runtimes on this machine without starting anything lasting,
+/// and say which one `requested` selects (local first, then boxlite).
+pub fn diagnose(requested: selection::RuntimeChoice) -> Vec<DoctorReport> {
+    let boxlite = preflight::boxlite();
+    let chosen = selection::select(requested, &boxlite);
+    [local::diagnose(), boxlite_diagnosis(boxlite)]
+        .into_iter()
+        .map(|diagnosis| {
+            let (selected, reason) = match &chosen {
+                Ok((_, s)) if s.runtime == diagnosis.runtime => (true, s.reason.clone()),
+                Ok((_, s)) => (false, format!("not selected: {}", s.reason)),
+                Err(e) => (false, e.to_string()),
+            };
+            DoctorReport {
+                diagnosis,
+                selected,
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// The boxlite preflight as a doctor's diagnosis.
+fn boxlite_diagnosis(preflight: preflight::Preflight) -> Diagnosis {
     Diagnosis {
         runtime: "boxlite".into(),
-        usable: false,
-        checks,
+        usable: preflight.usable(),
+        checks: preflight.checks,
     }
 }
 

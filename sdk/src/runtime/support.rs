@@ -1,0 +1,54 @@
+//! What each runtime can do, per session operation, so `/api/product`
+//! says it instead of a runtime silently ignoring a request.
+
+use std::collections::BTreeMap;
+
+use super::RuntimeKind;
+
+/// The session operations a runtime maps (docs/BOXLITE.md keeps the
+/// boxlite column).
+pub const OPERATIONS: &[&str] = &[
+    "sessions",
+    "start_stop_keep_disk",
+    "exec",
+    "pty",
+    "signals",
+    "byte_exact_io",
+    "file_copy",
+    "resources",
+    "snapshots",
+    "clone",
+    "export",
+    "import",
+    "network_policy",
+];
+
+/// One runtime in this build: whether it is compiled in and which
+/// operations it maps.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuntimeSupport {
+    /// Compiled into this binary.
+    pub built: bool,
+    pub operations: BTreeMap<String, bool>,
+    /// What is missing, in a sentence (empty when nothing is).
+    pub note: String,
+}
+
+/// What `kind` offers in this build. The local runtime's snapshot family
+/// also needs disk images (a server running as root): the manager's
+/// `snapshots_supported` says so for the running runtime.
+pub fn support(kind: RuntimeKind) -> RuntimeSupport {
+    let all = |on: bool| OPERATIONS.iter().map(|o| ((*o).to_owned(), on)).collect();
+    match kind {
+        RuntimeKind::Local => RuntimeSupport {
+            built: true,
+            operations: all(true),
+            note: String::new(),
+        },
+        RuntimeKind::Boxlite => RuntimeSupport {
+            built: cfg!(feature = "boxlite"),
+            operations: all(false),
+            note: "no session operation is mapped onto BoxLite yet (docs/BOXLITE.md)".into(),
+        },
+    }
+}
