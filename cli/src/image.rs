@@ -2,16 +2,23 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use blink_sdk::image::ImageStore;
+use blink_sdk::image::{ImageStore, Puller};
 use clap::Subcommand;
 
 use crate::output::{self, Context, Progress};
+use crate::pull_progress::PullBars;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// List local images.
+    /// List local images (reference, size, layers, digest).
     Ls,
+    /// Pull an image from a registry (`alpine:3.20` is Docker Hub's
+    /// `docker.io/library/alpine:3.20`; `host:port/repo@sha256:...` pins a
+    /// digest). Mirrors, insecure registries and credentials come from
+    /// `[images]` of --config (docs/IMAGES.md).
+    Pull { reference: String },
     /// Import an OCI archive or a `docker save` tarball.
     Import {
         file: PathBuf,
@@ -19,8 +26,17 @@ pub enum ImageCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Remove an image and the blobs only it used.
-    Rm { reference: String },
+    /// Remove an image and the blobs only it used; refused while a
+    /// session uses it.
+    Rm {
+        reference: String,
+        /// Remove it even if sessions use it (they keep their unpacked
+        /// tree).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete blobs no image uses and downloads left by interrupted pulls.
+    Prune,
     /// Build the default image (busybox) now, or a Debian one.
     Build {
         /// Build a Debian minbase image with debootstrap (e.g. bookworm)
@@ -55,6 +71,26 @@ pub async fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<ExitCo
                 }
             }
         }
+        ImageCommand::Pull { reference } => {
+            let puller = Puller::new(Arc::new(store), ctx.pull.clone())?;
+            let bars = PullBars::start(ctx, &reference);
+            let report = puller.pull(&reference, bars.callback()).await;
+            bars.finish();
+            let report = report?;
+            if ctx.json {
+                output::print_json(&report)?;
+            } else {
+                println!(
+                    "pulled {} ({}) from {}: {} blobs fetched ({}), {} already here",
+                    report.image.reference,
+                    report.image.digest,
+                    report.source,
+                    report.fetched_blobs,
+                    human_size(report.fetched_bytes),
+                    report.cached_blobs
+                );
+            }
+        }
         ImageCommand::Import { file, name } => {
             let progress = Progress::start(ctx, &format!("importing {}", file.display()));
             let imported =
@@ -70,12 +106,26 @@ pub async fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<ExitCo
                 }
             }
         }
-        ImageCommand::Rm { reference } => {
-            let removed = store.remove(&reference)?;
+        ImageCommand::Rm { reference, force } => {
+            let users = blink_sdk::manager::images_in_use(&ctx.data_dir)?;
+            let removed = store.remove_unless_used(&reference, &users, force)?;
             if ctx.json {
                 output::print_json(&removed)?;
             } else {
                 println!("removed {}", removed.reference);
+            }
+        }
+        ImageCommand::Prune => {
+            let report = tokio::task::spawn_blocking(move || store.prune()).await??;
+            if ctx.json {
+                output::print_json(&report)?;
+            } else {
+                println!(
+                    "removed {} unused blobs and {} downloads ({})",
+                    report.blobs,
+                    report.downloads,
+                    human_size(report.bytes)
+                );
             }
         }
         ImageCommand::Build { debootstrap } => {
@@ -97,7 +147,7 @@ pub async fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn human_size(bytes: u64) -> String {
+pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

@@ -11,6 +11,7 @@ mod gateway;
 mod image;
 mod keys;
 mod output;
+mod pull_progress;
 mod run;
 mod session;
 mod terminal;
@@ -30,6 +31,11 @@ struct Cli {
     /// $BLINK_DATA_DIR, /var/lib/blink for root, else ~/.local/share/blink.
     #[arg(long, global = true, env = "BLINK_DATA_DIR")]
     data_dir: Option<PathBuf>,
+
+    /// blink-server's TOML config, of which the CLI reads `[images]`
+    /// (mirrors, insecure registries, credentials, limits; docs/IMAGES.md).
+    #[arg(long, global = true, env = "BLINK_CONFIG")]
+    config: Option<PathBuf>,
 
     /// Print machine-readable JSON instead of human output.
     #[arg(long, global = true)]
@@ -78,11 +84,21 @@ fn main() -> ExitCode {
             return ExitCode::from(BLINK_FAILURE);
         }
     };
+    let pull = match cli.config.as_deref().map(output::read_images_config) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            let ctx = output::Context::new(PathBuf::new(), cli.json, Default::default());
+            output::print_error(&ctx, &e);
+            return ExitCode::from(BLINK_FAILURE);
+        }
+        None => Default::default(),
+    };
     let mut ctx = output::Context::new(
         cli.data_dir
             .clone()
             .unwrap_or_else(blink_sdk::manager::default_data_dir),
         cli.json,
+        pull,
     );
     ctx.runtime = cli.runtime;
     let result = runtime.block_on(async {

@@ -7,22 +7,27 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use blink_sdk::image::PullConfig;
 use blink_sdk::{Manager, ManagerConfig};
 use serde::Serialize;
 
 pub struct Context {
     pub data_dir: PathBuf,
     pub json: bool,
+    /// `[images]` of `--config`: how pulls go.
+    pub pull: PullConfig,
     /// `--runtime`: auto, boxlite or local.
     pub runtime: blink_sdk::runtime::selection::RuntimeChoice,
     manager: tokio::sync::OnceCell<Arc<Manager>>,
 }
 
 impl Context {
-    pub fn new(data_dir: PathBuf, json: bool) -> Self {
+    pub fn new(data_dir: PathBuf, json: bool, pull: PullConfig) -> Self {
         Self {
             data_dir,
             json,
+            pull,
             runtime: Default::default(),
             manager: tokio::sync::OnceCell::new(),
         }
@@ -34,6 +39,7 @@ impl Context {
             .manager
             .get_or_try_init(|| {
                 let mut config = ManagerConfig::new(&self.data_dir);
+                config.pull = self.pull.clone();
                 config.runtime = self.runtime;
                 Manager::open(config)
             })
@@ -48,6 +54,24 @@ impl Context {
             m.shutdown().await;
         }
     }
+}
+
+/// The `[images]` table of a blink-server config file (the rest is the
+/// server's business).
+pub fn read_images_config(path: &std::path::Path) -> anyhow::Result<PullConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let mut doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("config {} is not TOML", path.display()))?;
+    let pull: PullConfig = match doc.remove("images") {
+        Some(v) => v
+            .try_into()
+            .with_context(|| format!("config {}: [images]", path.display()))?,
+        None => PullConfig::default(),
+    };
+    pull.validate()?;
+    Ok(pull)
 }
 
 /// Print a value as pretty JSON on stdout.
