@@ -642,14 +642,16 @@ def write_markdown(path: Path, results: dict) -> None:
 # Sections other scripts write into RESULTS.md (with `write_section`
 # below), in this order after bench.py's tables: bench/soak.py's,
 # bench/disks.py's, bench/network.py's, bench/archives.py's,
-# bench/resources.py's. Each script rewrites its own and keeps the others;
-# bench.py keeps them all.
+# bench/resources.py's, bench/recording.py's, bench/pull.py's. Each script
+# rewrites its own and keeps the others; bench.py keeps them all.
 SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
 DISKS_BEGIN, DISKS_END = "<!-- disks:begin -->", "<!-- disks:end -->"
 SECTIONS = ((SOAK_BEGIN, SOAK_END), (DISKS_BEGIN, DISKS_END),
             ("<!-- network:begin -->", "<!-- network:end -->"),
             ("<!-- archives:begin -->", "<!-- archives:end -->"),
-            ("<!-- resources:begin -->", "<!-- resources:end -->"))
+            ("<!-- resources:begin -->", "<!-- resources:end -->"),
+            ("<!-- recording:begin -->", "<!-- recording:end -->"),
+            ("<!-- pull:begin -->", "<!-- pull:end -->"))
 NOTES_BEGIN = "<!-- bench/NOTES.md follows -->"
 
 

@@ -18,6 +18,13 @@
 # (as root): a session's exec latency while its neighbour misbehaves within
 # its limits (fork bomb, memory hog, CPU spinner), idle, and beside a
 # neighbour spinning with no CPU quota.
+#
+# `bash bench/run.sh --recording [--quick]` runs bench/recording.py instead:
+# PTY output and keystroke echo in a recorded session beside one that is
+# not, and sshd for reference; whether the recordings kept up.
+# `bash bench/run.sh --pull [pull.py's options]` runs bench/pull.py instead:
+# `blink-cli image pull` beside `skopeo copy` from a registry on loopback,
+# and a second pull of an image sharing layers (--quick: small layers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +47,14 @@ fi
 if [[ ${1:-} == --resources ]]; then
   shift
   exec python3 bench/resources.py "$@"
+fi
+if [[ ${1:-} == --recording ]]; then
+  shift
+  exec python3 bench/recording.py "$@"
+fi
+if [[ ${1:-} == --pull ]]; then
+  shift
+  exec python3 bench/pull.py "$@"
 fi
 venv=bench/.venv
 [[ -x $venv/bin/python ]] || python3 -m venv "$venv"

@@ -12,6 +12,10 @@
 #   e2fsprogs       mkfs.ext4: session disks are ext4 images (docs/DISKS.md)
 #   curl            curl through ssh -D in the forwarding tests (tests/tests/ssh_forwarding.rs)
 #   systemd         systemd-analyze verify of the unit (tests/tests/deploy.rs)
+#   docker-registry a real registry (CNCF distribution) on loopback for the pull tests
+#   skopeo          pushes the images those tests build (tests/tests/registry_pull.rs)
+#   apache2-utils   htpasswd, for the registry behind Basic auth in those tests
+#   openssl         signs the tokens of their bearer-token service (a test double)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
 #   prometheus_client  the reference parser of /metrics (tests/tests/metrics.rs)
 #   pyte            (PyPI) a headless terminal replaying recordings (tests/tests/recording.rs)
@@ -21,7 +25,8 @@ set -euo pipefail
 
 need=()
 for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
-  libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl systemd; do
+  libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl systemd \
+  docker-registry skopeo apache2-utils openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -101,7 +101,15 @@ pub async fn spawn(
                     Ok(Event::Error { message }) => tracing::warn!(%message, "the server refused a control message"),
                     Ok(Event::Attached) | Err(_) => {}
                 },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Close(frame))) => {
+                    tracing::debug!(?frame, "the server closed the attachment");
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "the attachment broke");
+                    break;
+                }
+                None => break,
                 Some(Ok(_)) => {}
             },
             read = stdin.read(&mut buf), if stdin_open => match read {
@@ -124,6 +132,9 @@ pub async fn spawn(
             }
         }
     }
+    // Answer the server's close (or close first), so that neither side
+    // resets the connection.
+    let _ = socket.close(None).await;
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
     drop(raw);

@@ -14,6 +14,7 @@ mod gateway;
 mod image;
 mod keys;
 mod output;
+mod pull_progress;
 mod remote_archive;
 mod remote_run;
 mod run;
@@ -42,6 +43,11 @@ struct Cli {
     /// else the data dir directly.
     #[arg(long, global = true, env = "BLINK_API_URL", value_name = "URL")]
     server: Option<String>,
+
+    /// blink-server's TOML config, of which the CLI reads `[images]`
+    /// (mirrors, insecure registries, credentials, limits; docs/IMAGES.md).
+    #[arg(long, global = true, env = "BLINK_CONFIG")]
+    config: Option<PathBuf>,
 
     /// Print machine-readable JSON instead of human output.
     #[arg(long, global = true)]
@@ -91,11 +97,21 @@ fn main() -> ExitCode {
             return ExitCode::from(BLINK_FAILURE);
         }
     };
+    let pull = match cli.config.as_deref().map(output::read_images_config) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            let ctx = output::Context::new(PathBuf::new(), cli.json, Default::default(), None);
+            output::print_error(&ctx, &e);
+            return ExitCode::from(BLINK_FAILURE);
+        }
+        None => Default::default(),
+    };
     let mut ctx = output::Context::new(
         cli.data_dir
             .clone()
             .unwrap_or_else(blink_sdk::manager::default_data_dir),
         cli.json,
+        pull,
         cli.server.clone(),
     );
     ctx.runtime = cli.runtime;

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use blink_sdk::ManagerConfig;
+use blink_sdk::image::PullConfig;
 use serde::Serialize;
 
 use crate::backend::{Backend, Need};
@@ -15,16 +18,19 @@ pub struct Context {
     pub json: bool,
     /// `--server` / `BLINK_API_URL`: go through that server.
     pub server: Option<String>,
+    /// `[images]` of `--config`: how pulls go (the direct path).
+    pub pull: PullConfig,
     /// `--runtime`: auto, boxlite or local (the direct path).
     pub runtime: blink_sdk::runtime::selection::RuntimeChoice,
     backend: tokio::sync::OnceCell<Backend>,
 }
 
 impl Context {
-    pub fn new(data_dir: PathBuf, json: bool, server: Option<String>) -> Self {
+    pub fn new(data_dir: PathBuf, json: bool, pull: PullConfig, server: Option<String>) -> Self {
         Self {
             data_dir,
             json,
+            pull,
             server: server.filter(|s| !s.trim().is_empty()),
             runtime: Default::default(),
             backend: tokio::sync::OnceCell::new(),
@@ -35,7 +41,10 @@ impl Context {
     pub async fn backend(&self, need: Need) -> anyhow::Result<&Backend> {
         self.backend
             .get_or_try_init(|| {
-                Backend::choose(&self.data_dir, self.server.as_deref(), self.runtime, need)
+                let mut config = ManagerConfig::new(&self.data_dir);
+                config.pull = self.pull.clone();
+                config.runtime = self.runtime;
+                Backend::choose(self.server.as_deref(), config, need)
             })
             .await
     }
@@ -47,6 +56,24 @@ impl Context {
             m.shutdown().await;
         }
     }
+}
+
+/// The `[images]` table of a blink-server config file (the rest is the
+/// server's business).
+pub fn read_images_config(path: &std::path::Path) -> anyhow::Result<PullConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let mut doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("config {} is not TOML", path.display()))?;
+    let pull: PullConfig = match doc.remove("images") {
+        Some(v) => v
+            .try_into()
+            .with_context(|| format!("config {}: [images]", path.display()))?,
+        None => PullConfig::default(),
+    };
+    pull.validate()?;
+    Ok(pull)
 }
 
 /// Print a value as pretty JSON on stdout.

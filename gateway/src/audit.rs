@@ -20,7 +20,7 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 
 /// The log targets whose lines are audit events.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "blink::ssh::auth",
     "blink::ssh::admission",
     "blink::ssh::connection",
@@ -30,6 +30,7 @@ pub const TARGETS: [&str; 9] = [
     "blink::egress",
     "blink::rest::request",
     "blink::recording",
+    "blink::image",
 ];
 
 /// The `[audit]` table.

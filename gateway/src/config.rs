@@ -50,6 +50,9 @@ pub struct FileConfig {
     pub sandbox: SandboxConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    /// `[images]`: pulls from registries (docs/IMAGES.md).
+    #[serde(default)]
+    pub images: blink_sdk::image::PullConfig,
     #[serde(default)]
     pub recording: crate::recording::RecordingConfig,
     #[serde(default)]
@@ -491,6 +494,9 @@ impl FileConfig {
         self.runtime()?;
         blink_sdk::network::validate(&self.network.policy())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.images
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.recording.validate().map_err(ConfigError::Invalid)?;
         self.audit.validate().map_err(ConfigError::Invalid)?;
         self.sandbox.validate(
@@ -668,6 +674,29 @@ mod tests {
         assert_eq!(config.ssh.listen.port(), 2222);
         assert!(config.ssh.env_allow.iter().any(|n| n == "EDITOR"));
         assert_eq!(config.ssh.shutdown_grace(), Duration::from_secs(10));
+    }
+
+    /// The `[images]` values the example shows commented out are the
+    /// defaults (the credentials file and the mirror are examples).
+    #[test]
+    fn example_images_values_are_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/blink.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let section = text.split("\n[images]\n").nth(1).unwrap();
+        let section = section.split("\n[").next().unwrap();
+        let values: String = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.split_once(" = ").is_some_and(|(key, _)| {
+                    key != "auth_file" && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(values.contains("pull_timeout_secs"), "{values}");
+        let parsed: blink_sdk::image::PullConfig = toml::from_str(&values).unwrap();
+        assert_eq!(parsed, blink_sdk::image::PullConfig::default());
     }
 
     #[test]

@@ -204,6 +204,7 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     manager_config.network = file.network.policy();
     manager_config.ephemeral_pool = file.sandbox.ephemeral_pool;
     manager_config.resolve = file.network.resolve.clone();
+    manager_config.pull = file.images.clone();
     manager_config.forwarding = file.network.forwarding;
     if file.sandbox.seccomp == blink_sdk::runtime::local::SeccompProfile::Unconfined {
         tracing::warn!(

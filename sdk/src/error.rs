@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Unprocessable,
     /// Refused by a rule of the server or of the caller's key (HTTP 403).
     Forbidden,
+    /// A server Blink talks to failed or refused (a registry; HTTP 502).
+    Upstream,
     /// Not available in this build or on this machine (HTTP 501).
     Unsupported,
     /// A fault on our side or in the sandbox runtime (HTTP 500).
@@ -59,6 +61,14 @@ pub enum Error {
 
     #[error("invalid image {what}: {reason}")]
     InvalidImage { what: String, reason: String },
+
+    #[error("image {reference} is used by session(s) {sessions}; remove them first, or force it")]
+    ImageInUse { reference: String, sessions: String },
+
+    /// A registry could not be reached, refused, or broke the protocol;
+    /// the reason says which (never with credentials in it).
+    #[error("registry {registry}: {reason}")]
+    Registry { registry: String, reason: String },
 
     #[error("script {} not found", .0.display())]
     ScriptNotFound(PathBuf),
@@ -144,6 +154,8 @@ impl Error {
             Self::InvalidArchive(_) => "invalid_archive",
             Self::ImageNotFound { .. } => "image_not_found",
             Self::InvalidImage { .. } => "invalid_image",
+            Self::ImageInUse { .. } => "image_in_use",
+            Self::Registry { .. } => "registry_error",
             Self::ScriptNotFound(_) => "script_not_found",
             Self::InvalidArgument(_) => "invalid_argument",
             Self::PathOutsideSandbox { .. } => "path_outside_sandbox",
@@ -171,10 +183,12 @@ impl Error {
             Self::SessionExists(_)
             | Self::SnapshotExists { .. }
             | Self::SessionBusy { .. }
+            | Self::ImageInUse { .. }
             | Self::DataDirLocked { .. } => ErrorKind::Conflict,
             Self::TooLarge { .. } => ErrorKind::TooLarge,
             Self::InvalidImage { .. } | Self::InvalidArchive(_) => ErrorKind::Unprocessable,
             Self::NotPermitted(_) => ErrorKind::Forbidden,
+            Self::Registry { .. } => ErrorKind::Upstream,
             Self::Unsupported(_) | Self::RuntimeUnavailable { .. } => ErrorKind::Unsupported,
             Self::SandboxDead { .. }
             | Self::CorruptState { .. }

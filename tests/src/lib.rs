@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 pub mod abuse;
 pub mod leftovers;
+pub mod registry;
 pub mod rest;
 mod running;
 mod server;
@@ -123,13 +124,34 @@ impl Blink {
         local_runtime_available().then(Self::new)
     }
 
-    /// `blink-cli ARGS` on this data dir, not yet run.
+    /// `blink-cli ARGS` on this data dir, not yet run. Its `--config`
+    /// (`BLINK_CONFIG`) is [`Blink::cli_config_path`]: unless the test
+    /// wrote its own ([`Blink::set_cli_config`]), `[images] pull =
+    /// "never"`, so that no test reaches for a public registry.
     pub fn cli(&self, args: &[&str]) -> Command {
+        let config = self.cli_config_path();
+        if !config.exists() {
+            std::fs::write(&config, "[images]\npull = \"never\"\n").expect("write cli.toml");
+        }
         let mut cmd = Command::new(bin("blink-cli"));
         cmd.arg("--data-dir").arg(self.data_dir.path());
         cmd.env_remove("BLINK_DATA_DIR");
+        cmd.env("BLINK_CONFIG", config);
+        for var in ["DOCKER_AUTH_CONFIG", "REGISTRY_AUTH_FILE", "DOCKER_CONFIG"] {
+            cmd.env_remove(var);
+        }
         cmd.args(args);
         cmd
+    }
+
+    /// The config file every `blink-cli` of this Blink reads.
+    pub fn cli_config_path(&self) -> PathBuf {
+        self.data_dir.path().join("cli.toml")
+    }
+
+    /// Replace the CLI's config (TOML; the CLI reads its `[images]`).
+    pub fn set_cli_config(&self, toml: &str) {
+        std::fs::write(self.cli_config_path(), toml).expect("write cli.toml");
     }
 
     /// Run `blink-cli ARGS` with empty stdin (to feed it some:

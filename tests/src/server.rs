@@ -41,15 +41,27 @@ pub const TEST_ADMISSION: &[(&str, &str)] = &[
     ("max_startups", r#""64:30:128""#),
 ];
 
-/// A test's config completed with [`TEST_ADMISSION`] and no pool of
+/// A test's config completed with [`TEST_ADMISSION`], no pool of
 /// ephemeral sandboxes (`[sandbox] ephemeral_pool = 0`: most tests make no
 /// ephemeral runs, and a pool's sandboxes would only load the machine;
-/// tests of the pool set it); a config that is not valid TOML is passed as
-/// it is (tests of config errors).
+/// tests of the pool set it) and no pulls on demand (`[images] pull =
+/// "never"`: a session naming an image the store lacks must not reach for
+/// a public registry; tests of pulls set their own `[images]`, pointing
+/// at a registry on loopback); a config that is not valid TOML is passed
+/// as it is (tests of config errors).
 fn with_test_admission(text: &str) -> String {
     let Ok(mut doc) = text.parse::<toml::Table>() else {
         return text.to_owned();
     };
+    if let Some(images) = doc
+        .entry("images")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+    {
+        images
+            .entry("pull")
+            .or_insert(toml::Value::String("never".into()));
+    }
     if let Some(sandbox) = doc
         .entry("sandbox")
         .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -164,6 +176,9 @@ impl ServerBuilder {
             .env_remove("BLINK_CONFIG")
             .env_remove("BLINK_BIND")
             .env_remove("BLINK_API_TOKEN")
+            .env_remove("DOCKER_AUTH_CONFIG")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("DOCKER_CONFIG")
             .env("RUST_LOG", &self.log_filter)
             .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))

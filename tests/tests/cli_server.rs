@@ -54,8 +54,14 @@ impl Cli {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
+        // As the harness's own CLI: no pull from a public registry.
+        let config = self.data_dir.join("cli.toml");
+        if !config.exists() {
+            std::fs::write(&config, "[images]\npull = \"never\"\n").unwrap();
+        }
         let mut cmd = Command::new(bin("blink-cli"));
         cmd.arg("--data-dir").arg(&self.data_dir);
+        cmd.env("BLINK_CONFIG", config);
         for var in ["BLINK_DATA_DIR", "BLINK_API_URL", "BLINK_API_TOKEN"] {
             cmd.env_remove(var);
         }
@@ -694,4 +700,84 @@ fn spawn_tty_through_the_server_follows_the_window_and_restores_the_terminal() {
         let box_id = opened["session"]["box_id"].as_str().unwrap().to_owned();
         blink_e2e::tty::check_spawn_tty_follows_the_window(&blink, &box_id, &name, line);
     }
+}
+
+#[test]
+fn images_through_the_server() {
+    if !blink_e2e::registry::tools_available() {
+        return;
+    }
+    let Some(blink) = Blink::with_runtime() else {
+        return;
+    };
+    use blink_e2e::registry::{Layer, Layout, Registry};
+    let reg = Registry::start();
+    let mut layout = Layout::new();
+    let image = layout.image(
+        &[Layer::busybox()],
+        blink_sdk::image::oci::host_architecture(),
+        serde_json::json!({}),
+    );
+    layout.tag("v1", &image);
+    reg.push(&layout, "v1", "library/tiny:1");
+    let reference = format!("{}/library/tiny:1", reg.host());
+    let digest = image["digest"].as_str().unwrap().to_owned();
+    // The server's [images]: this registry only, over plain HTTP.
+    let config = format!(
+        "[images]\ninsecure_registries = [{h:?}]\nallowed_registries = [{h:?}]\n",
+        h = reg.host()
+    );
+    let server = blink.server().config(&config).token(TOKEN).start();
+    let elsewhere = Blink::new();
+    let ways = [
+        Cli::on(&blink, Way::Socket),
+        Cli::remote(&elsewhere, &server, TOKEN),
+    ];
+    for cli in &ways {
+        let way = format!("{:?}", cli.way);
+        // Pulled by the server, with its config (the CLI's says never).
+        let (code, v) = cli.json(&["image", "pull", &reference]);
+        assert_eq!(code, Some(0), "{way}: {v}");
+        assert_eq!(v["reference"], reference.as_str(), "{way}: {v}");
+        assert_eq!(v["digest"], digest.as_str(), "{way}: {v}");
+        assert!(
+            v["fetched_blobs"].is_u64() && v["source"].is_string(),
+            "{way}: {v}"
+        );
+        let (_, list) = cli.json(&["image", "ls"]);
+        assert!(
+            list.as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["reference"] == reference.as_str()),
+            "{way}: {list}"
+        );
+        assert!(cli.ok(&["image", "ls"]).contains(&reference), "{way}");
+        let (code, v) = cli.json(&["image", "rm", &reference]);
+        assert_eq!(
+            (code, &v["reference"]),
+            (Some(0), &Value::from(reference.as_str())),
+            "{way}: {v}"
+        );
+        let (code, v) = cli.json(&["image", "rm", &reference]);
+        assert_eq!(
+            (code, &v["error"]["code"]),
+            (Some(125), &Value::from("image_not_found")),
+            "{way}: {v}"
+        );
+        let (code, v) = cli.json(&["image", "prune"]);
+        assert_eq!(code, Some(0), "{way}: {v}");
+        assert!(
+            v["blobs"].is_u64() && v["staging_dirs"].is_u64(),
+            "{way}: {v}"
+        );
+        assert!(
+            cli.ok(&["image", "prune"]).contains("unused blobs"),
+            "{way}"
+        );
+    }
+    // What the API has no route for is named, not attempted elsewhere.
+    let out = ways[1].run(&["image", "build"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(texts(&out).1.contains("server's host"), "{}", texts(&out).1);
 }

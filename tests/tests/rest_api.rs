@@ -63,6 +63,9 @@ fn health_product_and_openapi() {
         ("/api/sessions/{name}/recordings", &["get"]),
         ("/api/sessions/{name}/recordings/{id}", &["get", "delete"]),
         ("/api/sessions/{name}/recording", &["get", "put"]),
+        ("/api/images", &["get", "delete"]),
+        ("/api/images/pull", &["post"]),
+        ("/api/images/prune", &["post"]),
         ("/metrics", &["get"]),
     ];
     for (path, methods) in expected {

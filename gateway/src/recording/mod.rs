@@ -561,3 +561,106 @@ async fn follow(mut observer: Observer, recorder: &Recorder) {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recordings(dir: &Path, config: RecordingConfig) -> Arc<Recordings> {
+        Recordings::new(config, dir)
+    }
+
+    #[test]
+    fn the_config_then_the_sessions_own_switch_decide() {
+        let tmp = tempfile::tempdir().unwrap();
+        let on_for_s1 = RecordingConfig {
+            enabled: true,
+            sessions: vec!["s1".into()],
+            ..RecordingConfig::default()
+        };
+        let r = recordings(tmp.path(), on_for_s1.clone());
+        assert!(r.records("s1", "b-1"));
+        assert!(!r.records("s2", "b-2"));
+        // Nothing is made on disk by asking.
+        assert!(!r.dir().exists());
+        // A switch of s2's, then of s1's.
+        let set = |session: &str, box_id: &str, enabled: bool| {
+            r.store
+                .write_switch(
+                    session,
+                    &Switch {
+                        box_id: box_id.into(),
+                        enabled,
+                    },
+                )
+                .unwrap();
+        };
+        set("s2", "b-2", true);
+        set("s1", "b-1", false);
+        assert!(r.records("s2", "b-2"));
+        assert!(!r.records("s1", "b-1"));
+        // A session made again under the same name (a new box id) starts
+        // from the config again.
+        assert!(r.records("s1", "b-1-again"));
+        assert!(!r.records("s2", "b-2-again"));
+        // Off on the server: nothing, whatever the switches say.
+        let off = recordings(
+            tmp.path(),
+            RecordingConfig {
+                enabled: false,
+                ..on_for_s1
+            },
+        );
+        assert!(!off.records("s2", "b-2"));
+    }
+
+    #[tokio::test]
+    async fn a_recording_is_active_until_its_last_handle_goes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = recordings(
+            tmp.path(),
+            RecordingConfig {
+                enabled: true,
+                ..RecordingConfig::default()
+            },
+        );
+        let begin = Begin {
+            session: "s1",
+            box_id: "b-1",
+            size: PtySize { rows: 24, cols: 80 },
+            term: Some("xterm"),
+            shell: Some("/bin/sh"),
+            command: Some("echo hi"),
+            source: Source::Rest {
+                execution: "x-1".into(),
+            },
+        };
+        let recorder = r.begin(begin).await.expect("recorded");
+        let id = recorder.id().to_owned();
+        assert!(matches!(
+            r.remove("s1", &id),
+            Err(RecordingError::Active(_))
+        ));
+        recorder.output(b"hi\r\n");
+        let other = recorder.clone();
+        drop(recorder);
+        assert!(lock(&r.active).contains(&id));
+        drop(other);
+        r.shutdown(Duration::from_secs(10)).await;
+        assert!(lock(&r.active).is_empty());
+        let (meta, bytes) = r.store.list("s1").unwrap().remove(0);
+        assert!(meta.complete && meta.ended_at.is_some(), "{meta:?}");
+        assert_eq!(meta.execution.as_deref(), Some("x-1"));
+        let text = std::fs::read_to_string(r.cast("s1", &id).unwrap()).unwrap();
+        assert_eq!(bytes, text.len() as u64);
+        let header: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(header["command"], "echo hi");
+        assert_eq!(header["env"]["SHELL"], "/bin/sh");
+        assert!(text.ends_with("\"o\",\"hi\\r\\n\"]\n"), "{text}");
+        r.remove("s1", &id).unwrap();
+        assert!(matches!(
+            r.remove("s1", &id),
+            Err(RecordingError::NotFound { .. })
+        ));
+    }
+}

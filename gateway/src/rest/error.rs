@@ -66,6 +66,7 @@ impl From<blink_sdk::Error> for ApiError {
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
             ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -17,7 +17,10 @@
 //! Requests that would start a sandbox never get that far: the manager's
 //! default image does not exist (runs and opens fail with "image not
 //! found"), spawns and session runs name a session that does not exist,
-//! and bodies naming the built-in default image are left out.
+//! and bodies naming the built-in default image are left out. Pulls never
+//! leave the machine: sessions and runs do not pull on demand, and
+//! `POST /api/images/pull` may only name a registry on a closed loopback
+//! port (`[images] allowed_registries`): everything else is refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +63,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/api/sessions/nosuch/resources"),
     ("PUT", "/api/sessions/fuzz/recording"),
     ("PUT", "/api/sessions/nosuch/recording"),
+    ("POST", "/api/images/pull"),
 ];
 
 struct Env {
@@ -89,6 +93,8 @@ impl Env {
             .unwrap();
         let mut config = ManagerConfig::new(dir.path());
         config.default_image = "fuzz/none:latest".into();
+        config.pull.pull = blink_sdk::image::PullPolicy::Never;
+        config.pull.allowed_registries = vec!["127.0.0.1:1".into()];
         let manager = rt.block_on(Manager::open(config)).unwrap();
         let rest = RestConfig {
             max_body_bytes: MAX_BODY,
@@ -230,7 +236,7 @@ fn field_name() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => prop::sample::select(vec![
             "script", "command", "session", "args", "env", "cwd", "stdin", "timeout_secs",
-            "image", "name", "warm", "exclusive", "tty", "rows", "cols", "key", "cpus",
+            "image", "reference", "name", "warm", "exclusive", "tty", "rows", "cols", "key", "cpus",
             "memory_mib", "pids", "run_timeout_secs", "idle_timeout_secs", "script_base64",
             "script_name", "stdin_base64",
         ])

@@ -11,6 +11,7 @@ mod exports;
 #[cfg(test)]
 pub(crate) mod fuzz_tests;
 mod guard;
+mod images;
 mod inline_scripts;
 mod keys;
 mod local_socket;
@@ -97,6 +98,9 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(exports::export))
         .routes(routes!(exports::download))
         .routes(routes!(exports::import))
+        .routes(routes!(images::list, images::remove))
+        .routes(routes!(images::pull))
+        .routes(routes!(images::prune))
         .routes(routes!(recordings::list))
         .routes(routes!(recordings::download, recordings::remove))
         .routes(routes!(recordings::get_switch, recordings::put_switch))

@@ -23,6 +23,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "sessions", description = "Named sessions with a persistent disk"),
         (name = "executions", description = "Spawned processes and WebSocket attach"),
         (name = "keys", description = "Per-session SSH authorized keys"),
+        (name = "images", description = "The image store: pulls from registries, removal, pruning"),
         (name = "checkpoints", description = "Snapshots, export and import (not in this release)"),
         (name = "recordings", description = "Recordings of PTY sessions (asciicast v2)"),
     )

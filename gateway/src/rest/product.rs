@@ -90,6 +90,7 @@ pub async fn product(State(state): State<AppState>) -> axum::Json<Product> {
         ("export", state.manager.snapshots_supported()),
         ("import", state.manager.snapshots_supported()),
         ("api_token", state.config.token.is_some()),
+        ("image_pull", true),
     ]);
     use blink_sdk::runtime::RuntimeKind;
     use blink_sdk::runtime::support::support;

@@ -383,7 +383,22 @@ async fn serve_socket(
             reason: "exited".into(),
         })))
         .await;
+    // Read what the client still sends (input, `eof`) until it answers
+    // the close, for a moment at most: a socket closed with unread input
+    // is reset, and the client can lose the output and the exit event
+    // that are still on their way to it.
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
+
+/// How long a closing attachment waits for the client's close.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Apply a control message; returns an error event for bad ones.
 /// What a control message asks of the socket's loop.

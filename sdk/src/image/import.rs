@@ -29,7 +29,7 @@ use super::counted::Counted;
 use super::oci::{
     self, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Capped, Compression, Descriptor,
     GZIP_MAGIC, HashingWriter, ImageConfig, Index, MT_OCI_CONFIG, MT_OCI_LAYER_GZIP,
-    MT_OCI_LAYER_TAR, MT_OCI_MANIFEST, Manifest, ZSTD_MAGIC,
+    MT_OCI_LAYER_TAR, MT_OCI_LAYER_ZSTD, MT_OCI_MANIFEST, Manifest, ZSTD_MAGIC,
 };
 use super::store::Staging;
 use super::{ImageStore, Progress, ProgressFn, reference};
@@ -347,12 +347,10 @@ impl ImageStore {
         let reader: Box<dyn Read> = match compression {
             Compression::None => Box::new(raw),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
-            Compression::Zstd => {
-                return Err(invalid(
-                    what,
-                    "zstd-compressed archives are not supported; decompress it first",
-                ));
-            }
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(raw)
+                    .map_err(|e| invalid(what, format!("not a zstd stream: {e}")))?,
+            ),
         };
         let mut archive = tar::Archive::new(Capped {
             inner: reader,
@@ -510,33 +508,16 @@ fn pick_manifest(
         staged,
         opts.max_json.min(oci::MAX_MANIFEST_BYTES),
     )?;
-    let arch = oci::host_architecture();
-    let candidates: Vec<&Descriptor> = nested
-        .manifests
-        .iter()
-        .filter(|d| {
-            d.platform
-                .as_ref()
-                .is_none_or(|p| p.os == "linux" && p.architecture == arch)
-        })
-        .filter(|d| {
-            // Skip attestation manifests (buildkit marks them "unknown").
-            d.annotations
-                .get("vnd.docker.reference.type")
-                .map(String::as_str)
-                != Some("attestation-manifest")
-        })
-        .collect();
-    let chosen = candidates
-        .iter()
-        .find(|d| d.platform.is_some())
-        .or_else(|| candidates.first())
-        .ok_or_else(|| {
-            invalid(
-                what,
-                format!("index {} has no linux/{arch} image", desc.digest),
-            )
-        })?;
+    let chosen = oci::pick_platform(&nested).ok_or_else(|| {
+        invalid(
+            what,
+            format!(
+                "index {} has no linux/{} image",
+                desc.digest,
+                oci::host_architecture()
+            ),
+        )
+    })?;
     pick_manifest(contents, what, chosen, opts, depth + 1)
 }
 
@@ -564,26 +545,14 @@ fn stage_manifest(
     let _: ImageConfig = read_json(&format!("{mwhat}: config"), config, opts.max_json)?;
     staging.add_file(manifest.config.digest.clone(), config.path.clone());
     for layer in &manifest.layers {
-        match oci::layer_compression(&layer.media_type) {
-            Some(Compression::Zstd) => {
-                return Err(invalid(
-                    &mwhat,
-                    format!(
-                        "layer {} is zstd-compressed, which this runtime cannot unpack; re-export the image with gzip layers",
-                        layer.digest
-                    ),
-                ));
-            }
-            Some(_) => {}
-            None => {
-                return Err(invalid(
-                    &mwhat,
-                    format!(
-                        "layer {} has unsupported media type {:?}",
-                        layer.digest, layer.media_type
-                    ),
-                ));
-            }
+        if oci::layer_compression(&layer.media_type).is_none() {
+            return Err(invalid(
+                &mwhat,
+                format!(
+                    "layer {} has unsupported media type {:?}",
+                    layer.digest, layer.media_type
+                ),
+            ));
         }
         let staged = contents.blob(&mwhat, layer)?;
         staging.add_file(layer.digest.clone(), staged.path.clone());
@@ -637,14 +606,7 @@ fn docker_save(
                     }
                     MT_OCI_LAYER_TAR
                 }
-                Compression::Zstd => {
-                    return Err(invalid(
-                        what,
-                        format!(
-                            "layer {path} is zstd-compressed, which this runtime cannot unpack"
-                        ),
-                    ));
-                }
+                Compression::Zstd => MT_OCI_LAYER_ZSTD,
             };
             staging.add_file(staged.digest.clone(), staged.path.clone());
             layers.push(Descriptor::new(media_type, staged.digest, staged.size));

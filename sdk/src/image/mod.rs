@@ -9,14 +9,18 @@
 //! - [`import`]: importing archives
 //! - [`default_image`]: building the default image and debootstrap images
 //! - [`oci`]: OCI JSON types and digest helpers
+//! - [`registry`]: pulling from registries (and their mirrors)
+//! - `ingest`: blobs on their way in from a registry
 
 mod counted;
 pub mod default_image;
 mod export;
 pub mod import;
+mod ingest;
 mod layer;
 pub mod oci;
 pub mod reference;
+pub mod registry;
 pub mod store;
 pub mod unpack;
 
@@ -29,7 +33,8 @@ use std::path::Path;
 
 pub use import::ImportOptions;
 pub use reference::normalize as normalize_reference;
-pub use store::{ImageStore, Layer, NOT_FOUND_HINT, ResolvedImage};
+pub use registry::{PullConfig, PullEvent, PullPolicy, PullProgress, PullReport, Puller};
+pub use store::{ImageStore, Layer, NOT_FOUND_HINT, PruneReport, ResolvedImage};
 pub use unpack::{UnpackOptions, unpack, unpack_with};
 
 pub use blink_shared::ImageInfo;

@@ -294,6 +294,50 @@ pub fn host_architecture() -> &'static str {
     }
 }
 
+/// The entry of an index to use on this host: a `linux/<host arch>` image
+/// (an entry without a platform if none says it is), never an attestation
+/// manifest (buildkit lists them as platform `unknown/unknown`).
+pub fn pick_platform(index: &Index) -> Option<&Descriptor> {
+    let arch = host_architecture();
+    let candidates: Vec<&Descriptor> = index
+        .manifests
+        .iter()
+        .filter(|d| {
+            d.platform
+                .as_ref()
+                .is_none_or(|p| p.os == "linux" && p.architecture == arch)
+        })
+        .filter(|d| {
+            d.annotations
+                .get("vnd.docker.reference.type")
+                .map(String::as_str)
+                != Some("attestation-manifest")
+        })
+        .collect();
+    let variant_ok = |d: &&Descriptor| {
+        let want = host_variant();
+        d.platform
+            .as_ref()
+            .and_then(|p| p.variant.as_deref())
+            .is_none_or(|v| want.is_none_or(|w| w == v))
+    };
+    candidates
+        .iter()
+        .find(|d| d.platform.is_some() && variant_ok(d))
+        .or_else(|| candidates.iter().find(|d| d.platform.is_some()))
+        .or_else(|| candidates.first())
+        .copied()
+}
+
+/// The platform variant OCI uses for this host's architecture, if any.
+fn host_variant() -> Option<&'static str> {
+    match std::env::consts::ARCH {
+        "aarch64" => Some("v8"),
+        "arm" => Some("v7"),
+        _ => None,
+    }
+}
+
 /// Caps the bytes read from a stream (guards against compression bombs,
 /// including in tar metadata such as long names). Past the cap, a read
 /// fails with an error whose message is [`TOO_LARGE_MARK`].

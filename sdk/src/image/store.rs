@@ -8,6 +8,10 @@
 //! DIR/blobs/sha256/HEX    manifests, configs, layers
 //! DIR/.lock               flock(2) taken while the index or blobs change
 //! DIR/.staging-*          imports and builds in progress (removed after)
+//! DIR/ingest/HEX[.partial] blobs being pulled from a registry: `.partial`
+//!                         while downloading (kept to resume), `HEX` once
+//!                         verified against its digest, until committed;
+//!                         `HEX.lock` is held (flock) by the one download
 //! ```
 //!
 //! Changes are staged in a temporary directory inside `DIR` and committed
@@ -32,7 +36,26 @@ use super::{DEFAULT_IMAGE, reference};
 use crate::error::{Error, Result};
 
 /// What `ImageNotFound` says about getting an image.
-pub const NOT_FOUND_HINT: &str = "this runtime cannot pull from registries; import it with 'blink-cli image import FILE' (an OCI archive or a 'docker save' tarball)";
+pub const NOT_FOUND_HINT: &str = "it is not in the image store; pull it with 'blink-cli image pull REF' or import it with 'blink-cli image import FILE' (an OCI archive or a 'docker save' tarball)";
+
+/// Where pulls keep blobs until they are committed (see the module doc).
+pub(crate) const INGEST_DIR: &str = "ingest";
+
+/// A staging directory this old is left over from a process that died.
+const STALE_STAGING_SECS: u64 = 24 * 3600;
+
+/// What [`ImageStore::prune`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PruneReport {
+    /// Blobs no image uses.
+    pub blobs: usize,
+    /// Bytes freed, blobs and downloads together.
+    pub bytes: u64,
+    /// Downloads (whole or partial) no pull was working on.
+    pub downloads: usize,
+    /// Staging directories of imports that died.
+    pub staging_dirs: usize,
+}
 
 /// An OCI image layout holding Blink's images.
 #[derive(Debug, Clone)]
@@ -155,8 +178,10 @@ impl ImageStore {
     /// Open (creating if missing) the OCI image layout at `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         let blobs = dir.join("blobs").join("sha256");
-        std::fs::create_dir_all(&blobs)
-            .map_err(|e| Error::io(format!("creating image store {}", blobs.display()), e))?;
+        for d in [&blobs, &dir.join(INGEST_DIR)] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("creating image store {}", d.display()), e))?;
+        }
         let store = Self {
             dir: dir.to_path_buf(),
         };
@@ -338,12 +363,23 @@ impl ImageStore {
 
     /// Whether a reference names an image in the store.
     pub fn contains(&self, reference: &str) -> Result<bool> {
-        let name = reference::normalize(reference)?;
-        Ok(self
-            .read_index()?
-            .manifests
-            .iter()
-            .any(|d| d.ref_name() == Some(&name)))
+        let index = self.read_index()?;
+        Ok(Self::find(&index, reference)?.is_some())
+    }
+
+    /// The entry a reference names: its name as given (tag added), else
+    /// as Docker spells it (`alpine` is `docker.io/library/alpine:latest`).
+    fn find<'a>(index: &'a Index, reference: &str) -> Result<Option<&'a Descriptor>> {
+        for name in reference::candidates(reference)? {
+            if let Some(d) = index
+                .manifests
+                .iter()
+                .find(|d| d.ref_name() == Some(name.as_str()))
+            {
+                return Ok(Some(d));
+            }
+        }
+        Ok(None)
     }
 
     /// Find an image by reference (`name[:tag]`, `default`) or by full
@@ -358,13 +394,10 @@ impl ImageStore {
             let desc = index.manifests.iter().find(|d| d.digest == reference);
             (reference.to_owned(), desc.cloned())
         } else {
-            let name = reference::normalize(reference)?;
-            let desc = index
-                .manifests
-                .iter()
-                .find(|d| d.ref_name() == Some(name.as_str()))
-                .cloned();
-            (name, desc)
+            match Self::find(&index, reference)? {
+                Some(d) => (d.ref_name().unwrap_or_default().to_owned(), Some(d.clone())),
+                None => (reference::normalize(reference)?, None),
+            }
         };
         let desc = match desc {
             Some(d) => d,
@@ -444,19 +477,45 @@ impl ImageStore {
 
     /// Remove an image's name; blobs no other image uses are deleted.
     pub fn remove(&self, reference: &str) -> Result<ImageInfo> {
-        let name = reference::normalize(reference)?;
+        self.remove_unless_used(reference, &[], true)
+    }
+
+    /// Remove an image's name unless a session uses it: `in_use` lists
+    /// `(session, image reference)` pairs; the image counts as used when
+    /// a session names it or its digest. `force` removes it anyway (the
+    /// session keeps its unpacked tree; its record still names the image).
+    pub fn remove_unless_used(
+        &self,
+        reference: &str,
+        in_use: &[(String, String)],
+        force: bool,
+    ) -> Result<ImageInfo> {
         let _lock = self.lock()?;
         let mut index = self.read_index()?;
-        let Some(pos) = index
+        let Some(found) = Self::find(&index, reference)? else {
+            return Err(Error::ImageNotFound {
+                reference: reference::normalize(reference)?,
+                hint: "it is not in the image store ('blink-cli image ls' shows what is)".into(),
+            });
+        };
+        let name = found.ref_name().unwrap_or_default().to_owned();
+        let digest = found.digest.clone();
+        let users: Vec<&str> = in_use
+            .iter()
+            .filter(|(_, image)| *image == name || *image == digest)
+            .map(|(session, _)| session.as_str())
+            .collect();
+        if !users.is_empty() && !force {
+            return Err(Error::ImageInUse {
+                reference: name,
+                sessions: users.join(", "),
+            });
+        }
+        let pos = index
             .manifests
             .iter()
             .position(|d| d.ref_name() == Some(name.as_str()))
-        else {
-            return Err(Error::ImageNotFound {
-                reference: name,
-                hint: "it is not in the image store ('blink-cli image list' shows what is)".into(),
-            });
-        };
+            .ok_or_else(|| Error::Runtime(format!("image {name} vanished from the index")))?;
         let desc = index.manifests.remove(pos);
         let info = self.info_for(&name, &desc).unwrap_or(ImageInfo {
             reference: name.clone(),
@@ -466,6 +525,9 @@ impl ImageStore {
         });
         self.write_index(&index)?;
         self.gc_locked(&index)?;
+        if !users.is_empty() {
+            warn!(reference = %name, sessions = %users.join(", "), "removed an image sessions use (forced)");
+        }
         info!(reference = %name, digest = %desc.digest, "removed image");
         Ok(info)
     }
@@ -474,10 +536,47 @@ impl ImageStore {
     pub fn gc(&self) -> Result<usize> {
         let _lock = self.lock()?;
         let index = self.read_index()?;
-        self.gc_locked(&index)
+        Ok(self.gc_locked(&index)?.0)
     }
 
-    fn gc_locked(&self, index: &Index) -> Result<usize> {
+    /// Delete blobs no image references, downloads no pull is working on
+    /// (kept to resume an interrupted pull), and staging directories an
+    /// import or build left a day ago or more.
+    pub fn prune(&self) -> Result<PruneReport> {
+        let _lock = self.lock()?;
+        let index = self.read_index()?;
+        let (blobs, bytes) = self.gc_locked(&index)?;
+        let (downloads, download_bytes) = super::ingest::clean(&self.dir.join(INGEST_DIR));
+        let mut staging_dirs = 0;
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() >= STALE_STAGING_SECS);
+                if name.to_string_lossy().starts_with(".staging-")
+                    && stale
+                    && crate::fs::remove_tree(&entry.path()).is_ok()
+                {
+                    staging_dirs += 1;
+                }
+            }
+        }
+        let report = PruneReport {
+            blobs,
+            bytes: bytes.saturating_add(download_bytes),
+            downloads,
+            staging_dirs,
+        };
+        info!(?report, "pruned the image store");
+        Ok(report)
+    }
+
+    /// Returns (blobs deleted, their bytes).
+    fn gc_locked(&self, index: &Index) -> Result<(usize, u64)> {
         let mut keep = BTreeSet::new();
         let mut todo: Vec<Descriptor> = index.manifests.clone();
         while let Some(desc) = todo.pop() {
@@ -506,7 +605,7 @@ impl ImageStore {
         let blobs = self.dir.join("blobs").join("sha256");
         let entries = std::fs::read_dir(&blobs)
             .map_err(|e| Error::io(format!("listing {}", blobs.display()), e))?;
-        let mut removed = 0;
+        let (mut removed, mut bytes) = (0, 0u64);
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(format!("listing {}", blobs.display()), e))?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
@@ -515,15 +614,17 @@ impl ImageStore {
             if name.len() != 64 || keep.contains(&format!("sha256:{name}")) {
                 continue;
             }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => {
                     removed += 1;
+                    bytes = bytes.saturating_add(size);
                     debug!(blob = %name, "gc: removed blob");
                 }
                 Err(e) => warn!(blob = %name, error = %e, "gc: cannot remove blob"),
             }
         }
-        Ok(removed)
+        Ok((removed, bytes))
     }
 
     /// Move staged blobs into the store and name manifests, under the lock.
@@ -540,7 +641,16 @@ impl ImageStore {
                 continue;
             }
             std::fs::rename(path, &target).map_err(|e| {
-                Error::io(format!("moving blob {digest} into {}", target.display()), e)
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    // A pull's blob another pull committed, then an image
+                    // removal collected, between the two commits.
+                    corrupt(
+                        format!("blob {digest}"),
+                        "it vanished before it was committed; pull again",
+                    )
+                } else {
+                    Error::io(format!("moving blob {digest} into {}", target.display()), e)
+                }
             })?;
         }
         // Everything named must now be in the store.
@@ -553,6 +663,15 @@ impl ImageStore {
                     format!("image {name}"),
                     format!("manifest {} was not stored", desc.digest),
                 ));
+            }
+            let manifest = self.read_manifest(&desc.digest)?;
+            for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+                if !self.blob_path(&blob.digest)?.is_file() {
+                    return Err(corrupt(
+                        format!("image {name}"),
+                        format!("blob {} was not stored", blob.digest),
+                    ));
+                }
             }
             index
                 .manifests

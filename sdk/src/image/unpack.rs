@@ -109,10 +109,13 @@ struct State<'a> {
     total: u64,
 }
 
+type Blob = HashingReader<BufReader<Counted>>;
+
 /// A layer stream: decompressor over a hashing reader over the blob file.
 enum Stream {
-    Plain(HashingReader<BufReader<Counted>>),
-    Gzip(Box<flate2::read::MultiGzDecoder<HashingReader<BufReader<Counted>>>>),
+    Plain(Blob),
+    Gzip(Box<flate2::read::MultiGzDecoder<Blob>>),
+    Zstd(Box<zstd::stream::read::Decoder<'static, BufReader<Blob>>>),
 }
 
 impl Read for Stream {
@@ -120,6 +123,7 @@ impl Read for Stream {
         match self {
             Self::Plain(r) => r.read(buf),
             Self::Gzip(r) => r.read(buf),
+            Self::Zstd(r) => r.read(buf),
         }
     }
 }
@@ -132,6 +136,12 @@ impl Stream {
             Self::Gzip(mut r) => {
                 io::copy(&mut r, &mut io::sink())?;
                 r.into_inner().finish()
+            }
+            Self::Zstd(mut r) => {
+                io::copy(&mut r, &mut io::sink())?;
+                // Bytes the decoder's buffer read ahead were hashed on the
+                // way in; the rest of the blob is read by `finish`.
+                r.finish().into_inner().finish()
             }
         }
     }
@@ -191,10 +201,12 @@ impl State<'_> {
             Compression::Gzip => Ok(Stream::Gzip(Box::new(flate2::read::MultiGzDecoder::new(
                 hashing,
             )))),
-            Compression::Zstd => Err(Error::InvalidImage {
-                what: what(),
-                reason: "zstd-compressed layers are not supported; re-export the image with gzip or uncompressed layers".into(),
-            }),
+            Compression::Zstd => Ok(Stream::Zstd(Box::new(
+                zstd::stream::read::Decoder::new(hashing).map_err(|e| Error::InvalidImage {
+                    what: what(),
+                    reason: format!("not a zstd stream: {e}"),
+                })?,
+            ))),
         }
     }
 

@@ -57,6 +57,9 @@ pub struct ManagerConfig {
     pub forwarding: crate::types::ForwardingPolicy,
     /// The operator's name table for the egress proxy (`[network] resolve`).
     pub resolve: std::collections::BTreeMap<String, std::net::IpAddr>,
+    /// Registry pulls: on demand or not, mirrors, credentials, limits
+    /// (`[images]`, docs/IMAGES.md).
+    pub pull: crate::image::PullConfig,
 }
 
 impl ManagerConfig {
@@ -86,6 +89,7 @@ impl ManagerConfig {
             forwarding: Default::default(),
             resolve: Default::default(),
             ephemeral_pool: 0,
+            pull: Default::default(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - `executions.rs`: one path from a target to a running execution.
 //! - `spawns.rs` and `spawn.rs`: attachable executions and their registry.
 //! - `keys.rs`, `key_options.rs`: SSH keys of sessions; `store.rs`: files.
+//! - `images.rs`: pulls on demand, image removal that spares used images.
 //! - `resources.rs`: a session's size (CPU, memory, processes, disk,
 //!   timeouts), checked against the maxima, changed live, its usage.
 //! - `forwarding.rs`: TCP connections to and listeners on a session's own
@@ -24,6 +25,7 @@ mod egress;
 mod executions;
 pub mod forwarding;
 mod idle;
+mod images;
 mod key_options;
 pub mod keys;
 pub mod names;
@@ -47,6 +49,7 @@ pub use self::collect::Collected;
 pub use self::config::{MEMORY_DIR, ManagerConfig, api_socket, default_data_dir, gateway_dir};
 pub use self::executions::{EphemeralBox, Lease, Sandbox, Started, Target};
 pub use self::forwarding::{ForwardListener, ForwardRules, Forwarded};
+pub use self::images::images_in_use;
 pub use self::keys::KeyStore;
 pub use self::program::{Program, RunOptions};
 pub use self::resources::{
@@ -57,7 +60,7 @@ pub use self::sessions::{ActivityGuard, OpenOptions};
 pub use self::spawn::{Attachment, Chunk, Observer, SpawnInfo, Spawned, Stream};
 use self::store::{DataDirLock, Store};
 use crate::error::{Error, Result};
-use crate::image::ImageStore;
+use crate::image::{ImageStore, Puller};
 use crate::runtime::local::{LocalOptions, LocalRuntime};
 use crate::runtime::preflight;
 use crate::runtime::selection::{Selection, select};
@@ -68,6 +71,8 @@ pub struct Manager {
     config: ManagerConfig,
     runtime: Arc<dyn Runtime>,
     images: Arc<ImageStore>,
+    /// Registry pulls into `images` (`[images]` settings).
+    puller: Arc<Puller>,
     store: Store,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Serializes session creation and removal by name.
@@ -158,6 +163,7 @@ impl Manager {
         selection: Selection,
     ) -> Result<Arc<Self>> {
         let store = Store::open(&config.data_dir)?;
+        let puller = Arc::new(Puller::new(images.clone(), config.pull.clone())?);
         let resolver = Arc::new(crate::network::Resolver::new(config.resolve.clone()));
         let manager = Arc::new(Self {
             resolver,
@@ -166,6 +172,7 @@ impl Manager {
             config,
             runtime,
             images,
+            puller,
             store,
             slots: Mutex::default(),
             catalog: tokio::sync::Mutex::new(()),

@@ -150,9 +150,11 @@ impl Manager {
         }
     }
 
-    /// Resolve an image reference, making the default image on first use
-    /// (file work, off the async threads).
+    /// Resolve an image reference, pulling it if it is missing (as the
+    /// `[images] pull` policy allows) and making the default image on
+    /// first use (file work, off the async threads).
     pub(super) async fn resolve_image(&self, image: Option<&str>) -> Result<String> {
+        self.pull_if_missing(image).await?;
         let reference = image.unwrap_or(&self.config.default_image).to_owned();
         let images = self.images.clone();
         tokio::task::spawn_blocking(move || match images.resolve(&reference) {

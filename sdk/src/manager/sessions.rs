@@ -144,6 +144,10 @@ impl Manager {
     pub async fn open_session(&self, name: &str, options: OpenOptions) -> Result<OpenedSession> {
         names::validate(name)?;
         let limits = self.limits_for_new(&options.resources)?;
+        if options.from.is_none() && self.slot(name).is_err() {
+            // A pull can take minutes: not under the catalog lock.
+            self.pull_if_missing(options.image.as_deref()).await?;
+        }
         let _catalog = self.catalog.lock().await;
         if let Some(from) = &options.from {
             if self.slot(name).is_ok() {

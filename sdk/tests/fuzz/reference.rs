@@ -2,7 +2,7 @@
 //! a grammar of valid references, mutated.
 
 use blink_sdk::image::DEFAULT_IMAGE;
-use blink_sdk::image::reference::{MAX_REFERENCE_LEN, normalize};
+use blink_sdk::image::reference::{MAX_REFERENCE_LEN, RemoteReference, normalize};
 use proptest::prelude::*;
 
 use crate::util::{cases, check_error};
@@ -44,9 +44,31 @@ fn check(input: &str) -> Result<(), TestCaseError> {
     match normalize(input) {
         Ok(n) => {
             prop_assert!(n.len() <= MAX_REFERENCE_LEN, "normalized {n:?} is too long");
-            let last = n.rfind('/').map_or(0, |i| i + 1);
-            prop_assert!(n[last..].contains(':'), "no tag in {n:?}");
-            prop_assert!(!n.contains(['@', ' ', '\n', '\0']));
+            // A digest pins it (64 lowercase hex); else it has a tag.
+            let (name, digest) = match n.split_once('@') {
+                Some((name, d)) => (name, Some(d)),
+                None => (n.as_str(), None),
+            };
+            if let Some(d) = digest {
+                let hex = d.strip_prefix("sha256:").unwrap_or_default();
+                prop_assert!(
+                    hex.len() == 64
+                        && hex
+                            .bytes()
+                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                    "bad digest in {n:?}"
+                );
+            } else {
+                let last = name.rfind('/').map_or(0, |i| i + 1);
+                prop_assert!(name[last..].contains(':'), "no tag in {n:?}");
+            }
+            prop_assert!(!name.contains(['@', ' ', '\n', '\0']));
+            prop_assert!(!n.contains([' ', '\n', '\0']));
+            // Docker's spelling of it normalizes to itself too.
+            if let Ok(remote) = RemoteReference::parse(&n) {
+                let canonical = remote.canonical();
+                prop_assert_eq!(normalize(&canonical).ok(), Some(canonical.clone()));
+            }
             // Normalizing is idempotent: a stored name can be looked up again.
             prop_assert_eq!(normalize(&n).ok(), Some(n.clone()));
             if input.trim() != "default" {
@@ -99,6 +121,7 @@ proptest! {
         insert in prop_oneof![
             Just("/".to_string()), Just(":".to_string()), Just("..".to_string()),
             Just("@sha256:".to_string()), Just("//".to_string()), Just("A".to_string()),
+            Just(format!("@sha256:{}", "0a".repeat(32))),
             "\\PC{1,3}",
         ],
     ) {
