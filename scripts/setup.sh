@@ -3,7 +3,8 @@
 # system packages, a release build, the default image, the session
 # "my-agent" with your SSH key authorized, then blink-server in the
 # foreground (SSH on 127.0.0.1:2222, REST on 127.0.0.1:8787). From another
-# terminal:  ssh -p 2222 my-agent@127.0.0.1
+# terminal:  ssh -p 2222 my-agent@127.0.0.1, or blink-cli session ls (it
+# goes through the server while it runs)
 # With --check it stops after one SSH login to my-agent instead of serving.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use blink_sdk::Manager;
 use blink_sdk::manager::ExportOptions;
 
+use crate::backend::Backend;
 use crate::output::{self, Context};
 
 /// A byte-counting bar on stderr (terminal only, never with --json);
 /// `total` when known.
-fn bar(ctx: &Context, message: &str, total: Option<u64>) -> Option<indicatif::ProgressBar> {
+pub fn bar(ctx: &Context, message: &str, total: Option<u64>) -> Option<indicatif::ProgressBar> {
     if ctx.json || !std::io::stderr().is_terminal() {
         return None;
     }
@@ -36,29 +36,39 @@ fn bar(ctx: &Context, message: &str, total: Option<u64>) -> Option<indicatif::Pr
 
 pub async fn export(
     ctx: &Context,
-    manager: &Manager,
+    backend: &Backend,
     name: &str,
     output: Option<PathBuf>,
     no_image: bool,
     snapshots: bool,
 ) -> anyhow::Result<ExitCode> {
     let dest = output.unwrap_or_else(|| PathBuf::from(format!("{name}.boxlite")));
-    let bar = bar(ctx, &format!("exporting {name}"), None);
-    let shown = bar.clone();
-    let progress = Arc::new(move |n: u64| {
-        if let Some(b) = &shown {
-            b.set_position(n);
-        }
-    });
     let options = ExportOptions {
         include_image: !no_image,
         include_snapshots: snapshots,
     };
-    let size = manager.export_session(name, &dest, options, progress).await;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let size = size?;
+    let size = match backend {
+        Backend::Server(client) => {
+            crate::remote_archive::export(ctx, client, name, &dest, options).await?
+        }
+        _ => {
+            let manager = backend
+                .manager()
+                .ok_or_else(|| anyhow::anyhow!("no session manager here"))?;
+            let bar = bar(ctx, &format!("exporting {name}"), None);
+            let shown = bar.clone();
+            let progress = Arc::new(move |n: u64| {
+                if let Some(b) = &shown {
+                    b.set_position(n);
+                }
+            });
+            let size = manager.export_session(name, &dest, options, progress).await;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            size?
+        }
+    };
     if ctx.json {
         output::print_json(
             &serde_json::json!({"session": name, "path": dest, "size_bytes": size}),
@@ -74,7 +84,7 @@ pub async fn export(
 
 pub async fn import(
     ctx: &Context,
-    manager: &Manager,
+    backend: &Backend,
     file: &Path,
     name: Option<&str>,
     replace: bool,
@@ -89,7 +99,18 @@ pub async fn import(
             b.set_position(n);
         }
     });
-    let opened = manager.import_session(file, name, replace, progress).await;
+    let opened = match backend {
+        Backend::Server(client) => {
+            crate::remote_archive::import(client, file, total, name, replace, progress).await
+        }
+        _ => match backend.manager() {
+            Some(manager) => manager
+                .import_session(file, name, replace, progress)
+                .await
+                .map_err(Into::into),
+            None => Err(anyhow::anyhow!("no session manager here")),
+        },
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
-use blink_sdk::Manager;
 use blink_sdk::runtime::SnapshotInfo;
 use clap::{Args, Subcommand};
 
+use crate::backend::Backend;
 use crate::output::{self, Context, Progress};
 
 /// `session checkpoint --name N --snapshot S`, or `session checkpoint rm
@@ -37,12 +37,12 @@ pub enum CheckpointAction {
 
 pub async fn checkpoint(
     ctx: &Context,
-    manager: &Manager,
+    backend: &Backend,
     args: CheckpointArgs,
 ) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(CheckpointAction::Rm { name, snapshot }) => {
-            manager.remove_checkpoint(&name, &snapshot).await?;
+            backend.remove_checkpoint(&name, &snapshot).await?;
             if ctx.json {
                 output::print_json(&serde_json::json!({"removed": snapshot, "session": name}))?;
             } else {
@@ -54,7 +54,7 @@ pub async fn checkpoint(
                 anyhow::bail!("session checkpoint needs --name and --snapshot");
             };
             let progress = Progress::start(ctx, "snapshotting the session's disk");
-            let made = manager.checkpoint(&name, &snapshot).await;
+            let made = backend.checkpoint(&name, &snapshot).await;
             progress.finish();
             let info = made?;
             if ctx.json {
@@ -72,8 +72,8 @@ pub async fn checkpoint(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn list(ctx: &Context, manager: &Manager, name: &str) -> anyhow::Result<ExitCode> {
-    let snapshots = manager.checkpoints(name)?;
+pub async fn list(ctx: &Context, backend: &Backend, name: &str) -> anyhow::Result<ExitCode> {
+    let snapshots = backend.checkpoints(name).await?;
     if ctx.json {
         output::print_json(&serde_json::json!({"session": name, "checkpoints": snapshots}))?;
     } else {
@@ -84,16 +84,15 @@ pub fn list(ctx: &Context, manager: &Manager, name: &str) -> anyhow::Result<Exit
 
 pub async fn restore(
     ctx: &Context,
-    manager: &Manager,
+    backend: &Backend,
     name: &str,
     snapshot: &str,
     force: bool,
 ) -> anyhow::Result<ExitCode> {
     let progress = Progress::start(ctx, "restoring the session's disk");
-    let restored = manager.restore_checkpoint(name, snapshot, force).await;
+    let restored = backend.restore(name, snapshot, force).await;
     progress.finish();
-    restored?;
-    let info = manager.session_info(name)?;
+    let info = restored?;
     if ctx.json {
         output::print_json(&info)?;
     } else {

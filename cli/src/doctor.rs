@@ -1,14 +1,20 @@
 //! `blink-cli doctor`: which runtime is usable here, which one `--runtime`
-//! selects, and why.
+//! selects, and why; and which way commands go (backend.rs).
 
 use std::process::ExitCode;
 
+use crate::backend::Backend;
 use crate::output::{self, Context};
 
-pub fn doctor(ctx: &Context) -> anyhow::Result<ExitCode> {
+pub async fn doctor(ctx: &Context) -> anyhow::Result<ExitCode> {
     let report = blink_sdk::runtime::diagnose(ctx.runtime);
+    let path = Backend::describe(&ctx.data_dir, ctx.server.as_deref()).await?;
     if ctx.json {
-        output::print_json(&report)?;
+        output::print_json(&serde_json::json!({
+            "runtimes": report,
+            "data_dir": ctx.data_dir,
+            "path": path,
+        }))?;
     } else {
         for r in &report {
             let d = &r.diagnosis;
@@ -35,9 +41,12 @@ pub fn doctor(ctx: &Context) -> anyhow::Result<ExitCode> {
             ),
         }
         println!("data dir: {}", ctx.data_dir.display());
+        println!("path: {path}");
     }
+    // Through a server, its runtime is what counts; here, the selected
+    // one must be usable.
     let selected = report.iter().any(|r| r.selected && r.diagnosis.usable);
-    Ok(if selected {
+    Ok(if path.kind == "server" || selected {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -47,6 +47,13 @@ pub enum ImageCommand {
 }
 
 pub async fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    // The image store has a lock of its own: beside a server on this
+    // host it is used directly. A remote server's images need its API.
+    if let Some(url) = &ctx.server {
+        anyhow::bail!(
+            "image commands work on this host's data dir; the server at {url} has no image routes in its API"
+        );
+    }
     let dir = ctx.data_dir.join("images");
     let store = ImageStore::open(&dir)?;
     match cmd {

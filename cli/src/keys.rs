@@ -1,15 +1,16 @@
 //! `blink-cli session keys add|ls|rm`: the SSH public keys that may log in
-//! to one session. Edits the key file directly (atomically), without taking
-//! the data-dir lock, so it works while `blink-server` runs.
+//! to one session. Through the server when one runs (its REST keys routes,
+//! so it sees the change at once), else the key file directly
+//! (atomically), without taking the data-dir lock.
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use blink_sdk::manager::KeyStore;
 use blink_sdk::manager::keys;
 use clap::Subcommand;
 
+use crate::backend::Need;
 use crate::output::{self, Context};
 use crate::session::NameArg;
 
@@ -36,8 +37,9 @@ pub enum KeysCommand {
     },
 }
 
-pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
-    let store = KeyStore::open(&ctx.data_dir)?;
+pub async fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
+    let backend = ctx.backend(Need::Files).await?;
+    let dir = &ctx.data_dir;
     match cmd {
         KeysCommand::Add { name, key_file } => {
             let text = if key_file.as_os_str() == "-" {
@@ -52,7 +54,7 @@ pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 .lines()
                 .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
                 .ok_or_else(|| anyhow::anyhow!("no public key found"))?;
-            let (key, change) = store.add(&name.name, line)?;
+            let (key, change) = backend.add_key(dir, &name.name, line).await?;
             let added = change == keys::KeyChange::Added;
             if ctx.json {
                 output::print_json(&serde_json::json!({
@@ -78,10 +80,7 @@ pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Ls { name } => {
-            if !store.session_exists(&name.name)? {
-                return Err(blink_sdk::Error::SessionNotFound(name.name).into());
-            }
-            let list = store.list(&name.name)?;
+            let list = backend.keys(dir, &name.name).await?;
             if ctx.json {
                 output::print_json(&list)?;
             } else {
@@ -97,21 +96,23 @@ pub fn dispatch(ctx: &Context, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeysCommand::Rm { name, fingerprint } => match store.remove(&name.name, &fingerprint)? {
-            Some(key) => {
-                if ctx.json {
-                    output::print_json(&serde_json::json!({ "removed": key }))?;
-                } else {
-                    println!("removed {} from session {}", key.fingerprint, name.name);
+        KeysCommand::Rm { name, fingerprint } => {
+            match backend.remove_key(dir, &name.name, &fingerprint).await? {
+                Some(key) => {
+                    if ctx.json {
+                        output::print_json(&serde_json::json!({ "removed": key }))?;
+                    } else {
+                        println!("removed {} from session {}", key.fingerprint, name.name);
+                    }
+                    Ok(ExitCode::SUCCESS)
                 }
-                Ok(ExitCode::SUCCESS)
+                None => Err(blink_sdk::Error::InvalidArgument(format!(
+                    "no key {fingerprint} in session {}",
+                    name.name
+                ))
+                .into()),
             }
-            None => Err(blink_sdk::Error::InvalidArgument(format!(
-                "no key {fingerprint} in session {}",
-                name.name
-            ))
-            .into()),
-        },
+        }
     }
 }
 

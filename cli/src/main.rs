@@ -4,7 +4,10 @@
 //! exit with the sandbox command's exit code; Blink's own failures exit
 //! with 125 (like `docker run`), after a message naming the problem.
 
+mod api_client;
 mod archive;
+mod attach;
+mod backend;
 mod checkpoint;
 mod doctor;
 mod gateway;
@@ -12,6 +15,8 @@ mod image;
 mod keys;
 mod output;
 mod pull_progress;
+mod remote_archive;
+mod remote_run;
 mod run;
 mod session;
 mod terminal;
@@ -36,6 +41,13 @@ struct Cli {
     /// (mirrors, insecure registries, credentials, limits; docs/IMAGES.md).
     #[arg(long, global = true, env = "BLINK_CONFIG")]
     config: Option<PathBuf>,
+
+    /// Go through this blink-server's REST API: http://HOST:PORT (its
+    /// token in $BLINK_API_TOKEN) or unix:SOCKET. Default: the server that
+    /// holds the data dir, through its socket (<data-dir>/blink.sock),
+    /// else the data dir directly.
+    #[arg(long, global = true, env = "BLINK_API_URL", value_name = "URL")]
+    server: Option<String>,
 
     /// Print machine-readable JSON instead of human output.
     #[arg(long, global = true)]
@@ -64,7 +76,8 @@ enum Command {
     /// Local OCI images.
     #[command(subcommand)]
     Image(image::ImageCommand),
-    /// Which runtime is usable here, and why.
+    /// Which runtime is usable here, and why; and which way commands go
+    /// (directly on the data dir, or through a server).
     Doctor,
     /// The SSH gateway (`blink-server`).
     #[command(subcommand)]
@@ -87,7 +100,7 @@ fn main() -> ExitCode {
     let pull = match cli.config.as_deref().map(output::read_images_config) {
         Some(Ok(p)) => p,
         Some(Err(e)) => {
-            let ctx = output::Context::new(PathBuf::new(), cli.json, Default::default());
+            let ctx = output::Context::new(PathBuf::new(), cli.json, Default::default(), None);
             output::print_error(&ctx, &e);
             return ExitCode::from(BLINK_FAILURE);
         }
@@ -99,6 +112,7 @@ fn main() -> ExitCode {
             .unwrap_or_else(blink_sdk::manager::default_data_dir),
         cli.json,
         pull,
+        cli.server.clone(),
     );
     ctx.runtime = cli.runtime;
     let result = runtime.block_on(async {
@@ -106,7 +120,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(&ctx, args).await,
             Command::Session(cmd) => session::dispatch(&ctx, cmd).await,
             Command::Image(cmd) => image::dispatch(&ctx, cmd).await,
-            Command::Doctor => doctor::doctor(&ctx),
+            Command::Doctor => doctor::doctor(&ctx).await,
             Command::Gateway(cmd) => gateway::dispatch(&ctx, cmd),
         };
         ctx.close().await;

@@ -4,53 +4,57 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use blink_sdk::image::PullConfig;
-use blink_sdk::{Manager, ManagerConfig};
 use serde::Serialize;
+
+use crate::backend::{Backend, Need};
 
 pub struct Context {
     pub data_dir: PathBuf,
     pub json: bool,
     /// `[images]` of `--config`: how pulls go.
     pub pull: PullConfig,
-    /// `--runtime`: auto, boxlite or local.
+    /// `--server` / `BLINK_API_URL`: go through that server.
+    pub server: Option<String>,
+    /// `--runtime`: auto, boxlite or local (the direct path).
     pub runtime: blink_sdk::runtime::selection::RuntimeChoice,
-    manager: tokio::sync::OnceCell<Arc<Manager>>,
+    backend: tokio::sync::OnceCell<Backend>,
 }
 
 impl Context {
-    pub fn new(data_dir: PathBuf, json: bool, pull: PullConfig) -> Self {
+    pub fn new(data_dir: PathBuf, json: bool, pull: PullConfig, server: Option<String>) -> Self {
         Self {
             data_dir,
             json,
             pull,
+            server: server.filter(|s| !s.trim().is_empty()),
             runtime: Default::default(),
-            manager: tokio::sync::OnceCell::new(),
+            backend: tokio::sync::OnceCell::new(),
         }
     }
 
-    /// The manager on our data dir, opened on first use.
-    pub async fn manager(&self) -> anyhow::Result<Arc<Manager>> {
-        let m = self
-            .manager
+    /// The way to Blink (backend.rs), chosen on first use.
+    pub async fn backend(&self, need: Need) -> anyhow::Result<&Backend> {
+        self.backend
             .get_or_try_init(|| {
-                let mut config = ManagerConfig::new(&self.data_dir);
-                config.pull = self.pull.clone();
-                config.runtime = self.runtime;
-                Manager::open(config)
+                Backend::choose(
+                    &self.data_dir,
+                    self.server.as_deref(),
+                    self.runtime,
+                    &self.pull,
+                    need,
+                )
             })
-            .await?;
-        Ok(m.clone())
+            .await
     }
 
     /// Stop what the command started: sandboxes of this process end with
     /// it, and this way their cgroups and records are tidied first.
     pub async fn close(&self) {
-        if let Some(m) = self.manager.get() {
+        if let Some(Backend::Direct(m)) = self.backend.get() {
             m.shutdown().await;
         }
     }
@@ -84,9 +88,12 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// Print an error: a JSON error body with --json, a line otherwise.
 pub fn print_error(ctx: &Context, err: &anyhow::Error) {
-    let (code, message) = match err.downcast_ref::<blink_sdk::Error>() {
-        Some(e) => (e.code().to_owned(), e.to_string()),
-        None => ("error".to_owned(), format!("{err:#}")),
+    let (code, message) = if let Some(e) = err.downcast_ref::<blink_sdk::Error>() {
+        (e.code().to_owned(), e.to_string())
+    } else if let Some(e) = err.downcast_ref::<crate::api_client::ApiError>() {
+        (e.code.clone(), e.message.clone())
+    } else {
+        ("error".to_owned(), format!("{err:#}"))
     };
     if ctx.json {
         let body = blink_sdk::types::ErrorBody {

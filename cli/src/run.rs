@@ -12,10 +12,20 @@ use blink_sdk::{Manager, Program, RunOptions};
 use clap::Args;
 use tokio::io::AsyncWriteExt;
 
+use crate::backend::{Backend, Need};
 use crate::output::{self, Context, Progress};
 
 /// Exit code when a run hits its timeout (as timeout(1) reports it).
-const TIMED_OUT: u8 = 124;
+pub const TIMED_OUT: u8 = 124;
+
+/// The exit code of a finished run: the program's, or 124 on a timeout.
+pub fn result_code(result: &blink_sdk::types::RunResult) -> ExitCode {
+    if result.timed_out {
+        ExitCode::from(TIMED_OUT)
+    } else {
+        output::exit_code(result.exit_code)
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -59,11 +69,11 @@ impl ExecOpts {
 }
 
 pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let manager = ctx.manager().await?;
+    let backend = ctx.backend(Need::Manager).await?;
     let options = args.opts.options(args.args, args.image);
     execute(
         ctx,
-        &manager,
+        backend,
         Target::Ephemeral,
         &Program::Script(args.path),
         options,
@@ -71,8 +81,30 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode> {
     .await
 }
 
-/// Run a program and report as the user asked: streamed, or one JSON result.
+/// Run a program and report as the user asked: streamed, or one JSON
+/// result; through a server, as one run of its API.
 pub async fn execute(
+    ctx: &Context,
+    backend: &Backend,
+    target: Target<'_>,
+    program: &Program,
+    options: RunOptions,
+) -> anyhow::Result<ExitCode> {
+    match backend {
+        Backend::Server(client) => {
+            crate::remote_run::execute(ctx, client, target, program, options).await
+        }
+        _ => {
+            let manager = backend
+                .manager()
+                .ok_or_else(|| anyhow::anyhow!("no session manager to run with"))?;
+            execute_here(ctx, manager, target, program, options).await
+        }
+    }
+}
+
+/// Run in this process's manager.
+async fn execute_here(
     ctx: &Context,
     manager: &Manager,
     target: Target<'_>,
@@ -87,11 +119,7 @@ pub async fn execute(
         }
         let result = manager.run(target, program, options).await?;
         output::print_json(&result)?;
-        return Ok(if result.timed_out {
-            ExitCode::from(TIMED_OUT)
-        } else {
-            output::exit_code(result.exit_code)
-        });
+        return Ok(result_code(&result));
     }
     let timeout = options.timeout.unwrap_or(manager.config().run_timeout);
     let progress = Progress::start(ctx, "preparing sandbox");

@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use blink_sdk::Program;
 use blink_sdk::manager::{ResourceRequest, Stream, Target};
 use blink_sdk::types::{ResourceUsage, Resources, SessionInfo};
-use blink_sdk::{OpenOptions, Program};
 use clap::{Args, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::backend::{Backend, Need};
 use crate::output::{self, Context, Progress};
 use crate::run::{self, ExecOpts};
 use crate::terminal;
@@ -204,7 +205,7 @@ pub struct ResourceFlags {
 }
 
 impl ResourceFlags {
-    fn request(&self) -> ResourceRequest {
+    pub fn request(&self) -> ResourceRequest {
         ResourceRequest {
             cpus: self.cpus,
             memory_mib: self.memory,
@@ -217,13 +218,12 @@ impl ResourceFlags {
 }
 
 pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<ExitCode> {
-    // Key files need no manager (and no data-dir lock): they can be edited
-    // while blink-server runs.
+    // Key files need no manager (and no data-dir lock).
     let cmd = match cmd {
-        SessionCommand::Keys(keys) => return crate::keys::dispatch(ctx, keys),
+        SessionCommand::Keys(keys) => return crate::keys::dispatch(ctx, keys).await,
         other => other,
     };
-    let manager = ctx.manager().await?;
+    let backend = ctx.backend(Need::Manager).await?;
     match cmd {
         SessionCommand::Open {
             name,
@@ -232,23 +232,9 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             resources,
             from,
         } => {
-            let from = from
-                .as_deref()
-                .map(blink_sdk::manager::CloneSource::parse)
-                .transpose()?;
             let progress = Progress::start(ctx, "preparing session disk");
-            let opened = manager
-                .open_session(
-                    &name.name,
-                    OpenOptions {
-                        image,
-                        warm: warm.then_some(true),
-                        resources: resources.request(),
-                        from,
-                        network: None,
-                        forwarding: None,
-                    },
-                )
+            let opened = backend
+                .open_session(&name.name, image, warm, resources.request(), from)
                 .await;
             progress.finish();
             let opened = opened?;
@@ -281,7 +267,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             let options = opts.options(args, None);
             run::execute(
                 ctx,
-                &manager,
+                backend,
                 Target::Session(&name.name),
                 &Program::Script(path),
                 options,
@@ -296,7 +282,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             let options = opts.options(Vec::new(), None);
             run::execute(
                 ctx,
-                &manager,
+                backend,
                 Target::Session(&name.name),
                 &Program::Command(command),
                 options,
@@ -308,21 +294,24 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             tty,
             env,
             command,
-        } => spawn(ctx, &manager, &name.name, tty, env, command).await,
-        SessionCommand::Checkpoint(args) => {
-            crate::checkpoint::checkpoint(ctx, &manager, args).await
-        }
+        } => match backend {
+            Backend::Server(client) => {
+                crate::attach::spawn(ctx, client, &name.name, tty, env, command).await
+            }
+            _ => spawn(ctx, manager(backend)?, &name.name, tty, env, command).await,
+        },
+        SessionCommand::Checkpoint(args) => crate::checkpoint::checkpoint(ctx, backend, args).await,
         SessionCommand::Export {
             name,
             output,
             no_image,
             snapshots,
-        } => crate::archive::export(ctx, &manager, &name.name, output, no_image, snapshots).await,
+        } => crate::archive::export(ctx, backend, &name.name, output, no_image, snapshots).await,
         SessionCommand::Import {
             file,
             name,
             replace,
-        } => crate::archive::import(ctx, &manager, &file, name.as_deref(), replace).await,
+        } => crate::archive::import(ctx, backend, &file, name.as_deref(), replace).await,
         SessionCommand::Network {
             name,
             none,
@@ -331,26 +320,17 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             local_forwarding,
             remote_forwarding,
         } => {
-            if local_forwarding.is_some() || remote_forwarding.is_some() {
-                let mut policy = manager.session_info(&name.name)?.network.forwarding;
-                policy.local = local_forwarding.unwrap_or(policy.local);
-                policy.remote = remote_forwarding.unwrap_or(policy.remote);
-                manager.set_forwarding(&name.name, policy).await?;
-            }
-            if none || !allow.is_empty() || !deny.is_empty() {
+            let policy = (none || !allow.is_empty() || !deny.is_empty()).then(|| {
                 let mode = if none {
                     blink_sdk::network::Mode::None
                 } else {
                     blink_sdk::network::Mode::Proxy
                 };
-                manager
-                    .set_network(
-                        &name.name,
-                        blink_sdk::network::NetworkPolicy { mode, allow, deny },
-                    )
-                    .await?;
-            }
-            let info = manager.session_info(&name.name)?.network;
+                blink_sdk::network::NetworkPolicy { mode, allow, deny }
+            });
+            let info = backend
+                .network(&name.name, local_forwarding, remote_forwarding, policy)
+                .await?;
             if ctx.json {
                 output::print_json(&info)?;
             } else {
@@ -375,7 +355,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
         SessionCommand::Resources { name, resources } => {
             let request = resources.request();
             if request == ResourceRequest::default() {
-                let stats = manager.session_stats(&name.name)?;
+                let stats = backend.session_stats(&name.name).await?;
                 if ctx.json {
                     output::print_json(&stats)?;
                 } else {
@@ -384,7 +364,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let changed = manager.set_resources(&name.name, request).await?;
+            let changed = backend.set_resources(&name.name, request).await?;
             if ctx.json {
                 output::print_json(&changed)?;
             } else {
@@ -395,14 +375,14 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
-        SessionCommand::List { name } => crate::checkpoint::list(ctx, &manager, &name.name),
+        SessionCommand::List { name } => crate::checkpoint::list(ctx, backend, &name.name).await,
         SessionCommand::Restore {
             name,
             snapshot,
             force,
-        } => crate::checkpoint::restore(ctx, &manager, &name.name, &snapshot, force).await,
+        } => crate::checkpoint::restore(ctx, backend, &name.name, &snapshot, force).await,
         SessionCommand::Ls => {
-            let sessions = manager.list_sessions();
+            let sessions = backend.list_sessions().await?;
             if ctx.json {
                 output::print_json(&sessions)?;
             } else {
@@ -411,7 +391,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             Ok(ExitCode::SUCCESS)
         }
         SessionCommand::Info { name } => {
-            let info = manager.session_info(&name.name)?;
+            let info = backend.session_info(&name.name).await?;
             if ctx.json {
                 output::print_json(&info)?;
             } else {
@@ -420,7 +400,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             Ok(ExitCode::SUCCESS)
         }
         SessionCommand::Stop { name, force } => {
-            let info = manager.stop_session(&name.name, force).await?;
+            let info = backend.stop_session(&name.name, force).await?;
             if ctx.json {
                 output::print_json(&info)?;
             } else {
@@ -429,7 +409,7 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             Ok(ExitCode::SUCCESS)
         }
         SessionCommand::Rm { name, force } => {
-            manager.remove_session(&name.name, force).await?;
+            backend.remove_session(&name.name, force).await?;
             if ctx.json {
                 output::print_json(&serde_json::json!({ "removed": name.name }))?;
             } else {
@@ -437,8 +417,16 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
-        SessionCommand::Keys(keys) => crate::keys::dispatch(ctx, keys),
+        SessionCommand::Keys(keys) => crate::keys::dispatch(ctx, keys).await,
     }
+}
+
+/// The manager of the direct path (spawns attach in this process).
+fn manager(backend: &Backend) -> anyhow::Result<&blink_sdk::Manager> {
+    backend
+        .manager()
+        .map(|m| m.as_ref())
+        .ok_or_else(|| anyhow::anyhow!("no session manager here"))
 }
 
 fn print_table(sessions: &[SessionInfo]) {
@@ -603,7 +591,7 @@ async fn spawn(
     Ok(output::exit_code(status.code))
 }
 
-async fn write_chunk(
+pub async fn write_chunk(
     stdout: &mut tokio::io::Stdout,
     stderr: &mut tokio::io::Stderr,
     stream: Stream,
@@ -615,7 +603,10 @@ async fn write_chunk(
             let _ = stdout.flush().await;
         }
         Stream::Stderr => {
+            // Flushed too: tokio hands writes to a thread, and this
+            // process may end right after the last one.
             let _ = stderr.write_all(data).await;
+            let _ = stderr.flush().await;
         }
     }
 }

@@ -723,3 +723,29 @@ async fn usage_comes_from_the_runtime_with_the_egress_counters() {
     assert_eq!(stats.usage.oom_kills, Some(2));
     assert_eq!(m.session_info("s").expect("info").usage, stats.usage);
 }
+
+#[tokio::test]
+async fn a_second_manager_refused_leaves_the_data_dir_as_it_was() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let _held = f.manager(|_| {}).await;
+    // What the local runtime sets so that sandboxes reach their disks.
+    let mode = std::fs::Permissions::from_mode(0o711);
+    std::fs::set_permissions(f.dir.path(), mode).unwrap();
+    let images = Arc::new(ImageStore::open(&f.dir.path().join("images")).unwrap());
+    let second =
+        Manager::with_runtime(ManagerConfig::new(f.dir.path()), f.runtime.clone(), images).await;
+    let Err(refused) = second else {
+        panic!("a second manager was let in");
+    };
+    assert!(matches!(refused, Error::DataDirLocked { .. }), "{refused}");
+    let now = std::fs::metadata(f.dir.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        now & 0o777,
+        0o711,
+        "the refused manager changed the data dir's mode"
+    );
+}

@@ -27,6 +27,7 @@ pub mod rest;
 mod running;
 mod server;
 pub mod ssh;
+pub mod tty;
 
 pub use running::Running;
 pub use server::{Server, ServerBuilder};

@@ -314,7 +314,7 @@ fn limits_apply_while_running_and_nothing_outlives_the_cli() {
     };
     let (code, doctor) = Blink::new().json(&["doctor"]);
     assert_eq!(code, Some(0));
-    let limits = doctor[0]["checks"]
+    let limits = doctor["runtimes"][0]["checks"]
         .as_array()
         .unwrap()
         .iter()
@@ -409,15 +409,6 @@ fn private_data_dirs_work_and_unreachable_ones_are_named() {
 }
 
 /// Run tmux on a private socket.
-fn tmux(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new("tmux")
-        .arg("-S")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("tmux (installed by scripts/install-deps.sh)")
-}
-
 #[test]
 fn spawn_tty_follows_window_size_changes_and_restores_the_terminal() {
     let Some(blink) = Blink::with_runtime() else {
@@ -425,57 +416,12 @@ fn spawn_tty_follows_window_size_changes_and_restores_the_terminal() {
     };
     let (_, opened) = blink.json(&["session", "open", "--name", "winch"]);
     let box_id = opened["session"]["box_id"].as_str().unwrap().to_owned();
-    let socket = blink.data_dir.path().join("tmux.sock");
     let cli = format!(
-        "stty -g > {dir}/before; {cli} --data-dir {dir} session spawn --name winch --tty -- sh; stty -g > {dir}/after; sleep 30",
-        cli = bin("blink-cli").display(),
-        dir = blink.data_dir.path().display()
+        "{} --data-dir {} SPAWN",
+        bin("blink-cli").display(),
+        blink.data_dir.path().display()
     );
-    let out = tmux(
-        &socket,
-        &["new-session", "-d", "-x", "80", "-y", "24", &cli],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let size_file = blink.disk_path(&box_id, "/var/blink/memory/size");
-    let ask = |name: &str| {
-        tmux(
-            &socket,
-            &[
-                "send-keys",
-                &format!("stty size > /var/blink/memory/{name}"),
-                "Enter",
-            ],
-        );
-    };
-    // The shell inside may take a moment to come up; ask until it answers.
-    for _ in 0..100 {
-        ask("size");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        if size_file.exists() {
-            break;
-        }
-    }
-    let first = std::fs::read_to_string(&size_file).unwrap();
-    assert_eq!(first.trim(), "24 80");
-    tmux(&socket, &["resize-window", "-x", "120", "-y", "40"]);
-    let resized = blink.disk_path(&box_id, "/var/blink/memory/resized");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    ask("resized");
-    assert!(wait_for_file(&resized), "shell did not answer after resize");
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(std::fs::read_to_string(&resized).unwrap().trim(), "40 120");
-    // Leaving the shell restores the local terminal's settings.
-    tmux(&socket, &["send-keys", "exit", "Enter"]);
-    let after = blink.data_dir.path().join("after");
-    assert!(wait_for_file(&after), "blink-cli did not return after exit");
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let before = std::fs::read_to_string(blink.data_dir.path().join("before")).unwrap();
-    assert_eq!(std::fs::read_to_string(&after).unwrap(), before);
-    tmux(&socket, &["kill-server"]);
+    blink_e2e::tty::check_spawn_tty_follows_the_window(&blink, &box_id, "winch", &cli);
 }
 
 /// Open a session and run `sleep SECS` in it through `blink-cli session

@@ -76,7 +76,10 @@ fn doctor_says_which_runtime_and_why() {
     let blink = Blink::new();
     let cause = expected_cause();
     let (_, report) = blink.json(&["doctor"]);
-    let runtimes = report.as_array().expect("one entry per runtime");
+    let runtimes = report["runtimes"]
+        .as_array()
+        .expect("one entry per runtime");
+    assert_eq!(report["path"]["kind"], "direct", "{report}");
     let selected: Vec<_> = runtimes.iter().filter(|r| r["selected"] == true).collect();
     assert_eq!(selected.len(), 1, "{report}");
     assert_eq!(selected[0]["runtime"], "local");
@@ -88,7 +91,7 @@ fn doctor_says_which_runtime_and_why() {
     // Asked for boxlite: nothing is selected, the cause is named, exit 1.
     let (code, report) = blink.json(&["--runtime", "boxlite", "doctor"]);
     assert_eq!(code, Some(1), "{report}");
-    for r in report.as_array().unwrap() {
+    for r in report["runtimes"].as_array().unwrap() {
         assert_eq!(r["selected"], false, "{r}");
         let reason = r["reason"].as_str().unwrap();
         assert!(

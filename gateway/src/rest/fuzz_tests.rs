@@ -237,7 +237,8 @@ fn field_name() -> impl Strategy<Value = String> {
         4 => prop::sample::select(vec![
             "script", "command", "session", "args", "env", "cwd", "stdin", "timeout_secs",
             "image", "reference", "name", "warm", "exclusive", "tty", "rows", "cols", "key", "cpus",
-            "memory_mib", "pids", "run_timeout_secs", "idle_timeout_secs",
+            "memory_mib", "pids", "run_timeout_secs", "idle_timeout_secs", "script_base64",
+            "script_name", "stdin_base64",
         ])
         .prop_map(str::to_string),
         1 => "\\PC{0,8}",
@@ -279,28 +280,48 @@ fn structured_body() -> impl Strategy<Value = ((&'static str, &'static str), Val
             env(),
             prop::option::of(int()),
             prop::option::weighted(0.3, hostile_string()),
+            // Inline scripts and stdin: base64 or not, names hostile.
+            prop::option::weighted(
+                0.2,
+                (
+                    prop_oneof![hostile_string(), "[A-Za-z0-9+/]{0,40}={0,2}"],
+                    prop::option::of(hostile_string()),
+                    prop::option::of(prop_oneof![hostile_string(), "[A-Za-z0-9+/]{0,40}"]),
+                ),
+            ),
         )
-            .prop_map(|(script, command, session, args, env, timeout, image)| {
-                let mut m = serde_json::Map::new();
-                if let Some(s) = script {
-                    m.insert("script".into(), json!(s));
-                }
-                if let Some(c) = command {
-                    m.insert("command".into(), json!(c));
-                }
-                if let Some(s) = session {
-                    m.insert("session".into(), json!(s));
-                }
-                m.insert("args".into(), json!(args));
-                m.insert("env".into(), json!(env));
-                if let Some(t) = timeout {
-                    m.insert("timeout_secs".into(), t);
-                }
-                if let Some(i) = image {
-                    m.insert("image".into(), json!(i));
-                }
-                Value::Object(m)
-            })
+            .prop_map(
+                |(script, command, session, args, env, timeout, image, inline)| {
+                    let mut m = serde_json::Map::new();
+                    if let Some((script, name, stdin)) = inline {
+                        m.insert("script_base64".into(), json!(script));
+                        if let Some(n) = name {
+                            m.insert("script_name".into(), json!(n));
+                        }
+                        if let Some(s) = stdin {
+                            m.insert("stdin_base64".into(), json!(s));
+                        }
+                    }
+                    if let Some(s) = script {
+                        m.insert("script".into(), json!(s));
+                    }
+                    if let Some(c) = command {
+                        m.insert("command".into(), json!(c));
+                    }
+                    if let Some(s) = session {
+                        m.insert("session".into(), json!(s));
+                    }
+                    m.insert("args".into(), json!(args));
+                    m.insert("env".into(), json!(env));
+                    if let Some(t) = timeout {
+                        m.insert("timeout_secs".into(), t);
+                    }
+                    if let Some(i) = image {
+                        m.insert("image".into(), json!(i));
+                    }
+                    Value::Object(m)
+                },
+            )
     };
     let open = (hostile_string(), prop::option::of(any::<bool>()), prop::option::of(hostile_string()), any::<bool>())
         .prop_map(|(name, warm, image, exclusive)| json!({"name": name, "warm": warm, "image": image, "exclusive": exclusive}));

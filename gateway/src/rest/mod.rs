@@ -12,7 +12,9 @@ mod exports;
 pub(crate) mod fuzz_tests;
 mod guard;
 mod images;
+mod inline_scripts;
 mod keys;
+mod local_socket;
 mod network;
 mod observe;
 mod openapi;
@@ -162,11 +164,17 @@ async fn not_found() -> ApiError {
 }
 
 /// The optional bearer token; `/api/health` stays open for probes.
+/// Requests on the local socket are its owner's by file permission
+/// (local_socket.rs) and need none.
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(token) = state.config.token.as_deref() else {
         return next.run(req).await;
     };
-    if req.uri().path() == "/api/health" {
+    let local = req
+        .extensions()
+        .get::<local_socket::LocalSocket>()
+        .is_some();
+    if local || req.uri().path() == "/api/health" {
         return next.run(req).await;
     }
     let given = req
@@ -197,6 +205,8 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
 /// A running REST server.
 pub struct RestServer {
     pub local_addr: SocketAddr,
+    /// The local socket, when it could be bound.
+    socket: Option<local_socket::SocketFile>,
     shutdown: watch::Sender<bool>,
     runs: Arc<RunRegistry>,
     grace: Duration,
@@ -256,27 +266,54 @@ pub async fn start(
         shutdown: shutdown_rx.clone(),
         recordings,
     };
+    inline_scripts::clean(&state.manager.config().data_dir);
     exports::clean_up(
         exports::dir(&state),
         Duration::from_secs(state.config.export_retention_secs),
         shutdown_rx.clone(),
     );
     let guard = Arc::new(guard::Guard::new(&state.config, local_addr));
+    let data_dir = state.manager.config().data_dir.clone();
     let (app, _) = router(state, guard);
-    let mut stop = shutdown_rx;
+    // The same app on the local socket, its requests marked as such.
+    let (unix, socket) = match local_socket::bind(&data_dir) {
+        Ok((listener, file)) => (Some(listener), Some(file)),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no local API socket: blink-cli on this host will not reach the server");
+            (None, None)
+        }
+    };
+    let unix_app = app.clone().layer(Extension(local_socket::LocalSocket));
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let (stop_tcp, stop_unix) = (shutdown_rx.clone(), shutdown_rx);
     let task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        let tcp = async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_tcp));
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        };
+        let unix = async move {
+            let Some(listener) = unix else { return };
+            let serve = axum::serve(listener, unix_app.into_make_service())
+                .with_graceful_shutdown(stopped(stop_unix));
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server on the local socket failed");
+            }
+        };
+        tokio::join!(tcp, unix);
     });
     println!("http listening on {local_addr}");
     tracing::info!(addr = %local_addr, "HTTP API listening");
+    if let Some(file) = &socket {
+        tracing::info!(socket = %file.path.display(), "HTTP API on the local socket");
+    }
     Ok(RestServer {
         local_addr,
+        socket,
         shutdown,
         runs,
         grace,
@@ -298,6 +335,9 @@ impl RestServer {
             .is_err()
         {
             task.abort();
+        }
+        if let Some(file) = &self.socket {
+            file.remove();
         }
     }
 }

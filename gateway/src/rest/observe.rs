@@ -31,7 +31,13 @@ pub async fn observe(req: Request, next: Next) -> Response {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
-        .unwrap_or_else(|| "local".into());
+        .unwrap_or_else(|| {
+            let unix = req
+                .extensions()
+                .get::<super::local_socket::LocalSocket>()
+                .is_some();
+            if unix { "unix" } else { "local" }.into()
+        });
     let resp = next.run(req).await;
     let status = resp.status();
     let took = started.elapsed();

@@ -28,6 +28,7 @@ use utoipa::ToSchema;
 use axum::http::StatusCode;
 
 use super::error::{ApiError, ApiResult, ErrorDetail};
+use super::inline_scripts::InlineScript;
 use super::run_records::RunRecords;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -234,6 +235,7 @@ impl RunRegistry {
         session: Option<String>,
         program: Program,
         options: RunOptions,
+        inline: Option<InlineScript>,
     ) -> ApiResult<String> {
         if !self.accepting.load(Ordering::SeqCst) {
             return Err(ApiError::new(
@@ -303,7 +305,9 @@ impl RunRegistry {
         let run_id = id.clone();
         tokio::spawn(async move {
             me.execute(manager, run_id, session, program, options, ticket)
-                .await
+                .await;
+            // A script sent with the request goes with its run.
+            drop(inline);
         });
         Ok(id)
     }

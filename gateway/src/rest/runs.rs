@@ -9,21 +9,29 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use blink_sdk::manager::{Program, RunOptions, policy};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorResponse};
+use super::inline_scripts::{self, InlineScript};
 use super::run_registry::RunView;
 
-/// A run to queue. Exactly one of `script` and `command`.
+/// A run to queue. Exactly one of `script`, `script_base64` and `command`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// Host path of a script or binary to copy into the sandbox and run.
     /// It must lie under one of the configured `rest.script_dirs`.
     pub script: Option<String>,
+    /// A script or binary sent in the request, base64 (standard, padded),
+    /// at most `[sandbox]`'s script size limit and within the body limit
+    /// (`rest.max_body_bytes`): how a client elsewhere runs its own file.
+    pub script_base64: Option<String>,
+    /// The file name `script_base64` runs as (default `script`).
+    pub script_name: Option<String>,
     /// A command line to run as is (argv; no shell unless you name one).
     pub command: Option<Vec<String>>,
     /// Session to run in. Absent: a fresh sandbox, removed afterwards. On
@@ -39,6 +47,8 @@ pub struct RunRequest {
     pub cwd: Option<String>,
     /// Text fed to the program's stdin (closed afterwards).
     pub stdin: Option<String>,
+    /// Bytes fed to the program's stdin, base64; instead of `stdin`.
+    pub stdin_base64: Option<String>,
     /// Kill the program after this many seconds (state `timed_out`);
     /// default: the session's run timeout (`[sandbox] run_timeout_secs`
     /// for ephemeral runs), at most `rest.max_run_timeout_secs`.
@@ -112,18 +122,55 @@ fn prepare(
     state: &AppState,
     req: RunRequest,
     session: Option<String>,
-) -> ApiResult<(Program, RunOptions)> {
-    let program = match (req.script, req.command) {
-        (Some(_), Some(_)) => {
+) -> ApiResult<(Program, RunOptions, Option<InlineScript>)> {
+    if req.script_name.is_some() && req.script_base64.is_none() {
+        return Err(ApiError::unprocessable("script_name needs script_base64"));
+    }
+    let mut inline = None;
+    let program = match (req.script, req.script_base64, req.command) {
+        (Some(script), None, None) => Program::Script(resolve_script(&state.script_dirs, &script)?),
+        (None, Some(encoded), None) => {
+            let config = state.manager.config();
+            let script = inline_scripts::store(
+                &config.data_dir,
+                config.max_script_bytes,
+                &encoded,
+                req.script_name.as_deref(),
+            )?;
+            let program = Program::Script(script.path.clone());
+            inline = Some(script);
+            program
+        }
+        (None, None, Some(argv)) => Program::Command(argv),
+        (None, None, None) => {
             return Err(ApiError::unprocessable(
-                "give either script or command, not both",
+                "give a script, a script_base64 or a command",
             ));
         }
-        (None, None) => {
-            return Err(ApiError::unprocessable("give a script or a command"));
+        _ => {
+            return Err(ApiError::unprocessable(
+                "give one of script, script_base64 and command, not several",
+            ));
         }
-        (Some(script), None) => Program::Script(resolve_script(&state.script_dirs, &script)?),
-        (None, Some(argv)) => Program::Command(argv),
+    };
+    let stdin = match (req.stdin, req.stdin_base64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unprocessable(
+                "give stdin or stdin_base64, not both",
+            ));
+        }
+        (Some(text), None) => Some(text.into_bytes()),
+        (None, Some(encoded)) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        "invalid_argument",
+                        format!("stdin_base64 is not base64: {e}"),
+                    )
+                })?,
+        ),
+        (None, None) => None,
     };
     if session.is_some() && req.image.is_some() {
         return Err(ApiError::unprocessable(
@@ -153,11 +200,11 @@ fn prepare(
         output_limit: None,
         env,
         cwd: req.cwd,
-        stdin: req.stdin.map(String::into_bytes),
+        stdin,
         image: req.image,
         args: req.args,
     };
-    Ok((program, options))
+    Ok((program, options, inline))
 }
 
 async fn queue(
@@ -176,10 +223,10 @@ async fn queue(
             .unwrap_or(state.config.max_run_timeout_secs),
     )
     .saturating_add(Duration::from_secs(60));
-    let (program, options) = prepare(&state, req, session.clone())?;
+    let (program, options, inline) = prepare(&state, req, session.clone())?;
     let id = state
         .runs
-        .submit(state.manager.clone(), session, program, options)?;
+        .submit(state.manager.clone(), session, program, options, inline)?;
     let location = format!("/api/runs/{id}");
     if wait {
         state.runs.wait(&id, limit).await;

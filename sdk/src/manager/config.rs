@@ -115,3 +115,10 @@ pub fn default_data_dir() -> PathBuf {
 pub fn gateway_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("gateway")
 }
+
+/// The unix socket on which `blink-server` serves its REST API to this
+/// host (0600, its owner's): `blink-cli` goes through it while the server
+/// owns the data dir. The gateway and the CLI agree on it.
+pub fn api_socket(data_dir: &Path) -> PathBuf {
+    data_dir.join("blink.sock")
+}

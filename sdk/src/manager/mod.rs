@@ -46,7 +46,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use self::archives::{ByteProgress, ExportOptions};
 pub use self::checkpoints::CloneSource;
 pub use self::collect::Collected;
-pub use self::config::{MEMORY_DIR, ManagerConfig, default_data_dir, gateway_dir};
+pub use self::config::{MEMORY_DIR, ManagerConfig, api_socket, default_data_dir, gateway_dir};
 pub use self::executions::{EphemeralBox, Lease, Sandbox, Started, Target};
 pub use self::forwarding::{ForwardListener, ForwardRules, Forwarded};
 pub use self::images::images_in_use;
@@ -107,9 +107,8 @@ impl Manager {
     /// inside a tokio runtime.
     pub async fn open(config: ManagerConfig) -> Result<Arc<Self>> {
         let data = &config.data_dir;
-        crate::runtime::local::private_dir(data)?;
         // The lock before the runtime: a runtime tidies its directory.
-        let lock = DataDirLock::acquire(data)?;
+        let lock = lock_data_dir(data)?;
         let images = Arc::new(ImageStore::open(&data.join("images"))?);
         let (kind, selection) = select(config.runtime, &preflight::boxlite())?;
         tracing::info!(
@@ -147,8 +146,7 @@ impl Manager {
         runtime: Arc<dyn Runtime>,
         images: Arc<ImageStore>,
     ) -> Result<Arc<Self>> {
-        crate::runtime::local::private_dir(&config.data_dir)?;
-        let lock = DataDirLock::acquire(&config.data_dir)?;
+        let lock = lock_data_dir(&config.data_dir)?;
         let selection = Selection {
             requested: config.runtime,
             runtime: runtime.info().name,
@@ -253,6 +251,21 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Make the data dir if missing and take its lock; only then make it
+/// private. A process refused here changes nothing: the holder has set
+/// the modes its sandboxes need (the local runtime's data dir is 0711).
+fn lock_data_dir(data: &std::path::Path) -> Result<DataDirLock> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .map_err(|e| Error::io(format!("creating {}", data.display()), e))?;
+    let lock = DataDirLock::acquire(data)?;
+    crate::runtime::local::private_dir(data)?;
+    Ok(lock)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
