@@ -17,6 +17,7 @@ use blink_sdk::manager::keys::{AuthorizedKey, KeyChange};
 use blink_sdk::manager::{CloneSource, KeyStore, ResourceRequest};
 use blink_sdk::network::NetworkPolicy;
 use blink_sdk::runtime::SnapshotInfo;
+use blink_sdk::runtime::selection::RuntimeChoice;
 use blink_sdk::types::{
     ForwardingPolicy, NetworkInfo, OpenedSession, ResourcesChanged, SessionInfo, SessionStats,
 };
@@ -51,12 +52,12 @@ impl Backend {
     /// Choose: a named server; else the manager (or the files), or the
     /// local socket of the server that holds the data dir.
     pub async fn choose(
+        data_dir: &Path,
         server: Option<&str>,
-        config: ManagerConfig,
+        runtime: RuntimeChoice,
+        pull: &blink_sdk::image::PullConfig,
         need: Need,
     ) -> anyhow::Result<Self> {
-        let data_dir = config.data_dir.clone();
-        let data_dir = data_dir.as_path();
         if let Some(url) = server {
             let token = std::env::var("BLINK_API_TOKEN").ok();
             return Ok(Self::Server(ApiClient::new(Endpoint::parse(url)?, token)));
@@ -74,6 +75,9 @@ impl Backend {
         if need == Need::Files {
             return Ok(Self::Files);
         }
+        let mut config = ManagerConfig::new(data_dir);
+        config.runtime = runtime;
+        config.pull = pull.clone();
         match Manager::open(config).await {
             Ok(m) => Ok(Self::Direct(m)),
             Err(e @ blink_sdk::Error::DataDirLocked { .. }) => {

@@ -37,17 +37,17 @@ struct Cli {
     #[arg(long, global = true, env = "BLINK_DATA_DIR")]
     data_dir: Option<PathBuf>,
 
+    /// blink-server's TOML config, of which the CLI reads `[images]`
+    /// (mirrors, insecure registries, credentials, limits; docs/IMAGES.md).
+    #[arg(long, global = true, env = "BLINK_CONFIG")]
+    config: Option<PathBuf>,
+
     /// Go through this blink-server's REST API: http://HOST:PORT (its
     /// token in $BLINK_API_TOKEN) or unix:SOCKET. Default: the server that
     /// holds the data dir, through its socket (<data-dir>/blink.sock),
     /// else the data dir directly.
     #[arg(long, global = true, env = "BLINK_API_URL", value_name = "URL")]
     server: Option<String>,
-
-    /// blink-server's TOML config, of which the CLI reads `[images]`
-    /// (mirrors, insecure registries, credentials, limits; docs/IMAGES.md).
-    #[arg(long, global = true, env = "BLINK_CONFIG")]
-    config: Option<PathBuf>,
 
     /// Print machine-readable JSON instead of human output.
     #[arg(long, global = true)]

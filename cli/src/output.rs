@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use blink_sdk::ManagerConfig;
 use blink_sdk::image::PullConfig;
 use serde::Serialize;
 
@@ -16,10 +15,10 @@ use crate::backend::{Backend, Need};
 pub struct Context {
     pub data_dir: PathBuf,
     pub json: bool,
+    /// `[images]` of `--config`: how pulls go.
+    pub pull: PullConfig,
     /// `--server` / `BLINK_API_URL`: go through that server.
     pub server: Option<String>,
-    /// `[images]` of `--config`: how pulls go (the direct path).
-    pub pull: PullConfig,
     /// `--runtime`: auto, boxlite or local (the direct path).
     pub runtime: blink_sdk::runtime::selection::RuntimeChoice,
     backend: tokio::sync::OnceCell<Backend>,
@@ -41,10 +40,13 @@ impl Context {
     pub async fn backend(&self, need: Need) -> anyhow::Result<&Backend> {
         self.backend
             .get_or_try_init(|| {
-                let mut config = ManagerConfig::new(&self.data_dir);
-                config.pull = self.pull.clone();
-                config.runtime = self.runtime;
-                Backend::choose(self.server.as_deref(), config, need)
+                Backend::choose(
+                    &self.data_dir,
+                    self.server.as_deref(),
+                    self.runtime,
+                    &self.pull,
+                    need,
+                )
             })
             .await
     }

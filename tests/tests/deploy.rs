@@ -153,3 +153,81 @@ fn the_server_works_under_the_units_capabilities() {
     let a = server.delete("/api/sessions/s2");
     assert!(a.status == 200 || a.status == 204, "{:?}", a.body);
 }
+
+/// The container's entry point (deploy/docker-entrypoint.sh), run here as
+/// the container would run it (no Docker daemon on this machine): on an
+/// empty data dir it makes the default image, warns that no token is set,
+/// then execs blink-server, which serves.
+#[test]
+fn the_containers_entry_point_makes_the_image_then_serves() {
+    let Some(_blink) = Blink::with_runtime() else {
+        return;
+    };
+    let data = tempfile::tempdir().expect("tempdir");
+    let bin_dir = bin("blink-server").parent().expect("bin dir").to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/docker-entrypoint.sh");
+    let mut child = Command::new("sh")
+        .arg(&script)
+        .args([
+            "--ssh-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env("PATH", path)
+        .env("BLINK_DATA_DIR", data.path())
+        .env_remove("BLINK_API_TOKEN")
+        .env_remove("BLINK_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the entry point");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(addr) = line.strip_prefix("http listening on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(std::time::Duration::from_secs(120));
+    let health = addr.as_ref().ok().map(|addr| {
+        ureq::get(&format!("http://{addr}/api/health"))
+            .call()
+            .map(|r| r.status())
+            .ok()
+    });
+    let images = addr.as_ref().ok().map(|addr| {
+        ureq::get(&format!("http://{addr}/api/images"))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .unwrap_or_default()
+    });
+    // SIGTERM through the entry point's exec: it is blink-server now.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(addr.is_ok(), "the server never listened: {stderr}");
+    assert_eq!(health, Some(Some(200)), "{stderr}");
+    let images = images.unwrap_or_default();
+    assert!(images.contains("blink/default"), "{images}");
+    assert!(stderr.contains("BLINK_API_TOKEN is not set"), "{stderr}");
+    assert!(
+        out.status.success(),
+        "blink-server did not stop cleanly: {stderr}"
+    );
+}

@@ -156,8 +156,10 @@ fn the_hook_confirms_every_login_and_fails_closed() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let config = hook_config(&hook, &token_file, "");
-    let Some(f) = SshFixture::with(|s| s.config(&config).log_filter("warn,blink_server=info"))
-    else {
+    let Some(f) = SshFixture::with(|s| {
+        s.config(&config)
+            .log_filter("warn,blink_server=info,blink=info")
+    }) else {
         return;
     };
     // The refusal of a key nobody knows; the hook is not asked for it.
@@ -251,7 +253,7 @@ fn an_authorizing_hook_lets_in_keys_nobody_registered_and_sees_certificates() {
     let server = blink
         .server()
         .config(&config)
-        .log_filter("warn,blink_server=info")
+        .log_filter("warn,blink_server=info,blink=info")
         .start();
     let ssh = |key: &str, login: &str, extra: &[&str]| {
         let mut cmd = client.ssh(&server, key, login);

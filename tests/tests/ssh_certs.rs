@@ -47,7 +47,7 @@ impl Certs {
         self.blink
             .server()
             .config(&config)
-            .log_filter("warn,blink_server=info")
+            .log_filter("warn,blink_server=info,blink=info")
             .start()
     }
 
@@ -379,7 +379,10 @@ fn without_trusted_cas_no_certificate_is_accepted() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let server = blink.server().log_filter("warn,blink_server=info").start();
+    let server = blink
+        .server()
+        .log_filter("warn,blink_server=info,blink=info")
+        .start();
     let mut cmd = client.ssh(&server, "other", "s1");
     cmd.arg("true");
     let out = run(&mut cmd, b"");
