@@ -16,6 +16,9 @@
 #   skopeo          pushes the images those tests build (tests/tests/registry_pull.rs)
 #   apache2-utils   htpasswd, for the registry behind Basic auth in those tests
 #   openssl         signs the tokens of their bearer-token service (a test double)
+#   protobuf-compiler  protoc, for building the boxlite runtime (boxlite-shared's gRPC code)
+#   python3-venv    scripts/boxlite-runtime.sh unpacks BoxLite's runtime files from its wheel
+# (tests/vm/boxlite-vm.sh installs what the nested VM needs itself: QEMU, debootstrap.)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
 #   prometheus_client  the reference parser of /metrics (tests/tests/metrics.rs)
 #   pyte            (PyPI) a headless terminal replaying recordings (tests/tests/recording.rs)
@@ -26,7 +29,7 @@ set -euo pipefail
 need=()
 for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
   libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl systemd \
-  docker-registry skopeo apache2-utils openssl; do
+  docker-registry skopeo apache2-utils openssl protobuf-compiler python3-venv; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -5,7 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
+# The boxlite runtime's files, from its PyPI wheel (docs/BOXLITE.md): BOXLITE_RUNTIME_URL.
+eval "$(bash scripts/boxlite-runtime.sh)"
 cargo build --workspace --locked
+# The release binaries with the boxlite runtime: tests/tests/boxlite_vm.rs runs them on
+# micro-VMs (nested under QEMU where this host's KVM cannot boot one, tests/vm/).
+cargo build --release --locked --bin blink-server --bin blink-cli \
+  --features blink-server/boxlite,blink-cli/boxlite
 log=$(mktemp)
 # Tests that cannot run here return early after naming themselves in this
 # file (blink_sdk::testing::skip); they are counted as skipped, not passed.
@@ -14,6 +20,8 @@ BLINK_SKIP_LOG=$(mktemp)
 trap 'rm -f "$log" "$BLINK_SKIP_LOG"' EXIT
 status=0
 cargo test --workspace --locked --no-fail-fast -- --test-threads 4 2>&1 | tee "$log" || status=$?
+# The boxlite runtime's own unit tests (option mapping) need the feature.
+cargo test --locked -p blinkvm-sdk --features boxlite --lib runtime::boxlite 2>&1 | tee -a "$log" || status=$?
 skipped=$(sort -u "$BLINK_SKIP_LOG" | wc -l)
 if ((skipped)); then
   echo "skipped (could not run here):"

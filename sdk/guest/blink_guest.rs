@@ -1,7 +1,7 @@
 //! blink-guest: the small static helper that lives inside every local sandbox
 //! at `/.blink/guest` (a read-only copy in the sandbox's own tmpfs). Its jobs:
 //!
-//! - `blink-guest init [--ready-fd N]`: the sandbox's pid 1 (bubblewrap runs
+//! - `blink-guest init [--ready-fd N | --box]`: the sandbox's pid 1 (bubblewrap runs
 //!   with `--as-pid-1`). It reaps orphans, ignores every signal sent from
 //!   inside, is not dumpable (so the sandbox's processes, which lack
 //!   CAP_SYS_PTRACE, cannot ptrace it), and writes to the ready descriptor
@@ -21,11 +21,15 @@
 //!   an SFTP v3 server on stdin/stdout (sftp.rs), run as an execution for
 //!   the gateway's `sftp` subsystem, so file transfer has exactly the
 //!   sandbox's privileges.
+//! - `blink-guest wire [--tty ROWSxCOLS] [--cwd DIR] -- PROG ARGS...`: an
+//!   execution over a text-only channel with flow control (wire.rs): how
+//!   the boxlite runtime runs programs byte-exact.
 //!
 //! It is built by build.rs as a static binary with nothing but `std`, so it
 //! runs in any image, even one without a libc.
 
 mod sftp;
+mod wire;
 
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
@@ -55,6 +59,7 @@ const SIGKILL: i32 = 9;
 const PR_SET_SECCOMP: i32 = 22;
 const SECCOMP_MODE_FILTER: u64 = 2;
 const SIGCHLD: i32 = 17;
+const SIGTERM: i32 = 15;
 const SIG_BLOCK: i32 = 0;
 const WNOHANG: i32 = 1;
 const SYS_CLOSE_RANGE: i64 = 436;
@@ -68,9 +73,10 @@ fn main() -> ExitCode {
         Some("put") => put(&args[1..]),
         Some("rm") => rm(&args[1..]),
         Some("sftp-server") => sftp::main(&args[1..]),
+        Some("wire") => wire::main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: blink-guest init | exec [--tty] [--cwd DIR] [--env-fd N] [--seccomp-fd N] -- PROG ARGS... | put [--mode OCTAL] PATH | rm PATH | sftp-server [--home DIR] [--symlink-order openssh|draft]"
+                "usage: blink-guest init [--ready-fd N | --box] | exec [--tty] [--cwd DIR] [--env-fd N] [--seccomp-fd N] -- PROG ARGS... | put [--mode OCTAL] PATH | rm PATH | sftp-server [--home DIR] [--symlink-order openssh|draft] | wire [--tty ROWSxCOLS] [--cwd DIR] -- PROG ARGS..."
             );
             ExitCode::from(2)
         }
@@ -80,6 +86,11 @@ fn main() -> ExitCode {
 /// Tell the host the sandbox is fully set up (we only run after bubblewrap
 /// finished its mounts), then reap orphans for as long as the sandbox runs.
 fn init(args: &[String]) -> ExitCode {
+    if args == ["--box"] {
+        // A micro-VM box's init (the boxlite runtime): its parent is the
+        // box's own agent, and the box is stopped by SIGTERM.
+        reap_forever(true)
+    }
     // SAFETY: prctl with integer arguments on our own process.
     unsafe {
         prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
@@ -100,26 +111,34 @@ fn init(args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    reap_forever()
+    reap_forever(false)
 }
 
 /// As pid 1 every orphan of the sandbox becomes our child. SIGCHLD is
-/// blocked and waited for, so no handler runs and nothing else can wake us.
-fn reap_forever() -> ! {
+/// blocked and waited for, so no handler runs and nothing else can wake us;
+/// with `exit_on_term`, SIGTERM (a box being stopped) ends us at once
+/// instead of waiting out the stop's grace period.
+fn reap_forever(exit_on_term: bool) -> ! {
     let mut set = SigSet([0; 16]);
     // SAFETY: signal-set calls on a set we own; waitpid on our children.
     unsafe {
         sigemptyset(&mut set);
         sigaddset(&mut set, SIGCHLD);
+        if exit_on_term {
+            sigaddset(&mut set, SIGTERM);
+        }
         sigprocmask(SIG_BLOCK, &set, std::ptr::null_mut());
     }
     loop {
         let mut status = 0;
         // SAFETY: as above.
-        unsafe {
+        let signal = unsafe {
             while waitpid(-1, &mut status, WNOHANG) > 0 {}
             let mut info = SigInfo([0; 16]);
-            sigwaitinfo(&set, &mut info);
+            sigwaitinfo(&set, &mut info)
+        };
+        if signal == SIGTERM {
+            std::process::exit(0);
         }
     }
 }

@@ -28,6 +28,7 @@ mod running;
 mod server;
 pub mod ssh;
 pub mod tty;
+pub mod vm;
 
 pub use running::Running;
 pub use server::{Server, ServerBuilder};

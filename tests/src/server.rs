@@ -188,8 +188,16 @@ impl ServerBuilder {
         if let Some(token) = &self.token {
             cmd.env("BLINK_API_TOKEN", token);
         }
-        let mut child = cmd.spawn().expect("spawn blink-server");
+        let child = cmd.spawn().expect("spawn blink-server");
+        Server::adopt(child, self.token)
+    }
+}
 
+impl Server {
+    /// Take a started blink-server (or something that speaks for one, such
+    /// as tests/vm/boxlite-vm.sh): its stderr is the log, its stdout says
+    /// the host key and the addresses; returns once both ports are known.
+    pub fn adopt(mut child: Child, token: Option<String>) -> Server {
         // The log is kept (see `Server::log`) and echoed to the test's
         // stderr.
         let log = Arc::new(Mutex::new(String::new()));
@@ -241,7 +249,7 @@ impl ServerBuilder {
             ssh_port,
             http_port,
             fingerprint,
-            token: self.token,
+            token,
             log,
         }
     }

@@ -57,12 +57,16 @@ fn auto_falls_back_to_local_and_says_why_everywhere() {
     assert_eq!(selection["runtime"], "local", "{selection}");
     assert_eq!(selection["reason"], reason);
     let boxlite = &product.body["runtimes"]["boxlite"];
-    assert_eq!(boxlite["operations"]["exec"], false, "{boxlite}");
+    // What boxlite maps and what it does not, said per operation.
+    assert_eq!(boxlite["operations"]["exec"], true, "{boxlite}");
+    assert_eq!(boxlite["operations"]["byte_exact_io"], true, "{boxlite}");
+    assert_eq!(boxlite["operations"]["export"], false, "{boxlite}");
+    assert_eq!(boxlite["operations"]["resources"], false, "{boxlite}");
     assert!(
         boxlite["note"]
             .as_str()
             .unwrap()
-            .contains("no session operation is mapped"),
+            .contains("export and import are not mapped"),
         "{boxlite}"
     );
     assert_eq!(

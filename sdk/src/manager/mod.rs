@@ -110,7 +110,15 @@ impl Manager {
         // The lock before the runtime: a runtime tidies its directory.
         let lock = lock_data_dir(data)?;
         let images = Arc::new(ImageStore::open(&data.join("images"))?);
-        let (kind, selection) = select(config.runtime, &preflight::boxlite())?;
+        // The test boot blocks for seconds: off the async workers, and
+        // only when its verdict can matter.
+        let preflight = match config.runtime {
+            crate::runtime::selection::RuntimeChoice::Local => preflight::boxlite_unbooted(),
+            _ => tokio::task::spawn_blocking(preflight::boxlite)
+                .await
+                .map_err(|e| Error::Runtime(format!("the boxlite preflight: {e}")))?,
+        };
+        let (kind, selection) = select(config.runtime, &preflight)?;
         tracing::info!(
             runtime = %selection.runtime,
             requested = %selection.requested,
@@ -126,12 +134,21 @@ impl Manager {
                 },
                 images.clone(),
             )?),
-            // The preflight does not pass before a test boot exists
-            // (preflight::BOOT_CHECK), so this is not reached yet.
+            #[cfg(feature = "boxlite")]
+            RuntimeKind::Boxlite => Arc::new(
+                crate::runtime::boxlite::BoxliteRuntime::open(
+                    &data.join("boxlite"),
+                    images.clone(),
+                )
+                .await?,
+            ),
+            // Selection never picks a runtime this build lacks (its
+            // preflight fails on "built in").
+            #[cfg(not(feature = "boxlite"))]
             RuntimeKind::Boxlite => {
                 return Err(Error::RuntimeUnavailable {
                     runtime: "boxlite".into(),
-                    reason: "its session operations are not mapped yet (docs/BOXLITE.md)".into(),
+                    reason: crate::runtime::preflight::NOT_BUILT_VERDICT.into(),
                 });
             }
         };

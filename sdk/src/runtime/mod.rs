@@ -7,11 +7,13 @@
 //! a Linux kernel allows user namespaces; the `boxlite` micro-VM runtime needs
 //! hardware virtualization (see docs/ARCHITECTURE.md).
 
+pub mod boxlite;
 pub mod exec;
 pub mod local;
 pub mod preflight;
 pub mod selection;
 pub mod support;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::path::Path;

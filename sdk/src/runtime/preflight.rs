@@ -6,9 +6,9 @@
 //! succeeds, yet a standard guest kernel aborts on its first instruction
 //! PVM cannot emulate. So the checks are: the device opens, the module
 //! behind it is hardware virtualization (`kvm_intel` / `kvm_amd`) and not
-//! `kvm_pvm`, and this build has the boxlite runtime. The last word is
-//! meant to be a tiny real boot; until that lands the preflight never
-//! calls a host usable on the module checks alone (see [`BOOT_CHECK`]).
+//! `kvm_pvm`, and this build has the boxlite runtime. The last word is a
+//! tiny real boot (see [`BOOT_CHECK`]): a box of an empty image boots and
+//! runs a program, or its failure is the verdict.
 
 use std::path::{Path, PathBuf};
 
@@ -20,12 +20,18 @@ pub const KVM_PVM_VERDICT: &str = "kvm_pvm: PVM cannot boot micro-VM guests (see
 /// The verdict of a build without the `boxlite` cargo feature.
 pub const NOT_BUILT_VERDICT: &str = "this build has no boxlite runtime (feature `boxlite`)";
 
-/// Name of the final check, a tiny real boot.
-/// TODO(boxlite-boot-preflight): boot a minimal box (RootfsPath of a tiny
-/// OCI layout, `true` as the command) with a bounded timeout and treat a
-/// failed boot as the verdict. Until then this check fails with a clear
-/// detail, so `auto` never picks a runtime it has not seen boot.
+/// Name of the final check, a tiny real boot: a box of an empty image
+/// (the guest helper mounted in) is made, booted, runs a program and is
+/// removed, within [`BOOT_TIMEOUT`]. Only run when every other check
+/// passed, so hosts that cannot work never pay for it.
 pub const BOOT_CHECK: &str = "test boot";
+
+/// How long the test boot may take: a second on hardware, ten or so
+/// nested under emulation.
+pub const BOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// A test boot: how long it took, or why it failed.
+pub type BootCheck<'a> = &'a dyn Fn() -> Result<std::time::Duration, String>;
 
 /// Where the preflight looks; the host's `/dev` and `/sys/module` unless a
 /// test points it at a directory of its own.
@@ -62,12 +68,31 @@ impl Preflight {
 
 /// The boxlite preflight on this host.
 pub fn boxlite() -> Preflight {
-    boxlite_at(&HostPaths::default(), cfg!(feature = "boxlite"))
+    boxlite_at(&HostPaths::default(), cfg!(feature = "boxlite"), &real_boot)
+}
+
+/// The preflight without its test boot, for a manager told to run
+/// `local`: nothing rests on the verdict, and a boot costs seconds.
+pub fn boxlite_unbooted() -> Preflight {
+    boxlite_at(&HostPaths::default(), cfg!(feature = "boxlite"), &|| {
+        Err("not run: runtime = \"local\" is configured".into())
+    })
+}
+
+fn real_boot() -> Result<std::time::Duration, String> {
+    #[cfg(feature = "boxlite")]
+    {
+        super::boxlite::test_boot(BOOT_TIMEOUT)
+    }
+    #[cfg(not(feature = "boxlite"))]
+    {
+        Err(NOT_BUILT_VERDICT.into())
+    }
 }
 
 /// The boxlite preflight against `paths`, for a build with or without the
-/// runtime.
-pub fn boxlite_at(paths: &HostPaths, built: bool) -> Preflight {
+/// runtime, `boot` making the test boot.
+pub fn boxlite_at(paths: &HostPaths, built: bool, boot: BootCheck<'_>) -> Preflight {
     let mut checks = Vec::new();
     checks.push(kvm_device(&paths.dev_kvm));
     checks.push(kvm_module(&paths.sys_module));
@@ -81,14 +106,25 @@ pub fn boxlite_at(paths: &HostPaths, built: bool) -> Preflight {
         },
     });
     let host_ok = checks.iter().all(|c| c.ok);
-    checks.push(Check {
-        name: BOOT_CHECK.into(),
-        ok: false,
-        detail: if host_ok {
-            "not yet implemented: the runtime is not selected before a test boot proves it (docs/BOXLITE.md)".into()
-        } else {
-            "skipped: an earlier check failed".into()
-        },
+    checks.push(if host_ok {
+        match boot() {
+            Ok(took) => Check {
+                name: BOOT_CHECK.into(),
+                ok: true,
+                detail: format!("a box booted and ran a program in {} ms", took.as_millis()),
+            },
+            Err(e) => Check {
+                name: BOOT_CHECK.into(),
+                ok: false,
+                detail: format!("a test box did not boot: {e}"),
+            },
+        }
+    } else {
+        Check {
+            name: BOOT_CHECK.into(),
+            ok: false,
+            detail: "skipped: an earlier check failed".into(),
+        }
     });
     let failed: Vec<&str> = checks
         .iter()
@@ -174,7 +210,7 @@ mod tests {
     #[test]
     fn kvm_pvm_is_the_verdict_even_when_the_device_opens() {
         let (_d, paths) = host(true, &["kvm", "kvm_pvm"]);
-        let p = boxlite_at(&paths, true);
+        let p = boxlite_at(&paths, true, &never);
         assert!(!p.usable());
         assert_eq!(p.verdict.as_deref(), Some(KVM_PVM_VERDICT));
     }
@@ -182,7 +218,7 @@ mod tests {
     #[test]
     fn missing_device_and_missing_feature_are_both_named() {
         let (_d, paths) = host(false, &[]);
-        let verdict = boxlite_at(&paths, false).verdict.unwrap();
+        let verdict = boxlite_at(&paths, false, &never).verdict.unwrap();
         assert!(verdict.contains("is missing: no KVM"), "{verdict}");
         assert!(
             verdict.contains("neither kvm_intel nor kvm_amd"),
@@ -191,21 +227,32 @@ mod tests {
         assert!(verdict.contains(NOT_BUILT_VERDICT), "{verdict}");
     }
 
+    /// A host that fails a module check never boots.
+    fn never() -> Result<std::time::Duration, String> {
+        panic!("the test boot ran although an earlier check failed")
+    }
+
     #[test]
-    fn hardware_kvm_with_the_feature_still_waits_for_a_test_boot() {
+    fn hardware_kvm_with_the_feature_is_decided_by_the_test_boot() {
         let (_d, paths) = host(true, &["kvm", "kvm_amd"]);
-        let p = boxlite_at(&paths, true);
-        let failed: Vec<_> = p.checks.iter().filter(|c| !c.ok).collect();
-        assert_eq!(failed.len(), 1, "{p:?}");
-        assert_eq!(failed[0].name, BOOT_CHECK);
-        assert!(p.verdict.unwrap().contains("not yet implemented"));
+        let failed = boxlite_at(&paths, true, &|| Err("KVM_EXIT_INTERNAL_ERROR".into()));
+        let bad: Vec<_> = failed.checks.iter().filter(|c| !c.ok).collect();
+        assert_eq!(bad.len(), 1, "{failed:?}");
+        assert_eq!(bad[0].name, BOOT_CHECK);
+        assert_eq!(
+            failed.verdict.as_deref(),
+            Some("a test box did not boot: KVM_EXIT_INTERNAL_ERROR")
+        );
+        let booted = boxlite_at(&paths, true, &|| Ok(std::time::Duration::from_millis(420)));
+        assert!(booted.usable(), "{booted:?}");
+        assert!(booted.checks.last().unwrap().detail.contains("420 ms"));
     }
 
     #[test]
     fn this_host_has_a_verdict() {
         let p = boxlite();
-        assert!(!p.usable(), "no test boot exists yet, so no host passes");
         if Path::new("/sys/module/kvm_pvm").exists() {
+            assert!(!p.usable());
             assert!(
                 p.verdict.as_deref().unwrap().contains(KVM_PVM_VERDICT),
                 "{p:?}"

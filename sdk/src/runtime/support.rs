@@ -47,8 +47,16 @@ pub fn support(kind: RuntimeKind) -> RuntimeSupport {
         },
         RuntimeKind::Boxlite => RuntimeSupport {
             built: cfg!(feature = "boxlite"),
-            operations: all(false),
-            note: "no session operation is mapped onto BoxLite yet (docs/BOXLITE.md)".into(),
+            operations: OPERATIONS
+                .iter()
+                .map(|o| ((*o).to_owned(), !BOXLITE_UNMAPPED.contains(o)))
+                .collect(),
+            note: BOXLITE_NOTE.into(),
         },
     }
 }
+
+/// What the boxlite runtime does not map (docs/BOXLITE.md says why).
+pub const BOXLITE_UNMAPPED: &[&str] = &["resources", "export", "import", "network_policy"];
+
+const BOXLITE_NOTE: &str = "boxlite: a box's CPUs, memory and disk are fixed when it is made (no live or later resize); export and import are not mapped (BoxLite's .boxlite archive is its own format); a box has no network, so egress policies other than none, and SSH forwarding into it, are refused; clones are of a box's current disk, not of a snapshot (docs/BOXLITE.md)";

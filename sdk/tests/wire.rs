@@ -1,0 +1,264 @@
+//! The exec wire end to end: the real `blink-guest wire` run as a host
+//! process, driven by the SDK's host half. The channel between them is
+//! what BoxLite gives (bytes in, text out in arbitrary chunks, buffered
+//! without bound), so these tests hold for the boxlite runtime without a
+//! VM; tests/vm/ runs the same wrapper inside a real micro-VM.
+
+use std::os::unix::fs::PermissionsExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use blink_sdk::runtime::exec::{ExecSpec, Execution, PtySize};
+use blink_sdk::runtime::wire::{self, WireInput, WireProcess};
+use rand::RngCore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{ChildStdin, Command};
+
+struct Stdin(ChildStdin);
+
+#[async_trait]
+impl WireInput for Stdin {
+    async fn send(&mut self, bytes: Vec<u8>) -> blink_sdk::error::Result<()> {
+        self.0
+            .write_all(&bytes)
+            .await
+            .map_err(|e| blink_sdk::error::Error::io("wire stdin", e))
+    }
+}
+
+struct Guest {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+fn guest() -> Guest {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blink-guest");
+    std::fs::write(&path, blink_sdk::runtime::local::GUEST_BINARY).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Guest { _dir: dir, path }
+}
+
+/// Start `argv` under the wire. `pulled` counts the text taken from the
+/// wrapper's stdout: like BoxLite's channel, the adapter reads eagerly
+/// and cuts chunks at odd sizes.
+async fn run(guest: &Guest, spec: ExecSpec, pulled: Arc<AtomicU64>) -> Execution {
+    let mut child = Command::new(&guest.path)
+        .args(wire::wire_args(&spec))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut sizes = [7usize, 1, 4093, 65536, 333].into_iter().cycle();
+        loop {
+            let mut buf = vec![0u8; sizes.next().unwrap()];
+            match stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    pulled.fetch_add(n as u64, Ordering::Relaxed);
+                    if tx
+                        .send(String::from_utf8(buf[..n].to_vec()).unwrap())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let output =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) });
+    let ended = async move {
+        let s = child
+            .wait()
+            .await
+            .map_err(|e| blink_sdk::error::Error::io("wait", e))?;
+        Ok(blink_sdk::types::ExitStatus {
+            code: s.code().unwrap_or(255),
+            signal: None,
+        })
+    };
+    wire::start(
+        WireProcess {
+            input: Box::new(Stdin(stdin)),
+            output: Box::pin(output),
+            ended: Box::pin(ended) as Pin<Box<_>>,
+        },
+        &spec,
+    )
+    .await
+    .unwrap()
+}
+
+fn spec(argv: &[&str]) -> ExecSpec {
+    ExecSpec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: None,
+        tty: None,
+    }
+}
+
+async fn read_all(r: &mut Option<blink_sdk::runtime::exec::ByteReader>) -> Vec<u8> {
+    let mut out = Vec::new();
+    r.as_mut().unwrap().read_to_end(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn sixteen_mib_of_random_bytes_go_through_both_ways_exactly() {
+    let g = guest();
+    let mut data = vec![0u8; 16 << 20];
+    rand::rng().fill_bytes(&mut data);
+    let mut ex = run(&g, spec(&["cat"]), Arc::default()).await;
+    let mut stdin = ex.stdin.take().unwrap();
+    let input = data.clone();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&input).await.unwrap();
+        stdin.shutdown().await.unwrap();
+    });
+    let out = read_all(&mut ex.stdout).await;
+    writer.await.unwrap();
+    assert_eq!(out.len(), data.len());
+    assert!(out == data, "the bytes differ");
+    assert_eq!(ex.control.wait().await.unwrap().code, 0);
+}
+
+#[tokio::test]
+async fn stderr_exit_codes_and_the_environment_arrive_apart() {
+    let g = guest();
+    let mut s = spec(&["sh", "-c", "env; printf '\\377\\000err' >&2; exit 7"]);
+    s.env.push(("SECRET_KEY".into(), "v=1 2".into()));
+    let mut ex = run(&g, s, Arc::default()).await;
+    let (out, err) = tokio::join!(read_all(&mut ex.stdout), async {
+        let mut e = Vec::new();
+        ex.stderr
+            .as_mut()
+            .unwrap()
+            .read_to_end(&mut e)
+            .await
+            .unwrap();
+        e
+    });
+    let out = String::from_utf8(out).unwrap();
+    let mut vars: Vec<&str> = out.lines().filter(|l| !l.starts_with("PWD=")).collect();
+    vars.sort();
+    assert_eq!(vars, ["PATH=/usr/bin:/bin", "SECRET_KEY=v=1 2"]);
+    assert_eq!(err, b"\xff\0err");
+    assert_eq!(ex.control.wait().await.unwrap().code, 7);
+}
+
+#[tokio::test]
+async fn a_missing_program_is_127_and_signals_reach_the_program() {
+    let g = guest();
+    let mut ex = run(&g, spec(&["/no/such/program"]), Arc::default()).await;
+    let err = {
+        let mut e = Vec::new();
+        ex.stderr
+            .as_mut()
+            .unwrap()
+            .read_to_end(&mut e)
+            .await
+            .unwrap();
+        String::from_utf8(e).unwrap()
+    };
+    assert!(err.contains("cannot run /no/such/program"), "{err}");
+    assert_eq!(ex.control.wait().await.unwrap().code, 127);
+
+    let ex = run(&g, spec(&["sleep", "30"]), Arc::default()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ex.control.signal(15).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), ex.control.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status.code, status.signal), (143, Some(15)));
+}
+
+/// The regression the local runtime had: a program that reads its stdin
+/// late gets all of it, and a wire that waits is not killed.
+#[tokio::test]
+async fn a_program_that_reads_stdin_late_gets_all_of_it() {
+    let g = guest();
+    let mut ex = run(&g, spec(&["sh", "-c", "sleep 1; wc -c"]), Arc::default()).await;
+    let mut stdin = ex.stdin.take().unwrap();
+    stdin.write_all(&vec![b'x'; 3 << 20]).await.unwrap();
+    stdin.shutdown().await.unwrap();
+    let out = read_all(&mut ex.stdout).await;
+    assert_eq!(
+        String::from_utf8(out).unwrap().trim(),
+        (3 << 20).to_string()
+    );
+    assert_eq!(ex.control.wait().await.unwrap().code, 0);
+}
+
+/// A reader that takes nothing holds the program: what crossed the wire
+/// stays within the window, not the 64 MiB the program writes.
+#[tokio::test]
+async fn a_slow_reader_holds_the_program_within_the_window() {
+    let g = guest();
+    let pulled = Arc::new(AtomicU64::new(0));
+    let mut ex = run(
+        &g,
+        spec(&["head", "-c", "67108864", "/dev/zero"]),
+        pulled.clone(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = pulled.load(Ordering::Relaxed);
+    // 256 KiB of window plus a 64 KiB pipe buffer, in base64 with tags.
+    assert!(
+        held < 600 * 1024,
+        "{held} bytes of wire text while nobody read"
+    );
+    assert!(ex.control.try_status().is_none());
+    let out = read_all(&mut ex.stdout).await;
+    assert_eq!(out.len(), 64 << 20);
+    assert_eq!(ex.control.wait().await.unwrap().code, 0);
+}
+
+#[tokio::test]
+async fn a_terminal_has_its_size_and_follows_resizes() {
+    let g = guest();
+    let mut s = spec(&["sh", "-c", "stty size; read line; stty size; tty"]);
+    s.tty = Some(PtySize {
+        rows: 30,
+        cols: 100,
+    });
+    let mut ex = run(&g, s, Arc::default()).await;
+    assert!(ex.stderr.is_none());
+    let mut stdout = ex.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("30 100") {
+        let n = stdout.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "ended before the size: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    ex.control
+        .resize(PtySize {
+            rows: 50,
+            cols: 132,
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut stdin = ex.stdin.take().unwrap();
+    stdin.write_all(b"go\n").await.unwrap();
+    stdout.read_to_end(&mut seen).await.unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("50 132"), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert_eq!(ex.control.wait().await.unwrap().code, 0);
+}
