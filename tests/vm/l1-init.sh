@@ -23,15 +23,20 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro share /mnt/share ||
   echo "[l1] cannot mount the share"
 ip link set lo up
 # QEMU user networking: the guest is 10.0.2.15; nothing outside is reachable (restrict=on).
-ip link set eth0 up 2>/dev/null && ip addr add 10.0.2.15/24 dev eth0 2>/dev/null
+modprobe virtio_net 2>/dev/null
+nic=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+ip link set "$nic" up && ip addr add 10.0.2.15/24 dev "$nic" || echo "[l1] no network interface"
+echo "[l1] network: $(ip -br addr | tr '\n' ';')"
 echo "[l1] ready at $(up) s: starting blink-server (runtime boxlite)"
 mkdir -p /var/lib/blink
 export BLINK_API_TOKEN="$(cat /mnt/share/token 2>/dev/null)"
 export RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1
+# A share may bring a script of its own to watch from inside L1 (development).
+[ -f /mnt/share/l1-debug.sh ] && sh /mnt/share/l1-debug.sh &
 /mnt/share/blink-server --data-dir /var/lib/blink --config /mnt/share/blink.toml \
   --runtime boxlite --ssh-listen 0.0.0.0:2222 --http-listen 0.0.0.0:8787 2>&1
 echo "[l1] blink-server exited ($?) at $(up) s"
-for f in /var/lib/blink/boxlite/home/boxes/*/shim.stderr; do
+for f in /var/lib/blink/boxlite/home/boxes/*/shim.stderr /var/lib/blink/boxlite/home/boxes/*/logs/console.log; do
   [ -f "$f" ] && { echo "== $f"; tail -c 2000 "$f"; }
 done
 sync

@@ -87,8 +87,9 @@ pub struct PullReport {
 pub struct Puller {
     store: Arc<ImageStore>,
     config: PullConfig,
-    http: reqwest::Client,
-    oci: oci_client::Client,
+    /// The HTTP clients, or why they could not be made (a host without CA
+    /// certificates): a server starts either way, and pulls say why not.
+    clients: std::result::Result<(reqwest::Client, oci_client::Client), String>,
     /// One gate per image name being pulled.
     gates: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
@@ -107,13 +108,33 @@ impl Puller {
     /// A puller with checked settings.
     pub fn new(store: Arc<ImageStore>, config: PullConfig) -> Result<Self> {
         config.validate()?;
+        let clients = Self::clients(&config);
+        if let Err(e) = &clients {
+            tracing::warn!(error = %e, "registry pulls are unavailable");
+        }
+        Ok(Self {
+            store,
+            clients,
+            config,
+            gates: Mutex::default(),
+        })
+    }
+
+    fn clients(
+        config: &PullConfig,
+    ) -> std::result::Result<(reqwest::Client, oci_client::Client), String> {
+        let why = |e: &dyn std::fmt::Display| {
+            format!(
+                "building the registry client failed (are the system's CA certificates installed? Debian: ca-certificates): {e}"
+            )
+        };
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(config.connect_timeout())
             .read_timeout(config.read_timeout())
             .redirect(reqwest::redirect::Policy::limited(10))
             .build()
-            .map_err(|e| Error::Runtime(format!("building the registry client: {e}")))?;
+            .map_err(|e| why(&e))?;
         let oci = oci_client::Client::try_from(oci_client::client::ClientConfig {
             protocol: oci_client::client::ClientProtocol::HttpsExcept(
                 config.insecure_registries.clone(),
@@ -124,14 +145,8 @@ impl Puller {
             user_agent: USER_AGENT,
             ..Default::default()
         })
-        .map_err(|e| Error::Runtime(format!("building the registry client: {e}")))?;
-        Ok(Self {
-            store,
-            config,
-            http,
-            oci,
-            gates: Mutex::default(),
-        })
+        .map_err(|e| why(&e))?;
+        Ok((http, oci))
     }
 
     pub fn config(&self) -> &PullConfig {
@@ -223,6 +238,10 @@ impl Puller {
         })
         .await
         .map_err(|e| Error::Runtime(format!("reading credentials failed: {e}")))??;
+        let (http, oci) = self.clients.clone().map_err(|reason| Error::Registry {
+            registry: remote.registry.clone(),
+            reason,
+        })?;
         let hosts = source::hosts_for(&self.config, &remote.registry);
         let mut failures: Vec<(String, Error)> = Vec::new();
         for (host, mirror) in &hosts {
@@ -232,8 +251,8 @@ impl Puller {
                 self.config.is_insecure(host),
                 remote,
                 creds.get(host).cloned(),
-                self.http.clone(),
-                self.oci.clone(),
+                http.clone(),
+                oci.clone(),
             );
             match self.pull_from(&src, remote, progress.clone()).await {
                 Ok(report) => return Ok(report),

@@ -3,7 +3,7 @@
 //! `blink-guest wire` (the exec wire), mounted read-only at `/.blink` in
 //! every box, which is also the box's init.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +28,10 @@ pub struct BoxliteRuntime {
     /// Boxes this runtime knows (made, imported or found at open).
     known: Mutex<HashSet<String>>,
     running: Mutex<HashSet<String>>,
+    /// One handle per box, held for as long as the box exists: a running
+    /// box that is not detached ends when the last handle to it goes (its
+    /// shim watches a pipe the handle keeps open).
+    handles: Mutex<HashMap<String, Arc<LiteBox>>>,
 }
 
 impl std::fmt::Debug for BoxliteRuntime {
@@ -83,18 +87,33 @@ impl BoxliteRuntime {
             images,
             known: Mutex::new(known),
             running: Mutex::default(),
+            handles: Mutex::default(),
         })
     }
 
-    async fn get(&self, id: &str) -> Result<LiteBox> {
-        self.vmm
+    async fn get(&self, id: &str) -> Result<Arc<LiteBox>> {
+        if let Some(handle) = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            return Ok(handle.clone());
+        }
+        let found = self
+            .vmm
             .get(id)
             .await
             .map_err(|e| vmm_error(&format!("finding box {id}"), e))?
             .ok_or_else(|| Error::SandboxDead {
                 id: id.into(),
                 reason: "no such box".into(),
-            })
+            })?;
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(handles
+            .entry(id.to_owned())
+            .or_insert_with(|| Arc::new(found))
+            .clone())
     }
 
     fn mark(&self, set: &Mutex<HashSet<String>>, id: &str, on: bool) {
@@ -220,10 +239,15 @@ impl Runtime for BoxliteRuntime {
         .await
         .map_err(|e| Error::Runtime(format!("making the image layout: {e}")))??;
         let options = options::box_options(spec, &layout, &self.root.join("guest"));
-        self.vmm
+        let made = self
+            .vmm
             .create(options, Some(spec.id.clone()))
             .await
             .map_err(|e| vmm_error(&format!("making box {}", spec.id), e))?;
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.id.clone(), Arc::new(made));
         self.mark(&self.known, &spec.id, true);
         Ok(())
     }
@@ -236,9 +260,8 @@ impl Runtime for BoxliteRuntime {
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<()> {
-        if self.is_running(&spec.id) {
-            return Ok(());
-        }
+        // BoxLite's start is a no-op on a running box, and asking it (not
+        // our own mark) notices a box that died meanwhile.
         let b = self.get(&spec.id).await?;
         b.start()
             .await
@@ -258,6 +281,12 @@ impl Runtime for BoxliteRuntime {
         let b = self.get(id).await?;
         let result = b.stop().await;
         self.mark(&self.running, id, false);
+        // BoxLite invalidates a handle once it stopped its box: the next
+        // start takes a fresh one.
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         result.map_err(|e| vmm_error(&format!("stopping box {id}"), e))
     }
 
@@ -271,6 +300,10 @@ impl Runtime for BoxliteRuntime {
             Err(e) => return Err(vmm_error(&format!("removing box {id}"), e)),
         }
         self.mark(&self.known, id, false);
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         let _ = std::fs::remove_file(self.snapshots_file(id));
         Ok(())
     }
@@ -300,10 +333,20 @@ impl Runtime for BoxliteRuntime {
         }
         let b = self.get(id).await?;
         let command = BoxCommand::new(GUEST).args(wire::wire_args(&spec));
-        let execution = b
-            .exec(command)
-            .await
-            .map_err(|e| vmm_error(&format!("starting a program in box {id}"), e))?;
+        let execution = match b.exec(command).await {
+            Ok(execution) => execution,
+            Err(e) => {
+                let status = b.info().await.map(|i| i.status);
+                if !matches!(status, Ok(::boxlite::BoxStatus::Running)) {
+                    self.mark(&self.running, id, false);
+                    return Err(Error::SandboxDead {
+                        id: id.into(),
+                        reason: format!("the box is {status:?}: {e}"),
+                    });
+                }
+                return Err(vmm_error(&format!("starting a program in box {id}"), e));
+            }
+        };
         wire::start(super::exec::wire_process(id, execution)?, &spec).await
     }
 
@@ -341,9 +384,17 @@ impl Runtime for BoxliteRuntime {
                 snapshot: name.into(),
             });
         }
+        // BoxLite 0.10.8 snapshots by renaming the disk file and putting a
+        // fresh child on top, which only the next boot opens: a running VM
+        // keeps writing the renamed file, so its snapshot would take every
+        // change up to the next stop. Measured in tests/tests/boxlite_vm.rs.
+        if self.is_running(id) {
+            return Err(Error::SessionBusy {
+                name: id.into(),
+                reason: "a running micro-VM cannot be snapshotted on boxlite (BoxLite 0.10.8 would keep writing into the snapshot): stop the session first".into(),
+            });
+        }
         let b = self.get(id).await?;
-        let running = self.is_running(id);
-        let started = Instant::now();
         let made = b
             .snapshots()
             .create(Default::default(), name)
@@ -353,12 +404,7 @@ impl Runtime for BoxliteRuntime {
             name: made.name,
             created_at: u64::try_from(made.created_at).unwrap_or(0),
             size_bytes: made.disk_info.size_bytes,
-            // BoxLite pauses the VM for the disk's snapshot.
-            frozen_ms: if running {
-                started.elapsed().as_millis() as u64
-            } else {
-                0
-            },
+            frozen_ms: 0,
         };
         list.push(info.clone());
         self.write_snapshots(id, &list)?;
@@ -436,9 +482,14 @@ impl Runtime for BoxliteRuntime {
             ));
         }
         let b = self.get(source).await?;
-        b.clone_box(Default::default(), Some(spec.id.clone()))
+        let made = b
+            .clone_box(Default::default(), Some(spec.id.clone()))
             .await
             .map_err(|e| vmm_error(&format!("cloning box {source}"), e))?;
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.id.clone(), Arc::new(made));
         self.mark(&self.known, &spec.id, true);
         Ok(())
     }
