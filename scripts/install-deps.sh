@@ -16,6 +16,9 @@
 #   skopeo          pushes the images those tests build (tests/tests/registry_pull.rs)
 #   apache2-utils   htpasswd, for the registry behind Basic auth in those tests
 #   openssl         signs the tokens of their bearer-token service (a test double)
+#   etcd-server etcd-client  the cluster's store, a real 3-member cluster on
+#                   loopback in tests/tests/cluster.rs (docs/SCALE.md)
+#   protobuf-compiler  protoc, for building gRPC clients (etcd-client's build)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
 #   prometheus_client  the reference parser of /metrics (tests/tests/metrics.rs)
 #   pyte            (PyPI) a headless terminal replaying recordings (tests/tests/recording.rs)
@@ -26,7 +29,8 @@ set -euo pipefail
 need=()
 for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
   libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl systemd \
-  docker-registry skopeo apache2-utils openssl; do
+  docker-registry skopeo apache2-utils openssl etcd-server etcd-client \
+  protobuf-compiler; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -57,6 +57,9 @@ pub struct FileConfig {
     pub recording: crate::recording::RecordingConfig,
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// `[cluster]`: this server is one node of many (docs/SCALE.md).
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// The `[network]` table: sessions' egress (docs/NETWORK.md).
@@ -499,6 +502,9 @@ impl FileConfig {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.recording.validate().map_err(ConfigError::Invalid)?;
         self.audit.validate().map_err(ConfigError::Invalid)?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(ConfigError::Invalid)?;
+        }
         self.sandbox.validate(
             self.rest.max_run_timeout_secs,
             self.session_idle_timeout_secs

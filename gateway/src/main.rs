@@ -57,6 +57,17 @@ struct Args {
     /// Host directory whose scripts REST runs may name (repeatable).
     #[arg(long)]
     script_dir: Vec<PathBuf>,
+    /// `node` (default: sessions on this host; with `[cluster]`, one node
+    /// of a cluster) or `router` (the cluster's stateless front door,
+    /// docs/SCALE.md).
+    #[arg(long, value_enum, default_value = "node")]
+    role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    Node,
+    Router,
 }
 
 /// How long recordings still being written at shutdown may take to end.
@@ -175,6 +186,9 @@ fn configure(args: &Args) -> anyhow::Result<(FileConfig, PathBuf)> {
 }
 
 async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Result<()> {
+    if args.role == Role::Router {
+        return serve_router(file).await;
+    }
     let key_path = file
         .ssh
         .host_key
@@ -241,8 +255,25 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
             return Err(e);
         }
     };
+    let registration = match &file.cluster {
+        Some(cluster) => Some(
+            blink_server::cluster::join(
+                cluster,
+                http.local_addr,
+                ssh.local_addr(),
+                &manager.runtime_selection().runtime,
+            )
+            .await
+            .context("joining the cluster")?,
+        ),
+        None => None,
+    };
     signalled.await;
     tracing::info!("shutting down");
+    // Out of the cluster first: routers stop sending new work here.
+    if let Some(registration) = registration {
+        registration.leave().await;
+    }
     // Connections and runs drain together; the sandboxes stop after them;
     // then the recordings of what ran (REST spawns end with their
     // sandboxes) are finished.
@@ -250,6 +281,24 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     manager.shutdown().await;
     recordings.shutdown(RECORDINGS_GRACE).await;
     tracing::info!("blink-server shut down");
+    Ok(())
+}
+
+/// `--role router`: the cluster's front door, no sessions of its own.
+async fn serve_router(file: FileConfig) -> anyhow::Result<()> {
+    let cluster = file
+        .cluster
+        .as_ref()
+        .context("--role router needs a [cluster] table naming etcd_endpoints")?;
+    let store = blink_server::cluster::Store::connect(&cluster.etcd_endpoints, &cluster.prefix)
+        .await
+        .context("connecting to etcd")?;
+    let signalled = shutdown_signal()?;
+    let router =
+        blink_server::router::start(store, file.rest.listen, file.rest.token.clone()).await?;
+    signalled.await;
+    tracing::info!("router shutting down");
+    router.shutdown().await;
     Ok(())
 }
 
