@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use blink_e2e::cluster::{Etcd, etcd_available};
+use blink_e2e::rest::{Received, read_until, send_bytes, send_control};
 use blink_e2e::{Blink, Server, local_runtime_available};
 use serde_json::{Value, json};
 
@@ -273,6 +274,32 @@ fn rest_through_either_router_reaches_the_owning_node() {
     let a = c.router(1).get(&format!("/api/runs/{id}"));
     assert_eq!(a.status, 200, "{:?}", a.body);
     assert_eq!(a.body["id"], id.as_str());
+
+    // A WebSocket attach through a router: a terminal on the owning node,
+    // input, output, resize and the exit event relayed.
+    let a = c.router(0).post(
+        "/api/sessions/r1/spawn",
+        json!({"command": ["sh"], "tty": true, "rows": 24, "cols": 80}),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let id = a.body["id"].as_str().expect("id").to_owned();
+    let mut ws = c
+        .router(1)
+        .ws(&format!("/api/sessions/r1/executions/{id}/attach"));
+    let mut got = Received::default();
+    let wait = Duration::from_secs(20);
+    assert!(read_until(&mut ws, &mut got, wait, |r| !r.events.is_empty()));
+    assert_eq!(got.events[0]["type"], "attached");
+    send_control(&mut ws, json!({"type": "resize", "rows": 33, "cols": 101}));
+    send_bytes(&mut ws, b"stty size; cat /tmp/mark; exit 7\n");
+    assert!(
+        read_until(&mut ws, &mut got, wait, |r| r.exit().is_some()),
+        "{}",
+        got.text()
+    );
+    assert!(got.text().contains("33 101"), "{}", got.text());
+    assert!(got.text().contains("r1"), "{}", got.text());
+    assert_eq!(got.exit().expect("exit")["code"], 7, "{:?}", got.events);
 
     // Errors from a node reach the client unchanged.
     let bad = json!({"command": ["true"], "env": {"BAD=NAME": "x"}});
