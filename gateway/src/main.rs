@@ -187,7 +187,7 @@ fn configure(args: &Args) -> anyhow::Result<(FileConfig, PathBuf)> {
 
 async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Result<()> {
     if args.role == Role::Router {
-        return serve_router(file).await;
+        return serve_router(file, &data_dir).await;
     }
     let key_path = file
         .ssh
@@ -246,7 +246,9 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     // Listen before the servers say they are up, so no signal is missed.
     let signalled = shutdown_signal()?;
     let http = rest::start(manager.clone(), file.rest, recordings.clone()).await?;
-    let ssh = match ssh::start(manager.clone(), file.ssh, host_key, recordings.clone()).await {
+    let mut ssh_config = file.ssh.clone();
+    ssh_config.router_keys = file.cluster.as_ref().and_then(|c| c.router_keys.clone());
+    let ssh = match ssh::start(manager.clone(), ssh_config, host_key, recordings.clone()).await {
         Ok(ssh) => ssh,
         Err(e) => {
             http.shutdown().await;
@@ -261,6 +263,7 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
                 cluster,
                 http.local_addr,
                 ssh.local_addr(),
+                &fingerprint,
                 &manager.runtime_selection().runtime,
             )
             .await
@@ -285,7 +288,7 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
 }
 
 /// `--role router`: the cluster's front door, no sessions of its own.
-async fn serve_router(file: FileConfig) -> anyhow::Result<()> {
+async fn serve_router(file: FileConfig, data_dir: &std::path::Path) -> anyhow::Result<()> {
     let cluster = file
         .cluster
         .as_ref()
@@ -293,11 +296,42 @@ async fn serve_router(file: FileConfig) -> anyhow::Result<()> {
     let store = blink_server::cluster::Store::connect(&cluster.etcd_endpoints, &cluster.prefix)
         .await
         .context("connecting to etcd")?;
+    // SSH needs the router key the nodes trust; without it, REST only.
+    let ssh_keys = match &cluster.router_key {
+        Some(path) => {
+            let key_path = file
+                .ssh
+                .host_key
+                .clone()
+                .unwrap_or_else(|| hostkey::default_path(data_dir));
+            let host_key = hostkey::load(&key_path)?;
+            println!("ssh host key {} (ED25519)", hostkey::fingerprint(&host_key));
+            let router_key = russh::keys::load_secret_key(path, None)
+                .with_context(|| format!("[cluster] router_key {}", path.display()))?;
+            Some((host_key, router_key))
+        }
+        None => {
+            tracing::warn!("[cluster] router_key is not set: this router serves REST only");
+            None
+        }
+    };
     let signalled = shutdown_signal()?;
     let router =
-        blink_server::router::start(store, file.rest.listen, file.rest.token.clone()).await?;
+        blink_server::router::start(store.clone(), file.rest.listen, file.rest.token.clone())
+            .await?;
+    let ssh = match ssh_keys {
+        Some((host_key, router_key)) => Some(
+            blink_server::router::ssh::start(store, file.ssh.listen, host_key, router_key).await?,
+        ),
+        None => None,
+    };
+    // After every "... listening on" line: supervisors and tests read it.
+    println!("router ready");
     signalled.await;
     tracing::info!("router shutting down");
+    if let Some(ssh) = ssh {
+        ssh.shutdown().await;
+    }
     router.shutdown().await;
     Ok(())
 }

@@ -197,3 +197,152 @@ impl Drop for Etcd {
         }
     }
 }
+
+/// The API token of every node and router of a [`Cluster`].
+pub const TOKEN: &str = "cluster-test-token";
+/// The key prefix of a [`Cluster`]'s records.
+pub const PREFIX: &str = "/blink-test";
+
+/// A cluster under test: a 3-member etcd, nodes `node-0`.., routers, and
+/// the keys they share: the routers' SSH host key (one for all) and the
+/// router key the nodes trust for relayed logins.
+pub struct Cluster {
+    pub etcd: Etcd,
+    pub nodes: Vec<(crate::Blink, crate::Server)>,
+    pub routers: Vec<(crate::Blink, crate::Server)>,
+    /// `router_key`, `router_key.pub`, `host_key` (the routers').
+    pub keys: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// 3 etcd members, a node per capacity (lease TTL `ttl` seconds) and
+    /// `routers` routers; `None` (reported skipped) without etcd or
+    /// sandboxes.
+    pub fn start(capacities: &[u64], routers: usize, ttl: u64) -> Option<Self> {
+        if !etcd_available() || !crate::local_runtime_available() {
+            return None;
+        }
+        let keys = tempfile::Builder::new()
+            .prefix("blink-cluster-keys-")
+            .tempdir()
+            .expect("tempdir");
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "router", "-f"])
+            .arg(keys.path().join("router_key"))
+            .status()
+            .expect("ssh-keygen");
+        assert!(status.success());
+        let etcd = Etcd::start(3);
+        let mut cluster = Self {
+            etcd,
+            nodes: Vec::new(),
+            routers: Vec::new(),
+            keys,
+        };
+        for (i, cap) in capacities.iter().enumerate() {
+            let node = cluster.start_node(&format!("node-{i}"), *cap, ttl);
+            cluster.nodes.push(node);
+        }
+        for _ in 0..routers {
+            let router = cluster.start_router();
+            cluster.routers.push(router);
+        }
+        Some(cluster)
+    }
+
+    fn table(&self, extra: &str, ttl: u64) -> String {
+        format!(
+            "[cluster]\netcd_endpoints = {}\nprefix = {PREFIX:?}\nlease_ttl_secs = {ttl}\n{extra}",
+            self.etcd.endpoints_toml()
+        )
+    }
+
+    /// A node named `name` taking `sessions` sessions, trusting the
+    /// router key.
+    pub fn start_node(&self, name: &str, sessions: u64, ttl: u64) -> (crate::Blink, crate::Server) {
+        let blink = crate::Blink::new();
+        let extra = format!(
+            "node_name = {name:?}\nrouter_keys = {:?}\n[cluster.capacity]\nsessions = {sessions}\n",
+            self.keys.path().join("router_key.pub")
+        );
+        let server = blink
+            .server()
+            .config(&self.table(&extra, ttl))
+            .token(TOKEN)
+            .start();
+        (blink, server)
+    }
+
+    /// A router with the shared host key and the router key.
+    pub fn start_router(&self) -> (crate::Blink, crate::Server) {
+        let blink = crate::Blink::new();
+        let extra = format!(
+            "router_key = {:?}\n[ssh]\nhost_key = {:?}\n",
+            self.keys.path().join("router_key"),
+            self.keys.path().join("host_key")
+        );
+        let server = blink
+            .server()
+            .router()
+            .config(&self.table(&extra, 10))
+            .token(TOKEN)
+            .start();
+        (blink, server)
+    }
+
+    /// Router `i` (round robin).
+    pub fn router(&self, i: usize) -> &crate::Server {
+        &self.routers[i % self.routers.len()].1
+    }
+
+    /// The node named `node-N`.
+    pub fn node(&self, name: &str) -> &crate::Server {
+        let i: usize = name.trim_start_matches("node-").parse().expect("node name");
+        &self.nodes[i].1
+    }
+
+    /// The node a session's routing record names.
+    pub fn route(&self, session: &str) -> Option<String> {
+        let value = self.etcd.value(&format!("{PREFIX}/sessions/{session}"))?;
+        let route: serde_json::Value = serde_json::from_str(&value).expect("route JSON");
+        Some(route["node"].as_str().expect("node").to_owned())
+    }
+
+    /// Live nodes as a router reports them: name → sessions routed there.
+    pub fn live(&self, router: usize) -> std::collections::BTreeMap<String, u64> {
+        let a = self.router(router).get("/api/cluster/nodes");
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        a.body["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().expect("name").to_owned(),
+                    n["sessions"].as_u64().expect("sessions"),
+                )
+            })
+            .collect()
+    }
+
+    /// Names of the sessions a node itself holds (asked directly).
+    pub fn held_by(&self, node: &str) -> Vec<String> {
+        let a = self.node(node).get("/api/sessions");
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        a.body["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .map(|s| s["name"].as_str().expect("name").to_owned())
+            .collect()
+    }
+}
+
+/// Wait (bounded) until `f` holds; fails naming `what` otherwise.
+pub fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -106,7 +106,8 @@ impl ServerBuilder {
         }
     }
 
-    /// A cluster's front door (`--role router`): HTTP only, `ssh_port` 0.
+    /// A cluster's front door (`--role router`): HTTP, and SSH when its
+    /// config names a router key (else `ssh_port` is 0).
     pub fn router(mut self) -> Self {
         self.router = true;
         self.args.extend(["--role".into(), "router".into()]);
@@ -235,7 +236,14 @@ impl ServerBuilder {
             if let Some(addr) = line.strip_prefix("ssh listening on ") {
                 ssh_port = port(addr);
             }
-            if http_port != 0 && (ssh_port != 0 || self.router) {
+            // A router says when it has bound all it serves (SSH only
+            // with a router key).
+            let ready = if self.router {
+                line == "router ready"
+            } else {
+                http_port != 0 && ssh_port != 0
+            };
+            if ready {
                 break;
             }
         }

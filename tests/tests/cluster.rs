@@ -6,129 +6,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use blink_e2e::cluster::{Etcd, etcd_available};
+use blink_e2e::Blink;
+use blink_e2e::cluster::{Cluster, PREFIX, eventually};
 use blink_e2e::rest::{Received, read_until, send_bytes, send_control};
-use blink_e2e::{Blink, Server, local_runtime_available};
-use serde_json::{Value, json};
+use serde_json::json;
 
-const TOKEN: &str = "cluster-test-token";
-const PREFIX: &str = "/blink-test";
-
-/// A cluster under test: etcd, nodes `node-0`.., routers.
-struct Cluster {
-    etcd: Etcd,
-    nodes: Vec<(Blink, Server)>,
-    routers: Vec<(Blink, Server)>,
-}
-
-fn cluster_table(etcd: &Etcd, node: Option<(&str, u64)>, ttl: u64) -> String {
-    let mut t = format!(
-        "[cluster]\netcd_endpoints = {}\nprefix = {PREFIX:?}\nlease_ttl_secs = {ttl}\n",
-        etcd.endpoints_toml()
-    );
-    if let Some((name, sessions)) = node {
-        t.push_str(&format!(
-            "node_name = {name:?}\n[cluster.capacity]\nsessions = {sessions}\n"
-        ));
-    }
-    t
-}
-
-fn start_node(etcd: &Etcd, name: &str, sessions: u64, ttl: u64) -> (Blink, Server) {
-    let blink = Blink::new();
-    let server = blink
-        .server()
-        .config(&cluster_table(etcd, Some((name, sessions)), ttl))
-        .token(TOKEN)
-        .start();
-    (blink, server)
-}
-
-fn start_router(etcd: &Etcd) -> (Blink, Server) {
-    let blink = Blink::new();
-    let server = blink
-        .server()
-        .router()
-        .config(&cluster_table(etcd, None, 10))
-        .token(TOKEN)
-        .start();
-    (blink, server)
-}
-
-/// 3 etcd members, a node per capacity, `routers` routers; None (skipped)
-/// without etcd or sandboxes.
 fn cluster(capacities: &[u64], routers: usize, ttl: u64) -> Option<Cluster> {
-    if !etcd_available() || !local_runtime_available() {
-        return None;
-    }
-    let etcd = Etcd::start(3);
-    let nodes = capacities
-        .iter()
-        .enumerate()
-        .map(|(i, cap)| start_node(&etcd, &format!("node-{i}"), *cap, ttl))
-        .collect();
-    let routers = (0..routers).map(|_| start_router(&etcd)).collect();
-    Some(Cluster {
-        etcd,
-        nodes,
-        routers,
-    })
-}
-
-impl Cluster {
-    fn router(&self, i: usize) -> &Server {
-        &self.routers[i % self.routers.len()].1
-    }
-
-    fn node(&self, name: &str) -> &Server {
-        let i: usize = name.trim_start_matches("node-").parse().expect("node name");
-        &self.nodes[i].1
-    }
-
-    /// The node a session's routing record names.
-    fn route(&self, session: &str) -> Option<String> {
-        let value = self.etcd.value(&format!("{PREFIX}/sessions/{session}"))?;
-        let route: Value = serde_json::from_str(&value).expect("route JSON");
-        Some(route["node"].as_str().expect("node").to_owned())
-    }
-
-    /// Live nodes as a router reports them: name → sessions routed there.
-    fn live(&self, router: usize) -> BTreeMap<String, u64> {
-        let a = self.router(router).get("/api/cluster/nodes");
-        assert_eq!(a.status, 200, "{:?}", a.body);
-        a.body["nodes"]
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .map(|n| {
-                (
-                    n["name"].as_str().expect("name").to_owned(),
-                    n["sessions"].as_u64().expect("sessions"),
-                )
-            })
-            .collect()
-    }
-
-    /// Names of the sessions a node itself holds (asked directly).
-    fn held_by(&self, node: &str) -> Vec<String> {
-        let a = self.node(node).get("/api/sessions");
-        assert_eq!(a.status, 200, "{:?}", a.body);
-        a.body["sessions"]
-            .as_array()
-            .expect("sessions")
-            .iter()
-            .map(|s| s["name"].as_str().expect("name").to_owned())
-            .collect()
-    }
-}
-
-/// Wait (bounded) until `f` holds.
-fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    Cluster::start(capacities, routers, ttl)
 }
 
 #[test]
@@ -288,7 +172,9 @@ fn rest_through_either_router_reaches_the_owning_node() {
         .ws(&format!("/api/sessions/r1/executions/{id}/attach"));
     let mut got = Received::default();
     let wait = Duration::from_secs(20);
-    assert!(read_until(&mut ws, &mut got, wait, |r| !r.events.is_empty()));
+    assert!(read_until(&mut ws, &mut got, wait, |r| !r
+        .events
+        .is_empty()));
     assert_eq!(got.events[0]["type"], "attached");
     send_control(&mut ws, json!({"type": "resize", "rows": 33, "cols": 101}));
     send_bytes(&mut ws, b"stty size; cat /tmp/mark; exit 7\n");
@@ -399,7 +285,7 @@ fn a_node_killed_drops_out_at_lease_expiry_and_one_stopped_leaves_at_once() {
         assert_ne!(c.route(&format!("after{n}")).expect("route"), victim);
     }
     // A node stopped by SIGTERM leaves the cluster as it goes, not at expiry.
-    let (blink, mut long) = start_node(&c.etcd, "node-9", 5, 3600);
+    let (blink, mut long) = c.start_node("node-9", 5, 3600);
     eventually("node-9 registers", Duration::from_secs(10), || {
         c.live(0).contains_key("node-9")
     });

@@ -24,6 +24,14 @@ pub struct ClusterConfig {
     /// What this node takes.
     #[serde(default)]
     pub capacity: super::Capacity,
+    /// On a node: an authorized_keys file of the routers' keys. A login
+    /// with one of them is relayed by a router for a user it authenticated
+    /// (`ssh/auth/relayed.rs`); these keys reach nothing else.
+    #[serde(default)]
+    pub router_keys: Option<std::path::PathBuf>,
+    /// On a router: its private key (OpenSSH format) for those logins.
+    #[serde(default)]
+    pub router_key: Option<std::path::PathBuf>,
 }
 
 fn default_prefix() -> String {

@@ -27,6 +27,7 @@ pub async fn join(
     config: &ClusterConfig,
     rest: std::net::SocketAddr,
     ssh: std::net::SocketAddr,
+    host_key: &str,
     runtime: &str,
 ) -> Result<nodes::Registration, ClusterError> {
     let store = Store::connect(&config.etcd_endpoints, &config.prefix).await?;
@@ -35,6 +36,7 @@ pub async fn join(
         name: config.node_name(),
         rest: format!("{host}:{}", rest.port()),
         ssh: format!("{host}:{}", ssh.port()),
+        host_key: host_key.to_owned(),
         runtime: runtime.to_owned(),
         isolation: NodeRecord::isolation_of(runtime).to_owned(),
         capacity: config.capacity,

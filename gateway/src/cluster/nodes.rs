@@ -40,6 +40,10 @@ pub struct NodeRecord {
     pub rest: String,
     /// `host:port` of its SSH server.
     pub ssh: String,
+    /// Its SSH host key's `SHA256:` fingerprint: routers check it on
+    /// their links (etcd is the cluster's root of trust).
+    #[serde(default)]
+    pub host_key: String,
     /// The runtime it runs sessions in (`local`, `boxlite`).
     pub runtime: String,
     /// `vm` (a micro-VM per session) or `namespace` (bubblewrap).

@@ -96,6 +96,7 @@ mod tests {
             name: name.into(),
             rest: String::new(),
             ssh: String::new(),
+            host_key: String::new(),
             runtime: "local".into(),
             isolation: isolation.into(),
             capacity: Capacity {

@@ -1,10 +1,14 @@
 //! The front door (`blink-server --role router`, docs/SCALE.md): stateless,
 //! any number of replicas, the cluster's state read from etcd on every
 //! request. `rest.rs` the REST API (session routes relayed, new sessions
-//! placed, lists merged); `proxy.rs` one request relayed to a node.
+//! placed, lists merged); `proxy.rs` one request relayed to a node;
+//! `ssh.rs` the SSH server relaying each login's channels to the session's
+//! node over `link.rs`, an internal SSH link logged in with the router key.
 
+mod link;
 pub mod proxy;
 pub mod rest;
+pub mod ssh;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
