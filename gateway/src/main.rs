@@ -316,9 +316,13 @@ async fn serve_router(file: FileConfig, data_dir: &std::path::Path) -> anyhow::R
         }
     };
     let signalled = shutdown_signal()?;
-    let router =
-        blink_server::router::start(store.clone(), file.rest.listen, file.rest.token.clone())
-            .await?;
+    let router = blink_server::router::start(
+        store.clone(),
+        file.rest.listen,
+        file.rest.token.clone(),
+        cluster,
+    )
+    .await?;
     let ssh = match ssh_keys {
         Some((host_key, router_key)) => Some(
             blink_server::router::ssh::start(store, file.ssh.listen, host_key, router_key).await?,

@@ -273,21 +273,42 @@ impl Cluster {
         (blink, server)
     }
 
-    /// A router with the shared host key and the router key.
+    /// A router with the shared host key, the router key and the shared
+    /// export directory.
     pub fn start_router(&self) -> (crate::Blink, crate::Server) {
+        self.start_router_with(10, &[])
+    }
+
+    /// A router whose moves hold their lock under a lease of `ttl`
+    /// seconds, with `env` (e.g. the test-only `BLINK_TEST_CRASH_AT`).
+    pub fn start_router_with(
+        &self,
+        ttl: u64,
+        env: &[(&str, &str)],
+    ) -> (crate::Blink, crate::Server) {
         let blink = crate::Blink::new();
         let extra = format!(
-            "router_key = {:?}\n[ssh]\nhost_key = {:?}\n",
+            "router_key = {:?}\nexport_dir = {:?}\n[ssh]\nhost_key = {:?}\n",
             self.keys.path().join("router_key"),
+            self.export_dir(),
             self.keys.path().join("host_key")
         );
-        let server = blink
+        let mut builder = blink
             .server()
             .router()
-            .config(&self.table(&extra, 10))
-            .token(TOKEN)
-            .start();
-        (blink, server)
+            .config(&self.table(&extra, ttl))
+            .token(TOKEN);
+        for (k, v) in env {
+            builder = builder.env(k, v);
+        }
+        (blink, builder.start())
+    }
+
+    /// The routers' shared export directory.
+    pub fn export_dir(&self) -> std::path::PathBuf {
+        let dir = self.keys.path().join("exports");
+        std::fs::create_dir_all(&dir).expect("mkdir exports");
+        dir
     }
 
     /// Router `i` (round robin).

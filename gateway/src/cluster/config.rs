@@ -32,6 +32,11 @@ pub struct ClusterConfig {
     /// On a router: its private key (OpenSSH format) for those logins.
     #[serde(default)]
     pub router_key: Option<std::path::PathBuf>,
+    /// On a router: a directory shared by all routers (NFS, a volume)
+    /// where sessions' last exports are kept (`<name>.boxlite`), written by
+    /// moves and backups, read to restore a session whose node died.
+    #[serde(default)]
+    pub export_dir: Option<std::path::PathBuf>,
 }
 
 fn default_prefix() -> String {

@@ -9,6 +9,7 @@
 //! no etcd.
 
 pub mod config;
+pub mod moves;
 pub mod nodes;
 pub mod placement;
 pub mod routing;

@@ -112,6 +112,9 @@ mod tests {
             node: node.into(),
             memory_mib,
             disk_mib: 0,
+            moving_to: None,
+            leftover_on: None,
+            warm: false,
         }
     }
 

@@ -19,6 +19,32 @@ pub struct Route {
     /// MiB of disk counted against the node (0: not asked).
     #[serde(default)]
     pub disk_mib: u64,
+    /// A move to this node is under way (`moves.rs`): the session is
+    /// unavailable until it ends, or is rolled back if its mover is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_to: Option<String>,
+    /// A copy left on this node by a move that switched but did not
+    /// remove it yet: removed by the next one who reads the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leftover_on: Option<String>,
+    /// Opened warm: after its node dies it is reported lost (its last
+    /// export is older than its state), not restored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
+}
+
+impl Route {
+    /// A settled route to `node` with `like`'s size.
+    pub fn settled(node: &str, like: &Route) -> Self {
+        Self {
+            node: node.to_owned(),
+            memory_mib: like.memory_mib,
+            disk_mib: like.disk_mib,
+            moving_to: None,
+            leftover_on: None,
+            warm: like.warm,
+        }
+    }
 }
 
 /// A record as read, with the revision a later change compares against.
@@ -46,7 +72,7 @@ impl Placed {
     }
 }
 
-fn decode(key: &[u8], value: &[u8], mod_revision: i64) -> Result<Read, ClusterError> {
+pub(super) fn decode(key: &[u8], value: &[u8], mod_revision: i64) -> Result<Read, ClusterError> {
     let route = serde_json::from_slice(value).map_err(|e| ClusterError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),

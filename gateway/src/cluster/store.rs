@@ -77,6 +77,11 @@ impl Store {
         format!("{}/sessions/{name}", self.prefix)
     }
 
+    /// The lock a move holds (under its mover's lease) while it runs.
+    pub fn move_key(&self, name: &str) -> String {
+        format!("{}/moves/{name}", self.prefix)
+    }
+
     pub fn sessions_prefix(&self) -> String {
         format!("{}/sessions/", self.prefix)
     }

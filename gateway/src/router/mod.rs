@@ -6,6 +6,7 @@
 //! node over `link.rs`, an internal SSH link logged in with the router key.
 
 mod link;
+pub mod moves;
 pub mod proxy;
 pub mod rest;
 pub mod ssh;
@@ -31,6 +32,7 @@ pub async fn start(
     store: Store,
     listen: SocketAddr,
     token: Option<String>,
+    cluster: &crate::cluster::ClusterConfig,
 ) -> anyhow::Result<RouterServer> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -39,6 +41,8 @@ pub async fn start(
     let app = rest::app(rest::RouterState {
         store,
         token: token.map(Arc::from),
+        ttl: i64::try_from(cluster.lease_ttl_secs).unwrap_or(10),
+        export_dir: cluster.export_dir.clone(),
     });
     let (shutdown, mut stop) = watch::channel(false);
     let task = tokio::spawn(async move {

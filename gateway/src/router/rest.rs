@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
+use super::moves;
 use super::proxy::{forward, unreachable};
 use crate::cluster::routing::{self, Placed, Read};
 use crate::cluster::{ClusterError, NodeRecord, PlacementRequest, Route, Store, nodes, placement};
@@ -37,6 +38,10 @@ pub struct RouterState {
     pub store: Store,
     /// The API token clients must send (the nodes' own, passed on).
     pub token: Option<Arc<str>>,
+    /// Lease TTL of a move's lock, in seconds.
+    pub ttl: i64,
+    /// `[cluster] export_dir`: sessions' last exports, shared by routers.
+    pub export_dir: Option<std::path::PathBuf>,
 }
 
 pub fn app(state: RouterState) -> Router {
@@ -44,6 +49,8 @@ pub fn app(state: RouterState) -> Router {
         .route("/api/health", get(health))
         .route("/api/cluster/nodes", get(list_nodes))
         .route("/api/sessions", get(list_sessions).post(open_session))
+        .route("/api/sessions/{name}/move", post(move_session))
+        .route("/api/sessions/{name}/backup", post(backup_session))
         .route("/api/sessions/{name}", any(session_scoped))
         .route("/api/sessions/{name}/{*rest}", any(session_scoped_rest))
         .route("/api/runs", post(create_run))
@@ -178,13 +185,55 @@ async fn live_node(store: &Store, name: &str) -> Result<NodeRecord, Response> {
     })
 }
 
-/// A session's route, or 404 `session_not_found` as a node would answer.
-async fn route_of(store: &Store, name: &str) -> Result<Read, Response> {
+/// A session's route, settled (`moves::settle`), or 404
+/// `session_not_found` as a node would answer.
+async fn route_of(state: &RouterState, name: &str) -> Result<Read, Response> {
     blink_sdk::manager::names::validate(name).map_err(api)?;
-    match routing::get(store, name).await {
-        Ok(Some(read)) => Ok(read),
+    match routing::get(&state.store, name).await {
+        Ok(Some(read)) => moves::settle(state, name, read).await.map_err(|r| r.0),
         Ok(None) => Err(api(blink_sdk::Error::SessionNotFound(name.to_owned()))),
         Err(e) => Err(cluster_error(e)),
+    }
+}
+
+/// `POST /api/sessions/{name}/move {"to": NODE}`: the session stopped,
+/// exported, imported on NODE, its route switched, its old copy removed;
+/// unavailable (503 `session_moving`) only meanwhile.
+async fn move_session(
+    State(state): State<RouterState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    let (_, body) = match json_object(req).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let Some(to) = body.get("to").and_then(Value::as_str) else {
+        return invalid("to: required, a node name");
+    };
+    if body.keys().any(|k| k != "to") {
+        return invalid("unknown field (only \"to\")");
+    }
+    let read = match route_of(&state, &name).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match moves::move_session(&state, &name, read, to).await {
+        Ok(done) => axum::Json(json!({"session": name, "node": done.route.node})).into_response(),
+        Err(r) => r.0,
+    }
+}
+
+/// `POST /api/sessions/{name}/backup`: its export kept in the shared
+/// directory, from which it is restored if its node dies.
+async fn backup_session(State(state): State<RouterState>, Path(name): Path<String>) -> Response {
+    let read = match route_of(&state, &name).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match moves::backup(&state, &name, read).await {
+        Ok(size) => axum::Json(json!({"session": name, "size_bytes": size})).into_response(),
+        Err(r) => r.0,
     }
 }
 
@@ -206,7 +255,7 @@ async fn session_scoped_rest(
 
 /// Relay to the owning node; a session removed there loses its route.
 async fn relay_session(state: &RouterState, name: &str, req: Request) -> Response {
-    let read = match route_of(&state.store, name).await {
+    let read = match route_of(state, name).await {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -297,11 +346,18 @@ async fn open_session(State(state): State<RouterState>, req: Request) -> Respons
         },
         (Err(resp), _) | (_, Err(resp)) => return resp,
     };
-    let placed = match place(&state.store, &name, &request).await {
+    let warm = body.get("warm").and_then(Value::as_bool).unwrap_or(false);
+    let placed = match place(&state.store, &name, &request, warm).await {
         Ok(p) => p,
         Err(resp) => return resp,
     };
-    let read = placed.read().clone();
+    let read = match &placed {
+        Placed::New(r) => r.clone(),
+        Placed::Existing(r) => match moves::settle(&state, &name, r.clone()).await {
+            Ok(r) => r,
+            Err(refused) => return refused.0,
+        },
+    };
     let node = match live_node(&state.store, &read.route.node).await {
         Ok(n) => n,
         Err(resp) => return resp,
@@ -320,7 +376,12 @@ async fn open_session(State(state): State<RouterState>, req: Request) -> Respons
 }
 
 /// The session's route, placing it when it has none.
-async fn place(store: &Store, name: &str, request: &PlacementRequest) -> Result<Placed, Response> {
+async fn place(
+    store: &Store,
+    name: &str,
+    request: &PlacementRequest,
+    warm: bool,
+) -> Result<Placed, Response> {
     if let Some(read) = routing::get(store, name).await.map_err(cluster_error)? {
         return Ok(Placed::Existing(read));
     }
@@ -332,6 +393,9 @@ async fn place(store: &Store, name: &str, request: &PlacementRequest) -> Result<
         node: node.name.clone(),
         memory_mib: request.memory_mib,
         disk_mib: request.disk_mib,
+        moving_to: None,
+        leftover_on: None,
+        warm,
     };
     let placed = routing::place(store, name, &route)
         .await
@@ -411,7 +475,7 @@ async fn create_run(State(state): State<RouterState>, req: Request) -> Response 
         Err(resp) => return resp,
     };
     let node = match body.get("session").and_then(Value::as_str) {
-        Some(name) => match route_of(&state.store, name).await {
+        Some(name) => match route_of(&state, name).await {
             Ok(read) => live_node(&state.store, &read.route.node).await,
             Err(resp) => Err(resp),
         },

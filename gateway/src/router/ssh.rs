@@ -179,6 +179,9 @@ impl RouterConn {
         }
         let store = &self.shared.store;
         let node = match routing::get(store, user).await {
+            // Unavailable while it moves (or a crashed move is undone by
+            // the next REST request): never two copies in use.
+            Ok(Some(read)) if read.route.moving_to.is_some() => None,
             Ok(Some(read)) => match nodes::live(store).await {
                 Ok(live) => live.into_iter().find(|n| n.name == read.route.node),
                 Err(e) => {
