@@ -269,11 +269,11 @@ fn a_node_killed_drops_out_at_lease_expiry_and_one_stopped_leaves_at_once() {
     });
     // Not before its lease (2 s) could expire.
     assert!(killed.elapsed() >= Duration::from_millis(1500));
-    // Its session answers that its node is gone; new ones go elsewhere.
+    // Its session (never exported) is reported lost; new ones go elsewhere.
     let a = c.router(0).get("/api/sessions/k1");
     assert_eq!(
         (a.status, a.code()),
-        (503, "node_unavailable"),
+        (503, "session_lost"),
         "{:?}",
         a.body
     );
