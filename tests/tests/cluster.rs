@@ -271,12 +271,7 @@ fn a_node_killed_drops_out_at_lease_expiry_and_one_stopped_leaves_at_once() {
     assert!(killed.elapsed() >= Duration::from_millis(1500));
     // Its session (never exported) is reported lost; new ones go elsewhere.
     let a = c.router(0).get("/api/sessions/k1");
-    assert_eq!(
-        (a.status, a.code()),
-        (503, "session_lost"),
-        "{:?}",
-        a.body
-    );
+    assert_eq!((a.status, a.code()), (503, "session_lost"), "{:?}", a.body);
     for n in 0..4 {
         let a = c
             .router(0)
