@@ -280,3 +280,64 @@ async fn pty_window_changes_and_signals_pass_through_a_router() {
         .await
         .expect("drop");
 }
+
+#[test]
+fn a_router_killed_mid_transfer_loses_only_its_own_connections() {
+    let Some(mut c) = Cluster::start(&[4, 4], 2, 10) else {
+        return;
+    };
+    let client = Client::new();
+    sessions(&c, &client, &["t0", "t1"]);
+    // One upload through each router, 1 MiB every 100 ms for 4 s.
+    let chunk: Vec<u8> = (0..1 << 20).map(|_| rand::random::<u8>()).collect();
+    let mut whole = Vec::new();
+    for _ in 0..40 {
+        whole.extend_from_slice(&chunk);
+    }
+    let want = sha(&whole);
+    let start = |r: usize, name: &str| {
+        let mut child = client
+            .ssh(c.router(r), "id", name)
+            .arg("cat > /var/blink/memory/up; sha256sum /var/blink/memory/up")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ssh");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let chunk = chunk.clone();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write as _;
+            for _ in 0..40 {
+                if stdin.write_all(&chunk).is_err() {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            true
+        });
+        (child, writer)
+    };
+    let (doomed, doomed_writer) = start(0, "t0");
+    let (kept, kept_writer) = start(1, "t1");
+    std::thread::sleep(Duration::from_secs(1));
+    c.routers[0].1.signal("KILL");
+    let doomed = doomed.wait_with_output().expect("ssh");
+    let _ = doomed_writer.join();
+    assert_ne!(
+        doomed.status.code(),
+        Some(0),
+        "the killed router's transfer finished?"
+    );
+    assert!(kept_writer.join().expect("writer"));
+    let kept = kept.wait_with_output().expect("ssh");
+    let (stdout, stderr) = texts(&kept);
+    assert_eq!(kept.status.code(), Some(0), "{stderr}");
+    assert!(stdout.starts_with(&want), "{stdout}");
+    // The other router still serves, both sessions included.
+    for name in ["t0", "t1"] {
+        let out = run(client.ssh(c.router(1), "id", name).arg("echo alive"), b"");
+        assert_eq!(texts(&out).0, "alive\n", "{:?}", texts(&out));
+    }
+    c.routers.truncate(1);
+}
