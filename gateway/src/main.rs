@@ -168,6 +168,17 @@ fn configure(args: &Args) -> anyhow::Result<(FileConfig, PathBuf)> {
     {
         file.rest.token = Some(token);
     }
+    if let Some(cluster) = &mut file.cluster {
+        // A node's address as its orchestrator knows it (a pod's host IP).
+        if let Some(host) = std::env::var("BLINK_CLUSTER_ADVERTISE_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+        {
+            cluster.advertise_host = host;
+        }
+        // Routers call a node by the address it advertises.
+        file.rest.allowed_hosts.push(cluster.advertise_host.clone());
+    }
     if let Some(path) = &args.host_key {
         file.ssh.host_key = Some(path.clone());
     }

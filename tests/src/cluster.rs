@@ -286,6 +286,17 @@ impl Cluster {
         ttl: u64,
         env: &[(&str, &str)],
     ) -> (crate::Blink, crate::Server) {
+        self.start_router_wrapped(ttl, env, &[])
+    }
+
+    /// As [`Cluster::start_router_with`], started through `wrapper` (see
+    /// [`crate::ServerBuilder::wrapped`]).
+    pub fn start_router_wrapped(
+        &self,
+        ttl: u64,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> (crate::Blink, crate::Server) {
         let blink = crate::Blink::new();
         let extra = format!(
             "router_key = {:?}\nexport_dir = {:?}\n[ssh]\nhost_key = {:?}\n",
@@ -300,6 +311,9 @@ impl Cluster {
             .token(TOKEN);
         for (k, v) in env {
             builder = builder.env(k, v);
+        }
+        if !wrapper.is_empty() {
+            builder = builder.wrapped(wrapper);
         }
         (blink, builder.start())
     }

@@ -341,3 +341,66 @@ fn a_router_killed_mid_transfer_loses_only_its_own_connections() {
     }
     c.routers.truncate(1);
 }
+
+#[test]
+fn a_router_works_without_any_capability_as_its_unit_runs_it() {
+    let unit_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/cluster/systemd/blink-router.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("read the unit");
+    assert!(
+        unit.lines().any(|l| l == "CapabilityBoundingSet="),
+        "{unit}"
+    );
+    let Some(mut c) = Cluster::start(&[4], 0, 10) else {
+        return;
+    };
+    // The unit verifies as installed (ExecStart naming the built server).
+    let analyze = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if blink_sdk::testing::require(analyze, "systemd-analyze is not installed") {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("blink-router.service");
+        std::fs::write(
+            &copy,
+            unit.replace(
+                "/usr/local/bin/blink-server",
+                blink_e2e::bin("blink-server").to_str().expect("utf-8"),
+            ),
+        )
+        .expect("write");
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&copy)
+            .output()
+            .expect("systemd-analyze");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            !stderr.contains("Unknown key") && !stderr.contains("Failed to parse"),
+            "{stderr}"
+        );
+    }
+    // A router with an empty bounding set and no_new_privs serves REST and
+    // SSH.
+    let router = c.start_router_wrapped(
+        10,
+        &[],
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-all",
+            "--inh-caps=-all",
+            "--no-new-privs",
+        ],
+    );
+    c.routers.push(router);
+    let client = Client::new();
+    sessions(&c, &client, &["np"]);
+    let out = run(
+        client.ssh(c.router(0), "id", "np").arg("cat /tmp/mark"),
+        b"",
+    );
+    assert_eq!(texts(&out).0, "np\n", "{:?}", texts(&out));
+}
