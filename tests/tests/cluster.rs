@@ -267,8 +267,9 @@ fn a_node_killed_drops_out_at_lease_expiry_and_one_stopped_leaves_at_once() {
     eventually("the killed node drops out", Duration::from_secs(15), || {
         !c.live(0).contains_key(&victim)
     });
-    // Not before its lease (2 s) could expire.
-    assert!(killed.elapsed() >= Duration::from_millis(1500));
+    // Not before its lease could expire: 2 s after its last renewal,
+    // which is at most a third of that before the kill.
+    assert!(killed.elapsed() >= Duration::from_millis(1000));
     // Its session (never exported) is reported lost; new ones go elsewhere.
     let a = c.router(0).get("/api/sessions/k1");
     assert_eq!((a.status, a.code()), (503, "session_lost"), "{:?}", a.body);
