@@ -234,6 +234,12 @@ fn a_dead_nodes_cold_sessions_come_back_from_their_export_and_warm_ones_are_lost
     let i: usize = victim.trim_start_matches("node-").parse().expect("index");
     c.nodes[i].1.signal("KILL");
     let died = Instant::now();
+    // Nobody asks for it: the routers' sweep restores it on its own.
+    eventually(
+        "cold1 is routed to a live node",
+        Duration::from_secs(60),
+        || c.route("cold1").is_some_and(|n| n != victim),
+    );
     eventually("cold1 answers again", Duration::from_secs(60), || {
         c.router(1).get("/api/sessions/cold1").status == 200
     });

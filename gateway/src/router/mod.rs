@@ -38,13 +38,19 @@ pub async fn start(
         .await
         .with_context(|| format!("binding the router's HTTP API to {listen}"))?;
     let local_addr = listener.local_addr().context("HTTP listener address")?;
-    let app = rest::app(rest::RouterState {
+    let state = rest::RouterState {
         store,
         token: token.map(Arc::from),
         ttl: i64::try_from(cluster.lease_ttl_secs).unwrap_or(10),
         export_dir: cluster.export_dir.clone(),
-    });
+    };
+    let app = rest::app(state.clone());
     let (shutdown, mut stop) = watch::channel(false);
+    tokio::spawn(moves::sweep(
+        state,
+        std::time::Duration::from_secs(cluster.lease_ttl_secs.clamp(1, 10)),
+        stop.clone(),
+    ));
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;

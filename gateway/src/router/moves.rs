@@ -470,3 +470,43 @@ pub async fn backup(state: &RouterState, name: &str, read: Read) -> Result<u64, 
     export_to(state, node, name, &path).await?;
     Ok(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0))
 }
+
+/// The routers' sweep: every `period`, routes left unsettled (a dead
+/// node's sessions, a crashed mover's marks and leftovers) are settled
+/// without waiting for a request, so a dead node's cold sessions come back
+/// on their own and SSH logins (which do not settle) find them. Several
+/// routers sweeping at once is safe: every change is a transaction.
+pub async fn sweep(
+    state: RouterState,
+    period: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let (live, routes) =
+            match tokio::try_join!(nodes::live(&state.store), routing::list(&state.store)) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(error = %e, "router sweep: cluster store");
+                    continue;
+                }
+            };
+        for (name, read) in routes {
+            let r = &read.route;
+            let unsettled = r.moving_to.is_some()
+                || r.leftover_on
+                    .as_deref()
+                    .is_some_and(|n| live_named(&live, n).is_some())
+                || (!r.warm && live_named(&live, &r.node).is_none());
+            if !unsettled {
+                continue;
+            }
+            if let Err(Refusal(resp)) = settle(&state, &name, read).await {
+                tracing::debug!(session = %name, status = %resp.status(), "router sweep: not settled yet");
+            }
+        }
+    }
+}
