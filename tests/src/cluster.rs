@@ -163,6 +163,22 @@ impl Etcd {
         (!text.is_empty()).then_some(text)
     }
 
+    /// The index of the member that leads now.
+    pub fn leader(&self) -> usize {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+        assert!(out.status.success(), "etcdctl endpoint status: {out:?}");
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        let list = list.as_array().expect("a list");
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|i| self.members[*i].child.is_some())
+            .collect();
+        let position = list
+            .iter()
+            .position(|s| s["Status"]["header"]["member_id"] == s["Status"]["leader"])
+            .expect("a leader");
+        running[position]
+    }
+
     /// SIGKILL member `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
