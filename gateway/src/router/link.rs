@@ -12,6 +12,14 @@ use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertifi
 use crate::cluster::NodeRecord;
 use crate::ssh::relayed::{self, Identity};
 
+/// The link's key exchanges, in order (all among the node's).
+const LINK_KEX: &[russh::kex::Name] = &[
+    russh::kex::CURVE25519,
+    russh::kex::MLKEM768X25519_SHA256,
+    russh::kex::EXTENSION_SUPPORT_AS_CLIENT,
+    russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+];
+
 /// The link's ciphers, in order (all among the node's).
 const LINK_CIPHERS: &[russh::cipher::Name] = &[
     russh::cipher::AES_256_GCM,
@@ -74,10 +82,14 @@ pub async fn open(
         window_size: 2 * 1024 * 1024,
         maximum_packet_size: 32768,
         preferred: russh::Preferred {
-            // Both ends are Blink's: AES-GCM first (AES-NI where the CPU
-            // has it, cheaper than ChaCha20-Poly1305 per byte relayed).
+            // Both ends are Blink's, on the operator's network: X25519
+            // first (one link per login: its exchange is on every
+            // connection's path), AES-GCM first (AES-NI where the CPU has
+            // it, cheaper than ChaCha20-Poly1305 per byte relayed).
+            kex: std::borrow::Cow::Borrowed(LINK_KEX),
+            key: std::borrow::Cow::Borrowed(&[russh::keys::Algorithm::Ed25519]),
             cipher: std::borrow::Cow::Borrowed(LINK_CIPHERS),
-            ..crate::ssh::algorithms::preferred(false)
+            ..russh::Preferred::DEFAULT
         },
         ..Default::default()
     });
