@@ -404,3 +404,46 @@ fn a_router_works_without_any_capability_as_its_unit_runs_it() {
     );
     assert_eq!(texts(&out).0, "np\n", "{:?}", texts(&out));
 }
+
+#[test]
+fn direct_tcpip_forwarding_reaches_the_sessions_loopback_through_a_router() {
+    let Some(c) = Cluster::start(&[4, 4], 1, 10) else {
+        return;
+    };
+    let client = Client::new();
+    sessions(&c, &client, &["fw"]);
+    // busybox httpd on the session's own loopback, started over REST.
+    let a = c.router(0).post(
+        "/api/sessions/fw/spawn",
+        json!({"command": ["sh", "-c", "mkdir -p /root/www && echo routed-page > /root/www/index.html && exec httpd -f -p 8080 -h /root/www"]}),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    // `ssh -W` is one direct-tcpip channel; retried (bounded) until the
+    // server in the sandbox listens.
+    let mut page = String::new();
+    for _ in 0..100 {
+        let out = run(
+            client
+                .ssh(c.router(0), "id", "fw")
+                .args(["-W", "127.0.0.1:8080"]),
+            b"GET /index.html HTTP/1.0\r\n\r\n",
+        );
+        page = texts(&out).0;
+        if page.contains("routed-page") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(page.starts_with("HTTP/1."), "{page}");
+    assert!(page.contains("routed-page"), "{page}");
+    // The node's rules decide: the host's loopback is not the session's
+    // (the router's REST port is on the host): refused, and the node says
+    // why.
+    let out = run(
+        client
+            .ssh(c.router(0), "id", "fw")
+            .args(["-W", &format!("127.0.0.1:{}", c.router(0).http_port)]),
+        b"GET /api/health HTTP/1.0\r\n\r\n",
+    );
+    assert!(!texts(&out).0.contains("router"), "{:?}", texts(&out));
+}

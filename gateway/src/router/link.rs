@@ -64,6 +64,20 @@ impl Link {
     pub async fn open_session(&self) -> Result<russh::Channel<russh::client::Msg>, russh::Error> {
         self.handle.channel_open_session().await
     }
+
+    /// A `direct-tcpip` channel on the node (`ssh -L`, `-D`, `-W`), which
+    /// decides on it by its own rules.
+    pub async fn open_direct_tcpip(
+        &self,
+        host: &str,
+        port: u32,
+        originator: &str,
+        originator_port: u32,
+    ) -> Result<russh::Channel<russh::client::Msg>, russh::Error> {
+        self.handle
+            .channel_open_direct_tcpip(host, port, originator, originator_port)
+            .await
+    }
 }
 
 /// Open a link to `node` for `session`, relaying the client at `peer`

@@ -9,8 +9,10 @@
 //! login. Channels: requests (PTY, env, exec, shell, subsystem) are sent
 //! to the node and its answer relayed; data, EOF, window changes and
 //! signals pass both ways; the node's exit status or signal, EOF and close
-//! come back as the node sent them. Forwarding (`-L`, `-R`, `-D`) is not
-//! relayed yet: refused.
+//! come back as the node sent them. `direct-tcpip` channels (`ssh -L`,
+//! `-D`, `-W`) are opened on the node, which decides on them by its rules,
+//! and relayed the same way; remote forwarding (`-R`) is not relayed yet:
+//! refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -221,6 +223,40 @@ impl RouterConn {
         }
     }
 
+    /// Relay a client channel and its node channel both ways.
+    fn relay(
+        &mut self,
+        channel: Channel<Msg>,
+        node: russh::Channel<russh::client::Msg>,
+        handle: russh::server::Handle,
+    ) {
+        let id = channel.id();
+        let (client_read, client_write) = channel.split();
+        let (node_read, node_write) = node.split();
+        let (replies_tx, replies) = mpsc::channel(16);
+        let node_write = Arc::new(node_write);
+        tokio::spawn(client_to_node(
+            client_read,
+            node_write.clone(),
+            handle.clone(),
+            id,
+        ));
+        tokio::spawn(node_to_client(
+            node_read,
+            client_write,
+            handle,
+            id,
+            replies_tx,
+        ));
+        self.channels.insert(
+            id,
+            Relay {
+                node: node_write,
+                replies,
+            },
+        );
+    }
+
     /// Send a request to the node's channel and wait for its answer.
     async fn relay_request<F, Fut>(&mut self, channel: ChannelId, send: F) -> bool
     where
@@ -297,32 +333,47 @@ impl russh::server::Handler for RouterConn {
             }
         };
         reply.accept().await;
-        let id = channel.id();
-        let (client_read, client_write) = channel.split();
-        let (node_read, node_write) = node.split();
-        let (replies_tx, replies) = mpsc::channel(16);
-        let handle = session.handle();
-        let node_write = Arc::new(node_write);
-        tokio::spawn(client_to_node(
-            client_read,
-            node_write.clone(),
-            handle.clone(),
-            id,
-        ));
-        tokio::spawn(node_to_client(
-            node_read,
-            client_write,
-            handle,
-            id,
-            replies_tx,
-        ));
-        self.channels.insert(
-            id,
-            Relay {
-                node: node_write,
-                replies,
-            },
-        );
+        self.relay(channel, node, session.handle());
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(link) = &self.link else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let node = match link
+            .open_direct_tcpip(
+                host_to_connect,
+                port_to_connect,
+                originator_address,
+                originator_port,
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = match e {
+                    russh::Error::ChannelOpenFailure(reason) => reason,
+                    _ => ChannelOpenFailure::ConnectFailed,
+                };
+                reply.reject(reason).await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        self.relay(channel, node, session.handle());
         Ok(())
     }
 
