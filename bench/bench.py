@@ -652,7 +652,8 @@ SECTIONS = ((SOAK_BEGIN, SOAK_END), (DISKS_BEGIN, DISKS_END),
             ("<!-- resources:begin -->", "<!-- resources:end -->"),
             ("<!-- recording:begin -->", "<!-- recording:end -->"),
             ("<!-- pull:begin -->", "<!-- pull:end -->"),
-            ("<!-- boxlite:begin -->", "<!-- boxlite:end -->"))
+            ("<!-- boxlite:begin -->", "<!-- boxlite:end -->"),
+            ("<!-- router:begin -->", "<!-- router:end -->"))
 NOTES_BEGIN = "<!-- bench/NOTES.md follows -->"
 
 

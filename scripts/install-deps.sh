@@ -16,7 +16,9 @@
 #   skopeo          pushes the images those tests build (tests/tests/registry_pull.rs)
 #   apache2-utils   htpasswd, for the registry behind Basic auth in those tests
 #   openssl         signs the tokens of their bearer-token service (a test double)
-#   protobuf-compiler  protoc, for building the boxlite runtime (boxlite-shared's gRPC code)
+#   etcd-server etcd-client  the cluster's store, a real 3-member cluster on
+#                   loopback in tests/tests/cluster.rs (docs/SCALE.md)
+#   protobuf-compiler  protoc, for building gRPC clients (etcd-client's and the boxlite runtime's)
 #   python3-venv    scripts/boxlite-runtime.sh unpacks BoxLite's runtime files from its wheel
 # (tests/vm/boxlite-vm.sh installs what the nested VM needs itself: QEMU, debootstrap.)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
@@ -29,7 +31,8 @@ set -euo pipefail
 need=()
 for pkg in bubblewrap busybox-static util-linux bsdutils openssh-client tmux \
   libseccomp-dev pkg-config gcc libc6-dev rsync e2fsprogs curl systemd \
-  docker-registry skopeo apache2-utils openssl protobuf-compiler python3-venv; do
+  docker-registry skopeo apache2-utils openssl etcd-server etcd-client \
+  protobuf-compiler python3-venv; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -210,6 +210,21 @@ impl Backend {
         }
     }
 
+    /// Move a session to node `to` of a cluster: only a cluster's router
+    /// does that. Its answer (`{session, node}`).
+    pub async fn move_session(&self, name: &str, to: &str) -> anyhow::Result<serde_json::Value> {
+        match self.either()? {
+            Either::Manager(_) => anyhow::bail!(
+                "session move needs a cluster: point --server (BLINK_API_URL) at one of its routers"
+            ),
+            Either::Server(c) => {
+                let body = serde_json::json!({ "to": to });
+                c.call(Method::POST, &session_path(name, "/move"), Some(&body))
+                    .await
+            }
+        }
+    }
+
     pub async fn remove_session(&self, name: &str, force: bool) -> anyhow::Result<()> {
         match self.either()? {
             Either::Manager(m) => Ok(m.remove_session(name, force).await?),

@@ -173,6 +173,16 @@ pub enum SessionCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Move a session to another node of a cluster (through a router:
+    /// `--server`/`BLINK_API_URL`; docs/SCALE.md). It is unavailable only
+    /// while it moves.
+    Move {
+        #[command(flatten)]
+        name: NameArg,
+        /// The node to move it to.
+        #[arg(long)]
+        to: String,
+    },
     /// SSH public keys that may log in to the session.
     #[command(subcommand)]
     Keys(crate::keys::KeysCommand),
@@ -405,6 +415,19 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
                 output::print_json(&info)?;
             } else {
                 println!("stopped session {}", info.name);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Move { name, to } => {
+            let moved = backend.move_session(&name.name, &to).await?;
+            if ctx.json {
+                output::print_json(&moved)?;
+            } else {
+                println!(
+                    "session {} is on node {}",
+                    name.name,
+                    moved["node"].as_str().unwrap_or(&to)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

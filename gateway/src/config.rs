@@ -57,6 +57,9 @@ pub struct FileConfig {
     pub recording: crate::recording::RecordingConfig,
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// `[cluster]`: this server is one node of many (docs/SCALE.md).
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// The `[network]` table: sessions' egress (docs/NETWORK.md).
@@ -246,6 +249,11 @@ impl SandboxConfig {
 pub struct SshConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Public keys of a cluster's routers (`[cluster] router_keys`, set by
+    /// the binary; docs/SCALE.md): a login with one of them is a relayed
+    /// one (`ssh/auth/relayed.rs`). Not an `[ssh]` key of its own.
+    #[serde(skip)]
+    pub router_keys: Option<PathBuf>,
     /// Ed25519 host key; default `<data_dir>/gateway/ssh_host_ed25519_key`.
     pub host_key: Option<PathBuf>,
     /// OpenSSH authorized_keys file whose keys may reach every session.
@@ -336,6 +344,7 @@ impl Default for SshConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
+            router_keys: None,
             host_key: None,
             admin_authorized_keys: None,
             admin_create_sessions: false,
@@ -499,6 +508,9 @@ impl FileConfig {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.recording.validate().map_err(ConfigError::Invalid)?;
         self.audit.validate().map_err(ConfigError::Invalid)?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(ConfigError::Invalid)?;
+        }
         self.sandbox.validate(
             self.rest.max_run_timeout_secs,
             self.session_idle_timeout_secs

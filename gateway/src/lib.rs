@@ -6,9 +6,11 @@
 //! files, listed and downloaded over REST.
 
 pub mod audit;
+pub mod cluster;
 pub mod config;
 pub mod hostkey;
 pub mod metrics;
 pub mod recording;
 pub mod rest;
+pub mod router;
 pub mod ssh;

@@ -57,6 +57,17 @@ struct Args {
     /// Host directory whose scripts REST runs may name (repeatable).
     #[arg(long)]
     script_dir: Vec<PathBuf>,
+    /// `node` (default: sessions on this host; with `[cluster]`, one node
+    /// of a cluster) or `router` (the cluster's stateless front door,
+    /// docs/SCALE.md).
+    #[arg(long, value_enum, default_value = "node")]
+    role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    Node,
+    Router,
 }
 
 /// How long recordings still being written at shutdown may take to end.
@@ -157,6 +168,17 @@ fn configure(args: &Args) -> anyhow::Result<(FileConfig, PathBuf)> {
     {
         file.rest.token = Some(token);
     }
+    if let Some(cluster) = &mut file.cluster {
+        // A node's address as its orchestrator knows it (a pod's host IP).
+        if let Some(host) = std::env::var("BLINK_CLUSTER_ADVERTISE_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+        {
+            cluster.advertise_host = host;
+        }
+        // Routers call a node by the address it advertises.
+        file.rest.allowed_hosts.push(cluster.advertise_host.clone());
+    }
     if let Some(path) = &args.host_key {
         file.ssh.host_key = Some(path.clone());
     }
@@ -175,6 +197,9 @@ fn configure(args: &Args) -> anyhow::Result<(FileConfig, PathBuf)> {
 }
 
 async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Result<()> {
+    if args.role == Role::Router {
+        return serve_router(file, &data_dir).await;
+    }
     let key_path = file
         .ssh
         .host_key
@@ -232,7 +257,9 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     // Listen before the servers say they are up, so no signal is missed.
     let signalled = shutdown_signal()?;
     let http = rest::start(manager.clone(), file.rest, recordings.clone()).await?;
-    let ssh = match ssh::start(manager.clone(), file.ssh, host_key, recordings.clone()).await {
+    let mut ssh_config = file.ssh.clone();
+    ssh_config.router_keys = file.cluster.as_ref().and_then(|c| c.router_keys.clone());
+    let ssh = match ssh::start(manager.clone(), ssh_config, host_key, recordings.clone()).await {
         Ok(ssh) => ssh,
         Err(e) => {
             http.shutdown().await;
@@ -241,8 +268,26 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
             return Err(e);
         }
     };
+    let registration = match &file.cluster {
+        Some(cluster) => Some(
+            blink_server::cluster::join(
+                cluster,
+                http.local_addr,
+                ssh.local_addr(),
+                &fingerprint,
+                &manager.runtime_selection().runtime,
+            )
+            .await
+            .context("joining the cluster")?,
+        ),
+        None => None,
+    };
     signalled.await;
     tracing::info!("shutting down");
+    // Out of the cluster first: routers stop sending new work here.
+    if let Some(registration) = registration {
+        registration.leave().await;
+    }
     // Connections and runs drain together; the sandboxes stop after them;
     // then the recordings of what ran (REST spawns end with their
     // sandboxes) are finished.
@@ -250,6 +295,59 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     manager.shutdown().await;
     recordings.shutdown(RECORDINGS_GRACE).await;
     tracing::info!("blink-server shut down");
+    Ok(())
+}
+
+/// `--role router`: the cluster's front door, no sessions of its own.
+async fn serve_router(file: FileConfig, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let cluster = file
+        .cluster
+        .as_ref()
+        .context("--role router needs a [cluster] table naming etcd_endpoints")?;
+    let store = blink_server::cluster::Store::connect(&cluster.etcd_endpoints, &cluster.prefix)
+        .await
+        .context("connecting to etcd")?;
+    // SSH needs the router key the nodes trust; without it, REST only.
+    let ssh_keys = match &cluster.router_key {
+        Some(path) => {
+            let key_path = file
+                .ssh
+                .host_key
+                .clone()
+                .unwrap_or_else(|| hostkey::default_path(data_dir));
+            let host_key = hostkey::load(&key_path)?;
+            println!("ssh host key {} (ED25519)", hostkey::fingerprint(&host_key));
+            let router_key = russh::keys::load_secret_key(path, None)
+                .with_context(|| format!("[cluster] router_key {}", path.display()))?;
+            Some((host_key, router_key))
+        }
+        None => {
+            tracing::warn!("[cluster] router_key is not set: this router serves REST only");
+            None
+        }
+    };
+    let signalled = shutdown_signal()?;
+    let router = blink_server::router::start(
+        store.clone(),
+        file.rest.listen,
+        file.rest.token.clone(),
+        cluster,
+    )
+    .await?;
+    let ssh = match ssh_keys {
+        Some((host_key, router_key)) => Some(
+            blink_server::router::ssh::start(store, file.ssh.listen, host_key, router_key).await?,
+        ),
+        None => None,
+    };
+    // After every "... listening on" line: supervisors and tests read it.
+    println!("router ready");
+    signalled.await;
+    tracing::info!("router shutting down");
+    if let Some(ssh) = ssh {
+        ssh.shutdown().await;
+    }
+    router.shutdown().await;
     Ok(())
 }
 

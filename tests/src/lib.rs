@@ -21,6 +21,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod abuse;
+pub mod cluster;
 pub mod leftovers;
 pub mod registry;
 pub mod rest;

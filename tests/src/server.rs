@@ -27,6 +27,8 @@ pub struct ServerBuilder {
     log_filter: String,
     /// A command the server is started through (see `wrapped`).
     wrapper: Vec<String>,
+    /// `--role router`: it listens on HTTP only (docs/SCALE.md).
+    router: bool,
 }
 
 /// Admission limits (`[ssh.limits]`) every test server gets unless its
@@ -100,7 +102,16 @@ impl ServerBuilder {
             token: None,
             log_filter: "warn".into(),
             wrapper: Vec::new(),
+            router: false,
         }
+    }
+
+    /// A cluster's front door (`--role router`): HTTP, and SSH when its
+    /// config names a router key (else `ssh_port` is 0).
+    pub fn router(mut self) -> Self {
+        self.router = true;
+        self.args.extend(["--role".into(), "router".into()]);
+        self
     }
 
     /// Start the server through this command (it must exec the server,
@@ -233,12 +244,19 @@ impl Server {
             if let Some(addr) = line.strip_prefix("ssh listening on ") {
                 ssh_port = port(addr);
             }
-            if http_port != 0 && ssh_port != 0 {
+            // A router says when it has bound all it serves (SSH only
+            // with a router key).
+            let ready = if self.router {
+                line == "router ready"
+            } else {
+                http_port != 0 && ssh_port != 0
+            };
+            if ready {
                 break;
             }
         }
         assert!(
-            http_port != 0 && ssh_port != 0,
+            http_port != 0 && (ssh_port != 0 || self.router),
             "blink-server did not start:\n{}",
             log.lock().map(|l| l.clone()).unwrap_or_default()
         );

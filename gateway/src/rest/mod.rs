@@ -6,7 +6,7 @@
 
 mod checkpoints;
 pub mod config;
-mod error;
+pub(crate) mod error;
 mod exports;
 #[cfg(test)]
 pub(crate) mod fuzz_tests;

@@ -44,7 +44,7 @@ const MACS: &[mac::Name] = &[mac::HMAC_SHA256_ETM, mac::HMAC_SHA512_ETM];
 const HOST_KEYS: &[Algorithm] = &[Algorithm::Ed25519];
 
 /// The server's preferences; `post_quantum_only` drops X25519.
-pub(super) fn preferred(post_quantum_only: bool) -> Preferred {
+pub(crate) fn preferred(post_quantum_only: bool) -> Preferred {
     Preferred {
         kex: Cow::Borrowed(if post_quantum_only {
             KEX_POST_QUANTUM

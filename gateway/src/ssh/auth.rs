@@ -38,6 +38,7 @@ use crate::config::{HookMode, SshConfig};
 mod certs;
 pub(crate) mod hook;
 mod krl;
+pub(crate) mod relayed;
 mod reloading;
 mod revocation;
 
@@ -124,6 +125,8 @@ pub(super) struct LoginCheck {
     certs: Option<CertCheck>,
     revoked: Option<Reloading<RevocationList>>,
     hook: Option<AuthHook>,
+    /// A cluster's routers (`relayed.rs`), when this is a node of one.
+    routers: Option<relayed::RouterKeys>,
 }
 
 impl LoginCheck {
@@ -156,6 +159,7 @@ impl LoginCheck {
             certs,
             revoked,
             hook,
+            routers: config.router_keys.as_deref().map(relayed::RouterKeys::new),
         })
     }
 
@@ -197,7 +201,7 @@ impl Offer<'_> {
 
 /// Key types accepted for user authentication, and signature algorithms
 /// accepted from CAs: no ssh-rsa with SHA-1.
-pub(super) fn algorithm_allowed(algorithm: &Algorithm) -> bool {
+pub(crate) fn algorithm_allowed(algorithm: &Algorithm) -> bool {
     match algorithm {
         Algorithm::Ed25519 | Algorithm::Ecdsa { .. } => true,
         Algorithm::Rsa { hash } => hash.is_some(),
@@ -391,6 +395,39 @@ impl Conn {
             .increment(1);
         tracing::info!(target: "blink::ssh::auth", peer = %self.peer, login = %Escaped(user), key = %fingerprint, via, cert_id, serial, ca, admin = grant == Grant::Admin, options = %Escaped(&self.key_options.to_string()), "ssh login");
         Auth::Accept
+    }
+
+    /// Whether `key` is a cluster router's: its offer is accepted (the
+    /// router proves it holds it next), and its login is a relayed one.
+    pub(super) fn is_router_key(&self, key: &PublicKey) -> bool {
+        self.gateway
+            .auth
+            .routers
+            .as_ref()
+            .is_some_and(|r| r.holds(key))
+    }
+
+    /// A login relayed by a router (`relayed.rs`): the user name names
+    /// the session, the client's address and its key or certificate,
+    /// decided on as that client's own login from that address.
+    pub(super) async fn check_relayed_login(&mut self, user: &str) -> Auth {
+        let Some(relayed) = relayed::decode(user) else {
+            tracing::info!(target: "blink::ssh::auth", peer = %self.peer, "ssh relayed login refused: malformed");
+            return Auth::reject();
+        };
+        tracing::debug!(router = %self.peer, client = %relayed.peer, session = %Escaped(&relayed.session), "ssh login relayed by a router");
+        self.peer = std::net::SocketAddr::new(relayed.peer, 0);
+        match &relayed.identity {
+            relayed::Identity::Key(key) => {
+                let algorithm = key.algorithm();
+                self.check_login(&relayed.session, Offer::Key(key), Some(&algorithm), true)
+                    .await
+            }
+            relayed::Identity::Cert(cert) => {
+                self.check_login(&relayed.session, Offer::Cert(cert), None, true)
+                    .await
+            }
+        }
     }
 
     /// Whether the login key lets a channel have a terminal (`no-pty`,

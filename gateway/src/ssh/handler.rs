@@ -35,6 +35,9 @@ impl russh::server::Handler for Conn {
         user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        if offer.certificate.is_none() && self.is_router_key(offer.public_key) {
+            return Ok(Auth::Accept);
+        }
         let what = match offer.certificate {
             Some(cert) => Offer::Cert(cert),
             None => Offer::Key(offer.public_key),
@@ -51,9 +54,12 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let auth = self
-            .check_login(user, Offer::Key(key.public_key), Some(key.algorithm), true)
-            .await;
+        let auth = if self.is_router_key(key.public_key) {
+            self.check_relayed_login(user).await
+        } else {
+            self.check_login(user, Offer::Key(key.public_key), Some(key.algorithm), true)
+                .await
+        };
         self.stats.auth_answered(&auth, true);
         Ok(auth)
     }

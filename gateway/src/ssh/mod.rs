@@ -20,7 +20,7 @@
 //! - `compat.rs`: what differs by client, keyed on its version string.
 
 pub(crate) mod admission;
-mod algorithms;
+pub(crate) mod algorithms;
 mod auth;
 mod channel;
 mod compat;
@@ -34,5 +34,6 @@ mod shutdown;
 mod tunnel;
 
 pub(crate) use self::auth::hook::parse_url as parse_hook_url;
+pub(crate) use self::auth::{algorithm_allowed, relayed};
 pub use self::connection::SHUTDOWN_REASON;
 pub use self::server::{SshServer, start};

@@ -1,0 +1,82 @@
+//! The `[cluster]` table: where etcd is, and what this node offers.
+
+use serde::Deserialize;
+
+/// `[cluster]`: absent on a single host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd client URLs, e.g. `["http://10.0.0.1:2379", ...]`.
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of this cluster's records (default `/blink`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// This node's name, unique in the cluster (default: the host name).
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// The host routers reach this node at; the port is the one bound
+    /// (default `127.0.0.1`).
+    #[serde(default = "default_advertise")]
+    pub advertise_host: String,
+    /// Seconds a node's record outlives its last renewal (default 10).
+    #[serde(default = "default_ttl")]
+    pub lease_ttl_secs: u64,
+    /// What this node takes.
+    #[serde(default)]
+    pub capacity: super::Capacity,
+    /// On a node: an authorized_keys file of the routers' keys. A login
+    /// with one of them is relayed by a router for a user it authenticated
+    /// (`ssh/auth/relayed.rs`); these keys reach nothing else.
+    #[serde(default)]
+    pub router_keys: Option<std::path::PathBuf>,
+    /// On a router: its private key (OpenSSH format) for those logins.
+    #[serde(default)]
+    pub router_key: Option<std::path::PathBuf>,
+    /// On a router: a directory shared by all routers (NFS, a volume)
+    /// where sessions' last exports are kept (`<name>.boxlite`), written by
+    /// moves and backups, read to restore a session whose node died.
+    #[serde(default)]
+    pub export_dir: Option<std::path::PathBuf>,
+}
+
+fn default_prefix() -> String {
+    "/blink".into()
+}
+
+fn default_advertise() -> String {
+    "127.0.0.1".into()
+}
+
+fn default_ttl() -> u64 {
+    10
+}
+
+impl ClusterConfig {
+    /// Checks what serde cannot: endpoints given, a sane TTL, a prefix
+    /// that is a path.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.etcd_endpoints.is_empty() {
+            return Err("[cluster] etcd_endpoints is empty".into());
+        }
+        if !(1..=3600).contains(&self.lease_ttl_secs) {
+            return Err("[cluster] lease_ttl_secs must be 1..=3600".into());
+        }
+        if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
+            return Err("[cluster] prefix must start with / and not end with one".into());
+        }
+        if let Some(name) = &self.node_name {
+            blink_sdk::manager::names::validate(name)
+                .map_err(|e| format!("[cluster] node_name: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The node's name: configured, else the host's name.
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_ascii_lowercase())
+                .unwrap_or_else(|_| "node".into())
+        })
+    }
+}

@@ -1,0 +1,128 @@
+//! A router's internal link to a node: an SSH connection (russh client)
+//! that checks the node's host key against its record in etcd and logs in
+//! with the router key under a relayed user name
+//! (`ssh/auth/relayed.rs`): the node decides on the client's key itself.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+
+use crate::cluster::NodeRecord;
+use crate::ssh::relayed::{self, Identity};
+
+/// The link's key exchanges, in order (all among the node's).
+const LINK_KEX: &[russh::kex::Name] = &[
+    russh::kex::CURVE25519,
+    russh::kex::MLKEM768X25519_SHA256,
+    russh::kex::EXTENSION_SUPPORT_AS_CLIENT,
+    russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+];
+
+/// The link's ciphers, in order (all among the node's).
+const LINK_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+];
+
+/// Time to connect and log in to a node.
+const LINK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks the node's host key.
+struct NodeKey {
+    node: String,
+    fingerprint: String,
+}
+
+impl russh::client::Handler for NodeKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Ok(false);
+        };
+        let seen = key.fingerprint(HashAlg::Sha256).to_string();
+        if seen != self.fingerprint {
+            tracing::warn!(node = %self.node, expected = %self.fingerprint, seen, "router: node host key differs from its record: link refused");
+        }
+        Ok(seen == self.fingerprint)
+    }
+}
+
+/// A logged-in link to a node.
+pub struct Link {
+    handle: russh::client::Handle<NodeKey>,
+}
+
+impl Link {
+    /// A session channel on the node.
+    pub async fn open_session(&self) -> Result<russh::Channel<russh::client::Msg>, russh::Error> {
+        self.handle.channel_open_session().await
+    }
+
+    /// A `direct-tcpip` channel on the node (`ssh -L`, `-D`, `-W`), which
+    /// decides on it by its own rules.
+    pub async fn open_direct_tcpip(
+        &self,
+        host: &str,
+        port: u32,
+        originator: &str,
+        originator_port: u32,
+    ) -> Result<russh::Channel<russh::client::Msg>, russh::Error> {
+        self.handle
+            .channel_open_direct_tcpip(host, port, originator, originator_port)
+            .await
+    }
+}
+
+/// Open a link to `node` for `session`, relaying the client at `peer`
+/// with `identity`. `Ok(None)`: the node refused the login.
+pub async fn open(
+    node: &NodeRecord,
+    session: &str,
+    peer: IpAddr,
+    identity: &Identity,
+    router_key: &Arc<PrivateKey>,
+) -> Result<Option<Link>, String> {
+    let user =
+        relayed::encode(session, peer, identity).ok_or("the client's key cannot be encoded")?;
+    let config = Arc::new(russh::client::Config {
+        nodelay: true,
+        window_size: 2 * 1024 * 1024,
+        maximum_packet_size: 32768,
+        preferred: russh::Preferred {
+            // Both ends are Blink's, on the operator's network: X25519
+            // first (one link per login: its exchange is on every
+            // connection's path), AES-GCM first (AES-NI where the CPU has
+            // it, cheaper than ChaCha20-Poly1305 per byte relayed).
+            kex: std::borrow::Cow::Borrowed(LINK_KEX),
+            key: std::borrow::Cow::Borrowed(&[russh::keys::Algorithm::Ed25519]),
+            cipher: std::borrow::Cow::Borrowed(LINK_CIPHERS),
+            ..russh::Preferred::DEFAULT
+        },
+        ..Default::default()
+    });
+    let handler = NodeKey {
+        node: node.name.clone(),
+        fingerprint: node.host_key.clone(),
+    };
+    let key = PrivateKeyWithHashAlg::new(router_key.clone(), None);
+    let attempt = async {
+        let mut handle = russh::client::connect(config, node.ssh.as_str(), handler)
+            .await
+            .map_err(|e| e.to_string())?;
+        let auth = handle
+            .authenticate_publickey(user, key)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(auth.success().then_some(Link { handle }))
+    };
+    tokio::time::timeout(LINK_TIMEOUT, attempt)
+        .await
+        .map_err(|_| format!("no login within {LINK_TIMEOUT:?}"))?
+}

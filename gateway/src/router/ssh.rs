@@ -1,0 +1,590 @@
+//! The front door's SSH server: users log in to `SESSION@router` as they
+//! would to a node; each connection is relayed over an internal SSH link
+//! to the node that owns the session (`link.rs`), channel by channel.
+//!
+//! Authentication: the client proves here that it holds its key (russh
+//! checks the signature); the node decides whether that key, from that
+//! address, may reach that session (`ssh/auth/relayed.rs`), so keys,
+//! certificates, revocations, the hook and key options act as on a direct
+//! login. Channels: requests (PTY, env, exec, shell, subsystem) are sent
+//! to the node and its answer relayed; data, EOF, window changes and
+//! signals pass both ways; the node's exit status or signal, EOF and close
+//! come back as the node sent them. `direct-tcpip` channels (`ssh -L`,
+//! `-D`, `-W`) are opened on the node, which decides on them by its rules,
+//! and relayed the same way; remote forwarding (`-R`) is not relayed yet:
+//! refused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use blink_sdk::escape::Escaped;
+use blink_sdk::manager::names;
+use russh::keys::{Certificate, PrivateKey};
+use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::link::{self, Link};
+use crate::cluster::{Store, nodes, routing};
+use crate::ssh::relayed::Identity;
+
+/// The writing half of a channel on a node link.
+type NodeWrite = russh::ChannelWriteHalf<russh::client::Msg>;
+
+/// Time a node has to answer a channel request.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections served at once by one router.
+const MAX_CONNECTIONS: usize = 4096;
+/// Per-channel window (as a node's).
+const CHANNEL_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// What every connection shares.
+struct Shared {
+    store: Store,
+    router_key: Arc<PrivateKey>,
+    russh: Arc<russh::server::Config>,
+}
+
+/// A running router SSH server.
+pub struct RouterSsh {
+    pub local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Bind `listen` and serve. Prints `ssh listening on ADDR` once bound.
+pub async fn start(
+    store: Store,
+    listen: SocketAddr,
+    host_key: PrivateKey,
+    router_key: PrivateKey,
+) -> anyhow::Result<RouterSsh> {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    let russh = russh::server::Config {
+        server_id: russh::SshId::Standard("SSH-2.0-blink".into()),
+        preferred: crate::ssh::algorithms::preferred(false),
+        methods,
+        auth_rejection_time: Duration::from_millis(500),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        nodelay: true,
+        window_size: CHANNEL_WINDOW,
+        maximum_packet_size: 32768,
+        // A client's data is credited back once the node took it: a slow
+        // node holds back its own client, nothing else.
+        window_follows_consumption: true,
+        // The node checks certificates' validity (with its clock skew).
+        certificate_validity_by_handler: true,
+        ..Default::default()
+    };
+    let shared = Arc::new(Shared {
+        store,
+        router_key: Arc::new(router_key),
+        russh: Arc::new(russh),
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the router's SSH server to {listen}"))?;
+    let local_addr = listener.local_addr().context("SSH listener address")?;
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let (socket, peer) = tokio::select! {
+                _ = stopped.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "router ssh accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "router ssh: too many connections; refused");
+                continue;
+            };
+            let _ = socket.set_nodelay(true);
+            let handler = RouterConn {
+                shared: shared.clone(),
+                peer,
+                link: None,
+                channels: HashMap::new(),
+            };
+            let config = shared.russh.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                match russh::server::run_stream(config, socket, handler).await {
+                    Ok(running) => {
+                        if let Err(e) = running.await {
+                            tracing::debug!(%peer, error = %e, "router ssh connection ended");
+                        }
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "router ssh handshake failed"),
+                }
+            });
+        }
+    });
+    println!("ssh listening on {local_addr}");
+    tracing::info!(addr = %local_addr, "router SSH listening");
+    Ok(RouterSsh {
+        local_addr,
+        stop,
+        task,
+    })
+}
+
+impl RouterSsh {
+    /// Stop accepting; connections in flight end with their clients.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
+/// One client connection.
+struct RouterConn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    /// The link to the session's node, once logged in.
+    link: Option<Link>,
+    /// Each client channel's node channel (its write half) and the node's
+    /// answers to the requests sent on it.
+    channels: HashMap<ChannelId, Relay>,
+}
+
+struct Relay {
+    node: Arc<NodeWrite>,
+    replies: mpsc::Receiver<bool>,
+}
+
+fn answer(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
+    if ok {
+        session.channel_success(channel)
+    } else {
+        session.channel_failure(channel)
+    }
+}
+
+impl RouterConn {
+    /// Log in at the session's node with the client's proven identity.
+    async fn login(&mut self, user: &str, identity: Identity) -> Auth {
+        if self.link.is_some() || names::validate(user).is_err() {
+            return Auth::reject();
+        }
+        let store = &self.shared.store;
+        let node = match routing::get(store, user).await {
+            // Unavailable while it moves (or a crashed move is undone by
+            // the next REST request): never two copies in use.
+            Ok(Some(read)) if read.route.moving_to.is_some() => None,
+            Ok(Some(read)) => match nodes::live(store).await {
+                Ok(live) => live.into_iter().find(|n| n.name == read.route.node),
+                Err(e) => {
+                    tracing::warn!(error = %e, "router ssh: cluster store");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "router ssh: cluster store");
+                None
+            }
+        };
+        let Some(node) = node else {
+            tracing::info!(peer = %self.peer, login = %Escaped(user), "router ssh login refused: no live node holds the session");
+            return Auth::reject();
+        };
+        match link::open(
+            &node,
+            user,
+            self.peer.ip(),
+            &identity,
+            &self.shared.router_key,
+        )
+        .await
+        {
+            Ok(Some(link)) => {
+                tracing::info!(peer = %self.peer, login = %Escaped(user), node = %node.name, "router ssh login relayed");
+                self.link = Some(link);
+                Auth::Accept
+            }
+            Ok(None) => Auth::reject(),
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, node = %node.name, error = %e, "router ssh: link to the node failed");
+                Auth::reject()
+            }
+        }
+    }
+
+    /// Relay a client channel and its node channel both ways.
+    fn relay(
+        &mut self,
+        channel: Channel<Msg>,
+        node: russh::Channel<russh::client::Msg>,
+        handle: russh::server::Handle,
+    ) {
+        let id = channel.id();
+        let (client_read, client_write) = channel.split();
+        let (node_read, node_write) = node.split();
+        let (replies_tx, replies) = mpsc::channel(16);
+        let node_write = Arc::new(node_write);
+        tokio::spawn(client_to_node(
+            client_read,
+            node_write.clone(),
+            handle.clone(),
+            id,
+        ));
+        tokio::spawn(node_to_client(
+            node_read,
+            client_write,
+            handle,
+            id,
+            replies_tx,
+        ));
+        self.channels.insert(
+            id,
+            Relay {
+                node: node_write,
+                replies,
+            },
+        );
+    }
+
+    /// Send a request to the node's channel and wait for its answer.
+    async fn relay_request<F, Fut>(&mut self, channel: ChannelId, send: F) -> bool
+    where
+        F: FnOnce(Arc<NodeWrite>) -> Fut,
+        Fut: Future<Output = Result<(), russh::Error>>,
+    {
+        let Some(relay) = self.channels.get_mut(&channel) else {
+            return false;
+        };
+        if send(relay.node.clone()).await.is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(REPLY_TIMEOUT, relay.replies.recv()).await,
+            Ok(Some(true))
+        )
+    }
+}
+
+impl russh::server::Handler for RouterConn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Whether the key may log in is the node's to say, once the client
+        // has proven it holds it.
+        if names::validate(user).is_err() || !crate::ssh::algorithm_allowed(offer.algorithm) {
+            return Ok(Auth::reject());
+        }
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self
+            .login(user, Identity::Key(key.public_key.clone()))
+            .await)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self
+            .login(user, Identity::Cert(Box::new(certificate.clone())))
+            .await)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(link) = &self.link else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let node = match link.open_session().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "router ssh: the node refused a channel");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        self.relay(channel, node, session.handle());
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(link) = &self.link else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let node = match link
+            .open_direct_tcpip(
+                host_to_connect,
+                port_to_connect,
+                originator_address,
+                originator_port,
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = match e {
+                    russh::Error::ChannelOpenFailure(reason) => reason,
+                    _ => ChannelOpenFailure::ConnectFailed,
+                };
+                reply.reject(reason).await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        self.relay(channel, node, session.handle());
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = self
+            .relay_request(channel, |node| async move {
+                node.request_pty(
+                    true, term, col_width, row_height, pix_width, pix_height, modes,
+                )
+                .await
+            })
+            .await;
+        answer(session, channel, ok)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = self
+            .relay_request(channel, |node| async move {
+                node.set_env(true, name, value).await
+            })
+            .await;
+        answer(session, channel, ok)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = self
+            .relay_request(
+                channel,
+                |node| async move { node.request_shell(true).await },
+            )
+            .await;
+        answer(session, channel, ok)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = data.to_vec();
+        let ok = self
+            .relay_request(
+                channel,
+                |node| async move { node.exec(true, command).await },
+            )
+            .await;
+        answer(session, channel, ok)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = self
+            .relay_request(channel, |node| async move {
+                node.request_subsystem(true, name).await
+            })
+            .await;
+        answer(session, channel, ok)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        answer(session, channel, false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+
+    async fn signal(
+        &mut self,
+        _channel: ChannelId,
+        _signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Relayed by the channel's task (`client_to_node`).
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        _channel: ChannelId,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Relayed by the channel's task (`client_to_node`).
+        Ok(())
+    }
+}
+
+/// The client's side of a channel to the node: data (credited back to the
+/// client once the node took it), EOF, window changes, signals.
+async fn client_to_node(
+    mut client: russh::ChannelReadHalf,
+    node: Arc<NodeWrite>,
+    handle: russh::server::Handle,
+    id: ChannelId,
+) {
+    while let Some(msg) = client.wait().await {
+        let sent = match msg {
+            ChannelMsg::Data { data } => {
+                let n = data.len() as u32;
+                let sent = node.data_bytes(data).await;
+                handle.consumed(id, n);
+                sent
+            }
+            ChannelMsg::Eof => node.eof().await,
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => {
+                node.window_change(col_width, row_height, pix_width, pix_height)
+                    .await
+            }
+            ChannelMsg::Signal { signal } => node.signal(signal).await,
+            ChannelMsg::Close => break,
+            _ => Ok(()),
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    let _ = node.close().await;
+}
+
+/// The node's side of a channel to the client: output, stderr, EOF, exit
+/// status or signal, close; its answers to requests to the handler.
+async fn node_to_client(
+    mut node: russh::ChannelReadHalf,
+    client: russh::ChannelWriteHalf<Msg>,
+    handle: russh::server::Handle,
+    id: ChannelId,
+    replies: mpsc::Sender<bool>,
+) {
+    while let Some(msg) = node.wait().await {
+        let sent = match msg {
+            ChannelMsg::Data { data } => client.data_bytes(data).await.map_err(|_| ()),
+            ChannelMsg::ExtendedData { data, ext } => {
+                client.extended_data_bytes(ext, data).await.map_err(|_| ())
+            }
+            ChannelMsg::Eof => client.eof().await.map_err(|_| ()),
+            ChannelMsg::ExitStatus { exit_status } => {
+                client.exit_status(exit_status).await.map_err(|_| ())
+            }
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                error_message,
+                lang_tag,
+            } => {
+                handle
+                    .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
+                    .await
+            }
+            ChannelMsg::Success => replies.send(true).await.map_err(|_| ()),
+            ChannelMsg::Failure => replies.send(false).await.map_err(|_| ()),
+            ChannelMsg::Close => break,
+            _ => Ok(()),
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    let _ = client.close().await;
+}

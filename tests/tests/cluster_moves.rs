@@ -1,0 +1,259 @@
+//! Moving sessions between nodes and restoring them when a node dies
+//! (docs/SCALE.md), on a real 3-member etcd, 3 nodes and routers on
+//! 127.0.0.1. Every state change is one etcd transaction; a router that
+//! crashes at any step (the test-only `BLINK_TEST_CRASH_AT`) leaves the
+//! session in exactly one place.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use blink_e2e::Server;
+use blink_e2e::cluster::{Cluster, TOKEN, eventually};
+use serde_json::{Value, json};
+
+const NODES: [&str; 3] = ["node-0", "node-1", "node-2"];
+
+/// The nodes holding `name`, each asked directly.
+fn holders(c: &Cluster, name: &str) -> Vec<String> {
+    NODES
+        .iter()
+        .filter(|n| c.held_by(n).contains(&name.to_owned()))
+        .map(|n| n.to_string())
+        .collect()
+}
+
+/// A node other than `node`.
+fn other(node: &str) -> &'static str {
+    NODES
+        .into_iter()
+        .find(|n| *n != node)
+        .expect("another node")
+}
+
+/// A run through `server` that may fail: its status and body.
+fn try_sh(server: &Server, session: &str, script: &str) -> (u16, Value) {
+    let a = server.post(
+        &format!("/api/sessions/{session}/runs?wait=true"),
+        json!({"command": ["sh", "-c", script]}),
+    );
+    (a.status, a.body)
+}
+
+#[test]
+fn a_session_moves_while_a_client_polls_and_answers_from_one_node() {
+    let Some(c) = Cluster::start(&[4, 4, 4], 2, 10) else {
+        return;
+    };
+    let a = c.router(0).post("/api/sessions", json!({"name": "m1"}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    c.router(0).sh("m1", "echo before > /var/blink/memory/mark");
+    let first = c.route("m1").expect("route");
+
+    // A client appends a line per request through the other router while
+    // the session moves twice; every append it was told succeeded must be
+    // in the copy that remains.
+    let stop = AtomicBool::new(false);
+    let (succeeded, unavailable) = std::thread::scope(|s| {
+        let poller = s.spawn(|| {
+            let (mut ok, mut moving) = (Vec::new(), 0);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                i += 1;
+                let (status, body) = try_sh(
+                    c.router(1),
+                    "m1",
+                    &format!("echo {i} >> /var/blink/memory/log"),
+                );
+                match (status, body["exit_code"].as_i64()) {
+                    (200, Some(0)) => ok.push(i),
+                    (503, _) => {
+                        assert_eq!(body["error"]["code"], "session_moving", "{body}");
+                        moving += 1;
+                    }
+                    // A run cut by the move's stop: neither counted nor
+                    // required to be kept.
+                    _ => {}
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, moving)
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let second = other(&first);
+        let a = c
+            .router(0)
+            .post("/api/sessions/m1/move", json!({"to": second}));
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        assert_eq!(a.body["node"], second);
+        std::thread::sleep(Duration::from_millis(500));
+        let third = NODES
+            .into_iter()
+            .find(|n| *n != first && *n != second)
+            .expect("third");
+        let a = c
+            .router(1)
+            .post("/api/sessions/m1/move", json!({"to": third}));
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::SeqCst);
+        poller.join().expect("poller")
+    });
+    let last = c.route("m1").expect("route");
+    assert_ne!(last, first);
+    assert_eq!(holders(&c, "m1"), vec![last.clone()]);
+    assert_eq!(
+        c.router(0).sh("m1", "cat /var/blink/memory/mark").trim(),
+        "before"
+    );
+    let log: Vec<i64> = c
+        .node(&last)
+        .sh("m1", "cat /var/blink/memory/log")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for i in &succeeded {
+        assert!(log.contains(i), "append {i} acknowledged but lost: {log:?}");
+    }
+    assert!(!succeeded.is_empty());
+    eprintln!(
+        "{} appends acknowledged, {unavailable} answered session_moving",
+        succeeded.len()
+    );
+    // Moving to where it is changes nothing; to no node is refused.
+    let a = c
+        .router(0)
+        .post("/api/sessions/m1/move", json!({"to": last}));
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let a = c
+        .router(0)
+        .post("/api/sessions/m1/move", json!({"to": "node-7"}));
+    assert_eq!(
+        (a.status, a.code()),
+        (503, "node_unavailable"),
+        "{:?}",
+        a.body
+    );
+    let a = c
+        .router(0)
+        .post("/api/sessions/m1/move", json!({"where": "x"}));
+    assert_eq!(a.status, 400, "{:?}", a.body);
+}
+
+#[test]
+fn a_router_crash_at_any_step_of_a_move_leaves_the_session_in_one_place() {
+    let Some(c) = Cluster::start(&[8, 8, 8], 1, 10) else {
+        return;
+    };
+    // (crash point, whether the session ends where it went)
+    let points = [
+        ("after-mark", false),
+        ("after-export", false),
+        ("after-import", false),
+        ("after-switch", true),
+    ];
+    for (i, (point, moved)) in points.into_iter().enumerate() {
+        let name = format!("c{i}");
+        let a = c.router(0).post("/api/sessions", json!({"name": name}));
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        c.router(0)
+            .sh(&name, &format!("echo {point} > /var/blink/memory/mark"));
+        let from = c.route(&name).expect("route");
+        let to = other(&from);
+        let (_blink, mut crasher) = c.start_router_with(2, &[("BLINK_TEST_CRASH_AT", point)]);
+        let answer = ureq::post(&crasher.url(&format!("/api/sessions/{name}/move")))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .timeout(Duration::from_secs(120))
+            .send_json(json!({"to": to}));
+        assert!(answer.is_err(), "{point}: the router answered: {answer:?}");
+        assert!(
+            crasher.wait_exit(Duration::from_secs(10)).is_some(),
+            "{point}: the router did not crash"
+        );
+        // Through a router that did not crash: the session answers (once
+        // the dead mover's lease is gone), from one node.
+        eventually(
+            &format!("{name} answers after {point}"),
+            Duration::from_secs(30),
+            || c.router(0).get(&format!("/api/sessions/{name}")).status == 200,
+        );
+        let expected = if moved { to.to_owned() } else { from.clone() };
+        assert_eq!(
+            c.route(&name).as_deref(),
+            Some(expected.as_str()),
+            "{point}"
+        );
+        assert_eq!(holders(&c, &name), vec![expected.clone()], "{point}");
+        assert_eq!(
+            c.router(0).sh(&name, "cat /var/blink/memory/mark").trim(),
+            point
+        );
+        // No lock, no leftover, no mark stays behind.
+        let route: Value = serde_json::from_str(
+            &c.etcd
+                .value(&format!("/blink-test/sessions/{name}"))
+                .expect("route"),
+        )
+        .expect("json");
+        assert!(
+            route.get("moving_to").is_none() && route.get("leftover_on").is_none(),
+            "{route}"
+        );
+        assert!(c.etcd.value(&format!("/blink-test/moves/{name}")).is_none());
+    }
+}
+
+#[test]
+fn a_dead_nodes_cold_sessions_come_back_from_their_export_and_warm_ones_are_lost() {
+    let Some(c) = Cluster::start(&[8, 8, 8], 2, 2) else {
+        return;
+    };
+    for (name, warm) in [("cold1", false), ("warm1", true)] {
+        let a = c
+            .router(0)
+            .post("/api/sessions", json!({"name": name, "warm": warm}));
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        c.router(0)
+            .sh(name, &format!("echo {name} > /var/blink/memory/mark"));
+    }
+    // Both on one node, each with its export in the shared directory.
+    let victim = c.route("cold1").expect("route");
+    if c.route("warm1").as_deref() != Some(victim.as_str()) {
+        let a = c
+            .router(1)
+            .post("/api/sessions/warm1/move", json!({"to": victim}));
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    for name in ["cold1", "warm1"] {
+        let a = c
+            .router(0)
+            .post(&format!("/api/sessions/{name}/backup"), json!({}));
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        assert!(c.export_dir().join(format!("{name}.boxlite")).is_file());
+    }
+    let i: usize = victim.trim_start_matches("node-").parse().expect("index");
+    c.nodes[i].1.signal("KILL");
+    let died = Instant::now();
+    // Nobody asks for it: the routers' sweep restores it on its own.
+    eventually(
+        "cold1 is routed to a live node",
+        Duration::from_secs(60),
+        || c.route("cold1").is_some_and(|n| n != victim),
+    );
+    eventually("cold1 answers again", Duration::from_secs(60), || {
+        c.router(1).get("/api/sessions/cold1").status == 200
+    });
+    eprintln!(
+        "cold1 answered again {:?} after its node died",
+        died.elapsed()
+    );
+    let now = c.route("cold1").expect("route");
+    assert_ne!(now, victim);
+    assert_eq!(
+        c.router(0).sh("cold1", "cat /var/blink/memory/mark").trim(),
+        "cold1"
+    );
+    let a = c.router(0).get("/api/sessions/warm1");
+    assert_eq!((a.status, a.code()), (503, "session_lost"), "{:?}", a.body);
+    assert_eq!(c.route("warm1").as_deref(), Some(victim.as_str()));
+}

@@ -1,0 +1,449 @@
+//! SSH through a cluster's routers (docs/SCALE.md): the real OpenSSH
+//! client logs in to `SESSION@router` and reaches the session on its node,
+//! through either router, with the node deciding on the client's key as on
+//! a direct login. A real 3-member etcd, 3 nodes and 2 routers on
+//! 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blink_e2e::cluster::Cluster;
+use blink_e2e::ssh::{Client, sha};
+use blink_e2e::{run, texts};
+use russh::keys::PrivateKeyWithHashAlg;
+use russh::{ChannelMsg, Sig};
+use serde_json::json;
+
+/// Sessions `names` made through the routers, each letting the client's
+/// `id` key in (added through a router too) and holding `/tmp/mark` = its
+/// name.
+fn sessions(c: &Cluster, client: &Client, names: &[&str]) {
+    for (i, name) in names.iter().enumerate() {
+        let a = c.router(i).post("/api/sessions", json!({"name": name}));
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        let a = c.router(i + 1).post(
+            &format!("/api/sessions/{name}/keys"),
+            json!({"key": client.public_key("id")}),
+        );
+        assert!(a.status < 300, "{:?}", a.body);
+        c.router(i).sh(name, &format!("echo {name} > /tmp/mark"));
+    }
+}
+
+#[test]
+fn exec_and_sftp_through_either_router_reach_the_owning_node() {
+    let Some(c) = Cluster::start(&[4, 4, 4], 2, 10) else {
+        return;
+    };
+    // One host key for every router: the user sees one host.
+    assert!(!c.router(0).fingerprint.is_empty());
+    assert_eq!(c.router(0).fingerprint, c.router(1).fingerprint);
+    assert_ne!(c.router(0).fingerprint, c.nodes[0].1.fingerprint);
+    let client = Client::new();
+    let names = ["x0", "x1", "x2"];
+    sessions(&c, &client, &names);
+    for name in names {
+        for r in 0..2 {
+            let out = run(
+                client
+                    .ssh(c.router(r), "id", name)
+                    .arg("cat /tmp/mark; echo to-stderr >&2; exit 3"),
+                b"",
+            );
+            let (stdout, stderr) = texts(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "{name} via router {r}: {stderr}"
+            );
+            assert_eq!(stdout, format!("{name}\n"));
+            assert!(stderr.contains("to-stderr"), "{stderr}");
+        }
+        // A key the node does not know is refused through the router.
+        let out = run(client.ssh(c.router(0), "other", name).arg("true"), b"");
+        assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
+    }
+    // A session no node holds: refused like a wrong key.
+    let out = run(client.ssh(c.router(1), "id", "nobody").arg("true"), b"");
+    assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
+
+    // 16 MiB of binary, exact, both ways: stdin in through router 0, out
+    // through router 1, and over sftp.
+    let blob: Vec<u8> = (0..16 << 20).map(|_| rand::random::<u8>()).collect();
+    let want = sha(&blob);
+    let out = run(
+        client.ssh(c.router(0), "id", "x1").arg("cat > /tmp/blob"),
+        &blob,
+    );
+    assert_eq!(out.status.code(), Some(0), "{:?}", texts(&out).1);
+    let out = run(
+        client.ssh(c.router(1), "id", "x1").arg("cat /tmp/blob"),
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout.len(), blob.len());
+    assert_eq!(sha(&out.stdout), want);
+    let node = c.route("x1").expect("route");
+    let on_node = c.node(&node).sh("x1", "sha256sum /tmp/blob");
+    assert!(on_node.starts_with(&want), "{on_node}");
+
+    let local = client.path("blob");
+    std::fs::write(&local, &blob).expect("write");
+    let back = client.path("back");
+    let out = client.sftp(
+        c.router(1),
+        &[],
+        "x2",
+        &format!(
+            "put {} /tmp/up\nget /tmp/up {}\n",
+            local.display(),
+            back.display()
+        ),
+    );
+    assert!(out.status.success(), "{:?}", texts(&out));
+    assert_eq!(sha(&std::fs::read(&back).expect("read back")), want);
+    let node = c.route("x2").expect("route");
+    let on_node = c.node(&node).sh("x2", "sha256sum /tmp/up");
+    assert!(on_node.starts_with(&want), "{on_node}");
+}
+
+#[test]
+fn the_node_decides_on_the_key_with_the_clients_address_and_options() {
+    let Some(c) = Cluster::start(&[4, 4], 1, 10) else {
+        return;
+    };
+    let client = Client::new();
+    client.keygen("forced");
+    client.keygen("elsewhere");
+    sessions(&c, &client, &["k1"]);
+    let add = |line: String| {
+        let a = c
+            .router(0)
+            .post("/api/sessions/k1/keys", json!({"key": line}));
+        assert!(a.status < 300, "{:?}", a.body);
+    };
+    add(format!(
+        "command=\"echo forced\" {}",
+        client.public_key("forced")
+    ));
+    add(format!(
+        "from=\"10.0.0.0/8\" {}",
+        client.public_key("elsewhere")
+    ));
+    // The key's forced command replaces the client's, on the node.
+    let out = run(
+        client.ssh(c.router(0), "forced", "k1").arg("echo mine"),
+        b"",
+    );
+    assert_eq!(texts(&out).0, "forced\n", "{:?}", texts(&out));
+    // `from=` sees the client's address (127.0.0.1), not the router's
+    // link: refused.
+    let out = run(client.ssh(c.router(0), "elsewhere", "k1").arg("true"), b"");
+    assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
+    // The router key itself reaches nothing when it logs in as a user.
+    std::fs::copy(c.keys.path().join("router_key"), client.path("router")).expect("copy");
+    let node = c.route("k1").expect("route");
+    let out = run(
+        std::process::Command::new("ssh")
+            .args(client.common_opts("router"))
+            .arg("-p")
+            .arg(c.node(&node).ssh_port.to_string())
+            .arg("k1@127.0.0.1")
+            .arg("true"),
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
+}
+
+/// Trusts any host key: this test checks the relay, not host keys.
+struct AnyHost;
+
+impl russh::client::Handler for AnyHost {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pty_window_changes_and_signals_pass_through_a_router() {
+    let Some(c) = tokio::task::spawn_blocking(|| Cluster::start(&[4, 4, 4], 1, 10))
+        .await
+        .expect("start")
+    else {
+        return;
+    };
+    let client = Client::new();
+    let c = Arc::new(c);
+    let setup = c.clone();
+    let key_line = client.public_key("id");
+    tokio::task::spawn_blocking(move || {
+        let a = setup.router(0).post("/api/sessions", json!({"name": "p1"}));
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        let a = setup
+            .router(0)
+            .post("/api/sessions/p1/keys", json!({"key": key_line}));
+        assert!(a.status < 300, "{:?}", a.body);
+    })
+    .await
+    .expect("setup");
+    let config = Arc::new(russh::client::Config::default());
+    let mut ssh = russh::client::connect(config, ("127.0.0.1", c.router(0).ssh_port), AnyHost)
+        .await
+        .expect("connect");
+    let key = russh::keys::load_secret_key(client.path("id"), None).expect("key");
+    let auth = ssh
+        .authenticate_publickey("p1", PrivateKeyWithHashAlg::new(Arc::new(key), None))
+        .await
+        .expect("auth");
+    assert!(auth.success());
+
+    let mut channel = ssh.channel_open_session().await.expect("open");
+    channel
+        .request_pty(true, "vt220", 80, 24, 0, 0, &[])
+        .await
+        .expect("pty");
+    channel
+        .exec(
+            true,
+            "echo \"size=$(stty size) term=$TERM tty=$(tty)\"; read line; echo \"size=$(stty size)\"; trap 'echo got-usr1' USR1; echo ready; while :; do sleep 0.1; done",
+        )
+        .await
+        .expect("exec");
+    let mut out = String::new();
+    let mut exit_signal = None;
+    let read_until =
+        async |channel: &mut russh::Channel<russh::client::Msg>, out: &mut String, needle: &str| {
+            let wait = async {
+                while !out.contains(needle) {
+                    match channel.wait().await {
+                        Some(ChannelMsg::Data { data }) => {
+                            out.push_str(&String::from_utf8_lossy(&data))
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(20), wait).await;
+            assert!(out.contains(needle), "no {needle:?} in {out:?}");
+        };
+    read_until(
+        &mut channel,
+        &mut out,
+        "size=24 80 term=vt220 tty=/dev/pts/",
+    )
+    .await;
+    channel.window_change(132, 43, 0, 0).await.expect("resize");
+    channel.data(&b"go\r"[..]).await.expect("data");
+    read_until(&mut channel, &mut out, "size=43 132").await;
+    read_until(&mut channel, &mut out, "ready").await;
+    channel.signal(Sig::USR1).await.expect("signal");
+    read_until(&mut channel, &mut out, "got-usr1").await;
+    channel.signal(Sig::TERM).await.expect("signal");
+    let wait = async {
+        while let Some(msg) = channel.wait().await {
+            if let ChannelMsg::ExitSignal { signal_name, .. } = msg {
+                exit_signal = Some(format!("{signal_name:?}"));
+            }
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .is_ok()
+    );
+    assert_eq!(exit_signal.as_deref(), Some("TERM"), "{out}");
+
+    // Exit status on a second channel of the same connection.
+    let mut channel = ssh.channel_open_session().await.expect("open");
+    channel.exec(true, "exit 42").await.expect("exec");
+    let mut status = None;
+    let wait = async {
+        while let Some(msg) = channel.wait().await {
+            if let ChannelMsg::ExitStatus { exit_status } = msg {
+                status = Some(exit_status);
+            }
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .is_ok()
+    );
+    assert_eq!(status, Some(42));
+    tokio::task::spawn_blocking(move || drop(c))
+        .await
+        .expect("drop");
+}
+
+#[test]
+fn a_router_killed_mid_transfer_loses_only_its_own_connections() {
+    let Some(mut c) = Cluster::start(&[4, 4], 2, 10) else {
+        return;
+    };
+    let client = Client::new();
+    sessions(&c, &client, &["t0", "t1"]);
+    // One upload through each router, 1 MiB every 100 ms for 4 s.
+    let chunk: Vec<u8> = (0..1 << 20).map(|_| rand::random::<u8>()).collect();
+    let mut whole = Vec::new();
+    for _ in 0..40 {
+        whole.extend_from_slice(&chunk);
+    }
+    let want = sha(&whole);
+    let start = |r: usize, name: &str| {
+        let mut child = client
+            .ssh(c.router(r), "id", name)
+            .arg("cat > /var/blink/memory/up; sha256sum /var/blink/memory/up")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ssh");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let chunk = chunk.clone();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write as _;
+            for _ in 0..40 {
+                if stdin.write_all(&chunk).is_err() {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            true
+        });
+        (child, writer)
+    };
+    let (doomed, doomed_writer) = start(0, "t0");
+    let (kept, kept_writer) = start(1, "t1");
+    std::thread::sleep(Duration::from_secs(1));
+    c.routers[0].1.signal("KILL");
+    let doomed = doomed.wait_with_output().expect("ssh");
+    let _ = doomed_writer.join();
+    assert_ne!(
+        doomed.status.code(),
+        Some(0),
+        "the killed router's transfer finished?"
+    );
+    assert!(kept_writer.join().expect("writer"));
+    let kept = kept.wait_with_output().expect("ssh");
+    let (stdout, stderr) = texts(&kept);
+    assert_eq!(kept.status.code(), Some(0), "{stderr}");
+    assert!(stdout.starts_with(&want), "{stdout}");
+    // The other router still serves, both sessions included.
+    for name in ["t0", "t1"] {
+        let out = run(client.ssh(c.router(1), "id", name).arg("echo alive"), b"");
+        assert_eq!(texts(&out).0, "alive\n", "{:?}", texts(&out));
+    }
+    c.routers.truncate(1);
+}
+
+#[test]
+fn a_router_works_without_any_capability_as_its_unit_runs_it() {
+    let unit_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/cluster/systemd/blink-router.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("read the unit");
+    assert!(
+        unit.lines().any(|l| l == "CapabilityBoundingSet="),
+        "{unit}"
+    );
+    let Some(mut c) = Cluster::start(&[4], 0, 10) else {
+        return;
+    };
+    // The unit verifies as installed (ExecStart naming the built server).
+    let analyze = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if blink_sdk::testing::require(analyze, "systemd-analyze is not installed") {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("blink-router.service");
+        std::fs::write(
+            &copy,
+            unit.replace(
+                "/usr/local/bin/blink-server",
+                blink_e2e::bin("blink-server").to_str().expect("utf-8"),
+            ),
+        )
+        .expect("write");
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&copy)
+            .output()
+            .expect("systemd-analyze");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            !stderr.contains("Unknown key") && !stderr.contains("Failed to parse"),
+            "{stderr}"
+        );
+    }
+    // A router with an empty bounding set and no_new_privs serves REST and
+    // SSH.
+    let router = c.start_router_wrapped(
+        10,
+        &[],
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-all",
+            "--inh-caps=-all",
+            "--no-new-privs",
+        ],
+    );
+    c.routers.push(router);
+    let client = Client::new();
+    sessions(&c, &client, &["np"]);
+    let out = run(
+        client.ssh(c.router(0), "id", "np").arg("cat /tmp/mark"),
+        b"",
+    );
+    assert_eq!(texts(&out).0, "np\n", "{:?}", texts(&out));
+}
+
+#[test]
+fn direct_tcpip_forwarding_reaches_the_sessions_loopback_through_a_router() {
+    let Some(c) = Cluster::start(&[4, 4], 1, 10) else {
+        return;
+    };
+    let client = Client::new();
+    sessions(&c, &client, &["fw"]);
+    // busybox httpd on the session's own loopback, started over REST.
+    let a = c.router(0).post(
+        "/api/sessions/fw/spawn",
+        json!({"command": ["sh", "-c", "mkdir -p /root/www && echo routed-page > /root/www/index.html && exec httpd -f -p 8080 -h /root/www"]}),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    // `ssh -W` is one direct-tcpip channel; retried (bounded) until the
+    // server in the sandbox listens.
+    let mut page = String::new();
+    for _ in 0..100 {
+        let out = run(
+            client
+                .ssh(c.router(0), "id", "fw")
+                .args(["-W", "127.0.0.1:8080"]),
+            b"GET /index.html HTTP/1.0\r\n\r\n",
+        );
+        page = texts(&out).0;
+        if page.contains("routed-page") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(page.starts_with("HTTP/1."), "{page}");
+    assert!(page.contains("routed-page"), "{page}");
+    // The node's rules decide: the host's loopback is not the session's
+    // (the router's REST port is on the host): refused, and the node says
+    // why.
+    let out = run(
+        client
+            .ssh(c.router(0), "id", "fw")
+            .args(["-W", &format!("127.0.0.1:{}", c.router(0).http_port)]),
+        b"GET /api/health HTTP/1.0\r\n\r\n",
+    );
+    assert!(!texts(&out).0.contains("router"), "{:?}", texts(&out));
+}
