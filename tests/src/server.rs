@@ -200,15 +200,16 @@ impl ServerBuilder {
             cmd.env("BLINK_API_TOKEN", token);
         }
         let child = cmd.spawn().expect("spawn blink-server");
-        Server::adopt(child, self.token)
+        Server::adopt(child, self.token, self.router)
     }
 }
 
 impl Server {
     /// Take a started blink-server (or something that speaks for one, such
     /// as tests/vm/boxlite-vm.sh): its stderr is the log, its stdout says
-    /// the host key and the addresses; returns once both ports are known.
-    pub fn adopt(mut child: Child, token: Option<String>) -> Server {
+    /// the host key and the addresses; returns once both ports are known
+    /// (a `router` once it says it is ready).
+    pub fn adopt(mut child: Child, token: Option<String>, router: bool) -> Server {
         // The log is kept (see `Server::log`) and echoed to the test's
         // stderr.
         let log = Arc::new(Mutex::new(String::new()));
@@ -246,7 +247,7 @@ impl Server {
             }
             // A router says when it has bound all it serves (SSH only
             // with a router key).
-            let ready = if self.router {
+            let ready = if router {
                 line == "router ready"
             } else {
                 http_port != 0 && ssh_port != 0
@@ -256,7 +257,7 @@ impl Server {
             }
         }
         assert!(
-            http_port != 0 && (ssh_port != 0 || self.router),
+            http_port != 0 && (ssh_port != 0 || router),
             "blink-server did not start:\n{}",
             log.lock().map(|l| l.clone()).unwrap_or_default()
         );

@@ -95,7 +95,7 @@ pub fn boxlite_server(config: &str, token: &str) -> (Server, tempfile::TempDir) 
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn blink-server");
-        return (Server::adopt(child, Some(token.into())), share);
+        return (Server::adopt(child, Some(token.into()), false), share);
     }
     let status = Command::new("bash")
         .arg(harness())
@@ -117,5 +117,5 @@ pub fn boxlite_server(config: &str, token: &str) -> (Server, tempfile::TempDir) 
         .stderr(Stdio::piped())
         .spawn()
         .expect("tests/vm/boxlite-vm.sh serve");
-    (Server::adopt(child, Some(token.into())), share)
+    (Server::adopt(child, Some(token.into()), false), share)
 }
