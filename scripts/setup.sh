@@ -10,7 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
-cargo build --release --workspace --locked
+# The release build has the boxlite micro-VM runtime (its files from the PyPI wheel,
+# docs/BOXLITE.md); `auto` uses it where hardware KVM boots a box, else local.
+eval "$(bash scripts/boxlite-runtime.sh)"
+cargo build --release --workspace --locked --features blink-server/boxlite,blink-cli/boxlite
 bin=target/release
 "$bin/blink-cli" doctor
 "$bin/blink-cli" image build
