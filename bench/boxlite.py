@@ -67,6 +67,7 @@ class Server:
         self.name = name
         self.work = work
         work.mkdir(parents=True)
+        os.chmod(work, 0o711)
         (work / "blink.toml").write_text('[images]\npull = "never"\n')
         (work / "token").write_text(TOKEN)
         self.log = open(work / "server.log", "wb")
@@ -96,7 +97,17 @@ class Server:
                  "--http-listen", f"127.0.0.1:{self.http_port}"],
                 env=env, stdout=subprocess.DEVNULL, stderr=self.log)
             self.where = "this host"
-        wait_port(self.http_port, 300)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name}: the server exited: see {work / 'server.log'}")
+            try:
+                wait_port(self.http_port, 1)
+                break
+            except RuntimeError:
+                pass
+        else:
+            raise RuntimeError(f"{name}: nothing listens on {self.http_port}")
         self.key = work / "id"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
 
@@ -197,6 +208,8 @@ def main() -> int:
     results = {"date": time.strftime("%Y-%m-%d"), "size_mib": size_mib,
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, kernel {platform.release()}"}
     with tempfile.TemporaryDirectory(prefix="blink-bench-boxlite-", dir="/var/tmp") as tmp:
+        # The local runtime's sandboxes run as unprivileged ids that must reach the data dir.
+        os.chmod(tmp, 0o711)
         for name, runtime in (("local", "local"), ("boxlite", "boxlite")):
             server = Server(name, Path(tmp) / name, bin_dir, runtime)
             try:

@@ -190,6 +190,29 @@ fn sessions_live_in_micro_vms_behind_the_same_gateway() {
     assert_eq!(server.sh("agent", "cat /root/state"), "before\n");
     step(started, "snapshot and restore");
 
+    // A clone: refused while the source runs, then a copy of its disk.
+    let busy = server.post("/api/sessions", json!({"name": "copy", "from": "agent"}));
+    assert_eq!(busy.status, 409, "{:?}", busy.body);
+    assert!(server.post("/api/sessions/agent/stop", json!({})).status < 300);
+    let copy = server.post("/api/sessions", json!({"name": "copy", "from": "agent"}));
+    assert_eq!(copy.status, 201, "{:?}", copy.body);
+    assert_eq!(server.sh("copy", "cat /root/state"), "before\n");
+    assert_eq!(server.sh("copy", "echo mine > /root/state; cat /root/state"), "mine\n");
+    assert_eq!(server.sh("agent", "cat /root/state"), "before\n");
+    assert!(server.delete("/api/sessions/copy?force=true").status < 300);
+    step(started, "clone");
+
+    // The CLI beside the server, from the host, through the same API.
+    let out = run(
+        std::process::Command::new(blink_e2e::bin("blink-cli"))
+            .args(["--server", &server.url(""), "--json", "session", "ls"])
+            .env("BLINK_API_TOKEN", TOKEN),
+        b"",
+    );
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("\"agent\""), "{stdout}");
+
     // Export is refused, by name, rather than half done.
     let export = server.post("/api/sessions/agent/export", json!({}));
     assert_eq!(export.status, 501, "{:?}", export.body);

@@ -481,6 +481,15 @@ impl Runtime for BoxliteRuntime {
                 "cloning from a snapshot on boxlite (BoxLite clones a box's current disk; restore the snapshot, then clone)".into(),
             ));
         }
+        // BoxLite clones the way it snapshots (the disk renamed into a
+        // shared base, children on top): a running VM would keep writing
+        // into the clone's base.
+        if self.is_running(source) {
+            return Err(Error::SessionBusy {
+                name: source.into(),
+                reason: "a running micro-VM cannot be cloned on boxlite (BoxLite 0.10.8 would keep writing into the clone's base): stop the session first".into(),
+            });
+        }
         let b = self.get(source).await?;
         let made = b
             .clone_box(Default::default(), Some(spec.id.clone()))
