@@ -214,6 +214,12 @@ def main() -> int:
             server = Server(name, Path(tmp) / name, bin_dir, runtime)
             try:
                 results[name] = measure(server, runs, size_mib)
+            except Exception:
+                # The server's own account of what went wrong.
+                log = (server.work / "server.log").read_text(errors="replace").splitlines()
+                print("\n".join(line for line in log if "ERROR" in line or "WARN" in line)[-6000:],
+                      file=sys.stderr)
+                raise
             finally:
                 server.stop()
             print(json.dumps({name: results[name]}, indent=2), flush=True)

@@ -197,7 +197,10 @@ fn sessions_live_in_micro_vms_behind_the_same_gateway() {
     let copy = server.post("/api/sessions", json!({"name": "copy", "from": "agent"}));
     assert_eq!(copy.status, 201, "{:?}", copy.body);
     assert_eq!(server.sh("copy", "cat /root/state"), "before\n");
-    assert_eq!(server.sh("copy", "echo mine > /root/state; cat /root/state"), "mine\n");
+    assert_eq!(
+        server.sh("copy", "echo mine > /root/state; cat /root/state"),
+        "mine\n"
+    );
     assert_eq!(server.sh("agent", "cat /root/state"), "before\n");
     assert!(server.delete("/api/sessions/copy?force=true").status < 300);
     step(started, "clone");

@@ -263,9 +263,13 @@ impl Runtime for BoxliteRuntime {
         // BoxLite's start is a no-op on a running box, and asking it (not
         // our own mark) notices a box that died meanwhile.
         let b = self.get(&spec.id).await?;
+        let was_running = self.is_running(&spec.id);
         b.start()
             .await
             .map_err(|e| vmm_error(&format!("starting box {}", spec.id), e))?;
+        if !was_running {
+            ready(&b, &spec.id).await?;
+        }
         self.mark(&self.running, &spec.id, true);
         Ok(())
     }
@@ -502,6 +506,38 @@ impl Runtime for BoxliteRuntime {
         self.mark(&self.known, &spec.id, true);
         Ok(())
     }
+}
+
+/// Wait until a box that has just booted runs programs: BoxLite's start
+/// returns once the VM is up, while the container in it may still be on
+/// its way, and an execution then fails. A bounded number of probes.
+async fn ready(b: &LiteBox, id: &str) -> Result<()> {
+    const PROBES: u32 = 40;
+    let mut last = String::new();
+    for attempt in 0..PROBES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        match b
+            .exec(BoxCommand::new(GUEST).args(["rm", "/.blink-ready-probe"]))
+            .await
+        {
+            Ok(mut ex) => {
+                drop(ex.stdin());
+                match ex.wait().await {
+                    Ok(r) if r.exit_code == 0 => return Ok(()),
+                    Ok(r) => last = format!("the probe exited {}", r.exit_code),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tracing::debug!(sandbox = id, attempt, error = %last, "box not ready yet");
+    }
+    Err(Error::SandboxDead {
+        id: id.into(),
+        reason: format!("booted but runs no program: {last}"),
+    })
 }
 
 /// The preflight's last word: make, boot and run `true` in a box of an
