@@ -262,3 +262,58 @@ async fn a_terminal_has_its_size_and_follows_resizes() {
     assert!(text.contains("/dev/pts/"), "{text}");
     assert_eq!(ex.control.wait().await.unwrap().code, 0);
 }
+
+struct Sink;
+
+#[async_trait]
+impl WireInput for Sink {
+    async fn send(&mut self, _bytes: Vec<u8>) -> blink_sdk::error::Result<()> {
+        Ok(())
+    }
+}
+
+/// A guest that ignores its window (what a hostile root in a box could
+/// make the wrapper's stdout say) is cut off: the host takes at most a
+/// bounded amount of its text, then reports the execution failed.
+#[tokio::test]
+async fn a_guest_that_ignores_its_window_is_cut_off() {
+    // Like BoxLite's own channel: a task pushes the guest's text into an
+    // unbounded queue as fast as it comes, whoever reads (capped at 64 MiB
+    // so a broken build cannot run away).
+    let pulled = Arc::new(AtomicU64::new(0));
+    let counter = pulled.clone();
+    let line = format!("o {}\n", "QUFB".repeat(8 * 1024));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while counter.load(Ordering::Relaxed) < 64 << 20 {
+            if tx.send(line.clone()).is_err() {
+                return;
+            }
+            counter.fetch_add(line.len() as u64, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
+    });
+    let flood =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) });
+    let mut ex = wire::start(
+        WireProcess {
+            input: Box::new(Sink),
+            output: Box::pin(flood),
+            ended: Box::pin(std::future::pending()),
+        },
+        &spec(&["true"]),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = pulled.load(Ordering::Relaxed);
+    assert!(
+        held <= (wire::MAX_UNHANDLED_TEXT + 256 * 1024) as u64,
+        "{held} bytes queued by a guest nobody read"
+    );
+    // Reading on, the caller gets what was delivered, then the failure.
+    let mut sink = Vec::new();
+    let _ = ex.stdout.as_mut().unwrap().read_to_end(&mut sink).await;
+    let err = ex.control.wait().await.unwrap_err().to_string();
+    assert!(err.contains("beyond its window"), "{err}");
+}

@@ -26,6 +26,11 @@ const PIPE_BUFFER: usize = 64 * 1024;
 const STDIN_CHUNK: usize = 32 * 1024;
 /// Control requests (signals, resizes) waiting to go out.
 const CONTROL_QUEUE: usize = 64;
+/// Wire text received and not yet handled, at most. An honest guest stays
+/// far below (its output window in base64, and short acknowledgements);
+/// a guest that ignores the window is cut off here rather than let the
+/// runtime's unbounded channel grow in the host.
+pub const MAX_UNHANDLED_TEXT: usize = 4 << 20;
 
 /// The guest wrapper's stdin.
 #[async_trait]
@@ -97,7 +102,7 @@ pub async fn start(mut process: WireProcess, spec: &ExecSpec) -> Result<Executio
         status_rx.clone(),
     ));
     tokio::spawn(output_pump(
-        process.output,
+        drain(process.output),
         process.ended,
         stdout_pump,
         stderr_pump,
@@ -167,10 +172,52 @@ async fn input_pump(
     // still runs kills it.
 }
 
+/// Text from the guest, drained as fast as it comes (so the runtime never
+/// buffers it) into a queue that may hold at most [`MAX_UNHANDLED_TEXT`]
+/// unhandled: past that the guest ignored its window, and the stream ends
+/// with an error line the pump reports.
+fn drain(mut output: Pin<Box<dyn Stream<Item = String> + Send>>) -> Drained {
+    type Item = (
+        std::result::Result<String, String>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    );
+    let (tx, rx) = mpsc::unbounded_channel::<Item>();
+    let budget = Arc::new(tokio::sync::Semaphore::new(MAX_UNHANDLED_TEXT));
+    tokio::spawn(async move {
+        while let Some(chunk) = output.next().await {
+            let n = u32::try_from(chunk.len().max(1)).unwrap_or(u32::MAX);
+            let Ok(permit) = budget.clone().try_acquire_many_owned(n) else {
+                let _ = tx.send((
+                    Err(format!(
+                        "the guest sent over {MAX_UNHANDLED_TEXT} bytes beyond its window"
+                    )),
+                    None,
+                ));
+                // Dropping the runtime's stream stops its buffering.
+                return;
+            };
+            if tx.send((Ok(chunk), Some(permit))).is_err() {
+                return;
+            }
+        }
+    });
+    // The permit goes with the chunk and is given back once the pump
+    // takes it: the queue holds at most the budget.
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|(chunk, permit)| {
+            drop(permit);
+            (chunk, rx)
+        })
+    }))
+}
+
+/// The guest's text as [`drain`] hands it on: a chunk, or why it stopped.
+type Drained = Pin<Box<dyn Stream<Item = std::result::Result<String, String>> + Send>>;
+
 /// Output in from the guest, acknowledged as the caller takes it, until
 /// the program's end.
 async fn output_pump(
-    mut output: Pin<Box<dyn Stream<Item = String> + Send>>,
+    mut output: Drained,
     ended: Pin<Box<dyn Future<Output = Result<ExitStatus>> + Send>>,
     mut stdout: DuplexStream,
     mut stderr: Option<DuplexStream>,
@@ -184,8 +231,10 @@ async fn output_pump(
     let mut stdout_open = true;
     let mut stderr_open = stderr.is_some();
     let outcome: Status = 'outer: loop {
-        let Some(chunk) = output.next().await else {
-            break None;
+        let chunk = match output.next().await {
+            None => break None,
+            Some(Err(e)) => break Some(Err(e)),
+            Some(Ok(chunk)) => chunk,
         };
         if let Err(e) = splitter.push(&chunk, &mut lines) {
             break Some(Err(e));

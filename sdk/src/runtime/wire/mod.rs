@@ -10,4 +10,4 @@
 mod client;
 pub mod frames;
 
-pub use client::{STDIN_WINDOW, WireInput, WireProcess, start, wire_args};
+pub use client::{MAX_UNHANDLED_TEXT, STDIN_WINDOW, WireInput, WireProcess, start, wire_args};
