@@ -1,0 +1,208 @@
+//! The hub over a manager: the host socket, one endpoint per session (from
+//! the session's runtime), and the host-provided methods.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::hub::{Hub, Services};
+use super::limits::Limits;
+use super::messages::ErrorBody;
+use crate::error::{Error, Result};
+use crate::manager::Manager;
+
+/// How often the hub looks for new and removed sessions.
+const RECONCILE: Duration = Duration::from_millis(200);
+
+/// The `[vhub]` settings.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// Run the hub at all.
+    pub enabled: bool,
+    /// The host socket; default `<data>/vhub.sock` (0600).
+    pub socket: Option<PathBuf>,
+    /// Whether a sandbox may ask for a checkpoint of its own session
+    /// (`session.checkpoint`), unless the session is listed below.
+    pub allow_checkpoint: bool,
+    /// Sessions allowed `session.checkpoint` whatever the default.
+    pub checkpoint_sessions: Vec<String>,
+    pub limits: Limits,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            enabled: true,
+            socket: None,
+            allow_checkpoint: false,
+            checkpoint_sessions: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl HubConfig {
+    pub fn socket_path(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| data_dir.join("vhub.sock"))
+    }
+}
+
+/// The host-provided methods, answered by the manager.
+pub struct ManagerServices {
+    manager: Arc<Manager>,
+    allow_checkpoint: bool,
+    checkpoint_sessions: Vec<String>,
+}
+
+impl ManagerServices {
+    pub fn new(manager: Arc<Manager>, config: &HubConfig) -> Self {
+        ManagerServices {
+            manager,
+            allow_checkpoint: config.allow_checkpoint,
+            checkpoint_sessions: config.checkpoint_sessions.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Services for ManagerServices {
+    fn session_exists(&self, name: &str) -> bool {
+        self.manager.session_info(name).is_ok()
+    }
+
+    fn checkpoint_allowed(&self, session: &str) -> bool {
+        self.allow_checkpoint || self.checkpoint_sessions.iter().any(|s| s == session)
+    }
+
+    async fn checkpoint(&self, session: &str, snapshot: &str) -> Result<Value, ErrorBody> {
+        match self.manager.checkpoint(session, snapshot).await {
+            Ok(info) => Ok(serde_json::to_value(info).unwrap_or(Value::Null)),
+            Err(e) => Err(ErrorBody {
+                code: e.code().into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// A hub serving a manager's sessions; dropped, it stops listening.
+pub struct RunningHub {
+    pub hub: Hub,
+    pub socket: PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RunningHub {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl RunningHub {
+    /// Bind the host socket (0600) and serve every session's endpoint.
+    pub async fn start(
+        manager: Arc<Manager>,
+        config: &HubConfig,
+        data_dir: &std::path::Path,
+    ) -> Result<RunningHub> {
+        use std::os::unix::fs::PermissionsExt;
+        let services = Arc::new(ManagerServices::new(manager.clone(), config));
+        let hub = Hub::new(config.limits.clone(), services);
+        let socket = config.socket_path(data_dir);
+        if let Some(parent) = socket.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        let _ = std::fs::remove_file(&socket);
+        // Bound under a private umask so it is never briefly open to others.
+        let listener = {
+            let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+            let bound = tokio::net::UnixListener::bind(&socket);
+            rustix::process::umask(old);
+            bound.map_err(|e| Error::io(format!("binding {}", socket.display()), e))?
+        };
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("setting the mode of {}", socket.display()), e))?;
+        let host = {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.serve_host(listener).await })
+        };
+        let sessions = {
+            let hub = hub.clone();
+            tokio::spawn(async move { reconcile(hub, manager).await })
+        };
+        tracing::info!(socket = %socket.display(), "vhub listening");
+        Ok(RunningHub {
+            hub,
+            socket,
+            tasks: vec![host, sessions],
+        })
+    }
+}
+
+/// Keep one endpoint task per session (by name and box id): new sessions
+/// get theirs, removed ones lose it.
+async fn reconcile(hub: Hub, manager: Arc<Manager>) {
+    let mut serving: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut failed: HashMap<(String, String), String> = HashMap::new();
+    loop {
+        let sessions = manager.list_sessions();
+        let live: std::collections::HashSet<(String, String)> = sessions
+            .iter()
+            .map(|s| (s.name.clone(), s.box_id.clone()))
+            .collect();
+        serving.retain(|key, task| {
+            let keep = live.contains(key) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for key in live {
+            if serving.contains_key(&key) {
+                continue;
+            }
+            let listener = manager
+                .vhub_listener(&key.0)
+                .and_then(|l| l.map(to_tokio).transpose());
+            match listener {
+                Ok(Some(listener)) => {
+                    failed.remove(&key);
+                    let hub = hub.clone();
+                    let name = key.0.clone();
+                    serving.insert(
+                        key,
+                        tokio::spawn(async move { hub.serve_sandbox(name, listener).await }),
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Logged once per session, tried again each round.
+                    let message = e.to_string();
+                    if failed.get(&key) != Some(&message) {
+                        tracing::warn!(session = %key.0, error = %message, "vhub endpoint unavailable");
+                        failed.insert(key, message);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(RECONCILE).await;
+    }
+}
+
+fn to_tokio(listener: std::os::unix::net::UnixListener) -> Result<tokio::net::UnixListener> {
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(listener))
+        .map_err(|e| Error::io("serving a V-Hub endpoint", e))
+}
