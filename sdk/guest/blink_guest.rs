@@ -22,10 +22,14 @@
 //!   the gateway's `sftp` subsystem, so file transfer has exactly the
 //!   sandbox's privileges.
 //!
+//! - `blink-guest vhub emit|call|serve|stream ...`: a V-Hub client on the
+//!   session's endpoint `/run/blink/vhub.sock` (vhub.rs, docs/VHUB.md).
+//!
 //! It is built by build.rs as a static binary with nothing but `std`, so it
 //! runs in any image, even one without a libc.
 
 mod sftp;
+mod vhub;
 
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
@@ -68,9 +72,10 @@ fn main() -> ExitCode {
         Some("put") => put(&args[1..]),
         Some("rm") => rm(&args[1..]),
         Some("sftp-server") => sftp::main(&args[1..]),
+        Some("vhub") => vhub::main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: blink-guest init | exec [--tty] [--cwd DIR] [--env-fd N] [--seccomp-fd N] -- PROG ARGS... | put [--mode OCTAL] PATH | rm PATH | sftp-server [--home DIR] [--symlink-order openssh|draft]"
+                "usage: blink-guest init | exec [--tty] [--cwd DIR] [--env-fd N] [--seccomp-fd N] -- PROG ARGS... | put [--mode OCTAL] PATH | rm PATH | sftp-server [--home DIR] [--symlink-order openssh|draft] | vhub emit|call|serve|stream ..."
             );
             ExitCode::from(2)
         }

@@ -373,3 +373,143 @@ async fn limits_hold() {
     let err = waiting.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Some("peer_gone"));
 }
+
+/// The sandbox's own client (`blink-guest vhub`, std only) against the
+/// SDK's hub and client: the same bytes both ways.
+#[tokio::test]
+async fn the_guest_client_speaks_the_sdk_protocol() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let guest = dir.path().join("blink-guest");
+    std::fs::write(&guest, crate::runtime::local::GUEST_BINARY).unwrap();
+    std::fs::set_permissions(&guest, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("vhub.sock");
+    let hub = hub();
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let h = hub.clone();
+    tokio::spawn(async move { h.serve_sandbox("s1".into(), listener).await });
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(&guest);
+        cmd.arg("vhub").args(args).env("BLINK_VHUB_SOCKET", &socket);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.kill_on_drop(true);
+        cmd.spawn().unwrap()
+    };
+
+    // emit
+    let watcher = host(&hub).await;
+    watcher.subscribe("s1").await.unwrap();
+    let out = run(&["emit", "job.done", r#"{"n":"x\"y"}"#])
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let Incoming::Event(e) = next(&watcher).await else {
+        panic!("not an event")
+    };
+    assert_eq!(
+        (e.topic.as_str(), e.data.clone()),
+        ("job.done", json!({ "n": "x\"y" }))
+    );
+
+    // call: the guest calls a host provider.
+    let tool = Arc::new(host(&hub).await);
+    tool.register(Some("s1"), "host.add").await.unwrap();
+    let t = tool.clone();
+    let provider = tokio::spawn(async move {
+        let Incoming::Call(call) = next(&t).await else {
+            panic!("not a call")
+        };
+        let sum = call.params["a"].as_i64().unwrap() + call.params["b"].as_i64().unwrap();
+        t.respond(call.id, Ok(json!({ "sum": sum }))).unwrap();
+    });
+    let out = run(&["call", "host.add", r#"{"a":2,"b":40}"#])
+        .wait_with_output()
+        .await
+        .unwrap();
+    provider.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got, json!({ "sum": 42 }));
+    // An error frame becomes an exit code and a message.
+    let out = run(&["call", "nobody.home"])
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_method"));
+
+    // serve: the host calls the guest (echo, then through a program).
+    let mut echo = run(&["serve", "guest.echo", "--count", "1"]);
+    let mut line = [0u8; 6];
+    echo.stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .await
+        .unwrap();
+    assert_eq!(&line, b"ready\n");
+    let answer = tool
+        .call(
+            Some("s1"),
+            "guest.echo",
+            json!({ "deep": [1, { "a": "}" }] }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, json!({ "deep": [1, { "a": "}" }] }));
+    assert!(echo.wait().await.unwrap().success());
+    let mut wc = run(&["serve", "guest.wc", "--count", "1", "--", "wc", "-c"]);
+    wc.stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .await
+        .unwrap();
+    let answer = tool
+        .call(Some("s1"), "guest.wc", json!("abc"))
+        .await
+        .unwrap();
+    assert_eq!(answer.as_str().unwrap().trim(), "5");
+    assert!(wc.wait().await.unwrap().success());
+
+    // stream: 4 MiB out of the guest's stdin, echoed back by the host.
+    tool.register(Some("s1"), "host.echo").await.unwrap();
+    let t = tool.clone();
+    let echoer = tokio::spawn(async move {
+        let Incoming::Stream(mut s, _) = next(&t).await else {
+            panic!("not a stream")
+        };
+        while let Some(b) = s.recv().await.unwrap() {
+            s.send(&b).await.unwrap();
+        }
+        s.close().unwrap();
+    });
+    let mut streamer = run(&["stream", "host.echo"]);
+    let mut stdin = streamer.stdin.take().unwrap();
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let feeder = tokio::spawn(async move {
+        stdin.write_all(&sent).await.unwrap();
+    });
+    let out = streamer.wait_with_output().await.unwrap();
+    feeder.await.unwrap();
+    echoer.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data);
+}
