@@ -57,6 +57,10 @@ pub struct FileConfig {
     pub recording: crate::recording::RecordingConfig,
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// `[vhub]`: the V-Hub relay between sandboxes and host clients
+    /// (docs/VHUB.md).
+    #[serde(default)]
+    pub vhub: blink_sdk::vhub::HubConfig,
 }
 
 /// The `[network]` table: sessions' egress (docs/NETWORK.md).
@@ -499,6 +503,7 @@ impl FileConfig {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.recording.validate().map_err(ConfigError::Invalid)?;
         self.audit.validate().map_err(ConfigError::Invalid)?;
+        self.vhub.validate().map_err(ConfigError::Invalid)?;
         self.sandbox.validate(
             self.rest.max_run_timeout_secs,
             self.session_idle_timeout_secs

@@ -47,6 +47,40 @@ impl Default for HubConfig {
 }
 
 impl HubConfig {
+    /// Every limit positive; the window at least the initial window.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let l = &self.limits;
+        let positive = [
+            ("host_connections", l.host_connections as u64),
+            ("sandbox_connections", l.sandbox_connections as u64),
+            ("streams_per_connection", l.streams_per_connection as u64),
+            ("pending_per_connection", l.pending_per_connection as u64),
+            ("methods_per_connection", l.methods_per_connection as u64),
+            (
+                "subscriptions_per_connection",
+                l.subscriptions_per_connection as u64,
+            ),
+            ("subscriber_queue", l.subscriber_queue as u64),
+            ("initial_window", u64::from(l.initial_window)),
+            ("queue_bytes", l.queue_bytes as u64),
+            ("hello_timeout_secs", l.hello_timeout_secs),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("vhub.limits.{name} must be positive"));
+        }
+        if l.max_window < l.initial_window {
+            return Err("vhub.limits.max_window must be at least initial_window".into());
+        }
+        if l.subscriber_queue > 1 << 20 {
+            return Err("vhub.limits.subscriber_queue must be at most 1048576".into());
+        }
+        for s in &self.checkpoint_sessions {
+            crate::manager::names::validate(s)
+                .map_err(|e| format!("vhub.checkpoint_sessions: {e}"))?;
+        }
+        Ok(())
+    }
+
     pub fn socket_path(&self, data_dir: &std::path::Path) -> PathBuf {
         self.socket
             .clone()
