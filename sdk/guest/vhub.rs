@@ -11,6 +11,9 @@
 //!   is the result, or without PROG the params are the result.
 //! - `stream METHOD [PARAMS]`: a byte stream to the host provider of
 //!   METHOD: stdin goes out, what comes back goes to stdout.
+//! - `accept METHOD`: provide METHOD for streams from host clients; the
+//!   first one opened is piped the same way (prints `ready` once
+//!   registered).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -278,10 +281,11 @@ pub fn main(args: &[String]) -> ExitCode {
             calls(&args[1], params, repeat)
         }
         Some("serve") if args.len() >= 2 => serve(&args[1], &args[2..]),
+        Some("accept") if args.len() >= 2 => accept(&args[1]),
         Some("stream") if args.len() >= 2 => {
             stream(&args[1], args.get(2).map(String::as_str).unwrap_or("null"))
         }
-        _ => Err("usage: blink-guest vhub emit TOPIC [DATA] [--repeat N] | call METHOD [PARAMS] [--repeat N] | serve METHOD [--count N] [-- PROG ARGS...] | stream METHOD [PARAMS]".into()),
+        _ => Err("usage: blink-guest vhub emit TOPIC [DATA] [--repeat N] | call METHOD [PARAMS] [--repeat N] | serve METHOD [--count N] [-- PROG ARGS...] | stream METHOD [PARAMS] | accept METHOD".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -412,10 +416,29 @@ struct Credit {
 }
 
 fn stream(method: &str, params: &str) -> Result<(), String> {
-    let mut conn = Conn::open()?;
+    let conn = Conn::open()?;
     let channel = 1u32;
     let open = format!(r#"{{"method":{},"params":{params}}}"#, json_string(method));
     conn.send(STREAM_OPEN, channel, open.as_bytes())?;
+    pipe(conn, channel)
+}
+
+/// Provide `method` for streams; take the first one opened and pipe it.
+fn accept(method: &str) -> Result<(), String> {
+    let mut conn = Conn::open()?;
+    conn.call(1, "rpc.register", &format!(r#"{{"method":{}}}"#, json_string(method)))?;
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    loop {
+        let f = conn.recv()?.ok_or("the hub closed the connection")?;
+        if f.kind == STREAM_OPEN {
+            return pipe(conn, f.channel);
+        }
+    }
+}
+
+/// stdin into the stream on `channel`, the stream onto stdout.
+fn pipe(mut conn: Conn, channel: u32) -> Result<(), String> {
     let credit = Arc::new(Credit {
         bytes: Mutex::new((conn.window, false)),
         more: Condvar::new(),

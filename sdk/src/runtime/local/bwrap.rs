@@ -26,8 +26,8 @@ const SECCOMP_FD: i32 = 7;
 const USERNS_BLOCK_FD: i32 = 8;
 const VHUB_FD: i32 = 9;
 
-/// Where the sandbox sees its V-Hub endpoint's directory (docs/VHUB.md).
-pub const VHUB_DIR: &str = "/run/blink";
+/// Where the sandbox sees its V-Hub endpoint (docs/VHUB.md).
+pub const VHUB_SOCKET: &str = "/run/blink/vhub.sock";
 
 /// Parts of /proc that reach past the sandbox (sysctls, the magic SysRq
 /// key, interrupts, buses): read-only for everyone in it, root included.
@@ -56,8 +56,8 @@ pub struct Launch<'a> {
     pub seccomp: Option<&'a [u8]>,
     pub cgroup_procs: Vec<CString>,
     pub rlimits: Option<Limits>,
-    /// The host directory holding the sandbox's V-Hub socket, bound at
-    /// [`VHUB_DIR`] (handed over as a descriptor, like the root).
+    /// The sandbox's V-Hub socket on the host, bound at [`VHUB_SOCKET`]
+    /// (handed over as a descriptor, like the root).
     pub vhub: Option<&'a Path>,
 }
 
@@ -120,7 +120,7 @@ impl Launch<'_> {
         cmd.args(["--dev", "/dev", "--tmpfs", "/tmp"]);
         cmd.args(["--perms", "0755", "--ro-bind-data", "4", GUEST_PATH]);
         if vhub.is_some() {
-            cmd.args(["--bind-fd", "9", VHUB_DIR]);
+            cmd.args(["--bind-fd", "9", VHUB_SOCKET]);
         }
         cmd.args(["--info-fd", "5"]);
         if seccomp.is_some() {
