@@ -651,7 +651,8 @@ SECTIONS = ((SOAK_BEGIN, SOAK_END), (DISKS_BEGIN, DISKS_END),
             ("<!-- archives:begin -->", "<!-- archives:end -->"),
             ("<!-- resources:begin -->", "<!-- resources:end -->"),
             ("<!-- recording:begin -->", "<!-- recording:end -->"),
-            ("<!-- pull:begin -->", "<!-- pull:end -->"))
+            ("<!-- pull:begin -->", "<!-- pull:end -->"),
+            ("<!-- vhub:begin -->", "<!-- vhub:end -->"))
 NOTES_BEGIN = "<!-- bench/NOTES.md follows -->"
 
 
