@@ -704,6 +704,36 @@ mod tests {
         assert_eq!(parsed, blink_sdk::image::PullConfig::default());
     }
 
+    /// The `[vhub.limits]` the example shows are the defaults; a limit of
+    /// zero is refused, naming it.
+    #[test]
+    fn vhub_settings() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/blink.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let section = text.split("\n[vhub.limits]\n").nth(1).unwrap();
+        let section = section.split("\n[").next().unwrap();
+        let values: String = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed: blink_sdk::vhub::Limits = toml::from_str(&values).unwrap();
+        assert_eq!(parsed, blink_sdk::vhub::Limits::default());
+        let bad = toml::from_str::<FileConfig>("[vhub.limits]\nsubscriber_queue = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("vhub.limits.subscriber_queue"), "{bad}");
+        let bad = toml::from_str::<FileConfig>("[vhub]\ncheckpoint_sessions = [\"../x\"]\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("vhub.checkpoint_sessions"), "{bad}");
+    }
+
     #[test]
     fn certificate_and_hook_settings() {
         let load = |text: &str| {
