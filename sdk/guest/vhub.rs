@@ -214,7 +214,14 @@ impl Conn {
             window: 0,
         };
         conn.send(HELLO, 0, br#"{"versions":[1],"client":"blink-guest"}"#)?;
-        let welcome = conn.recv()?.ok_or("the hub closed the connection")?;
+        // Nobody may serve this endpoint (a sandbox of no session): say so
+        // rather than wait forever.
+        let _ = conn.reader.set_read_timeout(Some(Duration::from_secs(10)));
+        let welcome = conn
+            .recv()
+            .map_err(|e| format!("no welcome from the hub (is this a session's sandbox?): {e}"))?
+            .ok_or("the hub closed the connection")?;
+        let _ = conn.reader.set_read_timeout(None);
         let text = String::from_utf8_lossy(&welcome.payload).into_owned();
         match welcome.kind {
             WELCOME => {}

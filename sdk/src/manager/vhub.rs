@@ -13,3 +13,23 @@ impl Manager {
         self.runtime.vhub_listener(&box_id)
     }
 }
+
+impl Manager {
+    /// Every session's name and box id, cheaply (no usage read): what the
+    /// hub polls to serve endpoints.
+    pub fn session_boxes(&self) -> Vec<(String, String)> {
+        let slots: Vec<_> = lock(&self.slots).values().cloned().collect();
+        slots
+            .iter()
+            .map(|s| {
+                let r = lock(&s.record);
+                (r.name.clone(), r.box_id.clone())
+            })
+            .collect()
+    }
+
+    /// Whether a session of this name exists.
+    pub fn has_session(&self, name: &str) -> bool {
+        self.slot(name).is_ok()
+    }
+}

@@ -108,7 +108,7 @@ impl ManagerServices {
 #[async_trait]
 impl Services for ManagerServices {
     fn session_exists(&self, name: &str) -> bool {
-        self.manager.session_info(name).is_ok()
+        self.manager.has_session(name)
     }
 
     fn checkpoint_allowed(&self, session: &str) -> bool {
@@ -190,11 +190,8 @@ async fn reconcile(hub: Hub, manager: Arc<Manager>) {
     let mut serving: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
     let mut failed: HashMap<(String, String), String> = HashMap::new();
     loop {
-        let sessions = manager.list_sessions();
-        let live: std::collections::HashSet<(String, String)> = sessions
-            .iter()
-            .map(|s| (s.name.clone(), s.box_id.clone()))
-            .collect();
+        let live: std::collections::HashSet<(String, String)> =
+            manager.session_boxes().into_iter().collect();
         serving.retain(|key, task| {
             let keep = live.contains(key) && !task.is_finished();
             if !keep {

@@ -1055,10 +1055,11 @@ impl Hub {
         let grant = u64::from(u32::from_be_bytes(grant));
         let max = u64::from(self.inner.limits.max_window);
         let mut routes = lock(&self.inner.routes);
-        let leg = routes.streams.get(&(id, frame.channel)).ok_or((
-            codes::UNEXPECTED_FRAME,
-            format!("credit on stream {} which is not open", frame.channel),
-        ))?;
+        // Credit for a stream that has just ended crosses its close on the
+        // way: it is dropped, never an error.
+        let Some(leg) = routes.streams.get(&(id, frame.channel)) else {
+            return Ok(());
+        };
         let Some(peer) = leg.peer else {
             return Ok(());
         };
