@@ -416,6 +416,29 @@ fn run(prog: &[String], params: &str) -> Result<String, String> {
     Ok(json_string(&String::from_utf8_lossy(&out.stdout)))
 }
 
+#[repr(C)]
+struct PollFd {
+    fd: i32,
+    events: i16,
+    revents: i16,
+}
+
+unsafe extern "C" {
+    fn poll(fds: *mut PollFd, n: u64, timeout_ms: i32) -> i32;
+}
+
+/// Whether `sock` has something to read within `ms` milliseconds.
+fn readable(sock: &UnixStream, ms: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = PollFd {
+        fd: sock.as_raw_fd(),
+        events: 1, // POLLIN
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { poll(&mut fd, 1, ms) > 0 }
+}
+
 /// Credit this side may still spend.
 struct Credit {
     bytes: Mutex<(u64, bool)>,
@@ -488,8 +511,22 @@ fn pipe(mut conn: Conn, channel: u32) -> Result<(), String> {
     // stream -> stdout, granting credit as it is written.
     let mut stdout = std::io::stdout().lock();
     let mut unacked = 0u64;
+    // After the other side's close, this side may still be sending: keep
+    // taking its credit until stdin is done.
+    let mut remote_closed = false;
     let result = loop {
+        if remote_closed {
+            if pump.is_finished() {
+                break Ok(());
+            }
+            if !readable(&conn.reader, 100) {
+                continue;
+            }
+        }
         let Some(f) = conn.recv()? else {
+            if remote_closed {
+                break Ok(());
+            }
             break Err("the hub closed the connection".to_owned());
         };
         match (f.kind, f.channel) {
@@ -509,23 +546,25 @@ fn pipe(mut conn: Conn, channel: u32) -> Result<(), String> {
                 credit.more.notify_all();
             }
             (STREAM_CLOSE, c) if c == channel => {
-                if f.payload.is_empty() {
-                    break Ok(());
+                if !f.payload.is_empty() {
+                    break Err(error_text(&String::from_utf8_lossy(&f.payload)));
                 }
-                break Err(error_text(&String::from_utf8_lossy(&f.payload)));
+                stdout.flush().map_err(|e| e.to_string())?;
+                remote_closed = true;
             }
             (ERROR, 0) => break Err(error_text(&String::from_utf8_lossy(&f.payload))),
             _ => {}
         }
     };
     stdout.flush().map_err(|e| e.to_string())?;
-    if result.is_err() {
+    // Whatever ended the loop, a pump waiting for credit stops waiting.
+    {
         let mut c = credit.bytes.lock().unwrap_or_else(|e| e.into_inner());
         c.1 = true;
         credit.more.notify_all();
-        return result;
     }
-    // The other side closed; finish sending what stdin still has.
-    pump.join().map_err(|_| "the stdin pump failed".to_owned())??;
+    if result.is_ok() && pump.is_finished() {
+        pump.join().map_err(|_| "the stdin pump failed".to_owned())??;
+    }
     result
 }

@@ -289,6 +289,8 @@ impl Client {
 #[derive(Debug)]
 pub struct Stream {
     id: u32,
+    /// The connection's streams, to leave when dropped.
+    shared: std::sync::Weak<Shared>,
     out: mpsc::UnboundedSender<Frame>,
     rx: mpsc::UnboundedReceiver<StreamItem>,
     credit: Arc<Semaphore>,
@@ -307,8 +309,16 @@ impl std::fmt::Debug for StreamItem {
     }
 }
 
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            lock(&shared.streams).remove(&self.id);
+        }
+    }
+}
+
 impl Stream {
-    fn new(id: u32, out: mpsc::UnboundedSender<Frame>, shared: &Shared) -> Stream {
+    fn new(id: u32, out: mpsc::UnboundedSender<Frame>, shared: &Arc<Shared>) -> Stream {
         let (tx, rx) = mpsc::unbounded_channel();
         let credit = Arc::new(Semaphore::new(shared.window as usize));
         lock(&shared.streams).insert(
@@ -320,6 +330,7 @@ impl Stream {
         );
         Stream {
             id,
+            shared: Arc::downgrade(shared),
             out,
             rx,
             credit,
@@ -489,7 +500,9 @@ async fn read_loop<R>(
                 let error = (!frame.payload.is_empty())
                     .then(|| serde_json::from_slice::<ErrorBody>(&frame.payload).ok())
                     .flatten();
-                if let Some(slot) = lock(&shared.streams).remove(&frame.channel) {
+                // The slot stays while this side may still send: credit
+                // for it keeps coming after the other side's close.
+                if let Some(slot) = lock(&shared.streams).get(&frame.channel) {
                     let _ = slot.data.send(StreamItem::Close(error));
                 }
             }

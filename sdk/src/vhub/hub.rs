@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -26,6 +26,7 @@ use super::messages::{
     self, ErrorBody, Event, Hello, Request, Response, Side, StreamOpen, Welcome, codes, methods,
 };
 use super::outbox::Outbox;
+use super::streams::StreamLeg;
 
 /// Stream channels the hub opens on a connection have this bit set; a
 /// client's own have it clear, so the two never collide.
@@ -43,29 +44,29 @@ pub trait Services: Send + Sync + 'static {
 
 /// A failure answered on a request's channel (the connection stays), or
 /// one that closes the connection.
-enum Failure {
+pub(super) enum Failure {
     Answer(&'static str, String),
     Close(&'static str, String),
 }
 
-type ConnId = u64;
-type Leg = (ConnId, u32);
+pub(super) type ConnId = u64;
+pub(super) type Leg = (ConnId, u32);
 
-struct Conn {
-    side: Side,
-    session: Option<String>,
-    outbox: Outbox,
+pub(super) struct Conn {
+    pub(super) side: Side,
+    pub(super) session: Option<String>,
+    pub(super) outbox: Outbox,
     /// Requests this connection made that wait for an answer.
     pending: usize,
     methods: usize,
-    streams: usize,
+    pub(super) streams: usize,
     /// Ids the hub picks for requests and streams it sends this connection.
     next_id: u32,
     subscriptions: HashMap<String, tokio::task::AbortHandle>,
 }
 
 impl Conn {
-    fn next_request_id(&mut self) -> u32 {
+    pub(super) fn next_request_id(&mut self) -> u32 {
         self.next_id = self.next_id.wrapping_add(1) & !HUB_STREAM_BIT;
         if self.next_id == 0 {
             self.next_id = 1;
@@ -85,22 +86,13 @@ struct SessionRoutes {
     sandbox_connections: usize,
 }
 
-struct StreamLeg {
-    /// The other end; `None` once its connection is gone.
-    peer: Option<Leg>,
-    /// Bytes this leg's connection may still send (credit its peer gave).
-    may_send: u64,
-    /// This leg's connection sent its close.
-    closed: bool,
-}
-
 #[derive(Default)]
-struct Routes {
-    conns: HashMap<ConnId, Conn>,
+pub(super) struct Routes {
+    pub(super) conns: HashMap<ConnId, Conn>,
     sessions: HashMap<String, SessionRoutes>,
     /// (callee, the hub's id on it) -> (caller, the caller's id).
     calls: HashMap<Leg, Leg>,
-    streams: HashMap<Leg, StreamLeg>,
+    pub(super) streams: HashMap<Leg, StreamLeg>,
     host_connections: usize,
 }
 
@@ -117,25 +109,25 @@ pub struct HubStats {
     pub protocol_errors: u64,
 }
 
-struct Inner {
-    limits: Limits,
+pub(super) struct Inner {
+    pub(super) limits: Limits,
     services: Arc<dyn Services>,
-    routes: Mutex<Routes>,
+    pub(super) routes: Mutex<Routes>,
     next_conn: AtomicU64,
-    peak: AtomicUsize,
+    pub(super) peak: AtomicUsize,
     frames_in: AtomicU64,
     events: AtomicU64,
-    stream_bytes: AtomicU64,
+    pub(super) stream_bytes: AtomicU64,
     protocol_errors: AtomicU64,
 }
 
 /// The V-Hub. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-fn lock(m: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
+pub(super) fn lock(m: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -579,7 +571,7 @@ impl Hub {
 
     /// The session a request addresses: a sandbox's own (it may not name
     /// one), or the one a host client names.
-    fn target_session(
+    pub(super) fn target_session(
         &self,
         conn: (&Side, &Option<String>),
         named: Option<String>,
@@ -857,7 +849,12 @@ impl Hub {
 
     /// Where a call or stream goes: the provider of `method` on the other
     /// side of `session`.
-    fn provider(routes: &Routes, caller_side: Side, session: &str, method: &str) -> Option<ConnId> {
+    pub(super) fn provider(
+        routes: &Routes,
+        caller_side: Side,
+        session: &str,
+        method: &str,
+    ) -> Option<ConnId> {
         let r = routes.sessions.get(session)?;
         match caller_side {
             Side::Host => r.sandbox_methods.get(method).copied(),
@@ -934,205 +931,6 @@ impl Hub {
         }
         Ok(())
     }
-
-    fn open_stream(&self, id: ConnId, channel: u32, open: StreamOpen) -> Result<(), Failure> {
-        messages::check_name("method", &open.method)
-            .map_err(|m| Failure::Answer(codes::INVALID_ARGUMENT, m))?;
-        let (side, own) = {
-            let routes = lock(&self.inner.routes);
-            let c = routes
-                .conns
-                .get(&id)
-                .ok_or(Failure::Close(codes::PEER_GONE, "gone".into()))?;
-            (c.side, c.session.clone())
-        };
-        let session = self.target_session((&side, &own), open.session)?;
-        let limits = &self.inner.limits;
-        let mut routes = lock(&self.inner.routes);
-        if routes.streams.contains_key(&(id, channel)) {
-            return Err(Failure::Close(
-                codes::INVALID_ARGUMENT,
-                format!("stream channel {channel} is already open"),
-            ));
-        }
-        let target = Self::provider(&routes, side, &session, &open.method).ok_or_else(|| {
-            Failure::Answer(
-                codes::NO_SUCH_METHOD,
-                format!(
-                    "nothing in session {session:?} accepts streams for {:?}",
-                    open.method
-                ),
-            )
-        })?;
-        let max = limits.streams_per_connection;
-        let full = |c: Option<&Conn>| c.map(|c| c.streams >= max).unwrap_or(true);
-        if full(routes.conns.get(&id)) || full(routes.conns.get(&target)) {
-            return Err(Failure::Answer(
-                codes::LIMIT,
-                format!("at most {max} streams per connection"),
-            ));
-        }
-        let Some(callee) = routes.conns.get_mut(&target) else {
-            return Err(Failure::Answer(codes::PEER_GONE, "provider gone".into()));
-        };
-        let hub_channel = callee.next_request_id() | HUB_STREAM_BIT;
-        callee.streams += 1;
-        let forwarded = StreamOpen {
-            method: open.method,
-            params: open.params,
-            session: (callee.side == Side::Host).then(|| session.clone()),
-        };
-        callee.outbox.send(
-            Frame::json(Kind::StreamOpen, hub_channel, &forwarded),
-            &self.inner.peak,
-        );
-        if let Some(c) = routes.conns.get_mut(&id) {
-            c.streams += 1;
-        }
-        let window = u64::from(limits.initial_window);
-        routes.streams.insert(
-            (id, channel),
-            StreamLeg {
-                peer: Some((target, hub_channel)),
-                may_send: window,
-                closed: false,
-            },
-        );
-        routes.streams.insert(
-            (target, hub_channel),
-            StreamLeg {
-                peer: Some((id, channel)),
-                may_send: window,
-                closed: false,
-            },
-        );
-        Ok(())
-    }
-
-    fn stream_data(&self, id: ConnId, frame: Frame) -> Result<(), (&'static str, String)> {
-        let mut routes = lock(&self.inner.routes);
-        let leg = routes.streams.get_mut(&(id, frame.channel)).ok_or((
-            codes::UNEXPECTED_FRAME,
-            format!("data on stream {} which is not open", frame.channel),
-        ))?;
-        if leg.closed {
-            return Err((
-                codes::UNEXPECTED_FRAME,
-                format!("data on stream {} after its close", frame.channel),
-            ));
-        }
-        let len = frame.payload.len() as u64;
-        if len > leg.may_send {
-            return Err((
-                codes::FLOW_CONTROL,
-                format!(
-                    "{len} bytes on stream {} over its credit of {}",
-                    frame.channel, leg.may_send
-                ),
-            ));
-        }
-        leg.may_send -= len;
-        let peer = leg.peer;
-        self.inner.stream_bytes.fetch_add(len, Ordering::Relaxed);
-        if let Some(peer) = peer
-            && let Some(c) = routes.conns.get(&peer.0)
-        {
-            c.outbox.send(
-                Frame::new(Kind::StreamData, peer.1, frame.payload),
-                &self.inner.peak,
-            );
-        }
-        Ok(())
-    }
-
-    fn stream_credit(&self, id: ConnId, frame: Frame) -> Result<(), (&'static str, String)> {
-        let grant: [u8; 4] = frame.payload[..].try_into().map_err(|_| {
-            (
-                codes::INVALID_ARGUMENT,
-                "a credit frame carries 4 bytes".to_owned(),
-            )
-        })?;
-        let grant = u64::from(u32::from_be_bytes(grant));
-        let max = u64::from(self.inner.limits.max_window);
-        let mut routes = lock(&self.inner.routes);
-        // Credit for a stream that has just ended crosses its close on the
-        // way: it is dropped, never an error.
-        let Some(leg) = routes.streams.get(&(id, frame.channel)) else {
-            return Ok(());
-        };
-        let Some(peer) = leg.peer else {
-            return Ok(());
-        };
-        let Some(sender) = routes.streams.get_mut(&peer) else {
-            return Ok(());
-        };
-        if sender.may_send + grant > max {
-            return Err((
-                codes::FLOW_CONTROL,
-                format!(
-                    "credit on stream {} over the window of {max}",
-                    frame.channel
-                ),
-            ));
-        }
-        sender.may_send += grant;
-        if let Some(c) = routes.conns.get(&peer.0) {
-            c.outbox.send(
-                Frame::new(
-                    Kind::StreamCredit,
-                    peer.1,
-                    Bytes::copy_from_slice(&grant_bytes(grant)),
-                ),
-                &self.inner.peak,
-            );
-        }
-        Ok(())
-    }
-
-    fn stream_close(&self, id: ConnId, frame: Frame) -> Result<(), (&'static str, String)> {
-        if !frame.payload.is_empty() {
-            serde_json::from_slice::<ErrorBody>(&frame.payload)
-                .map_err(|e| (codes::BAD_JSON, format!("stream_close: {e}")))?;
-        }
-        let mut routes = lock(&self.inner.routes);
-        let leg = routes.streams.get_mut(&(id, frame.channel)).ok_or((
-            codes::UNEXPECTED_FRAME,
-            format!("close of stream {} which is not open", frame.channel),
-        ))?;
-        if leg.closed {
-            return Err((
-                codes::UNEXPECTED_FRAME,
-                format!("second close of stream {}", frame.channel),
-            ));
-        }
-        leg.closed = true;
-        let peer = leg.peer;
-        let mut gone = vec![(id, frame.channel)];
-        if let Some(peer) = peer {
-            if routes.streams.get(&peer).is_some_and(|p| p.closed) {
-                gone.push(peer);
-            }
-            if let Some(c) = routes.conns.get(&peer.0) {
-                c.outbox.send(
-                    Frame::new(Kind::StreamClose, peer.1, frame.payload),
-                    &self.inner.peak,
-                );
-            }
-        }
-        if gone.len() == 2 || peer.is_none() {
-            for leg in gone {
-                routes.streams.remove(&leg);
-                if let Some(c) = routes.conns.get_mut(&leg.0) {
-                    c.streams = c.streams.saturating_sub(1);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn grant_bytes(grant: u64) -> [u8; 4] {
-    (grant.min(u64::from(u32::MAX)) as u32).to_be_bytes()
 }
 
 async fn finish(outbox: &Outbox, writer: tokio::task::JoinHandle<()>) {

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod limits;
 pub mod messages;
 mod outbox;
+mod streams;
 
 pub use client::{Client, ClientError, Incoming};
 pub use endpoints::{HubConfig, ManagerServices, RunningHub};

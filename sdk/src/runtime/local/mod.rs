@@ -687,6 +687,15 @@ impl Runtime for LocalRuntime {
                 ids.release(range);
             }
         }
+        // V-Hub directories of sandboxes that are gone.
+        if let Ok(entries) = std::fs::read_dir(&self.vhub) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&name) {
+                    let _ = crate::fs::remove_tree(&entry.path());
+                }
+            }
+        }
         // Image trees no remaining disk names (their image was removed,
         // or their last session).
         let used: std::collections::HashSet<String> = std::fs::read_dir(&self.root)
