@@ -124,10 +124,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     fn is_running(&self, id: &str) -> bool;
 
     /// The listening socket of this sandbox's V-Hub endpoint
-    /// (docs/VHUB.md), made if missing: whatever connects on it came from
-    /// this sandbox and nowhere else. Each call returns a new descriptor of
-    /// the same socket. `None`: the runtime has no V-Hub endpoint.
-    fn vhub_listener(&self, _id: &str) -> Result<Option<std::os::unix::net::UnixListener>> {
+    /// (docs/VHUB.md) while it runs, with the number of the boot that
+    /// bound it: whatever connects on it came from this sandbox and nowhere
+    /// else. Each call returns a new descriptor of the same socket. `None`:
+    /// not running, or the runtime has no V-Hub endpoint.
+    fn vhub_listener(&self, _id: &str) -> Result<Option<(u64, std::os::unix::net::UnixListener)>> {
         Ok(None)
     }
 

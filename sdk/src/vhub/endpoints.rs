@@ -184,45 +184,63 @@ impl RunningHub {
     }
 }
 
-/// Keep one endpoint task per session (by name and box id): new sessions
-/// get theirs, removed ones lose it.
+/// Keep one endpoint task per running session's boot: a session that
+/// starts gets its endpoint served, one that stops (or is removed) loses
+/// it.
 async fn reconcile(hub: Hub, manager: Arc<Manager>) {
-    let mut serving: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
-    let mut failed: HashMap<(String, String), String> = HashMap::new();
+    struct Serving {
+        box_id: String,
+        boot: u64,
+        task: tokio::task::JoinHandle<()>,
+    }
+    let mut serving: HashMap<String, Serving> = HashMap::new();
+    let mut failed: HashMap<String, String> = HashMap::new();
     loop {
-        let live: std::collections::HashSet<(String, String)> =
-            manager.session_boxes().into_iter().collect();
-        serving.retain(|key, task| {
-            let keep = live.contains(key) && !task.is_finished();
+        let live: HashMap<String, String> = manager.session_boxes().into_iter().collect();
+        serving.retain(|name, s| {
+            let keep = live.get(name) == Some(&s.box_id) && !s.task.is_finished();
             if !keep {
-                task.abort();
+                s.task.abort();
             }
             keep
         });
-        for key in live {
-            if serving.contains_key(&key) {
-                continue;
-            }
-            let listener = manager
-                .vhub_listener(&key.0)
-                .and_then(|l| l.map(to_tokio).transpose());
-            match listener {
-                Ok(Some(listener)) => {
-                    failed.remove(&key);
-                    let hub = hub.clone();
-                    let name = key.0.clone();
-                    serving.insert(
-                        key,
-                        tokio::spawn(async move { hub.serve_sandbox(name, listener).await }),
-                    );
+        for (name, box_id) in live {
+            match manager.vhub_listener(&name) {
+                Ok(Some((boot, listener))) => {
+                    failed.remove(&name);
+                    if serving
+                        .get(&name)
+                        .is_some_and(|s| s.boot == boot && s.box_id == box_id)
+                    {
+                        continue;
+                    }
+                    let listener = match to_tokio(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!(session = %name, error = %e, "vhub endpoint unavailable");
+                            continue;
+                        }
+                    };
+                    if let Some(old) = serving.remove(&name) {
+                        old.task.abort();
+                    }
+                    let h = hub.clone();
+                    let session = name.clone();
+                    let task =
+                        tokio::spawn(async move { h.serve_sandbox(session, listener).await });
+                    serving.insert(name, Serving { box_id, boot, task });
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some(old) = serving.remove(&name) {
+                        old.task.abort();
+                    }
+                }
                 Err(e) => {
                     // Logged once per session, tried again each round.
                     let message = e.to_string();
-                    if failed.get(&key) != Some(&message) {
-                        tracing::warn!(session = %key.0, error = %message, "vhub endpoint unavailable");
-                        failed.insert(key, message);
+                    if failed.get(&name) != Some(&message) {
+                        tracing::warn!(session = %name, error = %message, "vhub endpoint unavailable");
+                        failed.insert(name, message);
                     }
                 }
             }

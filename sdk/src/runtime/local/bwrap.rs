@@ -24,10 +24,10 @@ const INFO_FD: i32 = 5;
 const READY_FD: i32 = 6;
 const SECCOMP_FD: i32 = 7;
 const USERNS_BLOCK_FD: i32 = 8;
-const VHUB_FD: i32 = 9;
 
-/// Where the sandbox sees its V-Hub endpoint (docs/VHUB.md).
-pub const VHUB_SOCKET: &str = "/run/blink/vhub.sock";
+/// A tmpfs of the sandbox's own where the host binds its V-Hub endpoint,
+/// `vhub.sock` (docs/VHUB.md): nothing of the host is mounted for it.
+pub const VHUB_DIR: &str = "/run/blink";
 
 /// Parts of /proc that reach past the sandbox (sysctls, the magic SysRq
 /// key, interrupts, buses): read-only for everyone in it, root included.
@@ -56,9 +56,6 @@ pub struct Launch<'a> {
     pub seccomp: Option<&'a [u8]>,
     pub cgroup_procs: Vec<CString>,
     pub rlimits: Option<Limits>,
-    /// The sandbox's V-Hub socket on the host, bound at [`VHUB_SOCKET`]
-    /// (handed over as a descriptor, like the root).
-    pub vhub: Option<&'a Path>,
 }
 
 impl Launch<'_> {
@@ -73,10 +70,6 @@ impl Launch<'_> {
             Root::Overlay(overlay) => (None, Some(overlay)),
         };
         let guest = high(handover::bytes("blink-guest", self.guest)?)?;
-        let vhub = self
-            .vhub
-            .map(|dir| open_path(dir).and_then(high))
-            .transpose()?;
         let seccomp = self
             .seccomp
             .map(|program| handover::bytes("blink-seccomp", program).and_then(high))
@@ -118,10 +111,8 @@ impl Launch<'_> {
             cmd.args(["--ro-bind-try", dir, dir]);
         }
         cmd.args(["--dev", "/dev", "--tmpfs", "/tmp"]);
+        cmd.args(["--perms", "0755", "--tmpfs", VHUB_DIR]);
         cmd.args(["--perms", "0755", "--ro-bind-data", "4", GUEST_PATH]);
-        if vhub.is_some() {
-            cmd.args(["--bind-fd", "9", VHUB_SOCKET]);
-        }
         cmd.args(["--info-fd", "5"]);
         if seccomp.is_some() {
             cmd.args(["--seccomp", "7"]);
@@ -158,9 +149,6 @@ impl Launch<'_> {
         if let Some((rx, _)) = &block {
             fds.push((rx.as_raw_fd(), USERNS_BLOCK_FD));
         }
-        if let Some(fd) = &vhub {
-            fds.push((fd.as_raw_fd(), VHUB_FD));
-        }
         let procs = self.cgroup_procs;
         let rlimits = self.rlimits;
         let owner = self.ids.map(|r| r.root);
@@ -191,7 +179,7 @@ impl Launch<'_> {
                 // Nothing else of ours reaches the sandbox.
                 libc::syscall(
                     libc::SYS_close_range,
-                    VHUB_FD + 1,
+                    USERNS_BLOCK_FD + 1,
                     u32::MAX,
                     libc::CLOSE_RANGE_CLOEXEC,
                 );
@@ -222,7 +210,7 @@ impl Launch<'_> {
             .spawn(cmd)
             .await
             .map_err(|e| Error::io("starting bubblewrap", e))?;
-        drop((rootfs, guest, seccomp, info_tx, ready_tx, vhub));
+        drop((rootfs, guest, seccomp, info_tx, ready_tx));
         let receiver = |fd| {
             tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                 .map_err(|e| Error::io("reading bubblewrap info", e))

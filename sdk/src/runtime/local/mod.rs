@@ -68,9 +68,8 @@ use crate::image::ImageStore;
 pub const GUEST_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/blink-guest"));
 
 /// How long bubblewrap may take to set a sandbox up.
-/// `<data>/vhub`, and the socket's name in each sandbox's directory there.
-const VHUB_DIR: &str = "vhub";
-const VHUB_SOCKET: &str = "vhub.sock";
+/// Numbers the V-Hub endpoints of this process's boots.
+static VHUB_BOOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -92,6 +91,8 @@ pub struct LocalOptions {
 struct Running {
     init_pid: u32,
     bwrap_pid: u32,
+    /// The V-Hub endpoint bound in this boot, and the boot's number.
+    vhub: (u64, std::os::unix::net::UnixListener),
     namespaces: Arc<Namespaces>,
     cgroup: Option<Arc<SandboxCgroup>>,
     limits: super::Limits,
@@ -116,11 +117,6 @@ pub struct LocalRuntime {
     templates: Arc<disk_image::Templates>,
     /// Read-only layers shared by disks, snapshots and clones.
     layers: Arc<layers::Layers>,
-    /// `<data>/vhub`: one directory per sandbox holding its V-Hub socket.
-    vhub: PathBuf,
-    /// Each sandbox's V-Hub socket, listening from its first start on;
-    /// connections wait in its backlog until the hub accepts them.
-    vhub_listeners: Mutex<HashMap<String, std::os::unix::net::UnixListener>>,
 }
 
 impl LocalRuntime {
@@ -178,44 +174,7 @@ impl LocalRuntime {
             trees,
             templates,
             layers,
-            vhub: data.join(VHUB_DIR),
-            vhub_listeners: Mutex::default(),
         })
-    }
-
-    /// The sandbox's V-Hub socket, bound (and listening) once per process:
-    /// `<data>/vhub/<id>/vhub.sock`. `<data>/vhub` is 0711; the sandbox's
-    /// directory 0700 and, once it starts, owned by its root id (bubblewrap,
-    /// running as that id, resolves the path of what it binds); the socket
-    /// 0666, so every user in the sandbox may connect, while no other host
-    /// user or sandbox can reach its directory.
-    fn vhub_socket(&self, id: &str) -> Result<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        validate_id(id)?;
-        let mut held = lock(&self.vhub_listeners);
-        let dir = self.vhub.join(id);
-        let path = dir.join(VHUB_SOCKET);
-        if held.contains_key(id) && path.exists() {
-            return Ok(path);
-        }
-        private_dir(&self.vhub)?;
-        std::fs::set_permissions(&self.vhub, std::fs::Permissions::from_mode(0o711))
-            .map_err(|e| Error::io(format!("setting the mode of {}", self.vhub.display()), e))?;
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
-        }
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))?;
-        // A predecessor's socket: nobody listens on it any more.
-        let _ = std::fs::remove_file(&path);
-        let listener = std::os::unix::net::UnixListener::bind(&path)
-            .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
-            .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
-        held.insert(id.to_owned(), listener);
-        Ok(path)
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -483,13 +442,7 @@ impl Runtime for LocalRuntime {
         let cgroup = SandboxCgroup::create(&self.backend, &spec.id, &spec.limits)
             .map_err(|e| Error::io(format!("creating cgroup for {}", spec.id), e))?
             .map(Arc::new);
-        let vhub = self.vhub_socket(&spec.id)?;
-        if let (Some(range), Some(dir)) = (range, vhub.parent()) {
-            std::os::unix::fs::chown(dir, Some(range.root), Some(range.root))
-                .map_err(|e| Error::io(format!("handing {} to the sandbox", dir.display()), e))?;
-        }
         let launch = bwrap::Launch {
-            vhub: Some(&vhub),
             bwrap: &self.bwrap,
             root,
             guest: GUEST_BINARY,
@@ -520,9 +473,12 @@ impl Runtime for LocalRuntime {
             namespaces
                 .forbid_nested_user_namespaces()
                 .map_err(|e| Error::io("closing user namespaces to the sandbox", e))?;
-            Ok::<_, Error>((pid, namespaces))
+            let vhub = namespaces
+                .bind_vhub(range.map(|r| r.root))
+                .map_err(|e| Error::io("binding the sandbox's V-Hub endpoint", e))?;
+            Ok::<_, Error>((pid, namespaces, vhub))
         };
-        let (init_pid, namespaces) = match tokio::time::timeout(START_TIMEOUT, ready).await {
+        let (init_pid, namespaces, vhub) = match tokio::time::timeout(START_TIMEOUT, ready).await {
             Ok(Ok(ready)) => ready,
             outcome => {
                 let mut child = started.child;
@@ -553,6 +509,10 @@ impl Runtime for LocalRuntime {
             Running {
                 init_pid,
                 bwrap_pid,
+                vhub: (
+                    VHUB_BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    vhub,
+                ),
                 namespaces: Arc::new(namespaces),
                 cgroup: cgroup.clone(),
                 limits: spec.limits.clone(),
@@ -585,16 +545,15 @@ impl Runtime for LocalRuntime {
         Ok(())
     }
 
-    fn vhub_listener(&self, id: &str) -> Result<Option<std::os::unix::net::UnixListener>> {
-        self.vhub_socket(id)?;
-        let held = lock(&self.vhub_listeners);
-        let listener = held
-            .get(id)
-            .ok_or_else(|| Error::Runtime(format!("the V-Hub socket of {id} is gone")))?;
+    fn vhub_listener(&self, id: &str) -> Result<Option<(u64, std::os::unix::net::UnixListener)>> {
+        let running = lock(&self.running);
+        let Some((boot, listener)) = running.get(id).map(|r| &r.vhub) else {
+            return Ok(None);
+        };
         listener
             .try_clone()
-            .map(Some)
-            .map_err(|e| Error::io("duplicating a V-Hub socket", e))
+            .map(|l| Some((*boot, l)))
+            .map_err(|e| Error::io("duplicating a V-Hub endpoint", e))
     }
 
     fn is_running(&self, id: &str) -> bool {
@@ -627,8 +586,6 @@ impl Runtime for LocalRuntime {
     async fn remove(&self, id: &str) -> Result<()> {
         validate_id(id)?;
         self.stop(id).await?;
-        lock(&self.vhub_listeners).remove(id);
-        let _ = crate::fs::remove_tree(&self.vhub.join(id));
         let dir = self.dir(id);
         if dir.exists() {
             disk::unmount_legacy(&dir);
@@ -685,15 +642,6 @@ impl Runtime for LocalRuntime {
                 .map_err(|e| Error::io(format!("removing sandbox {name}"), e))?;
             if let (Some(ids), Some(range)) = (&self.ids, range) {
                 ids.release(range);
-            }
-        }
-        // V-Hub directories of sandboxes that are gone.
-        if let Ok(entries) = std::fs::read_dir(&self.vhub) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !keep.contains(&name) {
-                    let _ = crate::fs::remove_tree(&entry.path());
-                }
             }
         }
         // Image trees no remaining disk names (their image was removed,
