@@ -653,7 +653,8 @@ SECTIONS = ((SOAK_BEGIN, SOAK_END), (DISKS_BEGIN, DISKS_END),
             ("<!-- recording:begin -->", "<!-- recording:end -->"),
             ("<!-- pull:begin -->", "<!-- pull:end -->"),
             ("<!-- boxlite:begin -->", "<!-- boxlite:end -->"),
-            ("<!-- router:begin -->", "<!-- router:end -->"))
+            ("<!-- router:begin -->", "<!-- router:end -->"),
+            ("<!-- vhub:begin -->", "<!-- vhub:end -->"))
 NOTES_BEGIN = "<!-- bench/NOTES.md follows -->"
 
 

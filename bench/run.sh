@@ -25,6 +25,9 @@
 # `bash bench/run.sh --pull [pull.py's options]` runs bench/pull.py instead:
 # `blink-cli image pull` beside `skopeo copy` from a registry on loopback,
 # and a second pull of an image sharing layers (--quick: small layers).
+# `bash bench/run.sh --vhub [--quick]` runs bench/vhub.py instead (as root):
+# V-Hub calls each way (beside a REST run), a 1 GiB stream out of a sandbox
+# with the server's memory meanwhile, events fanned out to 10 subscribers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +58,10 @@ fi
 if [[ ${1:-} == --pull ]]; then
   shift
   exec python3 bench/pull.py "$@"
+fi
+if [[ ${1:-} == --vhub ]]; then
+  shift
+  exec python3 bench/vhub.py "$@"
 fi
 venv=bench/.venv
 [[ -x $venv/bin/python ]] || python3 -m venv "$venv"

@@ -11,6 +11,7 @@ fn main() {
     println!("cargo:rerun-if-changed=guest/sftp.rs");
     println!("cargo:rerun-if-changed=guest/sftp/upload.rs");
     println!("cargo:rerun-if-changed=guest/wire.rs");
+    println!("cargo:rerun-if-changed=guest/vhub.rs");
     let out =
         PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("blink-guest");
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());

@@ -18,6 +18,7 @@ mod pull_progress;
 mod remote_archive;
 mod remote_run;
 mod run;
+mod serve;
 mod session;
 mod terminal;
 
@@ -82,6 +83,8 @@ enum Command {
     /// The SSH gateway (`blink-server`).
     #[command(subcommand)]
     Gateway(gateway::GatewayCommand),
+    /// Run the V-Hub (docs/VHUB.md) on its own over the data dir.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
             Command::Image(cmd) => image::dispatch(&ctx, cmd).await,
             Command::Doctor => doctor::doctor(&ctx).await,
             Command::Gateway(cmd) => gateway::dispatch(&ctx, cmd),
+            Command::Serve(args) => serve::serve(&ctx, args).await,
         };
         ctx.close().await;
         result

@@ -60,6 +60,10 @@ pub struct FileConfig {
     /// `[cluster]`: this server is one node of many (docs/SCALE.md).
     #[serde(default)]
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// `[vhub]`: the V-Hub relay between sandboxes and host clients
+    /// (docs/VHUB.md).
+    #[serde(default)]
+    pub vhub: blink_sdk::vhub::HubConfig,
 }
 
 /// The `[network]` table: sessions' egress (docs/NETWORK.md).
@@ -511,6 +515,7 @@ impl FileConfig {
         if let Some(cluster) = &self.cluster {
             cluster.validate().map_err(ConfigError::Invalid)?;
         }
+        self.vhub.validate().map_err(ConfigError::Invalid)?;
         self.sandbox.validate(
             self.rest.max_run_timeout_secs,
             self.session_idle_timeout_secs
@@ -709,6 +714,36 @@ mod tests {
         assert!(values.contains("pull_timeout_secs"), "{values}");
         let parsed: blink_sdk::image::PullConfig = toml::from_str(&values).unwrap();
         assert_eq!(parsed, blink_sdk::image::PullConfig::default());
+    }
+
+    /// The `[vhub.limits]` the example shows are the defaults; a limit of
+    /// zero is refused, naming it.
+    #[test]
+    fn vhub_settings() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/blink.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let section = text.split("\n[vhub.limits]\n").nth(1).unwrap();
+        let section = section.split("\n[").next().unwrap();
+        let values: String = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed: blink_sdk::vhub::Limits = toml::from_str(&values).unwrap();
+        assert_eq!(parsed, blink_sdk::vhub::Limits::default());
+        let bad = toml::from_str::<FileConfig>("[vhub.limits]\nsubscriber_queue = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("vhub.limits.subscriber_queue"), "{bad}");
+        let bad = toml::from_str::<FileConfig>("[vhub]\ncheckpoint_sessions = [\"../x\"]\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("vhub.checkpoint_sessions"), "{bad}");
     }
 
     #[test]

@@ -256,7 +256,23 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     recordings.start_retention();
     // Listen before the servers say they are up, so no signal is missed.
     let signalled = shutdown_signal()?;
-    let http = rest::start(manager.clone(), file.rest, recordings.clone()).await?;
+    // The V-Hub: its host socket and every session's endpoint.
+    let vhub = if file.vhub.enabled {
+        let running = blink_sdk::vhub::RunningHub::start(manager.clone(), &file.vhub, &data_dir)
+            .await
+            .context("starting the V-Hub")?;
+        println!("vhub listening on {}", running.socket.display());
+        Some(running)
+    } else {
+        None
+    };
+    let http = rest::start(
+        manager.clone(),
+        file.rest,
+        recordings.clone(),
+        vhub.as_ref().map(|v| v.hub.clone()),
+    )
+    .await?;
     let mut ssh_config = file.ssh.clone();
     ssh_config.router_keys = file.cluster.as_ref().and_then(|c| c.router_keys.clone());
     let ssh = match ssh::start(manager.clone(), ssh_config, host_key, recordings.clone()).await {
@@ -292,6 +308,7 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     // then the recordings of what ran (REST spawns end with their
     // sandboxes) are finished.
     tokio::join!(ssh.shutdown(ssh_grace), http.shutdown());
+    drop(vhub);
     manager.shutdown().await;
     recordings.shutdown(RECORDINGS_GRACE).await;
     tracing::info!("blink-server shut down");

@@ -25,10 +25,14 @@
 //!   execution over a text-only channel with flow control (wire.rs): how
 //!   the boxlite runtime runs programs byte-exact.
 //!
+//! - `blink-guest vhub emit|call|serve|stream ...`: a V-Hub client on the
+//!   session's endpoint `/run/blink/vhub.sock` (vhub.rs, docs/VHUB.md).
+//!
 //! It is built by build.rs as a static binary with nothing but `std`, so it
 //! runs in any image, even one without a libc.
 
 mod sftp;
+mod vhub;
 mod wire;
 
 use std::os::unix::process::CommandExt;
@@ -73,10 +77,11 @@ fn main() -> ExitCode {
         Some("put") => put(&args[1..]),
         Some("rm") => rm(&args[1..]),
         Some("sftp-server") => sftp::main(&args[1..]),
+        Some("vhub") => vhub::main(&args[1..]),
         Some("wire") => wire::main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: blink-guest init [--ready-fd N | --box] | exec [--tty] [--cwd DIR] [--env-fd N] [--seccomp-fd N] -- PROG ARGS... | put [--mode OCTAL] PATH | rm PATH | sftp-server [--home DIR] [--symlink-order openssh|draft] | wire [--tty ROWSxCOLS] [--cwd DIR] -- PROG ARGS..."
+                "usage: blink-guest init [--ready-fd N | --box] | exec [--tty] [--cwd DIR] [--env-fd N] [--seccomp-fd N] -- PROG ARGS... | put [--mode OCTAL] PATH | rm PATH | sftp-server [--home DIR] [--symlink-order openssh|draft] | vhub emit|call|serve|stream ... | wire [--tty ROWSxCOLS] [--cwd DIR] -- PROG ARGS..."
             );
             ExitCode::from(2)
         }

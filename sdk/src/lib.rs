@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod network;
 pub mod runtime;
 pub mod testing;
+pub mod vhub;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -118,6 +118,7 @@ impl Env {
                 },
                 dir.path(),
             ),
+            vhub: None,
         };
         let guard = Arc::new(super::guard::Guard::new(
             &state.config,

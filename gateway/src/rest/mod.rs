@@ -7,6 +7,7 @@
 mod checkpoints;
 pub mod config;
 pub(crate) mod error;
+mod events;
 mod exports;
 #[cfg(test)]
 pub(crate) mod fuzz_tests;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub attachments: Arc<tokio::sync::Semaphore>,
     /// PTY sessions' recordings (shared with the SSH gateway).
     pub recordings: Arc<Recordings>,
+    /// The V-Hub, for sessions' event streams (`None`: disabled).
+    pub vhub: Option<blink_sdk::vhub::Hub>,
 }
 
 /// The router and its OpenAPI document, built from the same route list.
@@ -101,6 +104,7 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(images::list, images::remove))
         .routes(routes!(images::pull))
         .routes(routes!(images::prune))
+        .routes(routes!(events::events))
         .routes(routes!(recordings::list))
         .routes(routes!(recordings::download, recordings::remove))
         .routes(routes!(recordings::get_switch, recordings::put_switch))
@@ -220,6 +224,7 @@ pub async fn start(
     manager: Arc<Manager>,
     config: RestConfig,
     recordings: Arc<Recordings>,
+    vhub: Option<blink_sdk::vhub::Hub>,
 ) -> anyhow::Result<RestServer> {
     config
         .validate()
@@ -265,6 +270,7 @@ pub async fn start(
         script_dirs: Arc::new(script_dirs),
         shutdown: shutdown_rx.clone(),
         recordings,
+        vhub,
     };
     inline_scripts::clean(&state.manager.config().data_dir);
     exports::clean_up(

@@ -37,6 +37,7 @@ mod sessions;
 mod spawn;
 mod spawns;
 pub mod store;
+mod vhub;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -125,6 +125,15 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Whether the sandbox is running right now.
     fn is_running(&self, id: &str) -> bool;
 
+    /// The listening socket of this sandbox's V-Hub endpoint
+    /// (docs/VHUB.md) while it runs, with the number of the boot that
+    /// bound it: whatever connects on it came from this sandbox and nowhere
+    /// else. Each call returns a new descriptor of the same socket. `None`:
+    /// not running, or the runtime has no V-Hub endpoint.
+    fn vhub_listener(&self, _id: &str) -> Result<Option<(u64, std::os::unix::net::UnixListener)>> {
+        Ok(None)
+    }
+
     /// Stop the sandbox, killing what runs in it; the disk is kept.
     async fn stop(&self, id: &str) -> Result<()>;
 

@@ -21,6 +21,8 @@ pub const OPERATIONS: &[&str] = &[
     "export",
     "import",
     "network_policy",
+    // The V-Hub endpoint inside the sandbox (docs/VHUB.md).
+    "vhub",
 ];
 
 /// One runtime in this build: whether it is compiled in and which

@@ -25,6 +25,10 @@ const READY_FD: i32 = 6;
 const SECCOMP_FD: i32 = 7;
 const USERNS_BLOCK_FD: i32 = 8;
 
+/// A tmpfs of the sandbox's own where the host binds its V-Hub endpoint,
+/// `vhub.sock` (docs/VHUB.md): nothing of the host is mounted for it.
+pub const VHUB_DIR: &str = "/run/blink";
+
 /// Parts of /proc that reach past the sandbox (sysctls, the magic SysRq
 /// key, interrupts, buses): read-only for everyone in it, root included.
 const READ_ONLY_PROC: [&str; 4] = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"];
@@ -107,6 +111,7 @@ impl Launch<'_> {
             cmd.args(["--ro-bind-try", dir, dir]);
         }
         cmd.args(["--dev", "/dev", "--tmpfs", "/tmp"]);
+        cmd.args(["--perms", "0755", "--tmpfs", VHUB_DIR]);
         cmd.args(["--perms", "0755", "--ro-bind-data", "4", GUEST_PATH]);
         cmd.args(["--info-fd", "5"]);
         if seccomp.is_some() {

@@ -68,6 +68,9 @@ use crate::image::ImageStore;
 pub const GUEST_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/blink-guest"));
 
 /// How long bubblewrap may take to set a sandbox up.
+/// Numbers the V-Hub endpoints of this process's boots.
+static VHUB_BOOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A disk's size when neither the session nor the config names one.
@@ -88,6 +91,8 @@ pub struct LocalOptions {
 struct Running {
     init_pid: u32,
     bwrap_pid: u32,
+    /// The V-Hub endpoint bound in this boot, and the boot's number.
+    vhub: (u64, std::os::unix::net::UnixListener),
     namespaces: Arc<Namespaces>,
     cgroup: Option<Arc<SandboxCgroup>>,
     limits: super::Limits,
@@ -468,9 +473,12 @@ impl Runtime for LocalRuntime {
             namespaces
                 .forbid_nested_user_namespaces()
                 .map_err(|e| Error::io("closing user namespaces to the sandbox", e))?;
-            Ok::<_, Error>((pid, namespaces))
+            let vhub = namespaces
+                .bind_vhub(range.map(|r| r.root))
+                .map_err(|e| Error::io("binding the sandbox's V-Hub endpoint", e))?;
+            Ok::<_, Error>((pid, namespaces, vhub))
         };
-        let (init_pid, namespaces) = match tokio::time::timeout(START_TIMEOUT, ready).await {
+        let (init_pid, namespaces, vhub) = match tokio::time::timeout(START_TIMEOUT, ready).await {
             Ok(Ok(ready)) => ready,
             outcome => {
                 let mut child = started.child;
@@ -501,6 +509,10 @@ impl Runtime for LocalRuntime {
             Running {
                 init_pid,
                 bwrap_pid,
+                vhub: (
+                    VHUB_BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    vhub,
+                ),
                 namespaces: Arc::new(namespaces),
                 cgroup: cgroup.clone(),
                 limits: spec.limits.clone(),
@@ -531,6 +543,17 @@ impl Runtime for LocalRuntime {
             tracing::info!(sandbox = %id, ?status, stderr = %msg.trim(), "sandbox ended");
         });
         Ok(())
+    }
+
+    fn vhub_listener(&self, id: &str) -> Result<Option<(u64, std::os::unix::net::UnixListener)>> {
+        let running = lock(&self.running);
+        let Some((boot, listener)) = running.get(id).map(|r| &r.vhub) else {
+            return Ok(None);
+        };
+        listener
+            .try_clone()
+            .map(|l| Some((*boot, l)))
+            .map_err(|e| Error::io("duplicating a V-Hub endpoint", e))
     }
 
     fn is_running(&self, id: &str) -> bool {

@@ -101,6 +101,30 @@ impl Namespaces {
         Ok(std::fs::File::from(fd))
     }
 
+    /// Bind the sandbox's V-Hub endpoint: a unix socket at
+    /// `/run/blink/vhub.sock`, on the sandbox's own tmpfs (bwrap.rs), 0666
+    /// so every user in the sandbox may connect. The directory is resolved
+    /// inside the sandbox's root with no symlinks and must be a tmpfs; the
+    /// socket is made before anything of the session runs. `owner`: the
+    /// sandbox's root id on the host, as which the socket is made (the
+    /// tmpfs belongs to the sandbox's user namespace, where host root has
+    /// no id), on a thread of its own.
+    pub fn bind_vhub(&self, owner: Option<u32>) -> io::Result<std::os::unix::net::UnixListener> {
+        let root = self.root.try_clone()?;
+        std::thread::spawn(move || {
+            if let Some(id) = owner {
+                // SAFETY: raw syscalls changing this thread's fs ids only.
+                unsafe {
+                    libc::syscall(libc::SYS_setfsgid, id);
+                    libc::syscall(libc::SYS_setfsuid, id);
+                }
+            }
+            bind_vhub_in(&root)
+        })
+        .join()
+        .map_err(|_| io::Error::other("the V-Hub binding thread panicked"))?
+    }
+
     /// Forbid new user namespaces inside the sandbox for good: set
     /// `user.max_user_namespaces` to 0 in its user namespace. Its processes
     /// lack CAP_SYS_RESOURCE there, so they cannot raise it again. (The
@@ -148,4 +172,30 @@ impl Namespaces {
             ))),
         }
     }
+}
+
+fn bind_vhub_in(root: &OwnedFd) -> io::Result<std::os::unix::net::UnixListener> {
+    let dir = rustix::fs::openat2(
+        root,
+        "run/blink",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )?;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let fs = rustix::fs::fstatfs(&dir)?;
+    if fs.f_type as i64 != TMPFS_MAGIC {
+        return Err(io::Error::other(
+            "the sandbox's /run/blink is not its tmpfs",
+        ));
+    }
+    let path = format!("/proc/self/fd/{}/vhub.sock", dir.as_raw_fd());
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    rustix::fs::chmodat(
+        &dir,
+        "vhub.sock",
+        Mode::from_raw_mode(0o666),
+        rustix::fs::AtFlags::empty(),
+    )?;
+    Ok(listener)
 }
