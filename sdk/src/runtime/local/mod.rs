@@ -91,8 +91,9 @@ pub struct LocalOptions {
 struct Running {
     init_pid: u32,
     bwrap_pid: u32,
-    /// The V-Hub endpoint bound in this boot, and the boot's number.
-    vhub: (u64, std::os::unix::net::UnixListener),
+    /// The V-Hub endpoint bound in this boot and the boot's number, if it
+    /// could be bound.
+    vhub: Option<(u64, std::os::unix::net::UnixListener)>,
     namespaces: Arc<Namespaces>,
     cgroup: Option<Arc<SandboxCgroup>>,
     limits: super::Limits,
@@ -473,9 +474,16 @@ impl Runtime for LocalRuntime {
             namespaces
                 .forbid_nested_user_namespaces()
                 .map_err(|e| Error::io("closing user namespaces to the sandbox", e))?;
-            let vhub = namespaces
-                .bind_vhub(range.map(|r| r.root))
-                .map_err(|e| Error::io("binding the sandbox's V-Hub endpoint", e))?;
+            // A sandbox whose image leaves no room for the endpoint (its
+            // /run not a directory, say) runs without one rather than not
+            // at all.
+            let vhub = match namespaces.bind_vhub(range.map(|r| r.root)) {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    tracing::warn!(sandbox = %spec.id, error = %e, "no V-Hub endpoint in this sandbox");
+                    None
+                }
+            };
             Ok::<_, Error>((pid, namespaces, vhub))
         };
         let (init_pid, namespaces, vhub) = match tokio::time::timeout(START_TIMEOUT, ready).await {
@@ -509,10 +517,12 @@ impl Runtime for LocalRuntime {
             Running {
                 init_pid,
                 bwrap_pid,
-                vhub: (
-                    VHUB_BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    vhub,
-                ),
+                vhub: vhub.map(|listener| {
+                    (
+                        VHUB_BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        listener,
+                    )
+                }),
                 namespaces: Arc::new(namespaces),
                 cgroup: cgroup.clone(),
                 limits: spec.limits.clone(),
@@ -547,7 +557,7 @@ impl Runtime for LocalRuntime {
 
     fn vhub_listener(&self, id: &str) -> Result<Option<(u64, std::os::unix::net::UnixListener)>> {
         let running = lock(&self.running);
-        let Some((boot, listener)) = running.get(id).map(|r| &r.vhub) else {
+        let Some((boot, listener)) = running.get(id).and_then(|r| r.vhub.as_ref()) else {
             return Ok(None);
         };
         listener
