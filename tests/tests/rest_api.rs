@@ -44,6 +44,7 @@ fn health_product_and_openapi() {
         ("/api/sessions/{name}", &["get", "delete"]),
         ("/api/sessions/{name}/runs", &["post"]),
         ("/api/sessions/{name}/spawn", &["post"]),
+        ("/api/sessions/{name}/events", &["get"]),
         ("/api/sessions/{name}/executions", &["get"]),
         ("/api/sessions/{name}/executions/{id}", &["get"]),
         ("/api/sessions/{name}/executions/{id}/attach", &["get"]),

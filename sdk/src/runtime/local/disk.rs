@@ -130,6 +130,21 @@ pub fn prepare_legacy(dir: &Path) -> io::Result<Overlay> {
     overlay(dir, LEGACY_OPTIONS, Layers::Legacy)
 }
 
+/// Lowest descriptor number a namespace kept for the child may have: the
+/// child that mounts the overlay first moves the sandbox's own descriptors
+/// to fixed low numbers (bwrap.rs, 3 to 8), which would silently replace a
+/// namespace descriptor that happened to have one of those numbers (seen
+/// as `mount_setattr` EINVAL under parallel starts).
+const KEPT_FD_FLOOR: i32 = 64;
+
+/// `fd` moved to a number at or above [`KEPT_FD_FLOOR`].
+fn above_fixed_fds(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= KEPT_FD_FLOOR {
+        return Ok(fd);
+    }
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, KEPT_FD_FLOOR)?)
+}
+
 /// The overlay of a layered sandbox directory `dir`: `image` (the shared
 /// tree) under `layers` (topmost first) under the filesystem on `device`
 /// (its disk image, attached). `fresh`: the disk was made empty over its
@@ -156,7 +171,7 @@ pub fn prepare_layered(
         lowers.push_str(&format!("{at}/upper:"));
         mounts.push(LayerMount {
             device: CString::new(layer.device.as_os_str().as_bytes())?,
-            userns: layer.userns,
+            userns: layer.userns.map(above_fixed_fds).transpose()?,
             at: CString::new(at)?,
         });
     }
@@ -167,7 +182,7 @@ pub fn prepare_layered(
     let layers = Layers::Layered(Box::new(Layered {
         device: CString::new(device.as_os_str().as_bytes())?,
         image: CString::new(image.as_os_str().as_bytes())?,
-        userns,
+        userns: above_fixed_fds(userns)?,
         owner,
         ext4: c("ext4")?,
         source_key: c("source")?,
