@@ -350,6 +350,17 @@ fn boxlite_diagnosis(preflight: preflight::Preflight) -> Diagnosis {
     }
 }
 
+/// A host file a runtime copies into a sandbox (`Runtime::copy_in`); a
+/// missing one is `ScriptNotFound`.
+pub(crate) async fn open_copy_source(host_src: &Path) -> Result<tokio::fs::File> {
+    tokio::fs::File::open(host_src)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::ScriptNotFound(host_src.to_path_buf()),
+            _ => Error::io(format!("reading {}", host_src.display()), e),
+        })
+}
+
 pub(crate) fn details(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
     pairs
         .iter()

@@ -116,6 +116,23 @@ impl BoxliteRuntime {
             .clone())
     }
 
+    /// Keep the handle of a box just made (see `handles`).
+    fn hold(&self, id: &str, handle: LiteBox) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), Arc::new(handle));
+    }
+
+    /// Let a box's handle go (after a stop it is invalid; after a removal,
+    /// of nothing).
+    fn release(&self, id: &str) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
     fn mark(&self, set: &Mutex<HashSet<String>>, id: &str, on: bool) {
         let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
         if on {
@@ -244,10 +261,7 @@ impl Runtime for BoxliteRuntime {
             .create(options, Some(spec.id.clone()))
             .await
             .map_err(|e| vmm_error(&format!("making box {}", spec.id), e))?;
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.id.clone(), Arc::new(made));
+        self.hold(&spec.id, made);
         self.mark(&self.known, &spec.id, true);
         Ok(())
     }
@@ -287,10 +301,7 @@ impl Runtime for BoxliteRuntime {
         self.mark(&self.running, id, false);
         // BoxLite invalidates a handle once it stopped its box: the next
         // start takes a fresh one.
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.release(id);
         result.map_err(|e| vmm_error(&format!("stopping box {id}"), e))
     }
 
@@ -304,10 +315,7 @@ impl Runtime for BoxliteRuntime {
             Err(e) => return Err(vmm_error(&format!("removing box {id}"), e)),
         }
         self.mark(&self.known, id, false);
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.release(id);
         let _ = std::fs::remove_file(self.snapshots_file(id));
         Ok(())
     }
@@ -355,12 +363,7 @@ impl Runtime for BoxliteRuntime {
     }
 
     async fn copy_in(&self, id: &str, host_src: &Path, dest: &str, mode: u32) -> Result<()> {
-        let input = tokio::fs::File::open(host_src)
-            .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::ScriptNotFound(host_src.to_path_buf()),
-                _ => Error::io(format!("reading {}", host_src.display()), e),
-            })?;
+        let input = crate::runtime::open_copy_source(host_src).await?;
         let mode = format!("{:o}", mode & 0o7777);
         self.run_guest(id, &["put", "--mode", &mode, dest], Some(input))
             .await
@@ -499,10 +502,7 @@ impl Runtime for BoxliteRuntime {
             .clone_box(Default::default(), Some(spec.id.clone()))
             .await
             .map_err(|e| vmm_error(&format!("cloning box {source}"), e))?;
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.id.clone(), Arc::new(made));
+        self.hold(&spec.id, made);
         self.mark(&self.known, &spec.id, true);
         Ok(())
     }

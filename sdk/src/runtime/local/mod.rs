@@ -1078,12 +1078,7 @@ impl Runtime for LocalRuntime {
     /// exactly the sandbox's privileges: host root never writes into a
     /// disk a sandbox has used.
     async fn copy_in(&self, id: &str, host_src: &Path, dest: &str, mode: u32) -> Result<()> {
-        let input = tokio::fs::File::open(host_src)
-            .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::ScriptNotFound(host_src.to_path_buf()),
-                _ => Error::io(format!("reading {}", host_src.display()), e),
-            })?;
+        let input = crate::runtime::open_copy_source(host_src).await?;
         let mode = format!("{:o}", mode & 0o7777);
         self.run_guest(id, &["put", "--mode", &mode, dest], Some(input))
             .await
