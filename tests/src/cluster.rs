@@ -3,7 +3,6 @@
 //! and data dirs in a temporary directory, started by the test and killed
 //! when it ends (also when it fails).
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -25,14 +24,6 @@ pub fn etcd_available() -> bool {
     )
 }
 
-/// A free port on 127.0.0.1 now (etcd takes fixed ports).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 struct Member {
     name: String,
     client_port: u16,
@@ -46,13 +37,33 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Start `n` members and wait (bounded) until every one is healthy.
+    /// Start `n` members and wait (bounded) until every one is healthy. A
+    /// member that finds its port taken after all (another program bound
+    /// it between the check and etcd's bind) makes a new attempt on new
+    /// ports, at most three.
     pub fn start(n: usize) -> Self {
+        let mut taken = String::new();
+        for _ in 0..3 {
+            match Self::try_start(n) {
+                Ok(etcd) => return etcd,
+                Err(logs) => taken = logs,
+            }
+        }
+        panic!("etcd found its ports taken three times:\n{taken}");
+    }
+
+    /// One attempt; `Err` with the logs when a member's port was taken.
+    fn try_start(n: usize) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("blink-etcd-")
             .tempdir()
             .expect("tempdir");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let mut distinct = std::collections::BTreeSet::new();
+        while distinct.len() < 2 * n {
+            distinct.insert(crate::free_port());
+        }
+        let distinct: Vec<u16> = distinct.into_iter().collect();
+        let ports: Vec<(u16, u16)> = distinct.chunks(2).map(|p| (p[0], p[1])).collect();
         let initial = ports
             .iter()
             .enumerate()
@@ -99,12 +110,25 @@ impl Etcd {
                 child: Some(child),
             });
         }
-        let etcd = Self { members, dir };
+        let mut etcd = Self { members, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = etcd.etcdctl(&["endpoint", "health"]);
             if out.status.success() {
                 break;
+            }
+            let exited = etcd.members.iter_mut().any(|m| {
+                m.child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            });
+            if exited {
+                let logs = etcd.logs();
+                assert!(
+                    logs.contains("address already in use"),
+                    "an etcd member exited:\n{logs}"
+                );
+                return Err(logs);
             }
             assert!(
                 Instant::now() < deadline,
@@ -114,7 +138,7 @@ impl Etcd {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        etcd
+        Ok(etcd)
     }
 
     /// The client URLs of the members still running.

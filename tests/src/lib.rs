@@ -32,6 +32,23 @@ pub mod tty;
 pub mod vm;
 
 pub use running::Running;
+
+/// A port on 127.0.0.1 that is free now, for a program that takes a fixed
+/// port (etcd, a registry, QEMU's forwards). Drawn below Linux's
+/// ephemeral range (32768-60999): a port the kernel handed out for a
+/// probe is soon handed out again to one of the many outgoing loopback
+/// connections parallel tests make, before the program binds it.
+pub fn free_port() -> u16 {
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20000..32000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-32000 on 127.0.0.1");
+}
 pub use server::{Server, ServerBuilder};
 
 /// Where the built binaries are.

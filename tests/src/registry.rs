@@ -51,14 +51,6 @@ pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
-/// A free port on 127.0.0.1 (bound, then released for the program).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A `docker-registry` on 127.0.0.1, killed when dropped.
 pub struct Registry {
     child: Child,
@@ -118,7 +110,7 @@ impl Registry {
             (None, None) => String::new(),
         };
         for _ in 0..5 {
-            let port = free_port();
+            let port = crate::free_port();
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,

@@ -22,14 +22,6 @@ fn harness() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("vm/boxlite-vm.sh")
 }
 
-/// A free port on 127.0.0.1 (free when asked).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Why the boxlite suite cannot run here, if it cannot.
 pub fn missing() -> Option<String> {
     for name in ["blink-server", "blink-cli"] {
@@ -110,8 +102,8 @@ pub fn boxlite_server(config: &str, token: &str) -> (Server, tempfile::TempDir) 
         .arg(harness())
         .arg("serve")
         .env("VM_SHARE", share.path())
-        .env("VM_SSH_PORT", free_port().to_string())
-        .env("VM_HTTP_PORT", free_port().to_string())
+        .env("VM_SSH_PORT", crate::free_port().to_string())
+        .env("VM_HTTP_PORT", crate::free_port().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -288,13 +288,30 @@ fn bad_connection(path: &Path, bytes: &[u8]) -> Vec<Frame> {
     let mut s = UnixStream::connect(path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let hello = Frame::json(Kind::Hello, 0, &json!({ "versions": [1] }));
-    s.write_all(&hello.to_bytes().unwrap()).unwrap();
-    // The hub may close before all of it is written.
-    let _ = s.write_all(bytes);
+    let mut sending = hello.to_bytes().unwrap();
+    sending.extend_from_slice(bytes);
+    // Written while the answers are read, as a client does: the hub may
+    // be sending (a stream's data) while it still reads. It may close
+    // before all of it is written.
+    let mut writer = s.try_clone().unwrap();
+    let written = std::thread::spawn(move || {
+        let _ = writer.write_all(&sending);
+    });
+    // The hub closes: the reads end (a timeout here fails the test). A
+    // close with our bytes unread in the hub's socket ends in ECONNRESET
+    // after all it sent: that is an end too.
     let mut rest = Vec::new();
-    // The hub closes: read_to_end ends (a timeout here fails the test).
-    s.read_to_end(&mut rest)
-        .expect("the hub kept the connection open");
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("the hub kept the connection open: {e}"),
+        }
+    }
+    written.join().unwrap();
     // Frames as docs/VHUB.md lays them out: a 16-byte header, then the payload.
     let mut frames = Vec::new();
     let mut at = 0;

@@ -64,6 +64,7 @@ impl HubConfig {
             ("initial_window", u64::from(l.initial_window)),
             ("queue_bytes", l.queue_bytes as u64),
             ("hello_timeout_secs", l.hello_timeout_secs),
+            ("close_timeout_secs", l.close_timeout_secs),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("vhub.limits.{name} must be positive"));

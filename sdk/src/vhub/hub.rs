@@ -249,13 +249,13 @@ impl Hub {
         let hello = match hello {
             Err(_) => {
                 outbox.fail(0, codes::HELLO_TIMEOUT, "no hello in time", peak);
-                return finish(&outbox, writer).await;
+                return self.finish(&outbox, writer).await;
             }
-            Ok(None) => return finish(&outbox, writer).await,
+            Ok(None) => return self.finish(&outbox, writer).await,
             Ok(Some(Err(e))) => {
                 self.count_error();
                 outbox.fail(0, e.code(), e.to_string(), peak);
-                return finish(&outbox, writer).await;
+                return self.finish(&outbox, writer).await;
             }
             Ok(Some(Ok(f))) => f,
         };
@@ -267,7 +267,7 @@ impl Hub {
                 "the first frame must be hello",
                 peak,
             );
-            return finish(&outbox, writer).await;
+            return self.finish(&outbox, writer).await;
         }
         match serde_json::from_slice::<Hello>(&hello.payload) {
             Ok(h) if h.versions.contains(&VERSION) => {}
@@ -278,19 +278,19 @@ impl Hub {
                     format!("no common version: client {:?}, hub {VERSION}", h.versions),
                     peak,
                 );
-                return finish(&outbox, writer).await;
+                return self.finish(&outbox, writer).await;
             }
             Err(e) => {
                 self.count_error();
                 outbox.fail(0, codes::BAD_JSON, format!("hello: {e}"), peak);
-                return finish(&outbox, writer).await;
+                return self.finish(&outbox, writer).await;
             }
         }
         let id = match self.register(side, session.clone(), outbox.clone()) {
             Ok(id) => id,
             Err(message) => {
                 outbox.fail(0, codes::LIMIT, message, peak);
-                return finish(&outbox, writer).await;
+                return self.finish(&outbox, writer).await;
             }
         };
         let welcome = Welcome {
@@ -324,7 +324,18 @@ impl Hub {
             }
         }
         self.unregister(id);
-        finish(&outbox, writer).await
+        self.finish(&outbox, writer).await
+    }
+
+    /// Close a connection: what is queued goes out first, within
+    /// `close_timeout_secs`; after that the writer is dropped unflushed.
+    async fn finish(&self, outbox: &Outbox, mut writer: tokio::task::JoinHandle<()>) {
+        outbox.close();
+        let limit = self.inner.limits.close_timeout();
+        if tokio::time::timeout(limit, &mut writer).await.is_err() {
+            tracing::debug!("vhub connection dropped: its peer did not read its close");
+            writer.abort();
+        }
     }
 
     fn count_error(&self) {
@@ -931,9 +942,4 @@ impl Hub {
         }
         Ok(())
     }
-}
-
-async fn finish(outbox: &Outbox, writer: tokio::task::JoinHandle<()>) {
-    outbox.close();
-    let _ = writer.await;
 }

@@ -337,6 +337,40 @@ async fn a_slow_subscriber_loses_events_and_is_told_how_many() {
     assert_eq!(first.seq, 7);
 }
 
+/// A peer that sends a bad frame and never reads: its close (the error
+/// frame behind a welcome it did not read) is bounded by
+/// `close_timeout_secs`, then the hub drops it and its socket ends.
+#[tokio::test]
+async fn a_closing_peer_that_never_reads_is_dropped_in_time() {
+    let limits = Limits {
+        close_timeout_secs: 1,
+        ..Limits::default()
+    };
+    let hub = hub_with(limits, false);
+    // 32 bytes of buffer: the welcome alone does not fit.
+    let (mut a, b) = tokio::io::duplex(32);
+    let h = hub.clone();
+    let served =
+        tokio::spawn(async move { h.connection(b, Side::Sandbox, Some("s1".into())).await });
+    let hello = Frame::json(Kind::Hello, 0, &json!({ "versions": [1] }));
+    let mut bad = Frame::new(Kind::Ping, 0, &b""[..]).to_bytes().unwrap();
+    bad[..4].copy_from_slice(b"HTTP");
+    a.write_all(&hello.to_bytes().unwrap()).await.unwrap();
+    a.write_all(&bad).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the hub waited forever on a peer that does not read")
+        .unwrap();
+    // Dropped: what was written is readable, then the end.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), a.read_to_end(&mut rest))
+        .await
+        .expect("the socket stayed open")
+        .unwrap();
+    assert_eq!(hub.stats().connections, 0);
+    assert_eq!(hub.stats().protocol_errors, 1);
+}
+
 #[tokio::test]
 async fn limits_hold() {
     let limits = Limits {

@@ -30,6 +30,10 @@ pub struct Limits {
     pub queue_bytes: usize,
     /// Seconds a connection has to send `hello`.
     pub hello_timeout_secs: u64,
+    /// Seconds a closing connection has to read what is queued to it (its
+    /// error frame last) before the hub drops it unread: a peer that
+    /// never reads cannot hold its connection open.
+    pub close_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -46,6 +50,7 @@ impl Default for Limits {
             max_window: 1024 * 1024,
             queue_bytes: 4 * 1024 * 1024,
             hello_timeout_secs: 10,
+            close_timeout_secs: 5,
         }
     }
 }
@@ -53,5 +58,9 @@ impl Default for Limits {
 impl Limits {
     pub fn hello_timeout(&self) -> Duration {
         Duration::from_secs(self.hello_timeout_secs)
+    }
+
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_secs(self.close_timeout_secs)
     }
 }
