@@ -102,6 +102,9 @@ pub struct SandboxConfig {
     pub runtime: Option<blink_sdk::runtime::selection::RuntimeChoice>,
     /// `"default"` (Docker's default semantics) or `"unconfined"`.
     pub seccomp: blink_sdk::runtime::local::SeccompProfile,
+    /// Relay each box's V-Hub endpoint over an execution (boxlite only;
+    /// off by default, docs/VHUB.md says why).
+    pub boxlite_vhub_relay: bool,
     /// First host id of the per-sandbox id ranges (65536 ids each) when
     /// running as root. Give each Blink on one host its own base.
     pub id_base: u32,
@@ -136,6 +139,7 @@ impl Default for SandboxConfig {
         Self {
             runtime: None,
             seccomp: blink_sdk::runtime::local::SeccompProfile::Default,
+            boxlite_vhub_relay: false,
             id_base: blink_sdk::runtime::local::DEFAULT_ID_BASE,
             disk_size_mib: blink_sdk::runtime::local::DEFAULT_DISK_MIB,
             ephemeral_pool: 2,

@@ -217,6 +217,7 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     let mut manager_config = ManagerConfig::new(&data_dir);
     manager_config.runtime = file.runtime()?;
     manager_config.seccomp = file.sandbox.seccomp;
+    manager_config.boxlite_vhub_relay = file.sandbox.boxlite_vhub_relay;
     manager_config.id_base = Some(file.sandbox.id_base);
     manager_config.limits = blink_sdk::runtime::Limits {
         cpus: file.sandbox.cpus,

@@ -33,6 +33,7 @@
 
 mod sftp;
 mod vhub;
+mod vhub_relay;
 mod wire;
 
 use std::os::unix::process::CommandExt;

@@ -14,6 +14,8 @@
 //! - `accept METHOD`: provide METHOD for streams from host clients; the
 //!   first one opened is piped the same way (prints `ready` once
 //!   registered).
+//! - `relay SOCKET`: the session's endpoint, relayed to the host over
+//!   stdin and stdout (`vhub_relay.rs`; run by the host, not by users).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -289,10 +291,11 @@ pub fn main(args: &[String]) -> ExitCode {
         }
         Some("serve") if args.len() >= 2 => serve(&args[1], &args[2..]),
         Some("accept") if args.len() >= 2 => accept(&args[1]),
+        Some("relay") => return super::vhub_relay::main(&args[1..]),
         Some("stream") if args.len() >= 2 => {
             stream(&args[1], args.get(2).map(String::as_str).unwrap_or("null"))
         }
-        _ => Err("usage: blink-guest vhub emit TOPIC [DATA] [--repeat N] | call METHOD [PARAMS] [--repeat N] | serve METHOD [--count N] [-- PROG ARGS...] | stream METHOD [PARAMS] | accept METHOD".into()),
+        _ => Err("usage: blink-guest vhub emit TOPIC [DATA] [--repeat N] | call METHOD [PARAMS] [--repeat N] | serve METHOD [--count N] [-- PROG ARGS...] | stream METHOD [PARAMS] | accept METHOD | relay SOCKET".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

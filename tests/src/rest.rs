@@ -49,6 +49,32 @@ fn answer(result: Result<ureq::Response, ureq::Error>) -> Answer {
 }
 
 impl Server {
+    /// Lines of `GET /api/sessions/{name}/events` (server-sent events)
+    /// as they arrive.
+    pub fn events(&self, session: &str) -> std::sync::mpsc::Receiver<String> {
+        use std::io::BufRead as _;
+        let mut req = ureq::get(&self.url(&format!("/api/sessions/{session}/events")));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let response = req.call().expect("event stream");
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/event-stream"),
+            "not server-sent events"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(response.into_reader()).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
@@ -258,6 +284,19 @@ impl Server {
 }
 
 /// A run's stdout as text.
+/// The next `data:` line of a [`Server::events`] stream, as JSON (at
+/// most 30 s away).
+pub fn next_event(lines: &std::sync::mpsc::Receiver<String>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).expect("no server-sent event");
+        if let Some(data) = line.strip_prefix("data:") {
+            return serde_json::from_str(data.trim()).expect("event JSON");
+        }
+    }
+}
+
 pub fn stdout(run: &Value) -> String {
     run["stdout"]["data"].as_str().unwrap_or("").to_owned()
 }

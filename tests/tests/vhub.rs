@@ -69,42 +69,6 @@ async fn call_when_ready(client: &Client, session: &str, method: &str, params: V
     }
 }
 
-/// Lines of `GET /api/sessions/{name}/events` as they arrive.
-fn sse(server: &Server, session: &str) -> std::sync::mpsc::Receiver<String> {
-    let mut req = ureq::get(&server.url(&format!("/api/sessions/{session}/events")));
-    if let Some(t) = &server.token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
-    let response = req.call().expect("event stream");
-    assert_eq!(
-        response.header("content-type"),
-        Some("text/event-stream"),
-        "not server-sent events"
-    );
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(response.into_reader()).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// The next `data:` line of an SSE stream, as JSON.
-fn sse_event(lines: &std::sync::mpsc::Receiver<String>) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines.recv_timeout(left).expect("no server-sent event");
-        if let Some(data) = line.strip_prefix("data:") {
-            return serde_json::from_str(data.trim()).expect("event JSON");
-        }
-    }
-}
-
 #[test]
 fn events_from_a_sandbox_reach_host_subscribers_and_the_rest_stream() {
     let Some((blink, server)) = server_fixture() else {
@@ -116,7 +80,7 @@ fn events_from_a_sandbox_reach_host_subscribers_and_the_rest_stream() {
         .block_on(Client::connect(&socket(&blink)))
         .expect("host socket");
     rt.block_on(host.subscribe("a")).unwrap();
-    let stream = sse(&server, "a");
+    let stream = server.events("a");
 
     let out = server.sh(
         "a",
@@ -131,7 +95,7 @@ fn events_from_a_sandbox_reach_host_subscribers_and_the_rest_stream() {
     assert_eq!(event.session, "a");
     assert_eq!(event.topic, "build.done");
     assert_eq!(event.data, json!({ "ok": true, "n": 7 }));
-    let rest = sse_event(&stream);
+    let rest = blink_e2e::rest::next_event(&stream);
     assert_eq!(rest["session"], "a");
     assert_eq!(rest["topic"], "build.done");
     assert_eq!(rest["data"], json!({ "ok": true, "n": 7 }));

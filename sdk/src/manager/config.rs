@@ -27,6 +27,9 @@ pub struct ManagerConfig {
     pub id_base: Option<u32>,
     /// The seccomp filter every sandbox process runs under.
     pub seccomp: crate::runtime::local::SeccompProfile,
+    /// Relay each box's V-Hub endpoint over an execution (boxlite only;
+    /// off by default: docs/VHUB.md, Endpoints).
+    pub boxlite_vhub_relay: bool,
     pub default_image: String,
     /// A non-warm session with nothing running stops after this long.
     pub idle_timeout: Duration,
@@ -70,6 +73,7 @@ impl ManagerConfig {
             runtime: RuntimeChoice::Auto,
             id_base: Some(crate::runtime::local::DEFAULT_ID_BASE),
             seccomp: crate::runtime::local::SeccompProfile::Default,
+            boxlite_vhub_relay: false,
             default_image: DEFAULT_IMAGE.into(),
             idle_timeout: Duration::from_secs(300),
             run_timeout: Duration::from_secs(600),

@@ -140,6 +140,7 @@ impl Manager {
                 crate::runtime::boxlite::BoxliteRuntime::open(
                     &data.join("boxlite"),
                     images.clone(),
+                    config.boxlite_vhub_relay,
                 )
                 .await?,
             ),

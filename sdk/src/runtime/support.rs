@@ -59,6 +59,6 @@ pub fn support(kind: RuntimeKind) -> RuntimeSupport {
 }
 
 /// What the boxlite runtime does not map (docs/BOXLITE.md says why).
-pub const BOXLITE_UNMAPPED: &[&str] = &["resources", "export", "import", "network_policy", "vhub"];
+pub const BOXLITE_UNMAPPED: &[&str] = &["resources", "export", "import", "network_policy"];
 
-const BOXLITE_NOTE: &str = "boxlite: a box's CPUs, memory and disk are fixed when it is made (no live or later resize); export and import are not mapped (BoxLite's .boxlite archive is its own format); a box has no network, so egress policies other than none, and SSH forwarding into it, are refused; snapshots and clones need the box stopped, and clones are of its current disk, not of a snapshot; boxes have no V-Hub endpoint yet (docs/BOXLITE.md)";
+const BOXLITE_NOTE: &str = "boxlite: a box's CPUs, memory and disk are fixed when it is made (no live or later resize); export and import are not mapped (BoxLite's .boxlite archive is its own format); a box has no network, so egress policies other than none, and SSH forwarding into it, are refused; snapshots and clones need the box stopped, and clones are of its current disk, not of a snapshot; a box's V-Hub endpoint is relayed over an execution, only with [sandbox] boxlite_vhub_relay = true (docs/VHUB.md)";

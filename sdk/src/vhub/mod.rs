@@ -6,6 +6,8 @@
 //! - [`limits`]: what a hub, session and connection may hold.
 //! - [`hub`]: connections and the routing between them.
 //! - [`endpoints`]: the hub over a manager: host socket, sessions' endpoints.
+//! - [`relay`]: the host half of an endpoint relayed over a program's
+//!   stdin and stdout (BoxLite).
 //! - [`client`]: a Rust client.
 
 pub mod client;
@@ -15,6 +17,7 @@ pub mod hub;
 pub mod limits;
 pub mod messages;
 mod outbox;
+pub mod relay;
 mod streams;
 
 pub use client::{Client, ClientError, Incoming};

@@ -3,7 +3,8 @@
 //! `layout.rs` images of Blink's store as the single-image OCI layouts
 //! BoxLite boots from; with the `boxlite` feature, `options.rs` a
 //! sandbox's spec as box options, `exec.rs` BoxLite executions as exec-wire
-//! processes, `vm.rs` the `Runtime` itself and the preflight's test boot.
+//! processes, `vhub.rs` a box's V-Hub endpoint (relayed over an execution),
+//! `vm.rs` the `Runtime` itself and the preflight's test boot.
 
 pub mod layout;
 
@@ -11,6 +12,8 @@ pub mod layout;
 mod exec;
 #[cfg(feature = "boxlite")]
 pub mod options;
+#[cfg(feature = "boxlite")]
+mod vhub;
 #[cfg(feature = "boxlite")]
 mod vm;
 

@@ -32,6 +32,11 @@ pub struct BoxliteRuntime {
     /// box that is not detached ends when the last handle to it goes (its
     /// shim watches a pipe the handle keeps open).
     handles: Mutex<HashMap<String, Arc<LiteBox>>>,
+    /// The V-Hub endpoints of running boxes.
+    endpoints: Arc<super::vhub::Endpoints>,
+    /// Whether boxes get a relayed V-Hub endpoint (`[sandbox]
+    /// boxlite_vhub_relay`).
+    relay: bool,
 }
 
 impl std::fmt::Debug for BoxliteRuntime {
@@ -41,6 +46,9 @@ impl std::fmt::Debug for BoxliteRuntime {
             .finish_non_exhaustive()
     }
 }
+
+/// How long after a box is ready its V-Hub relay starts.
+const RELAY_DELAY: Duration = Duration::from_secs(3);
 
 fn vmm_error(what: &str, e: ::boxlite::BoxliteError) -> Error {
     Error::Runtime(format!("{what}: {e}"))
@@ -62,7 +70,7 @@ fn place_guest(dir: &Path) -> Result<()> {
 impl BoxliteRuntime {
     /// Open the runtime on `root` (made if missing), with the boxes left
     /// there by an earlier process.
-    pub async fn open(root: &Path, images: Arc<ImageStore>) -> Result<Self> {
+    pub async fn open(root: &Path, images: Arc<ImageStore>, relay: bool) -> Result<Self> {
         std::fs::create_dir_all(root)
             .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
         place_guest(&root.join("guest"))?;
@@ -88,6 +96,8 @@ impl BoxliteRuntime {
             known: Mutex::new(known),
             running: Mutex::default(),
             handles: Mutex::default(),
+            endpoints: Arc::new(super::vhub::Endpoints::new(root.join("vhub"))),
+            relay,
         })
     }
 
@@ -285,7 +295,30 @@ impl Runtime for BoxliteRuntime {
             ready(&b, &spec.id).await?;
         }
         self.mark(&self.running, &spec.id, true);
+        if self.relay && !self.endpoints.live(&spec.id) {
+            let (endpoints, id) = (self.endpoints.clone(), spec.id.clone());
+            tokio::spawn(async move {
+                // Not at once: a relay started as the box came up broke
+                // BoxLite's exec transport more often (docs/VHUB.md).
+                tokio::time::sleep(RELAY_DELAY).await;
+                // The box runs without a V-Hub endpoint rather than not at all.
+                let relay = match start_wire(&b, &id, super::vhub::relay_spec()).await {
+                    Ok(execution) => endpoints.attach(&id, execution),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = relay {
+                    tracing::warn!(sandbox = %id, error = %e, "no V-Hub endpoint");
+                }
+            });
+        }
         Ok(())
+    }
+
+    fn vhub_listener(&self, id: &str) -> Result<Option<(u64, std::os::unix::net::UnixListener)>> {
+        if !self.is_running(id) {
+            return Ok(None);
+        }
+        self.endpoints.listener(id)
     }
 
     fn is_running(&self, id: &str) -> bool {
@@ -297,6 +330,7 @@ impl Runtime for BoxliteRuntime {
 
     async fn stop(&self, id: &str) -> Result<()> {
         let b = self.get(id).await?;
+        self.endpoints.detach(id);
         let result = b.stop().await;
         self.mark(&self.running, id, false);
         // BoxLite invalidates a handle once it stopped its box: the next
@@ -307,6 +341,7 @@ impl Runtime for BoxliteRuntime {
 
     async fn remove(&self, id: &str) -> Result<()> {
         self.mark(&self.running, id, false);
+        self.endpoints.detach(id);
         match self.vmm.remove(id, true).await {
             Ok(()) => {}
             Err(e) if !self.vmm.exists(id).await.unwrap_or(true) => {
@@ -344,22 +379,11 @@ impl Runtime for BoxliteRuntime {
             });
         }
         let b = self.get(id).await?;
-        let command = BoxCommand::new(GUEST).args(wire::wire_args(&spec));
-        let execution = match b.exec(command).await {
-            Ok(execution) => execution,
-            Err(e) => {
-                let status = b.info().await.map(|i| i.status);
-                if !matches!(status, Ok(::boxlite::BoxStatus::Running)) {
-                    self.mark(&self.running, id, false);
-                    return Err(Error::SandboxDead {
-                        id: id.into(),
-                        reason: format!("the box is {status:?}: {e}"),
-                    });
-                }
-                return Err(vmm_error(&format!("starting a program in box {id}"), e));
-            }
-        };
-        wire::start(super::exec::wire_process(id, execution)?, &spec).await
+        let started = start_wire(&b, id, spec).await;
+        if let Err(Error::SandboxDead { .. }) = &started {
+            self.mark(&self.running, id, false);
+        }
+        started
     }
 
     async fn copy_in(&self, id: &str, host_src: &Path, dest: &str, mode: u32) -> Result<()> {
@@ -511,6 +535,25 @@ impl Runtime for BoxliteRuntime {
 /// Wait until a box that has just booted runs programs: BoxLite's start
 /// returns once the VM is up, while the container in it may still be on
 /// its way, and an execution then fails. A bounded number of probes.
+/// `spec` under the exec wire in box `id`.
+async fn start_wire(b: &LiteBox, id: &str, spec: ExecSpec) -> Result<Execution> {
+    let command = BoxCommand::new(GUEST).args(wire::wire_args(&spec));
+    let execution = match b.exec(command).await {
+        Ok(execution) => execution,
+        Err(e) => {
+            let status = b.info().await.map(|i| i.status);
+            if !matches!(status, Ok(::boxlite::BoxStatus::Running)) {
+                return Err(Error::SandboxDead {
+                    id: id.into(),
+                    reason: format!("the box is {status:?}: {e}"),
+                });
+            }
+            return Err(vmm_error(&format!("starting a program in box {id}"), e));
+        }
+    };
+    wire::start(super::exec::wire_process(id, execution)?, &spec).await
+}
+
 async fn ready(b: &LiteBox, id: &str) -> Result<()> {
     const PROBES: u32 = 40;
     let mut last = String::new();
