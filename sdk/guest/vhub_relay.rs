@@ -25,6 +25,8 @@ const CLOSE: u8 = 4;
 const WINDOW: u64 = 256 * 1024;
 /// The largest data frame.
 const MAX_DATA: usize = 64 * 1024;
+/// Connections at once (the host takes no more); one more is closed.
+const MAX_CONNECTIONS: usize = 64;
 
 type Out = Arc<Mutex<std::io::Stdout>>;
 
@@ -162,6 +164,9 @@ fn accept(listener: UnixListener, out: Out, conns: Arc<Mutex<HashMap<u32, Relaye
         let Ok(stream) = stream else {
             continue;
         };
+        if conns.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_CONNECTIONS {
+            continue;
+        }
         next = next.wrapping_add(1);
         let id = next;
         let (tx, rx) = mpsc::channel::<Vec<u8>>();

@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Unsupported,
     /// A fault on our side or in the sandbox runtime (HTTP 500).
     Internal,
+    /// Not now, soon again: the session is moving (HTTP 503).
+    Unavailable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,9 @@ pub enum Error {
 
     #[error("session {name:?} is busy: {reason}")]
     SessionBusy { name: String, reason: String },
+
+    #[error("session {0:?} is moving to another node; try again shortly")]
+    SessionMoving(String),
 
     #[error("execution {0:?} not found")]
     ExecutionNotFound(String),
@@ -148,6 +153,7 @@ impl Error {
             Self::SessionNotFound(_) => "session_not_found",
             Self::SessionExists(_) => "session_exists",
             Self::SessionBusy { .. } => "session_busy",
+            Self::SessionMoving(_) => "session_moving",
             Self::ExecutionNotFound(_) => "execution_not_found",
             Self::SnapshotNotFound { .. } => "snapshot_not_found",
             Self::SnapshotExists { .. } => "snapshot_exists",
@@ -190,6 +196,7 @@ impl Error {
             Self::NotPermitted(_) => ErrorKind::Forbidden,
             Self::Registry { .. } => ErrorKind::Upstream,
             Self::Unsupported(_) | Self::RuntimeUnavailable { .. } => ErrorKind::Unsupported,
+            Self::SessionMoving(_) => ErrorKind::Unavailable,
             Self::SandboxDead { .. }
             | Self::CorruptState { .. }
             | Self::Io { .. }

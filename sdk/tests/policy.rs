@@ -749,3 +749,36 @@ async fn a_second_manager_refused_leaves_the_data_dir_as_it_was() {
         "the refused manager changed the data dir's mode"
     );
 }
+
+/// A fenced session (a cluster router moving it away) does not start, so
+/// nothing reaches its disk after the move's export; the fence ends by
+/// itself (a router that died) or when lifted (a move given up).
+#[tokio::test]
+async fn a_fenced_session_does_not_start_until_its_fence_ends() {
+    let fx = Fixture::new();
+    let m = fx.manager(|_| {}).await;
+    let id = open(&m, "moving", false).await;
+    m.stop_session("moving", true).await.expect("stop");
+    m.fence("moving", Some(Duration::from_millis(300)))
+        .expect("fence");
+    let program = command(&["true"]);
+    let run = || m.run(Target::Session("moving"), &program, RunOptions::default());
+    let refused = run().await.expect_err("a fenced session ran");
+    assert!(matches!(refused, Error::SessionMoving(_)), "{refused}");
+    assert_eq!(refused.code(), "session_moving");
+    assert!(!fx.runtime.is_running_now(&id), "a fenced session started");
+    // It ends by itself.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(run().await.expect("after the fence").exit_code, 0);
+    // Lifted at once.
+    m.stop_session("moving", true).await.expect("stop");
+    m.fence("moving", Some(Duration::from_secs(600)))
+        .expect("fence");
+    assert!(run().await.is_err());
+    m.fence("moving", None).expect("lift");
+    assert_eq!(run().await.expect("lifted").exit_code, 0);
+    assert!(matches!(
+        m.fence("nope", None),
+        Err(Error::SessionNotFound(_))
+    ));
+}

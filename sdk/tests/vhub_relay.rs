@@ -330,6 +330,16 @@ async fn a_relay_that_breaks_the_protocol_is_ended() {
         let err = ended.expect_err(says).to_string();
         assert!(err.contains(says), "{says}: {err}");
     }
+    // One connection over the limit is refused; its data until its
+    // close is dropped, not an error.
+    let (to_guest, _keep) = tokio::io::duplex(1 << 20);
+    let mut refused = open(1);
+    refused.extend(open(2));
+    refused.extend(data(2, 10));
+    refused.extend(relay::encode(relay::CLOSE, 2, &[]));
+    relay::serve(&refused[..], to_guest, endpoint.clone(), 1)
+        .await
+        .unwrap();
     // A clean end of the output is a clean end.
     let (to_guest, _keep) = tokio::io::duplex(1024);
     let clean = open(1);

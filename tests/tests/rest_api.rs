@@ -55,6 +55,7 @@ fn health_product_and_openapi() {
         ("/api/exports/{filename}", &["get"]),
         ("/api/import", &["post"]),
         ("/api/sessions/{name}/stop", &["post"]),
+        ("/api/sessions/{name}/fence", &["delete", "put"]),
         ("/api/sessions/{name}/network", &["get", "put"]),
         ("/api/sessions/{name}/resources", &["get", "patch"]),
         ("/api/sessions/{name}/stats", &["get"]),

@@ -69,6 +69,7 @@ impl From<blink_sdk::Error> for ApiError {
             ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
             ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(code = e.code(), error = %blink_sdk::escape::Escaped(&e.to_string()), "request failed");

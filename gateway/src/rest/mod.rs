@@ -84,6 +84,7 @@ fn router(state: AppState, guard: Arc<guard::Guard>) -> (Router, utoipa::openapi
         .routes(routes!(sessions::list, sessions::open))
         .routes(routes!(sessions::info, sessions::remove))
         .routes(routes!(sessions::stop))
+        .routes(routes!(sessions::fence, sessions::unfence))
         .routes(routes!(network::get, network::put))
         .routes(routes!(resources::get, resources::patch))
         .routes(routes!(resources::stats))

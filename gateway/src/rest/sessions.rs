@@ -185,6 +185,67 @@ pub async fn stop(
     Ok(axum::Json(info))
 }
 
+/// `?ttl_secs=` of a fence.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FenceQuery {
+    /// How long the fence holds unless renewed (1-600).
+    pub ttl_secs: u64,
+}
+
+/// Fence a session while a cluster router moves it away: for `ttl_secs`
+/// (renewed by the router while the move runs) it does not start (`503
+/// session_moving`), so nothing reaches its disk after the move's export
+/// (docs/SCALE.md).
+#[utoipa::path(
+    put,
+    path = "/api/sessions/{name}/fence",
+    tag = "sessions",
+    params(("name" = String, Path, description = "Session name"), FenceQuery),
+    responses(
+        (status = 204, description = "Fenced"),
+        (status = 400, description = "Bad ttl_secs", body = ErrorResponse),
+        (status = 404, description = "No such session", body = ErrorResponse),
+    )
+)]
+pub async fn fence(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<FenceQuery>,
+) -> ApiResult<StatusCode> {
+    if !(1..=600).contains(&q.ttl_secs) {
+        return Err(blink_sdk::Error::InvalidArgument(format!(
+            "ttl_secs must be 1-600, not {}",
+            q.ttl_secs
+        ))
+        .into());
+    }
+    state
+        .manager
+        .fence(&name, Some(std::time::Duration::from_secs(q.ttl_secs)))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lift a session's fence (a move given up).
+#[utoipa::path(
+    delete,
+    path = "/api/sessions/{name}/fence",
+    tag = "sessions",
+    params(("name" = String, Path, description = "Session name")),
+    responses(
+        (status = 204, description = "Not fenced"),
+        (status = 404, description = "No such session", body = ErrorResponse),
+    )
+)]
+pub async fn unfence(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    state.manager.fence(&name, None)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Remove a session and its disk.
 #[utoipa::path(
     delete,

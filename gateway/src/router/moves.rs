@@ -12,7 +12,10 @@
 //! `BLINK_TEST_CRASH_AT` (tests only): a step name (`after-mark`,
 //! `after-export`, `after-import`, `after-switch`) at which the router
 //! aborts, as a crash would, to test that every crash point leaves the
-//! session in one place.
+//! session in one place. `BLINK_TEST_PAUSE_AT` with
+//! `BLINK_TEST_PAUSE_FILE` (tests only): at that step the router writes
+//! `<file>.reached` and waits (at most 60 s) for `<file>`, so a test can
+//! kill a node at that very step.
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +40,36 @@ fn crash_point(step: &str) {
     if std::env::var(CRASH_AT).is_ok_and(|v| v == step) {
         eprintln!("{CRASH_AT}={step}: aborting");
         std::process::abort();
+    }
+}
+
+/// The test-only pause switch (see the module's doc).
+const PAUSE_AT: &str = "BLINK_TEST_PAUSE_AT";
+const PAUSE_FILE: &str = "BLINK_TEST_PAUSE_FILE";
+
+async fn pause_point(step: &str) {
+    let Some(file) = std::env::var_os(PAUSE_FILE) else {
+        return;
+    };
+    if !std::env::var(PAUSE_AT).is_ok_and(|v| v == step) {
+        return;
+    }
+    let file = PathBuf::from(file);
+    let mut reached = file.clone().into_os_string();
+    reached.push(".reached");
+    let _ = tokio::fs::write(&reached, step).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !file.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -117,6 +150,63 @@ async fn remove_copy(state: &RouterState, node: &NodeRecord, name: &str) -> Resu
         return Ok(());
     }
     json_of(resp).await.map(|_| ())
+}
+
+/// Fence (`on`) or free a session on `node`: fenced, it does not start
+/// there (`503 session_moving`), so a request that read the route before
+/// a move's mark cannot reach its disk after the export. Gone already is
+/// fine.
+async fn set_fence(
+    state: &RouterState,
+    node: &NodeRecord,
+    name: &str,
+    on: bool,
+) -> Result<(), Refusal> {
+    let (method, path) = if on {
+        (
+            Method::PUT,
+            format!("/api/sessions/{name}/fence?ttl_secs={}", fence_ttl(state)),
+        )
+    } else {
+        (Method::DELETE, format!("/api/sessions/{name}/fence"))
+    };
+    let resp = call(state, node, method, &path, None, Body::empty()).await;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Ok(());
+    }
+    json_of(resp).await.map(|_| ())
+}
+
+/// A fence's life: the move lock's lease, so a fence left by a router that
+/// died ends with its lock.
+fn fence_ttl(state: &RouterState) -> u64 {
+    state.ttl.clamp(1, 600) as u64
+}
+
+/// Keep a fence up while a move runs (renewed at a third of its life);
+/// dropped, it stops renewing.
+fn keep_fenced(state: &RouterState, node: &NodeRecord, name: &str) -> tokio::task::JoinHandle<()> {
+    let (state, node, name) = (state.clone(), node.clone(), name.to_owned());
+    tokio::spawn(async move {
+        let period = std::time::Duration::from_millis(fence_ttl(&state) * 1000 / 3);
+        loop {
+            tokio::time::sleep(period).await;
+            if let Err(Refusal(resp)) = set_fence(&state, &node, &name, true).await {
+                tracing::warn!(session = %name, node = %node.name, status = %resp.status(), "router: a fence not renewed");
+            }
+        }
+    })
+}
+
+/// Free the session on `node` if it is live (a move given up); a node
+/// that is away has no fences when it is back.
+async fn lift_fence(state: &RouterState, node: &str, name: &str) {
+    if let Ok(live) = nodes::live(&state.store).await
+        && let Some(node) = live_named(&live, node)
+        && let Err(Refusal(resp)) = set_fence(state, node, name, false).await
+    {
+        tracing::warn!(session = %name, node = %node.name, status = %resp.status(), "router: a fence not lifted");
+    }
 }
 
 /// Where a session's last export is kept: `<export_dir>/<name>.boxlite`,
@@ -262,6 +352,7 @@ async fn undo(state: &RouterState, name: &str, marked: &Read) {
     let Ok(Some(back)) = moves::roll_back(&state.store, name, marked, true).await else {
         return;
     };
+    lift_fence(state, &back.route.node, name).await;
     let Some(to) = back.route.leftover_on.clone() else {
         return;
     };
@@ -296,6 +387,7 @@ pub async fn settle(state: &RouterState, name: &str, mut read: Read) -> Result<R
             // a leftover, removed next round).
             if let Some(back) = moves::roll_back(&state.store, name, &read, false).await? {
                 tracing::info!(session = %name, node = %back.route.node, abandoned_copy_on = %to, "router: an abandoned move rolled back");
+                lift_fence(state, &back.route.node, name).await;
             }
         } else if let Some(old) = read.route.leftover_on.clone() {
             let Some(node) = live_named(&live, &old) else {
@@ -407,13 +499,19 @@ pub async fn move_session(
         ));
     };
     crash_point("after-mark");
-    // Requests routed just before the mark reach the source within this;
-    // the stop below ends them (not a hard fence: see docs/SCALE.md).
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // From the fence on the session does not start on the source: a
+    // request routed before the mark is refused there (503), and what
+    // already runs ends with the stop below.
+    if let Err(e) = set_fence(state, &source, name, true).await {
+        undo(state, name, &marked).await;
+        return Err(e);
+    }
+    let renewing = AbortOnDrop(keep_fenced(state, &source, name));
     let (path, shared) = export_path(state, name);
     let copied = async {
         export_to(state, &source, name, &path).await?;
         crash_point("after-export");
+        pause_point("after-export").await;
         import_from(state, &target, name, &path).await
     }
     .await;
@@ -422,7 +520,8 @@ pub async fn move_session(
     }
     if let Err(e) = copied {
         // The session stays where it was (stopped; it starts on its next
-        // use).
+        // use, once the fence is lifted).
+        drop(renewing);
         undo(state, name, &marked).await;
         return Err(e);
     }
@@ -437,6 +536,7 @@ pub async fn move_session(
     };
     drop(lease);
     crash_point("after-switch");
+    pause_point("after-switch").await;
     tracing::info!(session = %name, from = %source.name, to = %target.name, "router: session moved");
     match remove_copy(state, &source, name).await {
         Ok(()) => Ok(moves::clear_leftover(&state.store, name, &switched)

@@ -45,6 +45,9 @@ pub(crate) struct Slot {
     /// idle policy stop a session the moment a second boundary passes.
     pub(super) last_used: AtomicU64,
     pub(super) removed: std::sync::atomic::AtomicBool,
+    /// Being moved away by a cluster router: it does not start before
+    /// this time (milliseconds since the epoch; `fence`).
+    pub(super) fenced_until: AtomicU64,
     /// Its egress proxy while the sandbox runs with a policy (egress.rs).
     pub(super) egress: Mutex<Option<super::egress::RunningEgress>>,
     pub(super) egress_stats: Arc<crate::network::EgressStats>,
@@ -300,6 +303,17 @@ impl Manager {
         Ok(ActivityGuard::hold(self.slot(name)?))
     }
 
+    /// Fence a session for `ttl` while a cluster router moves it away (the
+    /// router renews it while the move runs; `None` lifts it): it does
+    /// not start, so nothing reaches its disk after the router's stop and
+    /// export (docs/SCALE.md). A router that dies mid-move leaves a fence
+    /// that ends by itself. Kept in memory: a node that restarts has none.
+    pub fn fence(&self, name: &str, ttl: Option<std::time::Duration>) -> Result<()> {
+        let until = ttl.map_or(0, |t| super::now_ms().saturating_add(t.as_millis() as u64));
+        self.slot(name)?.fenced_until.store(until, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Start the session's sandbox if it is not running.
     pub async fn ensure_running(&self, name: &str) -> Result<()> {
         let slot = self.slot(name)?;
@@ -324,6 +338,9 @@ impl Manager {
         let _life = slot.lifecycle.lock().await;
         if slot.removed.load(Ordering::SeqCst) {
             return Err(Error::SessionNotFound(name.into()));
+        }
+        if slot.fenced_until.load(Ordering::SeqCst) > super::now_ms() {
+            return Err(Error::SessionMoving(name.into()));
         }
         let record = lock(&slot.record).clone();
         if !self.runtime.is_running(&record.box_id) {
@@ -385,6 +402,7 @@ pub(super) fn new_slot(record: SessionRecord, last_used_ms: u64) -> Slot {
         active: AtomicU32::new(0),
         last_used: AtomicU64::new(last_used_ms),
         removed: Default::default(),
+        fenced_until: AtomicU64::new(0),
         egress: Mutex::default(),
         egress_stats: Arc::default(),
     }

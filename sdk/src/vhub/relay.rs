@@ -26,6 +26,9 @@ pub const CLOSE: u8 = 4;
 pub const WINDOW: u64 = 256 * 1024;
 /// The largest data frame.
 pub const MAX_DATA: usize = 64 * 1024;
+/// Connections refused (over the limit) that the relay has not closed
+/// yet; more is a relay that does not close what it is told to.
+const MAX_REFUSED: usize = 256;
 
 /// Why a relay ended other than by its output's end.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +141,8 @@ async fn read_frames<R: AsyncRead + Unpin>(
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Result<(), RelayError> {
     let bad = |m: String| Err(RelayError::Protocol(m));
+    // Refused connections until the relay's close: their data is dropped.
+    let mut refused = std::collections::HashSet::new();
     loop {
         while tasks.try_join_next().is_some() {}
         let mut head = [0u8; 9];
@@ -158,7 +163,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
             OPEN => {
                 let opened = {
                     let mut t = table(conns);
-                    if t.contains_key(&id) {
+                    if t.contains_key(&id) || refused.contains(&id) {
                         return bad(format!("connection {id} opened twice"));
                     }
                     (t.len() < max_connections).then(|| {
@@ -176,6 +181,10 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 };
                 let Some((rx, unacked, credit)) = opened else {
                     tracing::debug!(conn = id, "relayed connection refused: too many");
+                    if refused.len() >= MAX_REFUSED {
+                        return bad(format!("{MAX_REFUSED} refused connections left open"));
+                    }
+                    refused.insert(id);
                     let _ = out.send(encode(CLOSE, id, &[])).await;
                     continue;
                 };
@@ -189,6 +198,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                     conns.clone(),
                 ));
             }
+            DATA if refused.contains(&id) => {}
             DATA => {
                 let t = table(conns);
                 let Some(relayed) = t.get(&id) else {
@@ -223,6 +233,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                     relayed.credit.give(grant);
                 }
             }
+            CLOSE if refused.remove(&id) => {}
             CLOSE => {
                 if let Some(relayed) = table(conns).get_mut(&id) {
                     relayed.to_socket = None;
