@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use blink_sdk::runtime::exec::ExecSpec;
 use blink_sdk::vhub::messages::{ErrorBody, Side};
 use blink_sdk::vhub::{Client, Hub, Incoming, Limits, Services, relay};
 use rand::RngCore;
@@ -18,7 +17,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 mod guest_process;
-use guest_process::{Guest, guest, run};
+use guest_process::{Guest, guest, run, spec};
 
 struct Sessions;
 
@@ -107,15 +106,6 @@ impl Relayed {
             .await
             .expect("the program hung")
             .unwrap()
-    }
-}
-
-fn spec(argv: &[&str]) -> ExecSpec {
-    ExecSpec {
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        cwd: None,
-        tty: None,
     }
 }
 
@@ -256,11 +246,12 @@ async fn a_connection_that_never_reads_stalls_no_other() {
             f
         };
         let _ = stuck.write_all(&frame(1, 0, br#"{"versions":[1]}"#));
-        // Answers to these (pings: 16 bytes each, 4 MiB of them) are never
+        // Answers to these (pings: 16 bytes each, 64 MiB of them, far more
+        // than the hub queues and the sockets hold) are never
         // read. The write ends when the hub stops reading and the test ends.
         let ping = frame(10, 0, &[]);
         let batch: Vec<u8> = ping.repeat(4096);
-        for _ in 0..64 {
+        for _ in 0..1024 {
             if stuck.write_all(&batch).is_err() {
                 break;
             }

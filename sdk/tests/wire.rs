@@ -9,22 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use blink_sdk::runtime::exec::{ExecSpec, PtySize};
+use blink_sdk::runtime::exec::PtySize;
 use blink_sdk::runtime::wire::{self, WireInput, WireProcess};
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod guest_process;
-use guest_process::{guest, run};
-
-fn spec(argv: &[&str]) -> ExecSpec {
-    ExecSpec {
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        cwd: None,
-        tty: None,
-    }
-}
+use guest_process::{guest, run, spec};
 
 async fn read_all(r: &mut Option<blink_sdk::runtime::exec::ByteReader>) -> Vec<u8> {
     let mut out = Vec::new();

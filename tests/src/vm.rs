@@ -115,3 +115,17 @@ pub fn boxlite_server(config: &str, token: &str) -> (Server, tempfile::TempDir) 
         .expect("tests/vm/boxlite-vm.sh serve");
     (Server::adopt(child, Some(token.into()), false), share)
 }
+
+/// `ssh` as `login` with the client's `id` key to the server in L1,
+/// `args` as the command, `input` on its stdin.
+pub fn ssh(
+    client: &crate::ssh::Client,
+    server: &Server,
+    login: &str,
+    args: &[&str],
+    input: &[u8],
+) -> std::process::Output {
+    let mut cmd = client.ssh(server, "id", login);
+    cmd.args(args);
+    crate::run(&mut cmd, input)
+}

@@ -8,7 +8,8 @@
 use std::time::Instant;
 
 use blink_e2e::ssh::{Client, sha};
-use blink_e2e::{Server, run, texts, vm};
+use blink_e2e::vm::ssh;
+use blink_e2e::{run, texts, vm};
 use rand::RngCore;
 use serde_json::json;
 
@@ -19,18 +20,6 @@ fn step(started: Instant, what: &str) {
         "[boxlite-vm +{:.0}s] {what}",
         started.elapsed().as_secs_f64()
     );
-}
-
-fn ssh(
-    client: &Client,
-    server: &Server,
-    login: &str,
-    args: &[&str],
-    input: &[u8],
-) -> std::process::Output {
-    let mut cmd = client.ssh(server, "id", login);
-    cmd.args(args);
-    run(&mut cmd, input)
 }
 
 #[test]

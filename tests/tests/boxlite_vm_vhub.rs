@@ -8,22 +8,11 @@
 use std::time::Instant;
 
 use blink_e2e::ssh::Client;
-use blink_e2e::{Server, run, texts, vm};
+use blink_e2e::vm::ssh;
+use blink_e2e::{texts, vm};
 use serde_json::json;
 
 const TOKEN: &str = "vm-test-token-0123456789abcdef";
-
-fn ssh(
-    client: &Client,
-    server: &Server,
-    login: &str,
-    args: &[&str],
-    input: &[u8],
-) -> std::process::Output {
-    let mut cmd = client.ssh(server, "id", login);
-    cmd.args(args);
-    run(&mut cmd, input)
-}
 
 #[test]
 fn a_box_reaches_the_hub_through_its_relay() {

@@ -93,3 +93,13 @@ pub async fn run(guest: &Guest, spec: ExecSpec, pulled: Arc<AtomicU64>) -> Execu
     .await
     .unwrap()
 }
+
+/// `argv` with only a PATH, no terminal.
+pub fn spec(argv: &[&str]) -> ExecSpec {
+    ExecSpec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: None,
+        tty: None,
+    }
+}
