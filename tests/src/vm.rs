@@ -98,10 +98,6 @@ pub fn boxlite_server(config: &str, token: &str) -> (Server, tempfile::TempDir) 
     for name in ["blink-server", "blink-cli"] {
         std::fs::copy(release_bin(name), share.path().join(name)).expect("copy a binary");
     }
-    // Development: a script of one's own to watch from inside L1.
-    if let Some(script) = std::env::var_os("BLINK_VM_DEBUG_SCRIPT") {
-        std::fs::copy(script, share.path().join("l1-debug.sh")).expect("copy the debug script");
-    }
     let child = Command::new("bash")
         .arg(harness())
         .arg("serve")
