@@ -284,7 +284,7 @@ pub struct Server {
     /// The API token it was started with, sent by the HTTP calls.
     pub token: Option<String>,
     /// Everything the server wrote to stderr so far (its log).
-    log: Arc<Mutex<String>>,
+    pub(crate) log: Arc<Mutex<String>>,
 }
 
 impl Server {

@@ -28,6 +28,10 @@ fn sessions_live_in_micro_vms_behind_the_same_gateway() {
     if !blink_sdk::testing::require(missing.is_none(), missing.as_deref().unwrap_or("")) {
         return;
     }
+    vm::retrying_transport_breaks(suite);
+}
+
+fn suite() {
     let started = Instant::now();
     let (server, _share) = vm::boxlite_server(
         "[images]\npull = \"never\"\n[sandbox]\nephemeral_pool = 1\n",

@@ -20,6 +20,10 @@ fn a_box_reaches_the_hub_through_its_relay() {
     if !blink_sdk::testing::require(missing.is_none(), missing.as_deref().unwrap_or("")) {
         return;
     }
+    vm::retrying_transport_breaks(suite);
+}
+
+fn suite() {
     let started = Instant::now();
     let (server, _share) = vm::boxlite_server(
         "[images]\npull = \"never\"\n[sandbox]\nephemeral_pool = 0\nboxlite_vhub_relay = true\n",
