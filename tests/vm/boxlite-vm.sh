@@ -94,8 +94,17 @@ serve() {
   : "${VM_SHARE:?the share directory}" "${VM_SSH_PORT:?}" "${VM_HTTP_PORT:?}"
   [ -e "$CACHE/.ready-$STAMP" ] || { log "not prepared: run $0 prepare"; exit 1; }
   qemu_cmd
+  # A run killed with SIGKILL (a test's server dropped) skips its EXIT
+  # trap: its overlay is removed here, by the next run, once its owner
+  # is gone.
+  for old in "${TMPDIR:-/var/tmp}"/blink-vm-run.*; do
+    [ -d "$old" ] || continue
+    owner=$(cat "$old/pid" 2>/dev/null || true)
+    if [ -z "$owner" ] || ! kill -0 "$owner" 2>/dev/null; then rm -rf "$old"; fi
+  done
   # (global: the EXIT trap reads it)
   run=$(mktemp -d "${TMPDIR:-/var/tmp}/blink-vm-run.XXXXXX")
+  echo $$ >"$run/pid"
   trap 'rm -rf "$run"' EXIT
   # Each boot writes to its own overlay: the prepared image stays as it was.
   qemu-img create -q -f qcow2 -b "$CACHE/l1.img" -F raw "$run/disk.qcow2"
