@@ -68,11 +68,13 @@ fn remember(server: &Server) {
     }
 }
 
-/// What BoxLite 0.10.8 logs when its exec transport to a box breaks
-/// (docs/BOXLITE.md): the executions in flight end with an error, never
-/// with wrong bytes. Nested under TCG it happens now and then (about one
-/// run of `boxlite_vm.rs` in eight, with no relay).
-const TRANSPORT_BREAK: &str = "h2 protocol error";
+/// What BoxLite 0.10.8 logs when its gRPC transport to a box breaks
+/// (docs/BOXLITE.md): an execution in flight, or a box being started,
+/// ends with an error, never with wrong bytes ("h2 protocol error" in the
+/// first case, `status: Unknown, message: "transport error"` in both).
+/// Nested under TCG it happens now and then (about one run of
+/// `boxlite_vm.rs` in eight, with no relay).
+const TRANSPORT_BREAK: &str = "message: \"transport error\"";
 
 /// Run a suite that starts its own [`boxlite_server`]; when it fails and
 /// that server's log shows BoxLite's transport break, run it once more
