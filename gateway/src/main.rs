@@ -299,8 +299,17 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
         ),
         None => None,
     };
+    let exporter = match &file.cluster {
+        Some(cluster) if cluster.export_on_stop => {
+            Some(start_exporter(cluster, manager.clone()).await?)
+        }
+        _ => None,
+    };
     signalled.await;
     tracing::info!("shutting down");
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     // Out of the cluster first: routers stop sending new work here.
     if let Some(registration) = registration {
         registration.leave().await;
@@ -314,6 +323,29 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     recordings.shutdown(RECORDINGS_GRACE).await;
     tracing::info!("blink-server shut down");
     Ok(())
+}
+
+/// A node's automatic exports on stop, into the shared `export_dir`.
+async fn start_exporter(
+    cluster: &blink_server::cluster::ClusterConfig,
+    manager: std::sync::Arc<Manager>,
+) -> anyhow::Result<blink_server::cluster::exports::Exporter> {
+    let dir = cluster
+        .export_dir
+        .clone()
+        .context("[cluster] export_on_stop needs export_dir")?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("[cluster] export_dir {}", dir.display()))?;
+    let store = blink_server::cluster::Store::connect(&cluster.etcd_endpoints, &cluster.prefix)
+        .await
+        .context("connecting to etcd for automatic exports")?;
+    tracing::info!(dir = %dir.display(), "cluster: exporting cold sessions when they stop");
+    Ok(blink_server::cluster::exports::start(
+        manager,
+        store,
+        cluster.node_name(),
+        dir,
+    ))
 }
 
 /// `--role router`: the cluster's front door, no sessions of its own.

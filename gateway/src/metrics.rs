@@ -24,6 +24,7 @@ pub const RUN_SECONDS: &str = "blink_run_seconds";
 pub const HTTP_REQUESTS_TOTAL: &str = "blink_http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "blink_http_request_seconds";
 pub const AUDIT_LINES_LOST_TOTAL: &str = "blink_audit_lines_lost_total";
+pub const CLUSTER_EXPORTS_TOTAL: &str = "blink_cluster_exports_total";
 
 /// Buckets for latencies, from a fast start (ms) to a long run (minutes).
 const SECONDS_BUCKETS: [f64; 16] = [
@@ -92,6 +93,10 @@ fn describe() {
         HTTP_REQUEST_SECONDS,
         metrics::Unit::Seconds,
         "HTTP API request latency, by route and method (until the answer's head)."
+    );
+    describe_counter!(
+        CLUSTER_EXPORTS_TOTAL,
+        "A cluster node's automatic exports on stop, by result (written, not_owner, failed)."
     );
     describe_counter!(
         AUDIT_LINES_LOST_TOTAL,

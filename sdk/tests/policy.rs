@@ -782,3 +782,57 @@ async fn a_fenced_session_does_not_start_until_its_fence_ends() {
         Err(Error::SessionNotFound(_))
     ));
 }
+
+/// What a cluster node's exporter reads: a session's change count grows
+/// with each start, restore-free stop leaves it, a restart begins at 0
+/// (nothing known changed), a new session at 1 (a new disk); every stop,
+/// by a caller or the idle policy, stores a wake-up for the exporter.
+#[tokio::test]
+async fn changes_count_starts_and_stops_wake_the_exporter() {
+    let fx = Fixture::new();
+    {
+        let m = fx
+            .manager(|c| c.idle_timeout = Duration::from_millis(150))
+            .await;
+        let stopped = m.stopped_signal();
+        open(&m, "disk", false).await;
+        assert_eq!(m.changes("disk").expect("changes"), 1, "a new disk");
+        let program = command(&["true"]);
+        m.run(Target::Session("disk"), &program, RunOptions::default())
+            .await
+            .expect("run");
+        assert_eq!(m.changes("disk").expect("changes"), 2, "a start");
+        // Running again while it runs is no new start.
+        m.run(Target::Session("disk"), &program, RunOptions::default())
+            .await
+            .expect("run");
+        assert_eq!(m.changes("disk").expect("changes"), 2);
+        // The idle policy stops it: the exporter is woken.
+        tokio::time::timeout(Duration::from_secs(5), stopped.notified())
+            .await
+            .expect("an idle stop wakes the exporter");
+        assert_eq!(
+            m.changes("disk").expect("changes"),
+            2,
+            "a stop changes nothing"
+        );
+        // A caller's stop too (the permit is stored, so a busy exporter
+        // misses nothing).
+        m.run(Target::Session("disk"), &program, RunOptions::default())
+            .await
+            .expect("run");
+        m.stop_session("disk", true).await.expect("stop");
+        tokio::time::timeout(Duration::from_millis(100), stopped.notified())
+            .await
+            .expect("a caller's stop wakes the exporter");
+        assert_eq!(m.changes("disk").expect("changes"), 3);
+        assert!(matches!(m.changes("nope"), Err(Error::SessionNotFound(_))));
+        m.shutdown().await;
+    }
+    let m = fx.manager(|_| {}).await;
+    assert_eq!(
+        m.changes("disk").expect("changes"),
+        0,
+        "nothing known changed since this process opened it"
+    );
+}

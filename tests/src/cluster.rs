@@ -252,6 +252,8 @@ pub struct Cluster {
     pub routers: Vec<(crate::Blink, crate::Server)>,
     /// `router_key`, `router_key.pub`, `host_key` (the routers').
     pub keys: tempfile::TempDir,
+    /// Lines every node's `[cluster]` table gains (`start_with`).
+    node_extra: String,
 }
 
 impl Cluster {
@@ -259,6 +261,18 @@ impl Cluster {
     /// `routers` routers; `None` (reported skipped) without etcd or
     /// sandboxes.
     pub fn start(capacities: &[u64], routers: usize, ttl: u64) -> Option<Self> {
+        Self::start_with(capacities, routers, ttl, |_| String::new())
+    }
+
+    /// As [`Cluster::start`], every node's `[cluster]` table gaining the
+    /// lines `extra` makes from the shared export directory (e.g.
+    /// `export_on_stop`).
+    pub fn start_with(
+        capacities: &[u64],
+        routers: usize,
+        ttl: u64,
+        extra: impl FnOnce(&std::path::Path) -> String,
+    ) -> Option<Self> {
         if !etcd_available() || !crate::local_runtime_available() {
             return None;
         }
@@ -278,7 +292,9 @@ impl Cluster {
             nodes: Vec::new(),
             routers: Vec::new(),
             keys,
+            node_extra: String::new(),
         };
+        cluster.node_extra = extra(&cluster.export_dir());
         for (i, cap) in capacities.iter().enumerate() {
             let node = cluster.start_node(&format!("node-{i}"), *cap, ttl);
             cluster.nodes.push(node);
@@ -302,8 +318,9 @@ impl Cluster {
     pub fn start_node(&self, name: &str, sessions: u64, ttl: u64) -> (crate::Blink, crate::Server) {
         let blink = crate::Blink::new();
         let extra = format!(
-            "node_name = {name:?}\nrouter_keys = {:?}\n[cluster.capacity]\nsessions = {sessions}\n",
-            self.keys.path().join("router_key.pub")
+            "node_name = {name:?}\nrouter_keys = {:?}\n{}[cluster.capacity]\nsessions = {sessions}\n",
+            self.keys.path().join("router_key.pub"),
+            self.node_extra
         );
         let server = blink
             .server()

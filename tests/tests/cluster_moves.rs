@@ -423,3 +423,110 @@ fn a_request_reaching_the_source_during_a_move_is_refused_not_lost() {
         "before"
     );
 }
+
+/// `blink_cluster_exports_total{result}` as node `node` reports it.
+fn exports_counted(c: &Cluster, node: &str, result: &str) -> u64 {
+    let (status, _, body) = c.node(node).get_bytes("/metrics", &[]);
+    assert_eq!(status, 200);
+    let line = format!("blink_cluster_exports_total{{result=\"{result}\"}} ");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+/// With `export_on_stop`, a node exports a cold session whenever it stops
+/// after a change (a caller's stop, the idle policy), never again while
+/// unchanged and never a warm one; its node dead, the session comes back
+/// with what its last stop left, nobody having asked for a backup.
+#[test]
+fn a_cold_session_is_exported_when_it_stops_and_comes_back_with_it_after_its_node_dies() {
+    let Some(c) = Cluster::start_with(&[8, 8, 8], 2, 2, |dir| {
+        format!("export_dir = {dir:?}\nexport_on_stop = true\n")
+    }) else {
+        return;
+    };
+    let a = c.router(0).post(
+        "/api/sessions",
+        json!({"name": "auto1", "idle_timeout_secs": 2}),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let home = c.route("auto1").expect("route");
+    let a = c
+        .router(0)
+        .post("/api/sessions", json!({"name": "warm2", "warm": true}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    if c.route("warm2").as_deref() != Some(home.as_str()) {
+        let a = c
+            .router(1)
+            .post("/api/sessions/warm2/move", json!({"to": home}));
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    // A move keeps its export there: start from none.
+    let export = c.export_dir().join("auto1.boxlite");
+    let _ = std::fs::remove_file(c.export_dir().join("warm2.boxlite"));
+    let written = || exports_counted(&c, &home, "written");
+    let before = written();
+
+    // A caller's stop after a change: exported.
+    c.router(0).sh("auto1", "echo one > /var/blink/memory/mark");
+    let a = c.router(1).post("/api/sessions/auto1/stop", json!({}));
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    eventually(
+        "auto1's export after its stop",
+        Duration::from_secs(60),
+        || written() == before + 1,
+    );
+    assert!(export.is_file());
+    let first = std::fs::metadata(&export)
+        .expect("export")
+        .modified()
+        .expect("mtime");
+
+    // Stopped again, unchanged: the node is woken and writes nothing.
+    let a = c.router(0).post("/api/sessions/auto1/stop", json!({}));
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(written(), before + 1, "an unchanged session exported again");
+
+    // Changed, then stopped by the idle policy (2 s): exported again.
+    c.router(1).sh("auto1", "echo two > /var/blink/memory/mark");
+    eventually(
+        "auto1's export after its idle stop",
+        Duration::from_secs(60),
+        || written() == before + 2,
+    );
+    let second = std::fs::metadata(&export)
+        .expect("export")
+        .modified()
+        .expect("mtime");
+    assert!(second > first, "the export was not replaced");
+    assert!(
+        !c.export_dir().join("warm2.boxlite").exists(),
+        "a warm session was exported"
+    );
+    // Only whole exports are in the directory, nothing partial.
+    let names: Vec<String> = std::fs::read_dir(c.export_dir())
+        .expect("exports")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["auto1.boxlite".to_owned()], "{names:?}");
+
+    // Its node dies: the routers bring it back elsewhere from that export.
+    let i: usize = home.trim_start_matches("node-").parse().expect("index");
+    c.nodes[i].1.signal("KILL");
+    eventually(
+        "auto1 is routed to a live node",
+        Duration::from_secs(60),
+        || c.route("auto1").is_some_and(|n| n != home),
+    );
+    eventually("auto1 answers again", Duration::from_secs(60), || {
+        c.router(1).get("/api/sessions/auto1").status == 200
+    });
+    assert_eq!(
+        c.router(0).sh("auto1", "cat /var/blink/memory/mark").trim(),
+        "two"
+    );
+    let a = c.router(0).get("/api/sessions/warm2");
+    assert_eq!((a.status, a.code()), (503, "session_lost"), "{:?}", a.body);
+}

@@ -32,11 +32,17 @@ pub struct ClusterConfig {
     /// On a router: its private key (OpenSSH format) for those logins.
     #[serde(default)]
     pub router_key: Option<std::path::PathBuf>,
-    /// On a router: a directory shared by all routers (NFS, a volume)
-    /// where sessions' last exports are kept (`<name>.boxlite`), written by
-    /// moves and backups, read to restore a session whose node died.
+    /// A directory shared by all routers (NFS, a volume) where sessions'
+    /// last exports are kept (`<name>.boxlite`), written by moves and
+    /// backups, read to restore a session whose node died. On a node, with
+    /// `export_on_stop`, the same directory (mounted there too).
     #[serde(default)]
     pub export_dir: Option<std::path::PathBuf>,
+    /// On a node: write a cold session's export to `export_dir` whenever
+    /// it stops after a change (`exports.rs`), so failover restores what
+    /// its last stop left.
+    #[serde(default)]
+    pub export_on_stop: bool,
 }
 
 fn default_prefix() -> String {
@@ -63,6 +69,9 @@ impl ClusterConfig {
         }
         if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
             return Err("[cluster] prefix must start with / and not end with one".into());
+        }
+        if self.export_on_stop && self.export_dir.is_none() {
+            return Err("[cluster] export_on_stop needs export_dir".into());
         }
         if let Some(name) = &self.node_name {
             blink_sdk::manager::names::validate(name)

@@ -3,12 +3,14 @@
 //! and the key layout; `nodes.rs` a node's record under its lease (and the
 //! task keeping it alive); `placement.rs` which node takes a new session;
 //! `routing.rs` the `session → node` records, written by one transaction
-//! each so two front doors never place one name twice.
+//! each so two front doors never place one name twice; `moves.rs` a move's
+//! transactions; `exports.rs` a node's automatic exports on stop.
 //!
 //! Nothing here runs when no `[cluster]` is configured: a single host needs
 //! no etcd.
 
 pub mod config;
+pub mod exports;
 pub mod moves;
 pub mod nodes;
 pub mod placement;

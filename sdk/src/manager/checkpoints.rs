@@ -89,6 +89,7 @@ impl Manager {
         if was_running {
             self.runtime.stop(&record.box_id).await?;
         }
+        slot.changes.fetch_add(1, Ordering::SeqCst);
         self.runtime
             .restore(&record.box_id, snapshot)
             .await

@@ -68,8 +68,11 @@ impl Manager {
             // Re-check under the lifecycle lock: something may have started.
             if slot.active.load(Ordering::SeqCst) == 0 {
                 tracing::info!(session = %name, idle_for_ms = idle_for, "stopping idle session");
-                if let Err(e) = self.runtime.stop(&box_id).await {
-                    tracing::warn!(session = %name, error = %e, "stopping idle session failed");
+                match self.runtime.stop(&box_id).await {
+                    Ok(()) => self.stopped.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(session = %name, error = %e, "stopping idle session failed")
+                    }
                 }
             }
         }

@@ -89,6 +89,8 @@ pub struct Manager {
     /// Wakes the idle policy when a session's idle timeout is set (its
     /// tick follows the shortest).
     idle_changed: Arc<tokio::sync::Notify>,
+    /// Notified after a session's sandbox stops (`stopped_signal`).
+    stopped: Arc<tokio::sync::Notify>,
     /// Which runtime runs, and why (startup log, health, product, doctor).
     selection: Selection,
     _lock: DataDirLock,
@@ -197,6 +199,7 @@ impl Manager {
             catalog: tokio::sync::Mutex::new(()),
             spawns: Mutex::default(),
             idle_changed: Arc::default(),
+            stopped: Arc::default(),
             selection,
             _lock: lock,
         });

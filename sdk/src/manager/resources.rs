@@ -346,6 +346,8 @@ impl Manager {
             return Err(e);
         }
         *lock(&slot.record) = record.clone();
+        slot.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if request.idle_timeout_secs.is_some() {
             self.idle_changed.notify_one();
         }

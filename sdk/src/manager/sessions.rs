@@ -48,6 +48,10 @@ pub(crate) struct Slot {
     /// Being moved away by a cluster router: it does not start before
     /// this time (milliseconds since the epoch; `fence`).
     pub(super) fenced_until: AtomicU64,
+    /// Times its disk or settings may have changed since this process
+    /// opened it: a start, a restore, a resize; a session made here starts
+    /// at 1 (its disk is new), one recovered at 0 (`changes`).
+    pub(super) changes: AtomicU64,
     /// Its egress proxy while the sandbox runs with a policy (egress.rs).
     pub(super) egress: Mutex<Option<super::egress::RunningEgress>>,
     pub(super) egress_stats: Arc<crate::network::EgressStats>,
@@ -87,7 +91,11 @@ impl Manager {
         let mut slots = lock(&self.slots);
         for r in records {
             let last = r.last_used_at.saturating_mul(1000);
-            slots.insert(r.name.clone(), Arc::new(new_slot(r, last)));
+            let name = r.name.clone();
+            let slot = new_slot(r, last);
+            // Unchanged since this process opened it, as far as it knows.
+            slot.changes.store(0, Ordering::SeqCst);
+            slots.insert(name, Arc::new(slot));
         }
         Ok(())
     }
@@ -314,6 +322,21 @@ impl Manager {
         Ok(())
     }
 
+    /// How many times session `name`'s disk or settings may have changed
+    /// since this process opened it (starts, restores, resizes; 1 for a
+    /// session made here). A cluster node exports a stopped cold session
+    /// whose count grew since its last export (gateway `cluster/exports.rs`).
+    pub fn changes(&self, name: &str) -> Result<u64> {
+        Ok(self.slot(name)?.changes.load(Ordering::SeqCst))
+    }
+
+    /// Notified (one stored permit) after a session's sandbox was stopped,
+    /// by a caller or the idle policy: the single waiter is the cluster
+    /// node's exporter.
+    pub fn stopped_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.stopped.clone()
+    }
+
     /// Start the session's sandbox if it is not running.
     pub async fn ensure_running(&self, name: &str) -> Result<()> {
         let slot = self.slot(name)?;
@@ -345,6 +368,9 @@ impl Manager {
         let record = lock(&slot.record).clone();
         if !self.runtime.is_running(&record.box_id) {
             let started = std::time::Instant::now();
+            // Counted before: a start that fails half-way may still have
+            // touched the disk.
+            slot.changes.fetch_add(1, Ordering::SeqCst);
             self.runtime.start(&self.spec_of(&record)).await?;
             crate::metrics::sandbox_started("session", started.elapsed());
         }
@@ -360,6 +386,7 @@ impl Manager {
         let box_id = lock(&slot.record).box_id.clone();
         self.runtime.stop(&box_id).await?;
         drop(_life);
+        self.stopped.notify_one();
         Ok(self.info_of(&slot))
     }
 
@@ -403,6 +430,7 @@ pub(super) fn new_slot(record: SessionRecord, last_used_ms: u64) -> Slot {
         last_used: AtomicU64::new(last_used_ms),
         removed: Default::default(),
         fenced_until: AtomicU64::new(0),
+        changes: AtomicU64::new(1),
         egress: Mutex::default(),
         egress_stats: Arc::default(),
     }

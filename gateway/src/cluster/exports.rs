@@ -1,0 +1,210 @@
+//! Automatic exports (`[cluster] export_on_stop`): a node writes a cold
+//! session's export to the shared `export_dir` whenever the session has
+//! stopped after a change, so a node that dies later loses nothing a stop
+//! had settled: routers restore its cold sessions from these files
+//! (docs/SCALE.md, "Failover").
+//!
+//! One export at a time, woken by the manager's stop signal and once a
+//! minute (sandboxes that ended on their own, exports that failed). A
+//! session is exported only while its route names this node and no move
+//! is under way, checked before the export and again before the file is
+//! put in place, so a copy being moved away does not overwrite the export
+//! of its new node. The file is written beside its final name and renamed:
+//! a reader sees a whole export or the previous one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blink_sdk::Manager;
+use blink_sdk::manager::ExportOptions;
+use blink_sdk::types::SessionState;
+use tokio::sync::watch;
+
+use super::{ClusterError, Store, routing};
+
+/// A pass over the sessions also runs this often without a stop.
+const TICK: Duration = Duration::from_secs(60);
+
+/// The node's exporter; [`Exporter::shutdown`] ends it.
+pub struct Exporter {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How one session's export went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Written,
+    /// Its route names another node or a move: not this node's to write.
+    NotOurs,
+    Failed,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Written => "written",
+            Self::NotOurs => "not_owner",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Start exporting node `node`'s stopped cold sessions into `dir`.
+pub fn start(manager: Arc<Manager>, store: Store, node: String, dir: PathBuf) -> Exporter {
+    let (stop, stopped) = watch::channel(false);
+    remove_own_partials(&dir, &node);
+    let task = tokio::spawn(run(manager, store, node, dir, stopped));
+    Exporter { stop, task }
+}
+
+impl Exporter {
+    /// Stop between exports; an export under way is dropped with its
+    /// partial file (the previous export stays in place).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(
+    manager: Arc<Manager>,
+    store: Store,
+    node: String,
+    dir: PathBuf,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let wake = manager.stopped_signal();
+    // Per session, its change count when last exported (or found not ours).
+    let mut done: HashMap<String, u64> = HashMap::new();
+    loop {
+        for (name, changes) in due(&manager, &done) {
+            if *stopped.borrow() {
+                return;
+            }
+            let outcome = tokio::select! {
+                _ = stopped.changed() => return,
+                outcome = export_one(&manager, &store, &node, &dir, &name) => outcome,
+            };
+            metrics::counter!(crate::metrics::CLUSTER_EXPORTS_TOTAL, "result" => outcome.label())
+                .increment(1);
+            if outcome != Outcome::Failed {
+                done.insert(name, changes);
+            }
+        }
+        done.retain(|name, _| manager.changes(name).is_ok());
+        tokio::select! {
+            _ = stopped.changed() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// Stopped cold sessions changed since their last export, with the change
+/// count read now (a start during the export makes it due again).
+fn due(manager: &Manager, done: &HashMap<String, u64>) -> Vec<(String, u64)> {
+    manager
+        .list_sessions()
+        .into_iter()
+        .filter(|s| !s.warm && s.state == SessionState::Stopped)
+        .filter_map(|s| {
+            let changes = manager.changes(&s.name).ok()?;
+            (done.get(&s.name) != Some(&changes)).then_some((s.name, changes))
+        })
+        .collect()
+}
+
+/// Whether `name`'s route names this node with no move under way.
+async fn ours(store: &Store, node: &str, name: &str) -> Result<bool, ClusterError> {
+    Ok(routing::get(store, name)
+        .await?
+        .is_some_and(|read| read.route.node == node && read.route.moving_to.is_none()))
+}
+
+/// Export `name` to `<dir>/<name>.boxlite` if it is this node's to write.
+async fn export_one(
+    manager: &Manager,
+    store: &Store,
+    node: &str,
+    dir: &Path,
+    name: &str,
+) -> Outcome {
+    let started = Instant::now();
+    match ours(store, node, name).await {
+        Ok(true) => {}
+        Ok(false) => return Outcome::NotOurs,
+        Err(e) => {
+            tracing::warn!(session = %name, error = %e, "automatic export: the route could not be read");
+            return Outcome::Failed;
+        }
+    }
+    let partial = Partial(dir.join(format!(
+        ".{node}.{name}.{}.part",
+        uuid::Uuid::new_v4().simple()
+    )));
+    let options = ExportOptions::default();
+    let size = match manager
+        .export_session(name, &partial.0, options, Arc::new(|_| {}))
+        .await
+    {
+        Ok(size) => size,
+        Err(e) => {
+            tracing::warn!(session = %name, error = %e, "automatic export failed");
+            return Outcome::Failed;
+        }
+    };
+    if let Err(e) = sync(&partial.0).await {
+        tracing::warn!(session = %name, error = %e, "automatic export: writing it out failed");
+        return Outcome::Failed;
+    }
+    // Again before it replaces anything: a move may have begun meanwhile.
+    match ours(store, node, name).await {
+        Ok(true) => {}
+        Ok(false) => return Outcome::NotOurs,
+        Err(e) => {
+            tracing::warn!(session = %name, error = %e, "automatic export: the route could not be read");
+            return Outcome::Failed;
+        }
+    }
+    let dest = dir.join(format!("{name}.boxlite"));
+    if let Err(e) = tokio::fs::rename(&partial.0, &dest).await {
+        tracing::warn!(session = %name, error = %e, dest = %dest.display(), "automatic export: putting it in place failed");
+        return Outcome::Failed;
+    }
+    let _ = sync(dir).await;
+    tracing::info!(session = %name, size, dest = %dest.display(), elapsed_ms = started.elapsed().as_millis() as u64, "automatic export written");
+    Outcome::Written
+}
+
+/// A file's (or directory's) data on the disk.
+async fn sync(path: &Path) -> std::io::Result<()> {
+    tokio::fs::File::open(path).await?.sync_all().await
+}
+
+/// A partial export, removed unless renamed into place.
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Partial files this node left when it died mid-export (`.<node>.*.part`;
+/// other nodes' are theirs, maybe still being written).
+fn remove_own_partials(dir: &Path, node: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{node}.");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".part") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
