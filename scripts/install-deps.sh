@@ -23,6 +23,7 @@
 # (tests/vm/boxlite-vm.sh installs what the nested VM needs itself: QEMU, debootstrap.)
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
 #   prometheus_client  the reference parser of /metrics (tests/tests/metrics.rs)
+#   kubernetes-validate  the cluster's manifests (tests/tests/deploy_cluster.rs)
 #   pyte            (PyPI) a headless terminal replaying recordings (tests/tests/recording.rs)
 #   asciinema       (PyPI) `asciinema cat` of the same recordings
 #   ssh-audit       (PyPI) grades the SSH gateway's algorithms
@@ -53,6 +54,13 @@ fi
 if ! command -v asciinema >/dev/null 2>&1; then
   echo "installing: asciinema (pip)"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'asciinema>=2.2,<3'
+  hash -r
+fi
+# kubernetes-validate (PyPI, with the API's schemas) checks the cluster's
+# Kubernetes manifests offline (tests/tests/deploy_cluster.rs).
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "installing: kubernetes-validate (pip)"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'kubernetes-validate>=1.30'
   hash -r
 fi
 # ssh-audit (PyPI) grades the SSH gateway's algorithms

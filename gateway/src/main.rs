@@ -62,6 +62,11 @@ struct Args {
     /// docs/SCALE.md).
     #[arg(long, value_enum, default_value = "node")]
     role: Role,
+    /// Check the config (with the options above) for `--role` and exit:
+    /// what is wrong, or `config ok`. Nothing is bound, opened or created
+    /// (as `sshd -t`).
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,6 +87,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if args.check_config {
+        return match check_role(&file, args.role) {
+            Ok(()) => {
+                let role = match args.role {
+                    Role::Node => "node",
+                    Role::Router => "router",
+                };
+                println!("config ok (role {role})");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("blink-server: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     // Flushes the audit log's queue when main returns.
     let _audit = match init_logging(&file, &data_dir, !args.fingerprint) {
         Ok(guard) => guard,
@@ -142,6 +163,22 @@ fn init_logging(
     Ok(guard)
 }
 
+/// What a role needs of a config beyond what `FileConfig::load` checks.
+fn check_role(file: &FileConfig, role: Role) -> Result<(), String> {
+    match (role, &file.cluster) {
+        (Role::Router, None) => {
+            Err("--role router needs a [cluster] table naming etcd_endpoints".into())
+        }
+        (Role::Router, Some(c)) if c.export_on_stop => {
+            Err("[cluster] export_on_stop is a node's setting, not a router's".into())
+        }
+        (Role::Node, Some(c)) if c.router_key.is_some() => {
+            Err("[cluster] router_key is a router's setting; a node lists router_keys".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The config file with the command line's overrides, and the data dir.
 fn configure(args: &Args) -> anyhow::Result<(FileConfig, PathBuf)> {
     let mut file = match &args.config {
@@ -197,6 +234,7 @@ fn configure(args: &Args) -> anyhow::Result<(FileConfig, PathBuf)> {
 }
 
 async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Result<()> {
+    check_role(&file, args.role).map_err(anyhow::Error::msg)?;
     if args.role == Role::Router {
         return serve_router(file, &data_dir).await;
     }
