@@ -29,6 +29,7 @@ mod running;
 mod server;
 pub mod ssh;
 pub mod tty;
+pub mod units;
 pub mod vm;
 
 pub use running::Running;

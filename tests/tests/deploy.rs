@@ -40,33 +40,11 @@ fn tool(name: &str) -> bool {
 
 #[test]
 fn the_unit_verifies() {
-    if !blink_sdk::testing::require(tool("systemd-analyze"), "systemd-analyze is not installed") {
+    if !blink_e2e::units::systemd_analyze_here() {
         return;
     }
-    // Verified as installed: ExecStart names the built server.
-    let unit = std::fs::read_to_string(unit_path()).expect("read the unit");
-    let server = bin("blink-server");
     let here = tempfile::tempdir().expect("tempdir");
-    let copy = here.path().join("blink-server.service");
-    std::fs::write(
-        &copy,
-        unit.replace(
-            "/usr/local/bin/blink-server",
-            server.to_str().expect("utf-8"),
-        ),
-    )
-    .expect("write");
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&copy)
-        .output()
-        .expect("systemd-analyze");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        !stderr.contains("Unknown key") && !stderr.contains("Failed to parse"),
-        "{stderr}"
-    );
+    blink_e2e::units::verify(&blink_e2e::units::install(&unit_path(), here.path()));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use blink_e2e::bin;
+use blink_e2e::{bin, units};
 use serde_json::Value;
 
 fn deploy(rel: &str) -> PathBuf {
@@ -31,19 +31,24 @@ fn validator_here() -> bool {
     blink_sdk::testing::require(here, "kubernetes-validate (pip; scripts/install-deps.sh)")
 }
 
-/// `kubernetes-validate --strict` on `files`: success and its output.
-fn validate(files: &[PathBuf]) -> (bool, String) {
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "-k", "1.30.0"])
-        .args(files)
-        .output()
-        .expect("kubernetes-validate");
+/// Run `command`: its success, and stdout then stderr.
+fn outcome(command: &mut Command) -> (bool, String) {
+    let out = command.output().expect("the command runs");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// `kubernetes-validate --strict` on `files`: success and its output.
+fn validate(files: &[PathBuf]) -> (bool, String) {
+    outcome(
+        Command::new("kubernetes-validate")
+            .args(["--strict", "-k", "1.30.0"])
+            .args(files),
+    )
 }
 
 /// Every document of every manifest, as JSON (PyYAML reads the YAML).
@@ -80,18 +85,12 @@ fn strs(v: &Value) -> impl Iterator<Item = &Value> {
 
 /// `blink-server --check-config` on `config` for `role`: success, output.
 fn check_config(config: &Path, role: &str) -> (bool, String) {
-    let out = Command::new(bin("blink-server"))
-        .args(["--check-config", "--role", role, "--config"])
-        .arg(config)
-        .env_remove("BLINK_API_TOKEN")
-        .output()
-        .expect("blink-server");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    outcome(
+        Command::new(bin("blink-server"))
+            .args(["--check-config", "--role", role, "--config"])
+            .arg(config)
+            .env_remove("BLINK_API_TOKEN"),
+    )
 }
 
 /// The `key = "/path"` settings of a TOML text that name absolute paths.
@@ -282,25 +281,10 @@ fn the_systemd_layout_verifies_and_its_configs_check_out() {
     assert!(!ok && out.contains("router_key"), "{out}");
 
     // The router's unit, and the node's unit with its exports drop-in,
-    // verify as installed (ExecStart naming the built server).
-    let server = bin("blink-server");
+    // verify as installed.
     let here = tempfile::tempdir().expect("tempdir");
-    let units = [
-        deploy("systemd/blink-router.service"),
-        deploy("../blink-server.service"),
-    ];
-    for unit in &units {
-        let text = std::fs::read_to_string(unit).expect("unit");
-        let copy = here.path().join(unit.file_name().expect("name"));
-        std::fs::write(
-            &copy,
-            text.replace(
-                "/usr/local/bin/blink-server",
-                server.to_str().expect("utf-8"),
-            ),
-        )
-        .expect("write");
-    }
+    let router = units::install(&deploy("systemd/blink-router.service"), here.path());
+    let node = units::install(&deploy("../blink-server.service"), here.path());
     let dropin = here.path().join("blink-server.service.d");
     std::fs::create_dir(&dropin).expect("mkdir");
     std::fs::copy(
@@ -308,19 +292,8 @@ fn the_systemd_layout_verifies_and_its_configs_check_out() {
         dropin.join("exports.conf"),
     )
     .expect("copy");
-    for unit in ["blink-router.service", "blink-server.service"] {
-        let out = Command::new("systemd-analyze")
-            .arg("verify")
-            .arg(here.path().join(unit))
-            .output()
-            .expect("systemd-analyze");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{unit}: {stderr}");
-        assert!(
-            !stderr.contains("Unknown key") && !stderr.contains("Failed to parse"),
-            "{unit}: {stderr}"
-        );
-    }
+    units::verify(&router);
+    units::verify(&node);
     // What each unit may write covers the export directory its config
     // names (ProtectSystem=strict makes everything else read-only).
     let writable = |texts: &[String]| -> Vec<String> {

@@ -124,6 +124,18 @@ async fn ours(store: &Store, node: &str, name: &str) -> Result<bool, ClusterErro
         .is_some_and(|read| read.route.node == node && read.route.moving_to.is_none()))
 }
 
+/// [`ours`], or how the export ends if not.
+async fn still_ours(store: &Store, node: &str, name: &str) -> Result<(), Outcome> {
+    match ours(store, node, name).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Outcome::NotOurs),
+        Err(e) => {
+            tracing::warn!(session = %name, error = %e, "automatic export: the route could not be read");
+            Err(Outcome::Failed)
+        }
+    }
+}
+
 /// Export `name` to `<dir>/<name>.boxlite` if it is this node's to write.
 async fn export_one(
     manager: &Manager,
@@ -133,13 +145,8 @@ async fn export_one(
     name: &str,
 ) -> Outcome {
     let started = Instant::now();
-    match ours(store, node, name).await {
-        Ok(true) => {}
-        Ok(false) => return Outcome::NotOurs,
-        Err(e) => {
-            tracing::warn!(session = %name, error = %e, "automatic export: the route could not be read");
-            return Outcome::Failed;
-        }
+    if let Err(outcome) = still_ours(store, node, name).await {
+        return outcome;
     }
     let partial = Partial(dir.join(format!(
         ".{node}.{name}.{}.part",
@@ -161,13 +168,8 @@ async fn export_one(
         return Outcome::Failed;
     }
     // Again before it replaces anything: a move may have begun meanwhile.
-    match ours(store, node, name).await {
-        Ok(true) => {}
-        Ok(false) => return Outcome::NotOurs,
-        Err(e) => {
-            tracing::warn!(session = %name, error = %e, "automatic export: the route could not be read");
-            return Outcome::Failed;
-        }
+    if let Err(outcome) = still_ours(store, node, name).await {
+        return outcome;
     }
     let dest = dir.join(format!("{name}.boxlite"));
     if let Err(e) = tokio::fs::rename(&partial.0, &dest).await {
