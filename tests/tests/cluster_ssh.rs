@@ -447,3 +447,159 @@ fn direct_tcpip_forwarding_reaches_the_sessions_loopback_through_a_router() {
     );
     assert!(!texts(&out).0.contains("router"), "{:?}", texts(&out));
 }
+
+/// A TCP server on the client's side of `ssh -R` (127.0.0.1): each of up
+/// to `count` connections (60 s in all at most) sends `LEN` bytes (read
+/// whole, 30 s at most), then gets `reply` and is closed. Returns the
+/// SHA-256 of what each sent, in order.
+fn exchange_server(reply: Vec<u8>, count: usize) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let thread = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut got = Vec::new();
+        while got.len() < count && std::time::Instant::now() < deadline {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut sent = vec![0u8; LEN];
+            if stream.read_exact(&mut sent).is_err() {
+                got.push("short".to_string());
+                continue;
+            }
+            got.push(sha(&sent));
+            let _ = stream.write_all(&reply);
+        }
+        got
+    });
+    (port, thread)
+}
+
+/// Bytes each way through a remote forward.
+const LEN: usize = 1 << 20;
+
+/// A program in `session` (busybox nc, 30 s at most) connects to `port`
+/// on its own loopback and sends /tmp/a; its exit status and the SHA-256
+/// of what came back, as printed.
+fn connect_inside(c: &Cluster, client: &Client, session: &str, port: u32) -> String {
+    let out = run(
+        client.ssh(c.router(0), "id", session).arg(format!(
+            "timeout 30 nc 127.0.0.1 {port} < /tmp/a > /tmp/b; echo rc=$?; sha256sum /tmp/b"
+        )),
+        b"",
+    );
+    texts(&out).0
+}
+
+/// What a connection from inside `session` to `port` on its loopback
+/// meets: `refused` (nothing listens), `closed` (accepted, then closed
+/// without data), or `rc=N` (nc's status otherwise: 143 when it was still
+/// open after 10 s). A listener just cancelled may take a moment to go:
+/// up to 50 tries, 100 ms apart, until one is refused.
+fn connect_empty_inside(c: &Cluster, client: &Client, session: &str, port: u32) -> String {
+    let script = format!(
+        "for i in $(seq 50); do timeout 10 nc 127.0.0.1 {port} </dev/null >/dev/null 2>&1; rc=$?; \
+         case $rc in 1) echo refused; exit;; 0) ;; *) echo rc=$rc; exit;; esac; sleep 0.1; done; echo closed"
+    );
+    let out = run(client.ssh(c.router(0), "id", session).arg(script), b"");
+    texts(&out).0.trim().to_string()
+}
+
+#[test]
+fn remote_forwarding_through_a_router_reaches_a_server_on_the_clients_side() {
+    let Some(c) = Cluster::start(&[4, 4], 1, 10) else {
+        return;
+    };
+    let client = Client::new();
+    sessions(&c, &client, &["rf"]);
+    let up: Vec<u8> = (0..LEN).map(|_| rand::random::<u8>()).collect();
+    let down: Vec<u8> = (0..LEN).map(|_| rand::random::<u8>()).collect();
+    let out = run(client.ssh(c.router(0), "id", "rf").arg("cat > /tmp/a"), &up);
+    assert_eq!(out.status.code(), Some(0), "{:?}", texts(&out));
+
+    // A shared connection through the router holds the forwards.
+    let control = client.path("ctl");
+    let share = format!("ControlPath={}", control.display());
+    let mut master = std::process::Command::new("ssh");
+    master
+        .args(client.common_opts("id"))
+        .args(["-o", &share, "-o", "ControlMaster=yes", "-N", "-p"])
+        .arg(c.router(0).ssh_port.to_string())
+        .arg("rf@127.0.0.1");
+    let master = blink_e2e::Running::spawn(&mut master);
+    blink_e2e::cluster::eventually("the shared connection", Duration::from_secs(20), || {
+        control.exists()
+    });
+    let mux = |args: &[&str]| {
+        run(
+            std::process::Command::new("ssh")
+                .args(["-F", "/dev/null", "-o", &share])
+                .args(["-o", "ExitOnForwardFailure=yes"])
+                .args(args)
+                .arg("x"),
+            b"",
+        )
+    };
+
+    // Port 0: the node allocates one, the router passes it on, OpenSSH
+    // prints it; a program in the session reaches the client's server
+    // through it, 1 MiB exact each way.
+    let (server_port, server) = exchange_server(down.clone(), 1);
+    let out = mux(&["-O", "forward", "-R", &format!("0:127.0.0.1:{server_port}")]);
+    assert!(out.status.success(), "{:?}", texts(&out));
+    let allocated: u32 = texts(&out).0.trim().parse().expect("the allocated port");
+    assert!(allocated > 0, "{allocated}");
+    let inside = connect_inside(&c, &client, "rf", allocated);
+    assert!(inside.contains("rc=0"), "{inside}");
+    assert!(inside.contains(&sha(&down)), "{inside}");
+    assert_eq!(server.join().expect("server"), vec![sha(&up)]);
+
+    // A fixed port, then cancelled: the port stops accepting.
+    let (fixed_port, fixed) = exchange_server(down.clone(), 1);
+    let forward = format!("9191:127.0.0.1:{fixed_port}");
+    let out = mux(&["-O", "forward", "-R", &forward]);
+    assert!(out.status.success(), "{:?}", texts(&out));
+    let inside = connect_inside(&c, &client, "rf", 9191);
+    assert!(inside.contains(&sha(&down)), "{inside}");
+    assert_eq!(fixed.join().expect("server"), vec![sha(&up)]);
+    let out = mux(&["-O", "cancel", "-R", &forward]);
+    assert!(out.status.success(), "{:?}", texts(&out));
+    assert_eq!(connect_empty_inside(&c, &client, "rf", 9191), "refused");
+    // The allocated one still accepts; its target on the client's side is
+    // gone (the server answered once), so the client refuses the channel
+    // and the program's connection is closed at once.
+    assert_eq!(connect_empty_inside(&c, &client, "rf", allocated), "closed");
+    // Closing the connection ends its forwards.
+    drop(master);
+    assert_eq!(
+        connect_empty_inside(&c, &client, "rf", allocated),
+        "refused"
+    );
+
+    // A forward the node's rules refuse is refused through the router.
+    let a = c.router(0).put(
+        "/api/sessions/rf/forwarding",
+        json!({"local": true, "remote": false}),
+    );
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let out = run(
+        client
+            .ssh(c.router(0), "id", "rf")
+            .args(["-o", "ExitOnForwardFailure=yes", "-R", "9090:127.0.0.1:9"])
+            .arg("true"),
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
+    assert!(
+        texts(&out).1.contains("remote port forwarding failed"),
+        "{}",
+        texts(&out).1
+    );
+    let out = run(client.ssh(c.router(0), "id", "rf").arg("echo fine"), b"");
+    assert_eq!(texts(&out).0, "fine\n");
+}

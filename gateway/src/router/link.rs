@@ -2,12 +2,19 @@
 //! that checks the node's host key against its record in etcd and logs in
 //! with the router key under a relayed user name
 //! (`ssh/auth/relayed.rs`): the node decides on the client's key itself.
+//! The `forwarded-tcpip` channels the node opens on it (connections to an
+//! `ssh -R` listener) are handed to the connection owning the link
+//! through a bounded queue (`remote_forward.rs`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use russh::ChannelOpenFailure;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use tokio::sync::mpsc;
+
+use super::remote_forward::{self, ForwardedOpen};
 
 use crate::cluster::NodeRecord;
 use crate::ssh::relayed::{self, Identity};
@@ -30,10 +37,12 @@ const LINK_CIPHERS: &[russh::cipher::Name] = &[
 /// Time to connect and log in to a node.
 const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Checks the node's host key.
+/// Checks the node's host key; hands the node's `forwarded-tcpip` opens
+/// on.
 struct NodeKey {
     node: String,
     fingerprint: String,
+    forwarded: mpsc::Sender<ForwardedOpen>,
 }
 
 impl russh::client::Handler for NodeKey {
@@ -52,14 +61,69 @@ impl russh::client::Handler for NodeKey {
         }
         Ok(seen == self.fingerprint)
     }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<russh::client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: russh::client::ChannelOpenHandle,
+        _session: &mut russh::client::Session,
+    ) -> Result<(), Self::Error> {
+        let open = ForwardedOpen {
+            channel,
+            connected_address: connected_address.to_owned(),
+            connected_port,
+            originator_address: originator_address.to_owned(),
+            originator_port,
+            reply,
+        };
+        hand_on(&self.forwarded, open).await;
+        Ok(())
+    }
+}
+
+/// Queue a forwarded open for the connection owning the link, never
+/// waiting (the link's loop runs this): refused when the queue is full or
+/// the connection has gone.
+async fn hand_on(queue: &mpsc::Sender<ForwardedOpen>, open: ForwardedOpen) {
+    if let Err(e) = queue.try_send(open) {
+        let why = match e {
+            mpsc::error::TrySendError::Full(_) => ChannelOpenFailure::ResourceShortage,
+            mpsc::error::TrySendError::Closed(_) => ChannelOpenFailure::ConnectFailed,
+        };
+        e.into_inner().reply.reject(why).await;
+    }
 }
 
 /// A logged-in link to a node.
 pub struct Link {
     handle: russh::client::Handle<NodeKey>,
+    /// The node's `forwarded-tcpip` opens, until the connection takes
+    /// them (at its first `ssh -R` request).
+    forwarded: Option<mpsc::Receiver<ForwardedOpen>>,
 }
 
 impl Link {
+    /// The node's `forwarded-tcpip` opens (once: `None` after).
+    pub fn take_forwarded(&mut self) -> Option<mpsc::Receiver<ForwardedOpen>> {
+        self.forwarded.take()
+    }
+
+    /// A `tcpip-forward` request to the node (`ssh -R`): the port it
+    /// bound when `port` is 0, else 0. `Err(RequestDenied)` when the node
+    /// refused.
+    pub async fn tcpip_forward(&self, address: &str, port: u32) -> Result<u32, russh::Error> {
+        self.handle.tcpip_forward(address, port).await
+    }
+
+    /// A `cancel-tcpip-forward` request to the node.
+    pub async fn cancel_tcpip_forward(&self, address: &str, port: u32) -> Result<(), russh::Error> {
+        self.handle.cancel_tcpip_forward(address, port).await
+    }
+
     /// A session channel on the node.
     pub async fn open_session(&self) -> Result<russh::Channel<russh::client::Msg>, russh::Error> {
         self.handle.channel_open_session().await
@@ -107,9 +171,11 @@ pub async fn open(
         },
         ..Default::default()
     });
+    let (forwarded, opens) = mpsc::channel(remote_forward::QUEUED_OPENS);
     let handler = NodeKey {
         node: node.name.clone(),
         fingerprint: node.host_key.clone(),
+        forwarded,
     };
     let key = PrivateKeyWithHashAlg::new(router_key.clone(), None);
     let attempt = async {
@@ -120,7 +186,10 @@ pub async fn open(
             .authenticate_publickey(user, key)
             .await
             .map_err(|e| e.to_string())?;
-        Ok::<_, String>(auth.success().then_some(Link { handle }))
+        Ok::<_, String>(auth.success().then_some(Link {
+            handle,
+            forwarded: Some(opens),
+        }))
     };
     tokio::time::timeout(LINK_TIMEOUT, attempt)
         .await

@@ -3,11 +3,14 @@
 //! request. `rest.rs` the REST API (session routes relayed, new sessions
 //! placed, lists merged); `proxy.rs` one request relayed to a node;
 //! `ssh.rs` the SSH server relaying each login's channels to the session's
-//! node over `link.rs`, an internal SSH link logged in with the router key.
+//! node over `link.rs`, an internal SSH link logged in with the router key
+//! (`relay.rs` one relayed channel, `remote_forward.rs` `ssh -R`).
 
 mod link;
 pub mod moves;
 pub mod proxy;
+mod relay;
+mod remote_forward;
 pub mod rest;
 pub mod ssh;
 

@@ -11,8 +11,11 @@
 //! signals pass both ways; the node's exit status or signal, EOF and close
 //! come back as the node sent them. `direct-tcpip` channels (`ssh -L`,
 //! `-D`, `-W`) are opened on the node, which decides on them by its rules,
-//! and relayed the same way; remote forwarding (`-R`) is not relayed yet:
-//! refused.
+//! and relayed the same way (`relay.rs`). Remote forwarding (`-R`):
+//! `tcpip-forward` and `cancel-tcpip-forward` are sent to the node and its
+//! answer (with the port it bound for port 0) relayed; the
+//! `forwarded-tcpip` channels it then opens are opened on the client and
+//! relayed (`remote_forward.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,15 +27,14 @@ use blink_sdk::escape::Escaped;
 use blink_sdk::manager::names;
 use russh::keys::{Certificate, PrivateKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
-use tokio::sync::{Semaphore, mpsc, watch};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
+use tokio::sync::{Semaphore, watch};
 
 use super::link::{self, Link};
+use super::relay::{self, NodeWrite, Relay};
+use super::remote_forward::RemoteForwards;
 use crate::cluster::{Store, nodes, routing};
 use crate::ssh::relayed::Identity;
-
-/// The writing half of a channel on a node link.
-type NodeWrite = russh::ChannelWriteHalf<russh::client::Msg>;
 
 /// Time a node has to answer a channel request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,6 +119,7 @@ pub async fn start(
                 peer,
                 link: None,
                 channels: HashMap::new(),
+                forwards: RemoteForwards::default(),
             };
             let config = shared.russh.clone();
             tokio::spawn(async move {
@@ -158,11 +161,8 @@ struct RouterConn {
     /// Each client channel's node channel (its write half) and the node's
     /// answers to the requests sent on it.
     channels: HashMap<ChannelId, Relay>,
-}
-
-struct Relay {
-    node: Arc<NodeWrite>,
-    replies: mpsc::Receiver<bool>,
+    /// Its `ssh -R` forwards, held on the node.
+    forwards: RemoteForwards,
 }
 
 fn answer(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
@@ -231,30 +231,8 @@ impl RouterConn {
         handle: russh::server::Handle,
     ) {
         let id = channel.id();
-        let (client_read, client_write) = channel.split();
-        let (node_read, node_write) = node.split();
-        let (replies_tx, replies) = mpsc::channel(16);
-        let node_write = Arc::new(node_write);
-        tokio::spawn(client_to_node(
-            client_read,
-            node_write.clone(),
-            handle.clone(),
-            id,
-        ));
-        tokio::spawn(node_to_client(
-            node_read,
-            client_write,
-            handle,
-            id,
-            replies_tx,
-        ));
-        self.channels.insert(
-            id,
-            Relay {
-                node: node_write,
-                replies,
-            },
-        );
+        self.channels
+            .insert(id, relay::spawn(channel, node, handle));
     }
 
     /// Send a request to the node's channel and wait for its answer.
@@ -375,6 +353,33 @@ impl russh::server::Handler for RouterConn {
         reply.accept().await;
         self.relay(channel, node, session.handle());
         Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(link) = &mut self.link else {
+            return Ok(false);
+        };
+        Ok(self
+            .forwards
+            .request(link, address, port, session.handle())
+            .await)
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(link) = &self.link else {
+            return Ok(false);
+        };
+        Ok(self.forwards.cancel(link, address, port).await)
     }
 
     async fn channel_close(
@@ -509,82 +514,4 @@ impl russh::server::Handler for RouterConn {
         // Relayed by the channel's task (`client_to_node`).
         Ok(())
     }
-}
-
-/// The client's side of a channel to the node: data (credited back to the
-/// client once the node took it), EOF, window changes, signals.
-async fn client_to_node(
-    mut client: russh::ChannelReadHalf,
-    node: Arc<NodeWrite>,
-    handle: russh::server::Handle,
-    id: ChannelId,
-) {
-    while let Some(msg) = client.wait().await {
-        let sent = match msg {
-            ChannelMsg::Data { data } => {
-                let n = data.len() as u32;
-                let sent = node.data_bytes(data).await;
-                handle.consumed(id, n);
-                sent
-            }
-            ChannelMsg::Eof => node.eof().await,
-            ChannelMsg::WindowChange {
-                col_width,
-                row_height,
-                pix_width,
-                pix_height,
-            } => {
-                node.window_change(col_width, row_height, pix_width, pix_height)
-                    .await
-            }
-            ChannelMsg::Signal { signal } => node.signal(signal).await,
-            ChannelMsg::Close => break,
-            _ => Ok(()),
-        };
-        if sent.is_err() {
-            break;
-        }
-    }
-    let _ = node.close().await;
-}
-
-/// The node's side of a channel to the client: output, stderr, EOF, exit
-/// status or signal, close; its answers to requests to the handler.
-async fn node_to_client(
-    mut node: russh::ChannelReadHalf,
-    client: russh::ChannelWriteHalf<Msg>,
-    handle: russh::server::Handle,
-    id: ChannelId,
-    replies: mpsc::Sender<bool>,
-) {
-    while let Some(msg) = node.wait().await {
-        let sent = match msg {
-            ChannelMsg::Data { data } => client.data_bytes(data).await.map_err(|_| ()),
-            ChannelMsg::ExtendedData { data, ext } => {
-                client.extended_data_bytes(ext, data).await.map_err(|_| ())
-            }
-            ChannelMsg::Eof => client.eof().await.map_err(|_| ()),
-            ChannelMsg::ExitStatus { exit_status } => {
-                client.exit_status(exit_status).await.map_err(|_| ())
-            }
-            ChannelMsg::ExitSignal {
-                signal_name,
-                core_dumped,
-                error_message,
-                lang_tag,
-            } => {
-                handle
-                    .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
-                    .await
-            }
-            ChannelMsg::Success => replies.send(true).await.map_err(|_| ()),
-            ChannelMsg::Failure => replies.send(false).await.map_err(|_| ()),
-            ChannelMsg::Close => break,
-            _ => Ok(()),
-        };
-        if sent.is_err() {
-            break;
-        }
-    }
-    let _ = client.close().await;
 }
