@@ -339,7 +339,7 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     };
     let exporter = match &file.cluster {
         Some(cluster) if cluster.export_on_stop => {
-            Some(start_exporter(cluster, manager.clone()).await?)
+            Some(start_exporter(cluster, manager.clone(), &data_dir).await?)
         }
         _ => None,
     };
@@ -363,26 +363,28 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     Ok(())
 }
 
-/// A node's automatic exports on stop, into the shared `export_dir`.
+/// A node's automatic exports on stop, into the shared export store.
 async fn start_exporter(
     cluster: &blink_server::cluster::ClusterConfig,
     manager: std::sync::Arc<Manager>,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<blink_server::cluster::exports::Exporter> {
-    let dir = cluster
-        .export_dir
-        .clone()
-        .context("[cluster] export_on_stop needs export_dir")?;
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("[cluster] export_dir {}", dir.display()))?;
+    let exports = cluster
+        .export_store()
+        .map_err(anyhow::Error::msg)?
+        .context("[cluster] export_on_stop needs export_dir or [cluster.export_s3]")?;
+    let staging = data_dir.join("cluster-exports");
+    blink_sdk::runtime::local::private_dir(&staging)
+        .with_context(|| format!("making {}", staging.display()))?;
     let store = blink_server::cluster::Store::connect(&cluster.etcd_endpoints, &cluster.prefix)
         .await
         .context("connecting to etcd for automatic exports")?;
-    tracing::info!(dir = %dir.display(), "cluster: exporting cold sessions when they stop");
+    tracing::info!(store = %exports.describe(), "cluster: exporting cold sessions when they stop");
     Ok(blink_server::cluster::exports::start(
         manager,
         store,
         cluster.node_name(),
-        dir,
+        blink_server::cluster::exports::Target { exports, staging },
     ))
 }
 

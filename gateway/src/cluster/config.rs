@@ -38,9 +38,12 @@ pub struct ClusterConfig {
     /// `export_on_stop`, the same directory (mounted there too).
     #[serde(default)]
     pub export_dir: Option<std::path::PathBuf>,
-    /// On a node: write a cold session's export to `export_dir` whenever
-    /// it stops after a change (`exports.rs`), so failover restores what
-    /// its last stop left.
+    /// Instead of `export_dir`: an S3-compatible bucket for the exports.
+    #[serde(default)]
+    pub export_s3: Option<super::export_store::S3Config>,
+    /// On a node: write a cold session's export to the export store
+    /// whenever it stops after a change (`exports.rs`), so failover
+    /// restores what its last stop left.
     #[serde(default)]
     pub export_on_stop: bool,
 }
@@ -70,14 +73,32 @@ impl ClusterConfig {
         if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
             return Err("[cluster] prefix must start with / and not end with one".into());
         }
-        if self.export_on_stop && self.export_dir.is_none() {
-            return Err("[cluster] export_on_stop needs export_dir".into());
+        if self.export_dir.is_some() && self.export_s3.is_some() {
+            return Err("[cluster] export_dir and [cluster.export_s3]: choose one".into());
+        }
+        if self.export_on_stop && self.export_dir.is_none() && self.export_s3.is_none() {
+            return Err("[cluster] export_on_stop needs export_dir or [cluster.export_s3]".into());
+        }
+        if let Some(s3) = &self.export_s3
+            && s3.bucket.is_empty()
+        {
+            return Err("[cluster.export_s3] bucket is empty".into());
         }
         if let Some(name) = &self.node_name {
             blink_sdk::manager::names::validate(name)
                 .map_err(|e| format!("[cluster] node_name: {e}"))?;
         }
         Ok(())
+    }
+
+    /// The shared export store, if one is configured.
+    pub fn export_store(&self) -> Result<Option<super::export_store::ExportStore>, String> {
+        use super::export_store::ExportStore;
+        match (&self.export_dir, &self.export_s3) {
+            (Some(dir), _) => ExportStore::directory(dir).map(Some),
+            (None, Some(s3)) => ExportStore::s3(s3).map(Some),
+            (None, None) => Ok(None),
+        }
     }
 
     /// The node's name: configured, else the host's name.

@@ -1,6 +1,6 @@
 //! Automatic exports (`[cluster] export_on_stop`): a node writes a cold
-//! session's export to the shared `export_dir` whenever the session has
-//! stopped after a change, so a node that dies later loses nothing a stop
+//! session's export to the shared export store (`export_store.rs`: a
+//! directory or a bucket) whenever the session has stopped after a change, so a node that dies later loses nothing a stop
 //! had settled: routers restore its cold sessions from these files
 //! (docs/SCALE.md, "Failover").
 //!
@@ -9,8 +9,10 @@
 //! session is exported only while its route names this node and no move
 //! is under way, checked before the export and again before the file is
 //! put in place, so a copy being moved away does not overwrite the export
-//! of its new node. The file is written beside its final name and renamed:
-//! a reader sees a whole export or the previous one.
+//! of its new node. A directory's file is written beside its final name
+//! and renamed; for a bucket it is written in the node's data dir, then
+//! uploaded and committed. A reader sees a whole export or the previous
+//! one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ use blink_sdk::manager::ExportOptions;
 use blink_sdk::types::SessionState;
 use tokio::sync::watch;
 
+use super::export_store::ExportStore;
 use super::{ClusterError, Store, routing};
 
 /// A pass over the sessions also runs this often without a stop.
@@ -52,11 +55,26 @@ impl Outcome {
     }
 }
 
-/// Start exporting node `node`'s stopped cold sessions into `dir`.
-pub fn start(manager: Arc<Manager>, store: Store, node: String, dir: PathBuf) -> Exporter {
+/// Where an exporter writes.
+pub struct Target {
+    pub exports: ExportStore,
+    /// Where an export is written before its upload (a bucket store; a
+    /// directory store is written in place).
+    pub staging: PathBuf,
+}
+
+impl Target {
+    /// The directory an export file is written to first.
+    fn scratch(&self) -> &Path {
+        self.exports.local_dir().unwrap_or(&self.staging)
+    }
+}
+
+/// Start exporting node `node`'s stopped cold sessions to `target`.
+pub fn start(manager: Arc<Manager>, store: Store, node: String, target: Target) -> Exporter {
     let (stop, stopped) = watch::channel(false);
-    remove_own_partials(&dir, &node);
-    let task = tokio::spawn(run(manager, store, node, dir, stopped));
+    remove_own_partials(target.scratch(), &node);
+    let task = tokio::spawn(run(manager, store, node, target, stopped));
     Exporter { stop, task }
 }
 
@@ -73,7 +91,7 @@ async fn run(
     manager: Arc<Manager>,
     store: Store,
     node: String,
-    dir: PathBuf,
+    target: Target,
     mut stopped: watch::Receiver<bool>,
 ) {
     let wake = manager.stopped_signal();
@@ -86,7 +104,7 @@ async fn run(
             }
             let outcome = tokio::select! {
                 _ = stopped.changed() => return,
-                outcome = export_one(&manager, &store, &node, &dir, &name) => outcome,
+                outcome = export_one(&manager, &store, &node, &target, &name) => outcome,
             };
             metrics::counter!(crate::metrics::CLUSTER_EXPORTS_TOTAL, "result" => outcome.label())
                 .increment(1);
@@ -136,19 +154,19 @@ async fn still_ours(store: &Store, node: &str, name: &str) -> Result<(), Outcome
     }
 }
 
-/// Export `name` to `<dir>/<name>.boxlite` if it is this node's to write.
+/// Export `name` to the store if it is this node's to write.
 async fn export_one(
     manager: &Manager,
     store: &Store,
     node: &str,
-    dir: &Path,
+    target: &Target,
     name: &str,
 ) -> Outcome {
     let started = Instant::now();
     if let Err(outcome) = still_ours(store, node, name).await {
         return outcome;
     }
-    let partial = Partial(dir.join(format!(
+    let partial = Partial(target.scratch().join(format!(
         ".{node}.{name}.{}.part",
         uuid::Uuid::new_v4().simple()
     )));
@@ -167,18 +185,59 @@ async fn export_one(
         tracing::warn!(session = %name, error = %e, "automatic export: writing it out failed");
         return Outcome::Failed;
     }
+    let written = match target.exports.local_dir() {
+        Some(dir) => put_in_place(store, node, name, &partial.0, dir).await,
+        None => upload(store, node, name, &partial.0, &target.exports).await,
+    };
+    if written == Outcome::Written {
+        tracing::info!(session = %name, size, store = %target.exports.describe(), elapsed_ms = started.elapsed().as_millis() as u64, "automatic export written");
+    }
+    written
+}
+
+/// A directory store: the file renamed into place, if still ours.
+async fn put_in_place(store: &Store, node: &str, name: &str, file: &Path, dir: &Path) -> Outcome {
     // Again before it replaces anything: a move may have begun meanwhile.
     if let Err(outcome) = still_ours(store, node, name).await {
         return outcome;
     }
     let dest = dir.join(format!("{name}.boxlite"));
-    if let Err(e) = tokio::fs::rename(&partial.0, &dest).await {
+    if let Err(e) = tokio::fs::rename(file, &dest).await {
         tracing::warn!(session = %name, error = %e, dest = %dest.display(), "automatic export: putting it in place failed");
         return Outcome::Failed;
     }
     let _ = sync(dir).await;
-    tracing::info!(session = %name, size, dest = %dest.display(), elapsed_ms = started.elapsed().as_millis() as u64, "automatic export written");
     Outcome::Written
+}
+
+/// A bucket store: the file uploaded, committed if still ours (an upload
+/// not committed is aborted).
+async fn upload(
+    store: &Store,
+    node: &str,
+    name: &str,
+    file: &Path,
+    exports: &ExportStore,
+) -> Outcome {
+    let sent = exports.upload_file(name, file).await;
+    let upload = match sent {
+        Ok(upload) => upload,
+        Err(e) => {
+            tracing::warn!(session = %name, error = %e, "automatic export: the upload failed");
+            return Outcome::Failed;
+        }
+    };
+    // Again before it replaces anything: a move may have begun meanwhile.
+    if let Err(outcome) = still_ours(store, node, name).await {
+        return outcome;
+    }
+    match upload.commit().await {
+        Ok(_) => Outcome::Written,
+        Err(e) => {
+            tracing::warn!(session = %name, error = %e, "automatic export: the upload failed");
+            Outcome::Failed
+        }
+    }
 }
 
 /// A file's (or directory's) data on the disk.

@@ -4,12 +4,15 @@
 //! task keeping it alive); `placement.rs` which node takes a new session;
 //! `routing.rs` the `session → node` records, written by one transaction
 //! each so two front doors never place one name twice; `moves.rs` a move's
-//! transactions; `exports.rs` a node's automatic exports on stop.
+//! transactions; `export_store.rs` where exports are kept (a directory or
+//! an S3-compatible bucket); `exports.rs` a node's automatic exports on
+//! stop.
 //!
 //! Nothing here runs when no `[cluster]` is configured: a single host needs
 //! no etcd.
 
 pub mod config;
+pub mod export_store;
 pub mod exports;
 pub mod moves;
 pub mod nodes;

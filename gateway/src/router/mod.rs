@@ -45,7 +45,10 @@ pub async fn start(
         store,
         token: token.map(Arc::from),
         ttl: i64::try_from(cluster.lease_ttl_secs).unwrap_or(10),
-        export_dir: cluster.export_dir.clone(),
+        exports: cluster
+            .export_store()
+            .map_err(anyhow::Error::msg)
+            .context("the router's export store")?,
     };
     let app = rest::app(state.clone());
     let (shutdown, mut stop) = watch::channel(false);

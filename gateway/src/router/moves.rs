@@ -17,17 +17,17 @@
 //! `<file>.reached` and waits (at most 60 s) for `<file>`, so a test can
 //! kill a node at that very step.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
-use tokio::io::AsyncWriteExt as _;
 
 use super::proxy::forward;
 use super::rest::RouterState;
+use crate::cluster::export_store::{ExportStore, StoreError};
 use crate::cluster::moves;
 use crate::cluster::routing::{self, Read};
 use crate::cluster::{ClusterError, NodeRecord, PlacementRequest, nodes, placement};
@@ -209,29 +209,46 @@ async fn lift_fence(state: &RouterState, node: &str, name: &str) {
     }
 }
 
-/// Where a session's last export is kept: `<export_dir>/<name>.boxlite`,
-/// or a private temporary file when no shared directory is configured.
-fn export_path(state: &RouterState, name: &str) -> (PathBuf, bool) {
-    match &state.export_dir {
-        Some(dir) => (dir.join(format!("{name}.boxlite")), true),
-        None => (
-            std::env::temp_dir().join(format!(
-                "blink-move-{name}-{}.boxlite",
-                uuid::Uuid::new_v4().simple()
-            )),
-            false,
-        ),
+/// A move's own store when the routers share none: a private
+/// directory, removed with it.
+struct PrivateStore {
+    store: ExportStore,
+    dir: PathBuf,
+}
+
+impl PrivateStore {
+    fn new() -> Result<Self, Refusal> {
+        let dir =
+            std::env::temp_dir().join(format!("blink-move-{}", uuid::Uuid::new_v4().simple()));
+        let store = ExportStore::directory(&dir)
+            .map_err(|e| refusal(StatusCode::INTERNAL_SERVER_ERROR, "io_error", e))?;
+        Ok(Self { store, dir })
     }
 }
 
-/// Stop the session on `node` and export it to `dest` (written whole or
-/// not at all).
+impl Drop for PrivateStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn store_refusal(e: StoreError) -> Refusal {
+    match e {
+        StoreError::Body(..) => refusal(StatusCode::BAD_GATEWAY, "node_unreachable", e.to_string()),
+        StoreError::Object { .. } => {
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, "io_error", e.to_string())
+        }
+    }
+}
+
+/// Stop the session on `node` and export it into `into` (written whole or
+/// not at all); the bytes written.
 async fn export_to(
     state: &RouterState,
     node: &NodeRecord,
     name: &str,
-    dest: &Path,
-) -> Result<(), Refusal> {
+    into: &ExportStore,
+) -> Result<u64, Refusal> {
     json_of(
         call(
             state,
@@ -275,59 +292,33 @@ async fn export_to(
     if !resp.status().is_success() {
         return Err(Refusal(resp));
     }
-    let io = |e: std::io::Error| {
-        refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "io_error",
-            format!("writing the export {}: {e}", dest.display()),
-        )
-    };
-    let tmp = dest.with_extension(format!("part{}", uuid::Uuid::new_v4().simple()));
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
-    let mut stream = resp.into_body().into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(refusal(
-                    StatusCode::BAD_GATEWAY,
-                    "node_unreachable",
-                    e.to_string(),
-                ));
-            }
-        };
-        if let Err(e) = file.write_all(&chunk).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(io(e));
-        }
-    }
-    file.sync_all().await.map_err(io)?;
-    tokio::fs::rename(&tmp, dest).await.map_err(io)
+    into.write_stream(name, resp.into_body().into_data_stream())
+        .await
+        .map_err(store_refusal)
 }
 
-/// Import the archive at `src` on `node` as `name` (replacing a partial
-/// copy of an earlier attempt).
+/// Import `name`'s export in `from` on `node` (replacing a partial copy
+/// of an earlier attempt).
 async fn import_from(
     state: &RouterState,
     node: &NodeRecord,
     name: &str,
-    src: &Path,
+    from: &ExportStore,
 ) -> Result<(), Refusal> {
-    let file = tokio::fs::File::open(src).await.map_err(|e| {
-        refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "io_error",
-            format!("reading the export {}: {e}", src.display()),
-        )
-    })?;
+    let Some(archive) = from.read(name).await.map_err(store_refusal)? else {
+        return Err(refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session_lost",
+            format!("session {name} has no export in {}", from.describe()),
+        ));
+    };
     let boundary = format!("blink-{}", uuid::Uuid::new_v4().simple());
     let head = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{name}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"replace\"\r\n\r\ntrue\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"archive\"; filename=\"{name}.boxlite\"\r\nContent-Type: application/octet-stream\r\n\r\n"
     );
     let tail = format!("\r\n--{boundary}--\r\n");
     let stream = futures_util::stream::once(async move { Ok(bytes::Bytes::from(head)) })
-        .chain(tokio_util::io::ReaderStream::new(file))
+        .chain(archive)
         .chain(futures_util::stream::once(async move {
             Ok::<_, std::io::Error>(bytes::Bytes::from(tail))
         }));
@@ -439,9 +430,11 @@ async fn restore(
             "it was warm, so its last export is stale; it is back when its node is".into(),
         ));
     }
-    let (path, shared) = export_path(state, name);
-    if !shared || !path.is_file() {
-        return Err(lost("no export of it in the shared directory".into()));
+    let Some(exports) = &state.exports else {
+        return Err(lost("the routers share no export store".into()));
+    };
+    if !exports.exists(name).await.map_err(store_refusal)? {
+        return Err(lost(format!("no export of it in {}", exports.describe())));
     }
     let routes = routing::list(&state.store).await?;
     let request = PlacementRequest {
@@ -457,7 +450,7 @@ async fn restore(
         // Someone else is at it; the caller reads the route again.
         return Ok(());
     };
-    if let Err(e) = import_from(state, &target, name, &path).await {
+    if let Err(e) = import_from(state, &target, name, exports).await {
         undo(state, name, &marked).await;
         return Err(e);
     }
@@ -507,17 +500,25 @@ pub async fn move_session(
         return Err(e);
     }
     let renewing = AbortOnDrop(keep_fenced(state, &source, name));
-    let (path, shared) = export_path(state, name);
+    // The shared store keeps the move's export (a restore's source if the
+    // target dies); without one, a private directory carries it.
+    let private = match &state.exports {
+        Some(_) => None,
+        None => Some(PrivateStore::new()?),
+    };
+    let via = match (&state.exports, &private) {
+        (Some(shared), _) => shared,
+        (None, Some(p)) => &p.store,
+        (None, None) => unreachable!("a private store is made when none is shared"),
+    };
     let copied = async {
-        export_to(state, &source, name, &path).await?;
+        export_to(state, &source, name, via).await?;
         crash_point("after-export");
         pause_point("after-export").await;
-        import_from(state, &target, name, &path).await
+        import_from(state, &target, name, via).await
     }
     .await;
-    if !shared {
-        let _ = tokio::fs::remove_file(&path).await;
-    }
+    drop(private);
     if let Err(e) = copied {
         // The session stays where it was (stopped; it starts on its next
         // use, once the fence is lifted).
@@ -551,14 +552,13 @@ pub async fn move_session(
 /// directory, where a restore takes it from.
 pub async fn backup(state: &RouterState, name: &str, read: Read) -> Result<u64, Refusal> {
     let read = settle(state, name, read).await?;
-    let (path, shared) = export_path(state, name);
-    if !shared {
+    let Some(exports) = &state.exports else {
         return Err(refusal(
             StatusCode::BAD_REQUEST,
             "invalid_argument",
-            "backup: this router has no [cluster] export_dir".into(),
+            "backup: this router has no export store ([cluster] export_dir or export_s3)".into(),
         ));
-    }
+    };
     let live = nodes::live(&state.store).await?;
     let node = live_named(&live, &read.route.node).ok_or_else(|| {
         refusal(
@@ -567,8 +567,7 @@ pub async fn backup(state: &RouterState, name: &str, read: Read) -> Result<u64, 
             format!("node {} is not live in the cluster", read.route.node),
         )
     })?;
-    export_to(state, node, name, &path).await?;
-    Ok(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0))
+    export_to(state, node, name, exports).await
 }
 
 /// The routers' sweep: every `period`, routes left unsettled (a dead

@@ -40,8 +40,9 @@ pub struct RouterState {
     pub token: Option<Arc<str>>,
     /// Lease TTL of a move's lock, in seconds.
     pub ttl: i64,
-    /// `[cluster] export_dir`: sessions' last exports, shared by routers.
-    pub export_dir: Option<std::path::PathBuf>,
+    /// Sessions' last exports, shared by routers (`export_dir` or
+    /// `[cluster.export_s3]`).
+    pub exports: Option<crate::cluster::export_store::ExportStore>,
 }
 
 pub fn app(state: RouterState) -> Router {
