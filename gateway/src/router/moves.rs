@@ -217,11 +217,10 @@ struct PrivateStore {
 }
 
 impl PrivateStore {
-    fn new() -> Result<Self, Refusal> {
+    fn new() -> Result<Self, String> {
         let dir =
             std::env::temp_dir().join(format!("blink-move-{}", uuid::Uuid::new_v4().simple()));
-        let store = ExportStore::directory(&dir)
-            .map_err(|e| refusal(StatusCode::INTERNAL_SERVER_ERROR, "io_error", e))?;
+        let store = ExportStore::directory(&dir)?;
         Ok(Self { store, dir })
     }
 }
@@ -504,7 +503,10 @@ pub async fn move_session(
     // target dies); without one, a private directory carries it.
     let private = match &state.exports {
         Some(_) => None,
-        None => Some(PrivateStore::new()?),
+        None => Some(
+            PrivateStore::new()
+                .map_err(|e| refusal(StatusCode::INTERNAL_SERVER_ERROR, "io_error", e))?,
+        ),
     };
     let via = match (&state.exports, &private) {
         (Some(shared), _) => shared,
