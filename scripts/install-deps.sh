@@ -24,6 +24,7 @@
 # and, with pip, paramiko and asyncssh for the same tests (tests/clients/),
 #   prometheus_client  the reference parser of /metrics (tests/tests/metrics.rs)
 #   kubernetes-validate  the cluster's manifests (tests/tests/deploy_cluster.rs)
+#   s3s-fs          (crates.io) an S3-compatible server for the cluster's export store
 #   pyte            (PyPI) a headless terminal replaying recordings (tests/tests/recording.rs)
 #   asciinema       (PyPI) `asciinema cat` of the same recordings
 #   ssh-audit       (PyPI) grades the SSH gateway's algorithms
@@ -61,6 +62,13 @@ fi
 if ! command -v kubernetes-validate >/dev/null 2>&1; then
   echo "installing: kubernetes-validate (pip)"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'kubernetes-validate>=1.30'
+  hash -r
+fi
+# s3s-fs (crates.io, the s3s project's S3 server over a directory) is the
+# S3-compatible store of the cluster's export tests (tests/src/s3.rs).
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "installing: s3s-fs (cargo install, a few minutes)"
+  cargo install --quiet --locked s3s-fs@0.14.1 --features binary
   hash -r
 fi
 # ssh-audit (PyPI) grades the SSH gateway's algorithms

@@ -252,8 +252,20 @@ pub struct Cluster {
     pub routers: Vec<(crate::Blink, crate::Server)>,
     /// `router_key`, `router_key.pub`, `host_key` (the routers').
     pub keys: tempfile::TempDir,
-    /// Lines every node's `[cluster]` table gains (`start_with`).
-    node_extra: String,
+    /// What `start_with` asked for beyond the defaults.
+    setup: Setup,
+}
+
+/// How a cluster's servers are configured beyond the defaults.
+#[derive(Debug, Default)]
+pub struct Setup {
+    /// Lines every node's `[cluster]` table gains (sub-tables may follow).
+    pub node_extra: String,
+    /// A router's export settings, in place of `export_dir = <shared dir>`
+    /// (sub-tables may follow).
+    pub router_exports: Option<String>,
+    /// Environment of every node and router.
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -261,17 +273,16 @@ impl Cluster {
     /// `routers` routers; `None` (reported skipped) without etcd or
     /// sandboxes.
     pub fn start(capacities: &[u64], routers: usize, ttl: u64) -> Option<Self> {
-        Self::start_with(capacities, routers, ttl, |_| String::new())
+        Self::start_with(capacities, routers, ttl, |_| Setup::default())
     }
 
-    /// As [`Cluster::start`], every node's `[cluster]` table gaining the
-    /// lines `extra` makes from the shared export directory (e.g.
-    /// `export_on_stop`).
+    /// As [`Cluster::start`], set up as `setup` says given the shared
+    /// export directory (e.g. `export_on_stop` on nodes).
     pub fn start_with(
         capacities: &[u64],
         routers: usize,
         ttl: u64,
-        extra: impl FnOnce(&std::path::Path) -> String,
+        setup: impl FnOnce(&std::path::Path) -> Setup,
     ) -> Option<Self> {
         if !etcd_available() || !crate::local_runtime_available() {
             return None;
@@ -292,9 +303,9 @@ impl Cluster {
             nodes: Vec::new(),
             routers: Vec::new(),
             keys,
-            node_extra: String::new(),
+            setup: Setup::default(),
         };
-        cluster.node_extra = extra(&cluster.export_dir());
+        cluster.setup = setup(&cluster.export_dir());
         for (i, cap) in capacities.iter().enumerate() {
             let node = cluster.start_node(&format!("node-{i}"), *cap, ttl);
             cluster.nodes.push(node);
@@ -320,14 +331,13 @@ impl Cluster {
         let extra = format!(
             "node_name = {name:?}\nrouter_keys = {:?}\n{}[cluster.capacity]\nsessions = {sessions}\n",
             self.keys.path().join("router_key.pub"),
-            self.node_extra
+            self.setup.node_extra
         );
-        let server = blink
-            .server()
-            .config(&self.table(&extra, ttl))
-            .token(TOKEN)
-            .start();
-        (blink, server)
+        let mut builder = blink.server().config(&self.table(&extra, ttl)).token(TOKEN);
+        for (k, v) in &self.setup.env {
+            builder = builder.env(k, v);
+        }
+        (blink, builder.start())
     }
 
     /// A router with the shared host key, the router key and the shared
@@ -355,10 +365,14 @@ impl Cluster {
         wrapper: &[&str],
     ) -> (crate::Blink, crate::Server) {
         let blink = crate::Blink::new();
+        let exports = self
+            .setup
+            .router_exports
+            .clone()
+            .unwrap_or_else(|| format!("export_dir = {:?}\n", self.export_dir()));
         let extra = format!(
-            "router_key = {:?}\nexport_dir = {:?}\n[ssh]\nhost_key = {:?}\n",
+            "router_key = {:?}\n{exports}[ssh]\nhost_key = {:?}\n",
             self.keys.path().join("router_key"),
-            self.export_dir(),
             self.keys.path().join("host_key")
         );
         let mut builder = blink
@@ -367,6 +381,9 @@ impl Cluster {
             .config(&self.table(&extra, ttl))
             .token(TOKEN);
         for (k, v) in env {
+            builder = builder.env(k, v);
+        }
+        for (k, v) in &self.setup.env {
             builder = builder.env(k, v);
         }
         if !wrapper.is_empty() {

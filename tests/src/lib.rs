@@ -26,6 +26,7 @@ pub mod leftovers;
 pub mod registry;
 pub mod rest;
 mod running;
+pub mod s3;
 mod server;
 pub mod ssh;
 pub mod tty;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use blink_e2e::Server;
-use blink_e2e::cluster::{Cluster, TOKEN, eventually};
+use blink_e2e::cluster::{Cluster, Setup, TOKEN, eventually};
 use serde_json::{Value, json};
 
 const NODES: [&str; 3] = ["node-0", "node-1", "node-2"];
@@ -441,8 +441,9 @@ fn exports_counted(c: &Cluster, node: &str, result: &str) -> u64 {
 /// with what its last stop left, nobody having asked for a backup.
 #[test]
 fn a_cold_session_is_exported_when_it_stops_and_comes_back_with_it_after_its_node_dies() {
-    let Some(c) = Cluster::start_with(&[8, 8, 8], 2, 2, |dir| {
-        format!("export_dir = {dir:?}\nexport_on_stop = true\n")
+    let Some(c) = Cluster::start_with(&[8, 8, 8], 2, 2, |dir| Setup {
+        node_extra: format!("export_dir = {dir:?}\nexport_on_stop = true\n"),
+        ..Setup::default()
     }) else {
         return;
     };
@@ -529,4 +530,106 @@ fn a_cold_session_is_exported_when_it_stops_and_comes_back_with_it_after_its_nod
     );
     let a = c.router(0).get("/api/sessions/warm2");
     assert_eq!((a.status, a.code()), (503, "session_lost"), "{:?}", a.body);
+}
+
+/// Exports kept in an S3-compatible bucket (`[cluster.export_s3]`, a real
+/// `s3s-fs` on 127.0.0.1) instead of a shared directory: a move carries
+/// the session through the bucket, a node's automatic export on stop
+/// replaces the object, a backup writes it, and when the session's node
+/// dies the routers restore it from the bucket with its last stop's data.
+#[test]
+fn exports_kept_in_a_bucket_carry_moves_backups_stops_and_failover() {
+    let Some(s3) = blink_e2e::s3::S3Server::start() else {
+        return;
+    };
+    let Some(c) = Cluster::start_with(&[8, 8, 8], 2, 2, |_| Setup {
+        node_extra: format!("export_on_stop = true\n{}", s3.toml("cluster-a")),
+        router_exports: Some(s3.toml("cluster-a")),
+        env: s3.env(),
+    }) else {
+        return;
+    };
+    let object = s3.object("cluster-a/bkt1.boxlite");
+    let a = c.router(0).post("/api/sessions", json!({"name": "bkt1"}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    c.router(0).sh("bkt1", "echo one > /var/blink/memory/mark");
+
+    // A move goes through the bucket, and leaves its export there.
+    let from = c.route("bkt1").expect("route");
+    let to = other(&from);
+    let a = c
+        .router(1)
+        .post("/api/sessions/bkt1/move", json!({"to": to}));
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(holders(&c, "bkt1"), vec![to.to_owned()]);
+    assert!(object.is_file(), "the move's export is not in the bucket");
+    assert!(
+        std::fs::read_dir(c.export_dir())
+            .expect("dir")
+            .next()
+            .is_none(),
+        "an export went to the directory, not the bucket"
+    );
+    assert_eq!(
+        c.router(0).sh("bkt1", "cat /var/blink/memory/mark").trim(),
+        "one"
+    );
+
+    // Changed and stopped on its new node: that node uploads its export.
+    let before = std::fs::metadata(&object)
+        .expect("object")
+        .modified()
+        .expect("mtime");
+    let written = exports_counted(&c, to, "written");
+    c.router(1).sh("bkt1", "echo two > /var/blink/memory/mark");
+    let a = c.router(0).post("/api/sessions/bkt1/stop", json!({}));
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    eventually(
+        "the node's upload after the stop",
+        Duration::from_secs(60),
+        || exports_counted(&c, to, "written") == written + 1,
+    );
+    let after = std::fs::metadata(&object)
+        .expect("object")
+        .modified()
+        .expect("mtime");
+    assert!(after > before, "the object was not replaced");
+
+    // A backup through a router writes it too, and says how much.
+    let a = c.router(1).post("/api/sessions/bkt1/backup", json!({}));
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let size = std::fs::metadata(&object).expect("object").len();
+    assert!(size > 0);
+    assert_eq!(a.body["size_bytes"], size, "{:?}", a.body);
+
+    // Its node dies: the routers restore it from the bucket.
+    let i: usize = to.trim_start_matches("node-").parse().expect("index");
+    c.nodes[i].1.signal("KILL");
+    eventually(
+        "bkt1 is routed to a live node",
+        Duration::from_secs(60),
+        || c.route("bkt1").is_some_and(|n| n != to),
+    );
+    eventually("bkt1 answers again", Duration::from_secs(60), || {
+        c.router(0).get("/api/sessions/bkt1").status == 200
+    });
+    assert_eq!(
+        c.router(1).sh("bkt1", "cat /var/blink/memory/mark").trim(),
+        "two"
+    );
+    // The store's credentials never reach a sandbox.
+    let seen = c.router(0).sh(
+        "bkt1",
+        "env; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'",
+    );
+    assert!(seen.contains("PATH="), "{seen}");
+    for (_, secret) in s3.env() {
+        assert!(!seen.contains(&secret), "a credential inside the sandbox");
+    }
+    // Nothing half-written is left in the bucket.
+    let left: Vec<String> = std::fs::read_dir(s3.object("cluster-a"))
+        .expect("prefix")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["bkt1.boxlite".to_owned()], "{left:?}");
 }

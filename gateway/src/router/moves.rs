@@ -2,7 +2,7 @@
 //! transactions): `POST /api/sessions/{name}/move` stops the session on
 //! its node, exports it, imports it on the target, switches the route and
 //! removes the source; `POST /api/sessions/{name}/backup` keeps an export
-//! in the shared directory (`[cluster] export_dir`); and a session whose
+//! in the export store (`cluster/export_store.rs`); and a session whose
 //! node is gone is restored on another node from that export when it is
 //! next asked for (cold sessions; warm ones are reported lost).
 //!
