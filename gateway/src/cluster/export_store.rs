@@ -193,10 +193,42 @@ impl ExportStore {
     ) -> Result<u64, StoreError> {
         let mut upload = self.upload(name).await?;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| StoreError::Body(e.to_string(), self.describe()))?;
-            upload.write(chunk).await?;
+            let written = match chunk {
+                Ok(chunk) => upload.write(chunk).await,
+                Err(e) => Err(StoreError::Body(e.to_string(), self.describe())),
+            };
+            if let Err(e) = written {
+                upload.abort().await;
+                return Err(e);
+            }
         }
         upload.commit().await
+    }
+
+    /// Remove what uploads into a directory store left when their writer
+    /// died before commit or abort (`<name>.boxlite#<id>` staging files),
+    /// once older than `age`; the count removed. A bucket's incomplete
+    /// multipart uploads are its lifecycle rules' (docs/SCALE.md).
+    pub fn remove_stale_uploads(&self, age: std::time::Duration) -> usize {
+        let Some(dir) = &self.local else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let staging = name.to_string_lossy().contains(".boxlite#");
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
+            if staging && old && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Upload the file at `path` as `name`'s export, left to commit (or
@@ -208,8 +240,14 @@ impl ExportStore {
         let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
         let mut upload = self.upload(name).await?;
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| StoreError::Body(e.to_string(), self.describe()))?;
-            upload.write(chunk).await?;
+            let written = match chunk {
+                Ok(chunk) => upload.write(chunk).await,
+                Err(e) => Err(StoreError::Body(e.to_string(), self.describe())),
+            };
+            if let Err(e) = written {
+                upload.abort().await;
+                return Err(e);
+            }
         }
         Ok(upload)
     }
@@ -237,6 +275,13 @@ impl Upload {
         Ok(())
     }
 
+    /// Drop what was written; the old export stays.
+    pub async fn abort(mut self) {
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.abort().await;
+        }
+    }
+
     /// Put it in place of the old export; the bytes written.
     pub async fn commit(mut self) -> Result<u64, StoreError> {
         let Some(writer) = self.writer.take() else {
@@ -258,5 +303,111 @@ impl Drop for Upload {
                 let _ = writer.abort().await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_directory_store_commits_whole_aborts_on_drop_and_sweeps_stale_uploads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ExportStore::directory(dir.path()).expect("store");
+        assert!(!store.exists("s1").await.expect("exists"));
+        assert!(store.read("s1").await.expect("read").is_none());
+        let body = vec![7u8; 3 << 20];
+        let chunks = futures_util::stream::iter(
+            body.chunks(1 << 20)
+                .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            store.write_stream("s1", chunks).await.expect("write"),
+            body.len() as u64
+        );
+        assert!(store.exists("s1").await.expect("exists"));
+        assert_eq!(
+            std::fs::read(dir.path().join("s1.boxlite")).expect("file"),
+            body
+        );
+
+        // An upload dropped before its commit leaves the export as it was.
+        let mut upload = store.upload("s1").await.expect("upload");
+        upload
+            .write(Bytes::from_static(b"half"))
+            .await
+            .expect("write");
+        drop(upload);
+        for _ in 0..100 {
+            if names(dir.path()) == ["s1.boxlite"] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(names(dir.path()), ["s1.boxlite"]);
+        assert_eq!(
+            std::fs::read(dir.path().join("s1.boxlite")).expect("file"),
+            body
+        );
+
+        // A stream that fails commits nothing.
+        let failing = futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"start")),
+            Err("the node went away"),
+        ]);
+        let refused = store.write_stream("s1", failing).await.expect_err("failed");
+        assert!(
+            refused.to_string().contains("the node went away"),
+            "{refused}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("s1.boxlite")).expect("file"),
+            body
+        );
+
+        // What a dead writer left is swept once old, and only that.
+        let stale = dir.path().join("s2.boxlite#7");
+        let fresh = dir.path().join("s3.boxlite#8");
+        std::fs::write(&stale, b"x").expect("stale");
+        std::fs::write(&fresh, b"x").expect("fresh");
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .expect("open")
+            .set_modified(SystemTime::now() - Duration::from_secs(7200))
+            .expect("mtime");
+        assert_eq!(store.remove_stale_uploads(Duration::from_secs(3600)), 1);
+        assert_eq!(names(dir.path()), ["s1.boxlite", "s3.boxlite#8"]);
+        store.remove("s1").await.expect("remove");
+        store.remove("s1").await.expect("absent is fine");
+        assert!(!store.exists("s1").await.expect("exists"));
+    }
+
+    #[test]
+    fn bucket_keys_sit_under_the_prefix() {
+        let store = ExportStore::s3(&S3Config {
+            bucket: "b".into(),
+            prefix: "/cluster-a/".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: "us-east-1".into(),
+            allow_http: true,
+        })
+        .expect("store");
+        assert_eq!(store.key("s1").as_ref(), "cluster-a/s1.boxlite");
+        assert!(store.local_dir().is_none());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = ExportStore::directory(dir.path()).expect("store");
+        assert_eq!(local.key("s1").as_ref(), "s1.boxlite");
     }
 }

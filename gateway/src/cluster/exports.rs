@@ -229,6 +229,7 @@ async fn upload(
     };
     // Again before it replaces anything: a move may have begun meanwhile.
     if let Err(outcome) = still_ours(store, node, name).await {
+        upload.abort().await;
         return outcome;
     }
     match upload.commit().await {

@@ -572,6 +572,11 @@ pub async fn backup(state: &RouterState, name: &str, read: Read) -> Result<u64, 
     export_to(state, node, name, exports).await
 }
 
+/// A partial upload into a directory store this old is a dead writer's.
+const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often the sweep looks for them.
+const STALE_UPLOAD_CHECK: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The routers' sweep: every `period`, routes left unsettled (a dead
 /// node's sessions, a crashed mover's marks and leftovers) are settled
 /// without waiting for a request, so a dead node's cold sessions come back
@@ -582,10 +587,23 @@ pub async fn sweep(
     period: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut tidied = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(period) => {}
+        }
+        if tidied.elapsed() >= STALE_UPLOAD_CHECK
+            && let Some(exports) = state.exports.clone()
+        {
+            tidied = std::time::Instant::now();
+            let removed =
+                tokio::task::spawn_blocking(move || exports.remove_stale_uploads(STALE_UPLOAD))
+                    .await
+                    .unwrap_or(0);
+            if removed > 0 {
+                tracing::info!(removed, "router sweep: stale partial uploads removed");
+            }
         }
         let (live, routes) =
             match tokio::try_join!(nodes::live(&state.store), routing::list(&state.store)) {
