@@ -643,6 +643,99 @@ impl Drop for Startup {
     }
 }
 
+/// A connection's standing until it authenticates, shared by its
+/// handler (answers to attempts) and its task (the grace timer, the end):
+/// its [`Startup`], the attempts refused, whether the grace time passed.
+/// Used by nodes (`connection.rs`) and routers (`router/ssh.rs`) alike.
+#[derive(Debug)]
+pub struct Pending {
+    startup: Mutex<Option<Startup>>,
+    auth_failures: std::sync::atomic::AtomicU32,
+    grace_exceeded: std::sync::atomic::AtomicBool,
+}
+
+impl Pending {
+    pub fn new(startup: Startup) -> Self {
+        Self {
+            startup: Mutex::new(Some(startup)),
+            auth_failures: Default::default(),
+            grace_exceeded: Default::default(),
+        }
+    }
+
+    fn take(&self) -> Option<Startup> {
+        self.startup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// A verified login: its place is freed, its source owes nothing.
+    pub fn authenticated(&self) {
+        if let Some(startup) = self.take() {
+            startup.authenticated();
+        }
+    }
+
+    /// An attempt refused (counts towards its source's penalty).
+    pub fn auth_refused(&self) {
+        self.auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Still unauthenticated at the login grace time.
+    pub fn grace_exceeded(&self) {
+        self.grace_exceeded
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closed by the server (a shutdown): its place is freed, nothing is
+    /// held against its source.
+    pub fn released(&self) {
+        drop(self.take());
+    }
+
+    /// The connection ended: if it never authenticated, its source is
+    /// penalized for how, with a log line when that makes it refused.
+    pub fn ended(&self, peer: std::net::SocketAddr) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let Some(startup) = self.take() else {
+            return;
+        };
+        let outcome = if self.grace_exceeded.load(SeqCst) {
+            Outcome::GraceExceeded
+        } else if self.auth_failures.load(SeqCst) > 0 {
+            Outcome::AuthFailed
+        } else {
+            Outcome::NoAuth
+        };
+        let Some(p) = startup.ended(outcome) else {
+            return;
+        };
+        let source = format_args!("{}/{}", p.block, p.block_len);
+        if p.newly_active {
+            tracing::info!(
+                target: "blink::ssh::admission",
+                %peer,
+                %source,
+                penalty = outcome.as_str(),
+                penalty_secs = p.remaining.as_secs(),
+                "ssh source penalized: refused until its penalty ends"
+            );
+        } else {
+            tracing::debug!(
+                target: "blink::ssh::admission",
+                %peer,
+                %source,
+                penalty = outcome.as_str(),
+                penalty_secs = p.remaining.as_secs(),
+                active = p.active,
+                "ssh source penalty"
+            );
+        }
+    }
+}
+
 /// The penalty box: per block, when its penalty ends and whether it is
 /// enforced, with an index by expiry to forget the soonest-expiring first.
 #[derive(Debug, Default)]

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
-use super::admission::{Outcome, Startup};
+use super::admission::{Pending, Startup};
 use super::requests::Conn;
 use super::server::Gateway;
 use super::shutdown::Shutdown;
@@ -84,18 +84,18 @@ pub(super) async fn serve(
             Ok(Ok(running)) => running,
             Ok(Err(e)) => {
                 stats.log_closed(peer, started, Some(format!("version exchange: {e}")));
-                stats.ended_unauthenticated(peer);
+                stats.pending.ended(peer);
                 return;
             }
             Err(_) => {
                 let error = if version_deadline >= grace_deadline {
-                    stats.grace_exceeded.store(true, Ordering::SeqCst);
+                    stats.pending.grace_exceeded();
                     format!("{GRACE_REASON} (in the version exchange)")
                 } else {
                     "version exchange timed out".into()
                 };
                 stats.log_closed(peer, started, Some(error));
-                stats.ended_unauthenticated(peer);
+                stats.pending.ended(peer);
                 return;
             }
         },
@@ -130,9 +130,9 @@ pub(super) async fn serve(
     stats.log_closed(peer, started, result.err());
     if shut_down {
         // Closed by the server: nothing held against the source.
-        drop(stats.take_startup());
+        stats.pending.released();
     } else {
-        stats.ended_unauthenticated(peer);
+        stats.pending.ended(peer);
     }
 }
 
@@ -193,7 +193,7 @@ async fn grace_watch(
     if stats.authenticated.load(Ordering::SeqCst) {
         return;
     }
-    stats.grace_exceeded.store(true, Ordering::SeqCst);
+    stats.pending.grace_exceeded();
     tracing::info!(target: "blink::ssh::connection", %peer, "ssh login grace time exceeded: closing");
     let goodbye = tokio::time::Instant::now() + GRACE_GOODBYE;
     let _ = tokio::time::timeout_at(
@@ -230,18 +230,13 @@ async fn idle_watch(handle: Handle, stats: Arc<ConnStats>, limit: Duration) {
 }
 
 /// Counters of one connection, summed from its channels.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnStats {
     /// When channel traffic last crossed the connection (None: at start).
     pub last_activity: Mutex<Option<Instant>>,
     pub authenticated: AtomicBool,
-    /// The connection's place among unauthenticated ones, until it
-    /// authenticates or ends.
-    startup: Mutex<Option<Startup>>,
-    /// Authentication attempts refused.
-    pub auth_failures: AtomicU32,
-    /// Still unauthenticated at the login grace time.
-    pub grace_exceeded: AtomicBool,
+    /// Its standing with admission until it authenticates or ends.
+    pub pending: Pending,
     /// (login, key fingerprint) of the last attempt or the success.
     pub who: Mutex<(String, String)>,
     pub channels: AtomicU64,
@@ -254,15 +249,17 @@ pub struct ConnStats {
 impl ConnStats {
     fn new(startup: Startup) -> Self {
         let stats = Self {
-            startup: Mutex::new(Some(startup)),
-            ..Self::default()
+            last_activity: Mutex::default(),
+            authenticated: AtomicBool::default(),
+            pending: Pending::new(startup),
+            who: Mutex::default(),
+            channels: AtomicU64::default(),
+            forwards: AtomicU64::default(),
+            bytes_in: AtomicU64::default(),
+            bytes_out: AtomicU64::default(),
         };
         stats.touch();
         stats
-    }
-
-    fn take_startup(&self) -> Option<Startup> {
-        self.startup.lock().ok().and_then(|mut s| s.take())
     }
 
     /// Note the answer to an authentication attempt (`handler.rs`): a
@@ -270,54 +267,9 @@ impl ConnStats {
     /// ones; a refusal counts towards its source's penalty.
     pub fn auth_answered(&self, auth: &Auth, verified: bool) {
         match auth {
-            Auth::Accept if verified => {
-                if let Some(startup) = self.take_startup() {
-                    startup.authenticated();
-                }
-            }
+            Auth::Accept if verified => self.pending.authenticated(),
             Auth::Accept => {}
-            _ => {
-                self.auth_failures.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    }
-
-    /// The connection ended without authenticating: penalize its source
-    /// for how (`admission.rs`), logging a penalty that makes it refused.
-    fn ended_unauthenticated(&self, peer: SocketAddr) {
-        let Some(startup) = self.take_startup() else {
-            return;
-        };
-        let outcome = if self.grace_exceeded.load(Ordering::SeqCst) {
-            Outcome::GraceExceeded
-        } else if self.auth_failures.load(Ordering::SeqCst) > 0 {
-            Outcome::AuthFailed
-        } else {
-            Outcome::NoAuth
-        };
-        let Some(p) = startup.ended(outcome) else {
-            return;
-        };
-        let source = format_args!("{}/{}", p.block, p.block_len);
-        if p.newly_active {
-            tracing::info!(
-                target: "blink::ssh::admission",
-                %peer,
-                %source,
-                penalty = outcome.as_str(),
-                penalty_secs = p.remaining.as_secs(),
-                "ssh source penalized: refused until its penalty ends"
-            );
-        } else {
-            tracing::debug!(
-                target: "blink::ssh::admission",
-                %peer,
-                %source,
-                penalty = outcome.as_str(),
-                penalty_secs = p.remaining.as_secs(),
-                active = p.active,
-                "ssh source penalty"
-            );
+            _ => self.pending.auth_refused(),
         }
     }
 
