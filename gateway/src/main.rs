@@ -426,7 +426,14 @@ async fn serve_router(file: FileConfig, data_dir: &std::path::Path) -> anyhow::R
     .await?;
     let ssh = match ssh_keys {
         Some((host_key, router_key)) => Some(
-            blink_server::router::ssh::start(store, file.ssh.listen, host_key, router_key).await?,
+            blink_server::router::ssh::start(
+                store,
+                file.ssh.listen,
+                host_key,
+                router_key,
+                file.ssh.limits.clone(),
+            )
+            .await?,
         ),
         None => None,
     };

@@ -266,6 +266,10 @@ pub struct Setup {
     pub router_exports: Option<String>,
     /// Environment of every node and router.
     pub env: Vec<(String, String)>,
+    /// Tables every router's config ends with (e.g. `[ssh.limits]`).
+    pub router_tables: String,
+    /// Routers' `RUST_LOG` (default `warn`).
+    pub router_log: Option<String>,
 }
 
 impl Cluster {
@@ -371,9 +375,10 @@ impl Cluster {
             .clone()
             .unwrap_or_else(|| format!("export_dir = {:?}\n", self.export_dir()));
         let extra = format!(
-            "router_key = {:?}\n{exports}[ssh]\nhost_key = {:?}\n",
+            "router_key = {:?}\n{exports}[ssh]\nhost_key = {:?}\n{}",
             self.keys.path().join("router_key"),
-            self.keys.path().join("host_key")
+            self.keys.path().join("host_key"),
+            self.setup.router_tables
         );
         let mut builder = blink
             .server()
@@ -385,6 +390,9 @@ impl Cluster {
         }
         for (k, v) in &self.setup.env {
             builder = builder.env(k, v);
+        }
+        if let Some(filter) = &self.setup.router_log {
+            builder = builder.log_filter(filter);
         }
         if !wrapper.is_empty() {
             builder = builder.wrapped(wrapper);

@@ -603,3 +603,132 @@ fn remote_forwarding_through_a_router_reaches_a_server_on_the_clients_side() {
     let out = run(client.ssh(c.router(0), "id", "rf").arg("echo fine"), b"");
     assert_eq!(texts(&out).0, "fine\n");
 }
+
+/// `ssh` from the loopback address `from` through `router` to `session`.
+fn ssh_from(
+    client: &Client,
+    router: &blink_e2e::Server,
+    key: &str,
+    session: &str,
+    from: &str,
+    command: &str,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args(client.common_opts(key))
+        .args(["-b", from, "-o", "ConnectTimeout=10", "-p"])
+        .arg(router.ssh_port.to_string())
+        .arg(format!("{session}@127.0.0.1"))
+        .arg(command);
+    cmd
+}
+
+/// A router admits connections as a node does (`[ssh.limits]`): a source
+/// failing authentication is refused at connect for a while, others are
+/// not; a connection that never logs in is cut at the login grace time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_refuses_a_failing_source_and_cuts_logins_past_their_grace_time() {
+    let limits = "[ssh.limits]\npenalty_exempt = []\npenalty_authfail_secs = 3\n\
+                  penalty_min_secs = 4\npenalty_max_secs = 8\nlogin_grace_time_secs = 2\n";
+    let Some(c) = tokio::task::spawn_blocking(move || {
+        Cluster::start_with(&[4], 1, 10, |_| blink_e2e::cluster::Setup {
+            router_tables: limits.into(),
+            router_log: Some("info".into()),
+            ..Default::default()
+        })
+    })
+    .await
+    .expect("start") else {
+        return;
+    };
+    let c = Arc::new(c);
+    let client = Arc::new(Client::new());
+    let (cc, cl) = (c.clone(), client.clone());
+    tokio::task::spawn_blocking(move || sessions(&cc, &cl, &["adm"]))
+        .await
+        .expect("sessions");
+
+    // Wrong keys from 127.0.0.4 until it is refused at connect.
+    let (cc, cl) = (c.clone(), client.clone());
+    let failures = tokio::task::spawn_blocking(move || {
+        let mut failures = 0;
+        for _ in 0..6 {
+            let out = run(
+                &mut ssh_from(&cl, cc.router(0), "other", "adm", "127.0.0.4", "true"),
+                b"",
+            );
+            assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
+            if !texts(&out).1.contains("Permission denied") {
+                return failures;
+            }
+            failures += 1;
+        }
+        panic!("the failing source was never refused");
+    })
+    .await
+    .expect("failures");
+    assert!(failures >= 2, "refused after {failures} failures");
+    let router = c.router(0);
+    let line = router
+        .wait_log(&[
+            "ssh connection refused",
+            "peer=127.0.0.4:",
+            "reason=\"penalty\"",
+        ])
+        .expect("refusal line");
+    assert!(line.contains("penalty=\"authentication failed\""), "{line}");
+
+    // The right key from that source is refused too; from another it works.
+    let (cc, cl) = (c.clone(), client.clone());
+    tokio::task::spawn_blocking(move || {
+        let router = cc.router(0);
+        let out = run(
+            &mut ssh_from(&cl, router, "id", "adm", "127.0.0.4", "echo in"),
+            b"",
+        );
+        assert_eq!(out.status.code(), Some(255), "{:?}", texts(&out));
+        let out = run(
+            &mut ssh_from(&cl, router, "id", "adm", "127.0.0.5", "cat /tmp/mark"),
+            b"",
+        );
+        assert_eq!(texts(&out).0, "adm\n", "{:?}", texts(&out));
+    })
+    .await
+    .expect("logins");
+
+    // A client that sends its banner and nothing more is cut at 2 s.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.6:0".parse().expect("address"))
+        .expect("bind");
+    let mut stream = socket
+        .connect(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            router.ssh_port,
+        )))
+        .await
+        .expect("connect");
+    stream.write_all(b"SSH-2.0-slow\r\n").await.expect("banner");
+    let started = std::time::Instant::now();
+    let mut sink = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection outlived its grace time");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        router
+            .wait_log(&["router ssh login grace time exceeded", "127.0.0.6"])
+            .is_some()
+    );
+}

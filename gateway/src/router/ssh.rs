@@ -34,20 +34,32 @@ use super::link::{self, Link};
 use super::relay::{self, NodeWrite, Relay};
 use super::remote_forward::RemoteForwards;
 use crate::cluster::{Store, nodes, routing};
+use crate::config::Limits;
+use crate::ssh::admission::{Admission, Pending, RefusalLog};
+use crate::ssh::connection::GRACE_REASON;
+use crate::ssh::cuttable::Cuttable;
 use crate::ssh::relayed::Identity;
+use crate::ssh::server;
+use tokio_util::sync::CancellationToken;
 
 /// Time a node has to answer a channel request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Connections served at once by one router.
-const MAX_CONNECTIONS: usize = 4096;
 /// Per-channel window (as a node's).
 const CHANNEL_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// Once told that its grace time is over, how long an unauthenticated
+/// connection may take to close before it is dropped.
+const GRACE_GOODBYE: Duration = Duration::from_millis(500);
 
 /// What every connection shares.
 struct Shared {
     store: Store,
     router_key: Arc<PrivateKey>,
     russh: Arc<russh::server::Config>,
+    /// `[ssh.limits]`, as a node's: connections, login grace time.
+    limits: Limits,
+    /// Admission before authentication (`ssh/admission.rs`), as a node's.
+    admission: Arc<Admission>,
 }
 
 /// A running router SSH server.
@@ -63,6 +75,7 @@ pub async fn start(
     listen: SocketAddr,
     host_key: PrivateKey,
     router_key: PrivateKey,
+    limits: Limits,
 ) -> anyhow::Result<RouterSsh> {
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
@@ -73,8 +86,10 @@ pub async fn start(
         auth_rejection_time: Duration::from_millis(500),
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![host_key],
+        max_auth_attempts: limits.max_auth_attempts,
         inactivity_timeout: Some(Duration::from_secs(3600)),
-        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_interval: limits.keepalive_interval(),
+        keepalive_max: limits.keepalive_max,
         nodelay: true,
         window_size: CHANNEL_WINDOW,
         maximum_packet_size: 32768,
@@ -89,6 +104,8 @@ pub async fn start(
         store,
         router_key: Arc::new(router_key),
         russh: Arc::new(russh),
+        admission: Admission::new(&limits),
+        limits,
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -96,7 +113,9 @@ pub async fn start(
     let local_addr = listener.local_addr().context("SSH listener address")?;
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
+        let lingering = Arc::new(Semaphore::new(server::MAX_LINGERING));
+        let mut refusals = RefusalLog::default();
         loop {
             let (socket, peer) = tokio::select! {
                 _ = stopped.changed() => break,
@@ -109,29 +128,39 @@ pub async fn start(
                     }
                 },
             };
+            // Asked before anything else, as on a node: a flood or a
+            // penalized source is refused here, never relayed.
+            let startup = match shared.admission.admit(peer.ip()) {
+                Ok(startup) => startup,
+                Err(refusal) => {
+                    refusals.refused(peer, &refusal);
+                    server::refuse(socket, refusal.client_line(), &lingering);
+                    continue;
+                }
+            };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "router ssh: too many connections; refused");
+                if refusals.line_allowed("max_connections") {
+                    tracing::warn!(%peer, "router ssh: too many connections; refused");
+                }
+                server::refuse(socket, server::TOO_MANY_CONNECTIONS, &lingering);
                 continue;
             };
             let _ = socket.set_nodelay(true);
+            let pending = Arc::new(Pending::new(startup));
             let handler = RouterConn {
                 shared: shared.clone(),
                 peer,
                 link: None,
                 channels: HashMap::new(),
                 forwards: RemoteForwards::default(),
+                pending: pending.clone(),
             };
+            let grace = shared.limits.login_grace_time();
             let config = shared.russh.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                match russh::server::run_stream(config, socket, handler).await {
-                    Ok(running) => {
-                        if let Err(e) = running.await {
-                            tracing::debug!(%peer, error = %e, "router ssh connection ended");
-                        }
-                    }
-                    Err(e) => tracing::debug!(%peer, error = %e, "router ssh handshake failed"),
-                }
+                serve(config, socket, handler, peer, grace, pending.clone()).await;
+                pending.ended(peer);
             });
         }
     });
@@ -142,6 +171,67 @@ pub async fn start(
         stop,
         task,
     })
+}
+
+/// Serve one connection; unauthenticated at `grace` after it was accepted,
+/// it is told why and dropped (its source penalized for it).
+async fn serve(
+    config: Arc<russh::server::Config>,
+    socket: tokio::net::TcpStream,
+    handler: RouterConn,
+    peer: SocketAddr,
+    grace: Duration,
+    pending: Arc<Pending>,
+) {
+    let deadline = tokio::time::Instant::now() + grace;
+    // Until the key exchange is done russh reads no message of ours (a
+    // disconnect included): past the grace time the socket is cut.
+    let cut = CancellationToken::new();
+    let stream = Cuttable::new(socket, &cut, pending.clone(), GRACE_REASON);
+    let handshake =
+        tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler));
+    let mut running = match handshake.await {
+        Ok(Ok(running)) => running,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "router ssh handshake failed");
+            return;
+        }
+        Err(_) => {
+            pending.grace_exceeded();
+            tracing::info!(%peer, "router ssh login grace time exceeded in the version exchange: closing");
+            return;
+        }
+    };
+    let handle = running.handle();
+    let ended = tokio::select! {
+        ended = &mut running => Some(ended),
+        () = tokio::time::sleep_until(deadline) => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None if pending.is_authenticated() => running.await,
+        None => {
+            pending.grace_exceeded();
+            tracing::info!(%peer, "router ssh login grace time exceeded: closing");
+            let goodbye = handle.disconnect(
+                russh::Disconnect::ByApplication,
+                GRACE_REASON.into(),
+                String::new(),
+            );
+            let _ = tokio::time::timeout(GRACE_GOODBYE, goodbye).await;
+            if tokio::time::timeout(GRACE_GOODBYE, &mut running)
+                .await
+                .is_err()
+            {
+                cut.cancel();
+                let _ = running.await;
+            }
+            return;
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "router ssh connection ended");
+    }
 }
 
 impl RouterSsh {
@@ -163,6 +253,8 @@ struct RouterConn {
     channels: HashMap<ChannelId, Relay>,
     /// Its `ssh -R` forwards, held on the node.
     forwards: RemoteForwards,
+    /// Its standing with admission until it authenticates.
+    pending: Arc<Pending>,
 }
 
 fn answer(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
@@ -223,6 +315,17 @@ impl RouterConn {
         }
     }
 
+    /// Note a login's answer with admission: a success frees the
+    /// connection's place, a refusal counts towards its source's penalty.
+    fn answered(&self, auth: Auth) -> Auth {
+        if matches!(auth, Auth::Accept) {
+            self.pending.authenticated();
+        } else {
+            self.pending.auth_refused();
+        }
+        auth
+    }
+
     /// Relay a client channel and its node channel both ways.
     fn relay(
         &mut self,
@@ -265,6 +368,7 @@ impl russh::server::Handler for RouterConn {
         // Whether the key may log in is the node's to say, once the client
         // has proven it holds it.
         if names::validate(user).is_err() || !crate::ssh::algorithm_allowed(offer.algorithm) {
+            self.pending.auth_refused();
             return Ok(Auth::reject());
         }
         Ok(Auth::Accept)
@@ -275,9 +379,10 @@ impl russh::server::Handler for RouterConn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self
+        let auth = self
             .login(user, Identity::Key(key.public_key.clone()))
-            .await)
+            .await;
+        Ok(self.answered(auth))
     }
 
     async fn auth_openssh_certificate(
@@ -285,9 +390,10 @@ impl russh::server::Handler for RouterConn {
         user: &str,
         certificate: &Certificate,
     ) -> Result<Auth, Self::Error> {
-        Ok(self
+        let auth = self
             .login(user, Identity::Cert(Box::new(certificate.clone())))
-            .await)
+            .await;
+        Ok(self.answered(auth))
     }
 
     async fn channel_open_session(

@@ -652,6 +652,7 @@ pub struct Pending {
     startup: Mutex<Option<Startup>>,
     auth_failures: std::sync::atomic::AtomicU32,
     grace_exceeded: std::sync::atomic::AtomicBool,
+    authenticated: std::sync::atomic::AtomicBool,
 }
 
 impl Pending {
@@ -660,6 +661,7 @@ impl Pending {
             startup: Mutex::new(Some(startup)),
             auth_failures: Default::default(),
             grace_exceeded: Default::default(),
+            authenticated: Default::default(),
         }
     }
 
@@ -672,9 +674,16 @@ impl Pending {
 
     /// A verified login: its place is freed, its source owes nothing.
     pub fn authenticated(&self) {
+        self.authenticated
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(startup) = self.take() {
             startup.authenticated();
         }
+    }
+
+    /// Whether it logged in.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// An attempt refused (counts towards its source's penalty).
@@ -733,6 +742,12 @@ impl Pending {
                 "ssh source penalty"
             );
         }
+    }
+}
+
+impl super::cuttable::Authenticated for Pending {
+    fn authenticated(&self) -> bool {
+        self.is_authenticated()
     }
 }
 

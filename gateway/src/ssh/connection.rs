@@ -3,22 +3,18 @@
 //! its source earns if it never authenticates (`admission.rs`), the idle
 //! watch, the server's shutdown, and one log line when it closes.
 
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use russh::server::{Auth, Handle, RunningSession};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::admission::{Pending, Startup};
+use super::cuttable::{Authenticated, Cuttable};
 use super::requests::Conn;
 use super::server::Gateway;
 use super::shutdown::Shutdown;
@@ -74,7 +70,7 @@ pub(super) async fn serve(
     let grace_deadline = now + grace;
     let version_deadline = now + limits.handshake_timeout().min(grace);
     let cut = CancellationToken::new();
-    let stream = Cuttable::new(socket, &cut, stats.clone());
+    let stream = Cuttable::new(socket, &cut, stats.clone(), GRACE_REASON);
     let handshake = tokio::time::timeout_at(
         version_deadline,
         russh::server::run_stream(gateway.russh.clone(), stream, handler),
@@ -316,87 +312,8 @@ impl ConnStats {
     }
 }
 
-/// The connection's socket, which the login grace time can cut. russh's
-/// session task owns the stream and, until the key exchange is done,
-/// handles none of the application's messages (a disconnect included): a
-/// cut makes its next read or write fail, and the session ends. Once the
-/// connection has authenticated no cut can come, and reads and writes go
-/// straight to the socket.
-struct Cuttable {
-    socket: TcpStream,
-    token: CancellationToken,
-    stats: Arc<ConnStats>,
-    /// One wait per direction, so each registers its own waker.
-    read_cut: Pin<Box<WaitForCancellationFutureOwned>>,
-    write_cut: Pin<Box<WaitForCancellationFutureOwned>>,
-}
-
-impl Cuttable {
-    fn new(socket: TcpStream, token: &CancellationToken, stats: Arc<ConnStats>) -> Self {
-        Self {
-            socket,
-            token: token.clone(),
-            stats,
-            read_cut: Box::pin(token.clone().cancelled_owned()),
-            write_cut: Box::pin(token.clone().cancelled_owned()),
-        }
-    }
-}
-
-fn cut_error() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, GRACE_REASON)
-}
-
-/// Whether the cut has come (registering `cx` to be woken when it does),
-/// unless the connection has authenticated.
-fn is_cut(
-    stats: &ConnStats,
-    token: &CancellationToken,
-    wait: &mut Pin<Box<WaitForCancellationFutureOwned>>,
-    cx: &mut Context<'_>,
-) -> bool {
-    if stats.authenticated.load(Ordering::Relaxed) {
-        return false;
-    }
-    token.is_cancelled() || wait.as_mut().poll(cx).is_ready()
-}
-
-impl AsyncRead for Cuttable {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if is_cut(&this.stats, &this.token, &mut this.read_cut, cx) {
-            return Poll::Ready(Err(cut_error()));
-        }
-        Pin::new(&mut this.socket).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Cuttable {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if is_cut(&this.stats, &this.token, &mut this.write_cut, cx) {
-            return Poll::Ready(Err(cut_error()));
-        }
-        Pin::new(&mut this.socket).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if is_cut(&this.stats, &this.token, &mut this.write_cut, cx) {
-            return Poll::Ready(Err(cut_error()));
-        }
-        Pin::new(&mut this.socket).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
+impl Authenticated for ConnStats {
+    fn authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Relaxed)
     }
 }

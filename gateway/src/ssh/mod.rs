@@ -9,6 +9,7 @@
 //! - `shutdown.rs`: the shutdown signal every task holds.
 //! - `connection.rs`: one connection's life (login grace time, its
 //!   source's penalty, timeouts, its part of a shutdown, its log line).
+//! - `cuttable.rs`: a socket the login grace time cuts (nodes and routers).
 //! - `handler.rs`: russh's callbacks, each turned into a call on `Conn`.
 //! - `requests.rs`: `Conn` and what channel requests do; `auth.rs`: keys,
 //!   certificates, revocation and the auth hook (`auth/`).
@@ -24,11 +25,12 @@ pub(crate) mod algorithms;
 mod auth;
 mod channel;
 mod compat;
-mod connection;
+pub(crate) mod connection;
+pub(crate) mod cuttable;
 mod forwarding;
 mod handler;
 mod requests;
-mod server;
+pub(crate) mod server;
 mod sftp_audit;
 mod shutdown;
 mod tunnel;

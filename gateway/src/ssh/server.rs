@@ -244,11 +244,11 @@ async fn accept_failed(e: std::io::Error) {
 }
 
 /// What a connection over `max_connections` is told.
-const TOO_MANY_CONNECTIONS: &str = "blink: too many connections, try again later\r\n";
+pub(crate) const TOO_MANY_CONNECTIONS: &str = "blink: too many connections, try again later\r\n";
 
 /// Refused connections closed in an orderly way at once; past that, a
 /// refused socket is closed at once after a non-blocking write.
-const MAX_LINGERING: usize = 64;
+pub(crate) const MAX_LINGERING: usize = 64;
 
 /// How long a refused connection may linger for its orderly close.
 const LINGER: Duration = Duration::from_secs(1);
@@ -259,7 +259,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// so the client reads the line and sees the connection closed rather than
 /// reset. Under a flood, past [`MAX_LINGERING`] at once, the line is
 /// written without waiting and the socket closed.
-fn refuse(socket: TcpStream, line: &'static str, lingering: &Arc<Semaphore>) {
+pub(crate) fn refuse(socket: TcpStream, line: &'static str, lingering: &Arc<Semaphore>) {
     let Ok(permit) = lingering.clone().try_acquire_owned() else {
         let _ = socket.try_write(line.as_bytes());
         return;
