@@ -546,6 +546,7 @@ fn exports_kept_in_a_bucket_carry_moves_backups_stops_and_failover() {
         node_extra: format!("export_on_stop = true\n{}", s3.toml("cluster-a")),
         router_exports: Some(s3.toml("cluster-a")),
         env: s3.env(),
+        ..Setup::default()
     }) else {
         return;
     };
