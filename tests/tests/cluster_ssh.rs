@@ -650,8 +650,7 @@ async fn a_router_refuses_a_failing_source_and_cuts_logins_past_their_grace_time
     // Wrong keys from 127.0.0.4 until it is refused at connect.
     let (cc, cl) = (c.clone(), client.clone());
     let failures = tokio::task::spawn_blocking(move || {
-        let mut failures = 0;
-        for _ in 0..6 {
+        for failures in 0..6 {
             let out = run(
                 &mut ssh_from(&cl, cc.router(0), "other", "adm", "127.0.0.4", "true"),
                 b"",
@@ -660,7 +659,6 @@ async fn a_router_refuses_a_failing_source_and_cuts_logins_past_their_grace_time
             if !texts(&out).1.contains("Permission denied") {
                 return failures;
             }
-            failures += 1;
         }
         panic!("the failing source was never refused");
     })

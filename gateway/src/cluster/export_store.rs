@@ -189,8 +189,18 @@ impl ExportStore {
     pub async fn write_stream<E: std::fmt::Display>(
         &self,
         name: &str,
-        mut stream: impl futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+        stream: impl futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
     ) -> Result<u64, StoreError> {
+        self.upload_from(name, stream).await?.commit().await
+    }
+
+    /// Upload `stream` as `name`'s export, left to commit (or drop) by the
+    /// caller; aborted if the stream or the store fails.
+    async fn upload_from<E: std::fmt::Display>(
+        &self,
+        name: &str,
+        mut stream: impl futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+    ) -> Result<Upload, StoreError> {
         let mut upload = self.upload(name).await?;
         while let Some(chunk) = stream.next().await {
             let written = match chunk {
@@ -202,7 +212,7 @@ impl ExportStore {
                 return Err(e);
             }
         }
-        upload.commit().await
+        Ok(upload)
     }
 
     /// Remove what uploads into a directory store left when their writer
@@ -237,19 +247,11 @@ impl ExportStore {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| StoreError::Body(e.to_string(), self.describe()))?;
-        let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
-        let mut upload = self.upload(name).await?;
-        while let Some(chunk) = chunks.next().await {
-            let written = match chunk {
-                Ok(chunk) => upload.write(chunk).await,
-                Err(e) => Err(StoreError::Body(e.to_string(), self.describe())),
-            };
-            if let Err(e) = written {
-                upload.abort().await;
-                return Err(e);
-            }
-        }
-        Ok(upload)
+        self.upload_from(
+            name,
+            tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
+        )
+        .await
     }
 }
 
