@@ -225,6 +225,30 @@ impl Backend {
         }
     }
 
+    /// Keep session `name`'s export in the cluster's export store: only a
+    /// cluster's router does that. Its answer (`{session, size_bytes}`).
+    pub async fn backup_session(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        match self.either()? {
+            Either::Manager(_) => anyhow::bail!(
+                "session backup needs a cluster: point --server (BLINK_API_URL) at one of its routers"
+            ),
+            Either::Server(c) => {
+                c.call(Method::POST, &session_path(name, "/backup"), NO_BODY)
+                    .await
+            }
+        }
+    }
+
+    /// A cluster's live nodes, as its router lists them (`{nodes: [...]}`).
+    pub async fn cluster_nodes(&self) -> anyhow::Result<serde_json::Value> {
+        match self {
+            Self::Server(c) => c.call(Method::GET, "/api/cluster/nodes", NO_BODY).await,
+            _ => anyhow::bail!(
+                "cluster nodes needs a cluster: point --server (BLINK_API_URL) at one of its routers"
+            ),
+        }
+    }
+
     pub async fn remove_session(&self, name: &str, force: bool) -> anyhow::Result<()> {
         match self.either()? {
             Either::Manager(m) => Ok(m.remove_session(name, force).await?),

@@ -9,6 +9,7 @@ mod archive;
 mod attach;
 mod backend;
 mod checkpoint;
+mod cluster;
 mod doctor;
 mod gateway;
 mod image;
@@ -85,6 +86,9 @@ enum Command {
     Gateway(gateway::GatewayCommand),
     /// Run the V-Hub (docs/VHUB.md) on its own over the data dir.
     Serve(serve::ServeArgs),
+    /// A cluster of nodes behind routers (through a router: `--server`).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 fn main() -> ExitCode {
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
             Command::Doctor => doctor::doctor(&ctx).await,
             Command::Gateway(cmd) => gateway::dispatch(&ctx, cmd),
             Command::Serve(args) => serve::serve(&ctx, args).await,
+            Command::Cluster(cmd) => cluster::dispatch(&ctx, cmd).await,
         };
         ctx.close().await;
         result

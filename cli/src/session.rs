@@ -183,6 +183,12 @@ pub enum SessionCommand {
         #[arg(long)]
         to: String,
     },
+    /// Keep the session's export in the cluster's export store, where a
+    /// restore takes it from if its node dies (through a router).
+    Backup {
+        #[command(flatten)]
+        name: NameArg,
+    },
     /// SSH public keys that may log in to the session.
     #[command(subcommand)]
     Keys(crate::keys::KeysCommand),
@@ -427,6 +433,19 @@ pub async fn dispatch(ctx: &Context, cmd: SessionCommand) -> anyhow::Result<Exit
                     "session {} is on node {}",
                     name.name,
                     moved["node"].as_str().unwrap_or(&to)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Backup { name } => {
+            let kept = backend.backup_session(&name.name).await?;
+            if ctx.json {
+                output::print_json(&kept)?;
+            } else {
+                println!(
+                    "session {} kept in the export store ({} bytes)",
+                    name.name,
+                    kept["size_bytes"].as_u64().unwrap_or(0)
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -634,3 +634,72 @@ fn exports_kept_in_a_bucket_carry_moves_backups_stops_and_failover() {
         .collect();
     assert_eq!(left, vec!["bkt1.boxlite".to_owned()], "{left:?}");
 }
+
+/// `blink-cli` pointed at a router (`--server`): the cluster's nodes, a
+/// move, a backup, each in text and `--json`, and a move to a node that is
+/// not there refused with the router's error.
+#[test]
+fn blink_cli_through_a_router_lists_nodes_moves_and_backs_up() {
+    let Some(c) = Cluster::start(&[4, 4, 4], 1, 10) else {
+        return;
+    };
+    let cli = |args: &[&str]| {
+        let blink = &c.nodes[0].0;
+        let mut cmd = blink.cli(&["--server", &c.router(0).url("")]);
+        cmd.args(args).env("BLINK_API_TOKEN", TOKEN);
+        let out = blink_e2e::run(&mut cmd, b"");
+        let (stdout, stderr) = blink_e2e::texts(&out);
+        (out.status.code(), stdout, stderr)
+    };
+    let a = c.router(0).post("/api/sessions", json!({"name": "viacli"}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    c.router(0)
+        .sh("viacli", "echo kept > /var/blink/memory/mark");
+    let from = c.route("viacli").expect("route");
+
+    let (code, stdout, stderr) = cli(&["--json", "cluster", "nodes"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let listed: Value = serde_json::from_str(&stdout).expect("JSON");
+    let nodes = listed["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{listed}");
+    let home = nodes
+        .iter()
+        .find(|n| n["name"] == from.as_str())
+        .expect("its node");
+    assert_eq!(home["sessions"], 1, "{listed}");
+    let (code, stdout, stderr) = cli(&["cluster", "nodes"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("NAME"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&from) && l.contains("1/4")),
+        "{stdout}"
+    );
+
+    let to = other(&from);
+    let (code, stdout, stderr) = cli(&["session", "move", "--name", "viacli", "--to", to]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), format!("session viacli is on node {to}"));
+    assert_eq!(c.route("viacli").as_deref(), Some(to));
+    assert_eq!(holders(&c, "viacli"), vec![to.to_owned()]);
+
+    let (code, stdout, stderr) = cli(&["--json", "session", "backup", "--name", "viacli"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let kept: Value = serde_json::from_str(&stdout).expect("JSON");
+    let file = c.export_dir().join("viacli.boxlite");
+    assert_eq!(
+        kept["size_bytes"].as_u64(),
+        Some(std::fs::metadata(&file).expect("export").len())
+    );
+
+    let (code, _, stderr) = cli(&["session", "move", "--name", "viacli", "--to", "node-9"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("node node-9 is not live"), "{stderr}");
+    assert_eq!(
+        c.router(0)
+            .sh("viacli", "cat /var/blink/memory/mark")
+            .trim(),
+        "kept"
+    );
+}
