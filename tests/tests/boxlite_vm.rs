@@ -24,11 +24,7 @@ fn step(started: Instant, what: &str) {
 
 #[test]
 fn sessions_live_in_micro_vms_behind_the_same_gateway() {
-    let missing = vm::missing();
-    if !blink_sdk::testing::require(missing.is_none(), missing.as_deref().unwrap_or("")) {
-        return;
-    }
-    vm::retrying_transport_breaks(suite);
+    vm::run_suite(suite);
 }
 
 fn suite() {

@@ -16,11 +16,7 @@ const TOKEN: &str = "vm-test-token-0123456789abcdef";
 
 #[test]
 fn a_box_reaches_the_hub_through_its_relay() {
-    let missing = vm::missing();
-    if !blink_sdk::testing::require(missing.is_none(), missing.as_deref().unwrap_or("")) {
-        return;
-    }
-    vm::retrying_transport_breaks(suite);
+    vm::run_suite(suite);
 }
 
 fn suite() {
