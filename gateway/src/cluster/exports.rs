@@ -95,10 +95,11 @@ async fn run(
     mut stopped: watch::Receiver<bool>,
 ) {
     let wake = manager.stopped_signal();
-    // Per session, its change count when last exported (or found not ours).
-    let mut done: HashMap<String, u64> = HashMap::new();
+    // Per session, its disk (a name made again is a new disk) and change
+    // count when last exported or found not ours.
+    let mut done: HashMap<String, Disk> = HashMap::new();
     loop {
-        for (name, changes) in due(&manager, &done) {
+        for (name, disk) in due(&manager, &done) {
             if *stopped.borrow() {
                 return;
             }
@@ -109,7 +110,7 @@ async fn run(
             metrics::counter!(crate::metrics::CLUSTER_EXPORTS_TOTAL, "result" => outcome.label())
                 .increment(1);
             if outcome != Outcome::Failed {
-                done.insert(name, changes);
+                done.insert(name, disk);
             }
         }
         done.retain(|name, _| manager.changes(name).is_ok());
@@ -121,16 +122,26 @@ async fn run(
     }
 }
 
-/// Stopped cold sessions changed since their last export, with the change
-/// count read now (a start during the export makes it due again).
-fn due(manager: &Manager, done: &HashMap<String, u64>) -> Vec<(String, u64)> {
+/// A session's disk as of a moment: which one, and its change count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Disk {
+    box_id: String,
+    changes: u64,
+}
+
+/// Stopped cold sessions changed since their last export, with their disk
+/// as read now (a start during the export makes it due again).
+fn due(manager: &Manager, done: &HashMap<String, Disk>) -> Vec<(String, Disk)> {
     manager
         .list_sessions()
         .into_iter()
         .filter(|s| !s.warm && s.state == SessionState::Stopped)
         .filter_map(|s| {
-            let changes = manager.changes(&s.name).ok()?;
-            (done.get(&s.name) != Some(&changes)).then_some((s.name, changes))
+            let disk = Disk {
+                changes: manager.changes(&s.name).ok()?,
+                box_id: s.box_id,
+            };
+            (done.get(&s.name) != Some(&disk)).then_some((s.name, disk))
         })
         .collect()
 }
