@@ -14,6 +14,8 @@ Writes bench/router.json and its section of bench/RESULTS.md.
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import signal
 import statistics
@@ -99,6 +101,59 @@ def start_server(bin_dir: Path, work: Path, name: str, config: str, *extra: str)
     return proc, http_port, ssh_port
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent not idle (every core)."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / TICK
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds a process has used itself (user + system)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children_cpu() -> float:
+    """CPU seconds of this script's finished children (ssh, head)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class CpuMeter:
+    """CPU spent during one transfer: the whole machine, the router, the
+    node and the client side (ssh and its producer). Tells a CPU-bound run
+    from one that waits: on a machine this size the hop's decryption and
+    encryption compete with the client, the node and the sandbox."""
+
+    def __init__(self, router_pid: int, node_pid: int):
+        self.pids = (router_pid, node_pid)
+
+    def snapshot(self) -> tuple[float, ...]:
+        return (time.perf_counter(), machine_busy(), *map(process_cpu, self.pids), children_cpu())
+
+    @staticmethod
+    def spent(before: tuple[float, ...], after: tuple[float, ...]) -> dict:
+        wall, machine, router, node, client = (b - a for a, b in zip(before, after))
+        return {"wall_s": wall, "machine_cpu_s": machine, "router_cpu_s": router,
+                "node_cpu_s": node, "client_cpu_s": client}
+
+
+def cpu_summary(spent: list[dict], size: int) -> dict:
+    """Medians over a transfer's rounds: core-seconds per GiB moved and
+    the cores busy while it ran (the whole machine: others' work counts)."""
+    gib = size / 2**30
+    return {
+        "machine_cpu_s_per_gib": statistics.median(s["machine_cpu_s"] for s in spent) / gib,
+        "router_cpu_s_per_gib": statistics.median(s["router_cpu_s"] for s in spent) / gib,
+        "node_cpu_s_per_gib": statistics.median(s["node_cpu_s"] for s in spent) / gib,
+        "client_cpu_s_per_gib": statistics.median(s["client_cpu_s"] for s in spent) / gib,
+        "cores_busy": statistics.median(s["machine_cpu_s"] / s["wall_s"] for s in spent),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -151,23 +206,33 @@ def main() -> int:
         for t in (via, direct):
             subprocess.run(t.ssh("true"), check=True)
         hop = {}
+        meter = CpuMeter(router.pid, nodes[int(node_name.split("-")[1])][0].pid)
         for t in (via, direct):
             times = [timed(t.ssh("true"), stdout=subprocess.DEVNULL) for _ in range(runs)]
-            out = [timed(t.ssh(f"dd if=/dev/zero bs=1M count={size >> 20} 2>/dev/null"),
-                         stdout=subprocess.DEVNULL) for _ in range(rounds)]
-            inn = []
-            for _ in range(rounds):
-                start = time.perf_counter()
-                producer = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
-                subprocess.run(t.ssh("dd of=/dev/null bs=1M 2>/dev/null"), stdin=producer.stdout, check=True)
-                producer.wait()
-                inn.append(time.perf_counter() - start)
             hop[t.name] = {
                 "connect_exec_median_ms": statistics.median(times) * 1000,
                 "connect_exec_p95_ms": percentile(times, 95) * 1000,
-                "stdout_mib_s": size / statistics.median(out) / 2**20,
-                "stdin_mib_s": size / statistics.median(inn) / 2**20,
             }
+        # Throughput rounds alternate between the two ways in, so a
+        # neighbour's load falls on both alike.
+        spent: dict = {(t.name, way): [] for t in (via, direct) for way in ("stdout", "stdin")}
+        for _ in range(rounds):
+            for t in (via, direct):
+                before = meter.snapshot()
+                subprocess.run(t.ssh(f"dd if=/dev/zero bs=1M count={size >> 20} 2>/dev/null"),
+                               stdout=subprocess.DEVNULL, check=True)
+                spent[t.name, "stdout"].append(CpuMeter.spent(before, meter.snapshot()))
+        for _ in range(rounds):
+            for t in (via, direct):
+                before = meter.snapshot()
+                producer = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+                subprocess.run(t.ssh("dd of=/dev/null bs=1M 2>/dev/null"), stdin=producer.stdout, check=True)
+                producer.wait()
+                spent[t.name, "stdin"].append(CpuMeter.spent(before, meter.snapshot()))
+        for (name, way), rounds_spent in spent.items():
+            hop[name][f"{way}_mib_s"] = size / statistics.median(s["wall_s"] for s in rounds_spent) / 2**20
+            hop[name][f"{way}_cpu"] = cpu_summary(rounds_spent, size)
+        results["cores"] = os.cpu_count()
         results["hop"] = hop
 
         # Placement: sessions created through the router, 4 at a time.
@@ -228,7 +293,8 @@ def main() -> int:
         "## Cluster: router hop, placement, failover (bench/router.py)",
         "",
         f"3 etcd members, 3 nodes and a router on 127.0.0.1 (release build). OpenSSH `ssh` with one key; "
-        f"connect+exec median of {runs}; {size >> 20} MiB through `dd`, median of {rounds}.",
+        f"connect+exec median of {runs}; {size >> 20} MiB through `dd`, median of {rounds} "
+        f"(rounds alternate between the two ways in).",
         "",
         "| Measurement | Through a router | Straight to the node | Ratio / difference | Target |",
         "|---|---|---|---|---|",
@@ -238,6 +304,17 @@ def main() -> int:
         f"| {r['stdout_mib_s'] / d['stdout_mib_s']:.2f} | >= 0.9 |",
         f"| exec stdin | {r['stdin_mib_s']:.0f} MiB/s | {d['stdin_mib_s']:.0f} MiB/s "
         f"| {r['stdin_mib_s'] / d['stdin_mib_s']:.2f} | >= 0.9 |",
+        *[f"| CPU per GiB, {way} (machine; router process) "
+          f"| {r[way + '_cpu']['machine_cpu_s_per_gib']:.2f} s; {r[way + '_cpu']['router_cpu_s_per_gib']:.2f} s "
+          f"| {d[way + '_cpu']['machine_cpu_s_per_gib']:.2f} s "
+          f"| {d[way + '_cpu']['machine_cpu_s_per_gib'] / r[way + '_cpu']['machine_cpu_s_per_gib']:.2f} (straight / router) | |"
+          for way in ("stdout", "stdin")],
+        "",
+        f"Cores busy while the data moved (the whole machine, {results['cores']} cores; others' work counts): "
+        f"stdout {r['stdout_cpu']['cores_busy']:.2f} through the router, {d['stdout_cpu']['cores_busy']:.2f} straight; "
+        f"stdin {r['stdin_cpu']['cores_busy']:.2f} through the router, {d['stdin_cpu']['cores_busy']:.2f} straight. "
+        f"When the straight path already keeps the cores busy, the router's second decryption and encryption "
+        f"(on the same cores here) bound the throughput ratio by the CPU ratio.",
         "",
         f"Placement: {p['sessions']} sessions created through the router, 4 at a time: "
         f"{p['per_second']:.1f}/s (spread {p['spread']}); the same straight at one node: "
