@@ -154,6 +154,62 @@ def cpu_summary(spent: list[dict], size: int) -> dict:
     }
 
 
+def pin_all(pid: int, cores: str) -> None:
+    """Every thread of `pid` (and what it starts from now) on `cores`."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cores, str(pid)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def measure_hop(via: Target, direct: Target, meter: "CpuMeter", runs: int, size: int,
+                rounds: int, pin: list[str] | None = None) -> dict:
+    """Connect+exec and exec throughput both ways, through the router and
+    straight at the node; client commands run under `pin` (a taskset)."""
+    pin = pin or []
+    hop: dict = {}
+    for t in (via, direct):
+        times = [timed([*pin, *t.ssh("true")], stdout=subprocess.DEVNULL) for _ in range(runs)]
+        hop[t.name] = {
+            "connect_exec_median_ms": statistics.median(times) * 1000,
+            "connect_exec_p95_ms": percentile(times, 95) * 1000,
+        }
+    # Throughput rounds alternate between the two ways in, so a
+    # neighbour's load falls on both alike.
+    spent: dict = {(t.name, way): [] for t in (via, direct) for way in ("stdout", "stdin")}
+    for _ in range(rounds):
+        for t in (via, direct):
+            before = meter.snapshot()
+            subprocess.run([*pin, *t.ssh(f"dd if=/dev/zero bs=1M count={size >> 20} 2>/dev/null")],
+                           stdout=subprocess.DEVNULL, check=True)
+            spent[t.name, "stdout"].append(CpuMeter.spent(before, meter.snapshot()))
+    for _ in range(rounds):
+        for t in (via, direct):
+            before = meter.snapshot()
+            producer = subprocess.Popen([*pin, "head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+            subprocess.run([*pin, *t.ssh("dd of=/dev/null bs=1M 2>/dev/null")], stdin=producer.stdout,
+                           check=True)
+            producer.wait()
+            spent[t.name, "stdin"].append(CpuMeter.spent(before, meter.snapshot()))
+    for (name, way), rounds_spent in spent.items():
+        hop[name][f"{way}_mib_s"] = size / statistics.median(s["wall_s"] for s in rounds_spent) / 2**20
+        hop[name][f"{way}_cpu"] = cpu_summary(rounds_spent, size)
+    return hop
+
+
+def own_core_rows(results: dict) -> list[str]:
+    """The table rows of the router on a core of its own, if measured."""
+    own = results.get("hop_router_own_core")
+    if not own:
+        return []
+    r, d = own["router"], own["node"]
+    return [
+        f"| connect + exec, router on a core of its own | {r['connect_exec_median_ms']:.1f} ms "
+        f"| {d['connect_exec_median_ms']:.1f} ms | {r['connect_exec_median_ms'] - d['connect_exec_median_ms']:+.1f} ms "
+        f"| <= 5 ms added |",
+        *[f"| exec {way}, router on a core of its own | {r[way + '_mib_s']:.0f} MiB/s | {d[way + '_mib_s']:.0f} MiB/s "
+          f"| {r[way + '_mib_s'] / d[way + '_mib_s']:.2f} | >= 0.9 |" for way in ("stdout", "stdin")],
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -205,35 +261,23 @@ def main() -> int:
         direct = Target("node", node_ssh, "hop", work / "user", known)
         for t in (via, direct):
             subprocess.run(t.ssh("true"), check=True)
-        hop = {}
         meter = CpuMeter(router.pid, nodes[int(node_name.split("-")[1])][0].pid)
-        for t in (via, direct):
-            times = [timed(t.ssh("true"), stdout=subprocess.DEVNULL) for _ in range(runs)]
-            hop[t.name] = {
-                "connect_exec_median_ms": statistics.median(times) * 1000,
-                "connect_exec_p95_ms": percentile(times, 95) * 1000,
-            }
-        # Throughput rounds alternate between the two ways in, so a
-        # neighbour's load falls on both alike.
-        spent: dict = {(t.name, way): [] for t in (via, direct) for way in ("stdout", "stdin")}
-        for _ in range(rounds):
-            for t in (via, direct):
-                before = meter.snapshot()
-                subprocess.run(t.ssh(f"dd if=/dev/zero bs=1M count={size >> 20} 2>/dev/null"),
-                               stdout=subprocess.DEVNULL, check=True)
-                spent[t.name, "stdout"].append(CpuMeter.spent(before, meter.snapshot()))
-        for _ in range(rounds):
-            for t in (via, direct):
-                before = meter.snapshot()
-                producer = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
-                subprocess.run(t.ssh("dd of=/dev/null bs=1M 2>/dev/null"), stdin=producer.stdout, check=True)
-                producer.wait()
-                spent[t.name, "stdin"].append(CpuMeter.spent(before, meter.snapshot()))
-        for (name, way), rounds_spent in spent.items():
-            hop[name][f"{way}_mib_s"] = size / statistics.median(s["wall_s"] for s in rounds_spent) / 2**20
-            hop[name][f"{way}_cpu"] = cpu_summary(rounds_spent, size)
+        hop = measure_hop(via, direct, meter, runs, size, rounds)
         results["cores"] = os.cpu_count()
         results["hop"] = hop
+        # As deployed, a router has a host of its own: here a core of its
+        # own, everything else (client, nodes, sandboxes, etcd) on the
+        # other. Straight to the node, the same one core does the work.
+        if (os.cpu_count() or 1) >= 2:
+            others = [p.pid for p in procs if p is not router]
+            pin_all(router.pid, "1")
+            for pid in others:
+                pin_all(pid, "0")
+            hop_own = measure_hop(via, direct, meter, runs, size, rounds, ["taskset", "-c", "0"])
+            every = f"0-{(os.cpu_count() or 1) - 1}"
+            for pid in [router.pid, *others]:
+                pin_all(pid, every)
+            results["hop_router_own_core"] = hop_own
 
         # Placement: sessions created through the router, 4 at a time.
         def create(i: int) -> None:
@@ -309,6 +353,11 @@ def main() -> int:
           f"| {d[way + '_cpu']['machine_cpu_s_per_gib']:.2f} s "
           f"| {d[way + '_cpu']['machine_cpu_s_per_gib'] / r[way + '_cpu']['machine_cpu_s_per_gib']:.2f} (straight / router) | |"
           for way in ("stdout", "stdin")],
+        *own_core_rows(results),
+        "",
+        "Rows \"router on a core of its own\": the router pinned to one core and everything else (the client, "
+        "the nodes and their sandboxes, etcd) to the other, the shape of a deployment where routers have hosts "
+        "of their own; straight to the node, that same one core does all the work.",
         "",
         f"Cores busy while the data moved (the whole machine, {results['cores']} cores; others' work counts): "
         f"stdout {r['stdout_cpu']['cores_busy']:.2f} through the router, {d['stdout_cpu']['cores_busy']:.2f} straight; "

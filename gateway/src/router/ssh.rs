@@ -272,18 +272,13 @@ impl RouterConn {
             return Auth::reject();
         }
         let store = &self.shared.store;
-        let node = match routing::get(store, user).await {
+        // Both reads at once: they are on every login's path.
+        let node = match tokio::try_join!(routing::get(store, user), nodes::live(store)) {
             // Unavailable while it moves (or a crashed move is undone by
             // the next REST request): never two copies in use.
-            Ok(Some(read)) if read.route.moving_to.is_some() => None,
-            Ok(Some(read)) => match nodes::live(store).await {
-                Ok(live) => live.into_iter().find(|n| n.name == read.route.node),
-                Err(e) => {
-                    tracing::warn!(error = %e, "router ssh: cluster store");
-                    None
-                }
-            },
-            Ok(None) => None,
+            Ok((Some(read), _)) if read.route.moving_to.is_some() => None,
+            Ok((Some(read), live)) => live.into_iter().find(|n| n.name == read.route.node),
+            Ok((None, _)) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "router ssh: cluster store");
                 None
