@@ -64,6 +64,18 @@ async fn connect(
     russh::client::Handle<AnyHost>,
     mpsc::UnboundedReceiver<(Channel<Msg>, russh::server::Handle)>,
 ) {
+    connect_with(follows, false).await
+}
+
+/// As [`connect`], the client's windows following its consumption too
+/// when `client_follows`.
+async fn connect_with(
+    follows: bool,
+    client_follows: bool,
+) -> (
+    russh::client::Handle<AnyHost>,
+    mpsc::UnboundedReceiver<(Channel<Msg>, russh::server::Handle)>,
+) {
     let seed: [u8; 32] = rand::random();
     let key = russh::keys::PrivateKey::from(
         russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed),
@@ -87,10 +99,14 @@ async fn connect(
             .expect("handshake");
         let _ = running.await;
     });
-    let mut client =
-        russh::client::connect(Arc::new(russh::client::Config::default()), addr, AnyHost)
-            .await
-            .expect("connect");
+    let client_config = russh::client::Config {
+        window_size: WINDOW,
+        window_follows_consumption: client_follows,
+        ..Default::default()
+    };
+    let mut client = russh::client::connect(Arc::new(client_config), addr, AnyHost)
+        .await
+        .expect("connect");
     let auth = client.authenticate_none("flow").await.expect("auth");
     assert!(auth.success());
     (client, channels)
@@ -200,4 +216,74 @@ async fn without_the_option_windows_are_renewed_on_arrival() {
         arrived > 2 * WINDOW as usize,
         "upstream behaviour: {arrived} bytes arrived with nothing consumed"
     );
+}
+
+/// The same on the client side (`client::Config::window_follows_consumption`,
+/// `client::Handle::consumed`), which a cluster router's link to a node
+/// uses: the server sends on a channel whose client reader does not
+/// consume; the server is held at one window, another channel flows, and
+/// consuming lets every byte through.
+#[tokio::test]
+async fn a_client_that_does_not_consume_holds_back_only_that_channel_of_the_server() {
+    let (client, mut channels) = connect_with(false, true).await;
+    let mut stalled = client.channel_open_session().await.expect("open");
+    let (server_side, _handle) = channels.recv().await.expect("server channel");
+    let data: Vec<u8> = (0..TOTAL).map(|i| (i * 13 + i / 999) as u8).collect();
+    let digest = Sha256::digest(&data).to_vec();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        for chunk in data.chunks(CHUNK) {
+            server_side.data(chunk).await.expect("send");
+            counter.fetch_add(chunk.len(), Ordering::SeqCst);
+        }
+        server_side.eof().await.expect("eof");
+    });
+    let mut received = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), stalled.wait()).await
+    {
+        if let ChannelMsg::Data { data } = msg {
+            received.extend_from_slice(&data);
+        }
+    }
+    assert!(
+        received.len() <= WINDOW as usize,
+        "{} bytes arrived past a {WINDOW}-byte window",
+        received.len()
+    );
+    assert!(sent.load(Ordering::SeqCst) <= WINDOW as usize + CHUNK);
+
+    // Another channel on the same connection still flows.
+    let mut other = client.channel_open_session().await.expect("open");
+    let (other_server, _) = channels.recv().await.expect("server channel");
+    other_server.data(&b"still here"[..]).await.expect("send");
+    match tokio::time::timeout(Duration::from_secs(5), other.wait())
+        .await
+        .expect("the other channel is not stalled")
+    {
+        Some(ChannelMsg::Data { data }) => assert_eq!(&data[..], b"still here"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Consuming lets it all through, byte for byte.
+    let id = stalled.id();
+    client
+        .consumed(id, received.len() as u32)
+        .await
+        .expect("consumed");
+    while received.len() < TOTAL {
+        match tokio::time::timeout(Duration::from_secs(10), stalled.wait()).await {
+            Ok(Some(ChannelMsg::Data { data })) => {
+                received.extend_from_slice(&data);
+                client
+                    .consumed(id, data.len() as u32)
+                    .await
+                    .expect("consumed");
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert_eq!(received.len(), TOTAL, "every byte arrived");
+    assert_eq!(Sha256::digest(&received).to_vec(), digest);
 }

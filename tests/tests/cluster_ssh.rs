@@ -730,3 +730,98 @@ async fn a_router_refuses_a_failing_source_and_cuts_logins_past_their_grace_time
             .is_some()
     );
 }
+
+/// Through a router, a channel whose client does not read holds back only
+/// itself: another channel of the same connection (an OpenSSH shared
+/// connection) runs and answers meanwhile, as on a direct login.
+#[test]
+fn a_channel_nobody_reads_holds_back_only_itself_through_a_router() {
+    let Some(c) = Cluster::start(&[4], 1, 10) else {
+        return;
+    };
+    let client = Client::new();
+    sessions(&c, &client, &["hol"]);
+    let control = client.path("ctl-hol");
+    let share = format!("ControlPath={}", control.display());
+    let mut master = std::process::Command::new("ssh");
+    master
+        .args(client.common_opts("id"))
+        .args(["-o", &share, "-o", "ControlMaster=yes", "-N", "-p"])
+        .arg(c.router(0).ssh_port.to_string())
+        .arg("hol@127.0.0.1");
+    let _master = blink_e2e::Running::spawn(&mut master);
+    blink_e2e::cluster::eventually("the shared connection", Duration::from_secs(20), || {
+        control.exists()
+    });
+    let mux = || {
+        let mut cmd = std::process::Command::new("ssh");
+        cmd.args(["-F", "/dev/null", "-o", &share]);
+        cmd
+    };
+    // 256 MiB that nobody reads: its stdout is a pipe this test never
+    // drains, so OpenSSH stops granting that channel window.
+    let mut stuck = mux()
+        .args(["x", "head -c 268435456 /dev/zero; echo done >&2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh");
+    std::thread::sleep(Duration::from_secs(3));
+    // Another channel on the same connection still answers, several times.
+    for i in 0..3 {
+        let mut other = mux()
+            .args(["x", &format!("echo alive-{i}; cat /tmp/mark")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ssh");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = other.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = other.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // (A stalled one is killed, not read: the shared connection holds
+        // its output's other end.)
+        assert!(
+            status.is_some(),
+            "a second channel stalled behind the unread one"
+        );
+        let out = other.wait_with_output().expect("output");
+        assert!(status.is_some_and(|s| s.success()), "{:?}", texts(&out));
+        assert_eq!(texts(&out).0, format!("alive-{i}\nhol\n"));
+    }
+    // The unread one is held, not lost: reading it now gets all of it.
+    let mut stdout = stuck.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        total
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !reader.is_finished() {
+        let _ = stuck.kill();
+    }
+    let total = reader.join().expect("reader");
+    assert_eq!(
+        total, 268_435_456,
+        "the unread channel's data after it was read"
+    );
+    assert!(stuck.wait().expect("wait").success());
+}

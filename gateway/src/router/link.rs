@@ -100,13 +100,34 @@ async fn hand_on(queue: &mpsc::Sender<ForwardedOpen>, open: ForwardedOpen) {
 
 /// A logged-in link to a node.
 pub struct Link {
-    handle: russh::client::Handle<NodeKey>,
+    handle: Arc<russh::client::Handle<NodeKey>>,
     /// The node's `forwarded-tcpip` opens, until the connection takes
     /// them (at its first `ssh -R` request).
     forwarded: Option<mpsc::Receiver<ForwardedOpen>>,
 }
 
+/// Credits the node's channels on a link: its data is granted window
+/// again only once the client took it (`window_follows_consumption`).
+/// Weak: the link ends with its connection (`Link` is dropped), whatever
+/// relay tasks are still winding down.
+#[derive(Clone)]
+pub struct NodeCredit(std::sync::Weak<russh::client::Handle<NodeKey>>);
+
+impl NodeCredit {
+    /// `bytes` of channel `id`'s data were passed on to the client.
+    pub async fn consumed(&self, id: russh::ChannelId, bytes: u32) {
+        if let Some(handle) = self.0.upgrade() {
+            let _ = handle.consumed(id, bytes).await;
+        }
+    }
+}
+
 impl Link {
+    /// What credits the node's channels on this link.
+    pub fn credit(&self) -> NodeCredit {
+        NodeCredit(Arc::downgrade(&self.handle))
+    }
+
     /// The node's `forwarded-tcpip` opens (once: `None` after).
     pub fn take_forwarded(&mut self) -> Option<mpsc::Receiver<ForwardedOpen>> {
         self.forwarded.take()
@@ -159,6 +180,10 @@ pub async fn open(
         nodelay: true,
         window_size: 2 * 1024 * 1024,
         maximum_packet_size: 32768,
+        // The node's data is granted window only once the client took it
+        // (patches/russh): a client that does not read holds back its own
+        // channel, not the link.
+        window_follows_consumption: true,
         preferred: russh::Preferred {
             // Both ends are Blink's, on the operator's network: X25519
             // first (one link per login: its exchange is on every
@@ -187,7 +212,7 @@ pub async fn open(
             .await
             .map_err(|e| e.to_string())?;
         Ok::<_, String>(auth.success().then_some(Link {
-            handle,
+            handle: Arc::new(handle),
             forwarded: Some(opens),
         }))
     };

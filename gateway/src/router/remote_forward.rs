@@ -23,7 +23,7 @@ use russh::ChannelOpenFailure;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::link::Link;
+use super::link::{Link, NodeCredit};
 use super::relay;
 
 /// Forwards one client connection may hold through a router (the node
@@ -81,7 +81,9 @@ impl RemoteForwards {
             && let Some(opens) = link.take_forwarded()
         {
             self.opener = Some(AbortOnDropHandle::new(tokio::spawn(open_on_client(
-                opens, client,
+                opens,
+                client,
+                link.credit(),
             ))));
         }
         let bound = match tokio::time::timeout(NODE_REPLY_WAIT, link.tcpip_forward(address, *port))
@@ -120,12 +122,16 @@ impl RemoteForwards {
 /// Take the node's `forwarded-tcpip` opens off the link's queue, each
 /// answered on its own (at most [`PENDING_OPENS`] at once, more are
 /// refused), until the link ends.
-async fn open_on_client(mut opens: mpsc::Receiver<ForwardedOpen>, client: russh::server::Handle) {
+async fn open_on_client(
+    mut opens: mpsc::Receiver<ForwardedOpen>,
+    client: russh::server::Handle,
+    credit: NodeCredit,
+) {
     let pending = Arc::new(Semaphore::new(PENDING_OPENS));
     while let Some(open) = opens.recv().await {
         match pending.clone().try_acquire_owned() {
             Ok(slot) => {
-                tokio::spawn(forward_one(open, client.clone(), slot));
+                tokio::spawn(forward_one(open, client.clone(), credit.clone(), slot));
             }
             Err(_) => {
                 tracing::info!(
@@ -145,6 +151,7 @@ async fn open_on_client(mut opens: mpsc::Receiver<ForwardedOpen>, client: russh:
 async fn forward_one(
     open: ForwardedOpen,
     client: russh::server::Handle,
+    credit: NodeCredit,
     slot: OwnedSemaphorePermit,
 ) {
     let opening = client.channel_open_forwarded_tcpip(
@@ -160,7 +167,7 @@ async fn forward_one(
             open.reply.accept().await;
             // No channel requests are relayed on a `forwarded-tcpip`
             // channel: the relay's request end is not kept.
-            drop(relay::spawn(channel, open.channel, client));
+            drop(relay::spawn(channel, open.channel, client, credit));
         }
         Ok(Err(e)) => {
             tracing::debug!(port = open.connected_port, error = %e, "router ssh: the client refused a forwarded connection");

@@ -329,8 +329,11 @@ impl RouterConn {
         handle: russh::server::Handle,
     ) {
         let id = channel.id();
+        let Some(link) = &self.link else {
+            return;
+        };
         self.channels
-            .insert(id, relay::spawn(channel, node, handle));
+            .insert(id, relay::spawn(channel, node, handle, link.credit()));
     }
 
     /// Send a request to the node's channel and wait for its answer.

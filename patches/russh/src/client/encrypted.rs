@@ -596,9 +596,12 @@ impl Session {
                     return Ok(());
                 }
                 let target = self.common.config.window_size;
+                let follows = self.common.config.window_follows_consumption;
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if follows {
+                        enc.data_received(channel_num, &data);
+                    } else if enc.adjust_window_size(channel_num, &data, target)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
                         if next_window > 0 {
@@ -623,9 +626,12 @@ impl Session {
                     return Ok(());
                 }
                 let target = self.common.config.window_size;
+                let follows = self.common.config.window_follows_consumption;
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if follows {
+                        enc.data_received(channel_num, &data);
+                    } else if enc.adjust_window_size(channel_num, &data, target)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
                         if next_window > 0 {

@@ -170,6 +170,12 @@ pub enum Msg {
     Signed {
         data: Vec<u8>,
     },
+    /// (Blink patch) The application consumed `bytes` of a channel's data
+    /// (see `Config::window_follows_consumption`).
+    ChannelConsumed {
+        id: ChannelId,
+        bytes: u32,
+    },
     /// The [`Signer`][auth::Signer] could not produce the signature the
     /// session is waiting for after a `SSH_MSG_USERAUTH_PK_OK`. The session
     /// abandons that attempt and goes back to its main loop, so the next
@@ -330,6 +336,16 @@ impl<H: Handler> Drop for Handle<H> {
 impl<H: Handler> Handle<H> {
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
+    }
+
+    /// (Blink patch) Report `bytes` of channel `id`'s data consumed: with
+    /// `Config::window_follows_consumption`, this is what renews the
+    /// channel's window (once half of it is free).
+    pub async fn consumed(&self, id: ChannelId, bytes: u32) -> Result<(), crate::Error> {
+        self.sender
+            .send(Msg::ChannelConsumed { id, bytes })
+            .await
+            .map_err(|_| crate::Error::SendError)
     }
 
     /// Return the initial key-exchange context for OpenSSH agent session
@@ -1626,6 +1642,12 @@ impl Session {
                 self.write_auth_request_if_needed(&user, method)?;
             }
             Msg::Signed { .. } | Msg::SignFailed => {}
+            Msg::ChannelConsumed { id, bytes } => {
+                let target = self.common.config.window_size;
+                if let Some(enc) = self.common.encrypted.as_mut() {
+                    enc.data_consumed(id, bytes, target)?;
+                }
+            }
             Msg::AuthInfoResponse { .. } => {}
             Msg::AuthGssapiToken { token } => {
                 if let Some(ref mut enc) = self.common.encrypted {
@@ -2746,6 +2768,10 @@ pub struct Config {
     pub gex: GexParams,
     /// If active, invoke `set_nodelay(true)` on the ssh socket; disabled by default (i.e. Nagle's algorithm is active).
     pub nodelay: bool,
+    /// (Blink patch) Renew a channel's window only for what the application
+    /// reports consumed (`Handle::consumed`), as the server's option of the
+    /// same name, instead of as soon as data arrives. Default `false`.
+    pub window_follows_consumption: bool,
 }
 
 impl Default for Config {
@@ -2761,6 +2787,7 @@ impl Default for Config {
             window_size: 2097152,
             maximum_packet_size: 32768,
             channel_buffer_size: 100,
+            window_follows_consumption: false,
             preferred: Default::default(),
             inactivity_timeout: None,
             keepalive_interval: None,
