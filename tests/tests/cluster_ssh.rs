@@ -510,6 +510,24 @@ fn connect_empty_inside(c: &Cluster, client: &Client, session: &str, port: u32) 
     texts(&out).0.trim().to_string()
 }
 
+/// An OpenSSH shared connection (`ControlMaster`) through router 0 to
+/// `session`: the master, and the `ControlPath=` option its clients pass.
+fn shared_connection(c: &Cluster, client: &Client, session: &str) -> (blink_e2e::Running, String) {
+    let control = client.path(&format!("ctl-{session}"));
+    let share = format!("ControlPath={}", control.display());
+    let mut master = std::process::Command::new("ssh");
+    master
+        .args(client.common_opts("id"))
+        .args(["-o", &share, "-o", "ControlMaster=yes", "-N", "-p"])
+        .arg(c.router(0).ssh_port.to_string())
+        .arg(format!("{session}@127.0.0.1"));
+    let master = blink_e2e::Running::spawn(&mut master);
+    blink_e2e::cluster::eventually("the shared connection", Duration::from_secs(20), || {
+        control.exists()
+    });
+    (master, share)
+}
+
 #[test]
 fn remote_forwarding_through_a_router_reaches_a_server_on_the_clients_side() {
     let Some(c) = Cluster::start(&[4, 4], 1, 10) else {
@@ -523,18 +541,7 @@ fn remote_forwarding_through_a_router_reaches_a_server_on_the_clients_side() {
     assert_eq!(out.status.code(), Some(0), "{:?}", texts(&out));
 
     // A shared connection through the router holds the forwards.
-    let control = client.path("ctl");
-    let share = format!("ControlPath={}", control.display());
-    let mut master = std::process::Command::new("ssh");
-    master
-        .args(client.common_opts("id"))
-        .args(["-o", &share, "-o", "ControlMaster=yes", "-N", "-p"])
-        .arg(c.router(0).ssh_port.to_string())
-        .arg("rf@127.0.0.1");
-    let master = blink_e2e::Running::spawn(&mut master);
-    blink_e2e::cluster::eventually("the shared connection", Duration::from_secs(20), || {
-        control.exists()
-    });
+    let (master, share) = shared_connection(&c, &client, "rf");
     let mux = |args: &[&str]| {
         run(
             std::process::Command::new("ssh")
@@ -741,18 +748,7 @@ fn a_channel_nobody_reads_holds_back_only_itself_through_a_router() {
     };
     let client = Client::new();
     sessions(&c, &client, &["hol"]);
-    let control = client.path("ctl-hol");
-    let share = format!("ControlPath={}", control.display());
-    let mut master = std::process::Command::new("ssh");
-    master
-        .args(client.common_opts("id"))
-        .args(["-o", &share, "-o", "ControlMaster=yes", "-N", "-p"])
-        .arg(c.router(0).ssh_port.to_string())
-        .arg("hol@127.0.0.1");
-    let _master = blink_e2e::Running::spawn(&mut master);
-    blink_e2e::cluster::eventually("the shared connection", Duration::from_secs(20), || {
-        control.exists()
-    });
+    let (_master, share) = shared_connection(&c, &client, "hol");
     let mux = || {
         let mut cmd = std::process::Command::new("ssh");
         cmd.args(["-F", "/dev/null", "-o", &share]);
