@@ -781,6 +781,11 @@ async fn a_fenced_session_does_not_start_until_its_fence_ends() {
         m.fence("nope", None),
         Err(Error::SessionNotFound(_))
     ));
+    // A fence holds at most 10 minutes unless renewed, and a while at least.
+    for ttl in [Duration::ZERO, Duration::from_secs(601)] {
+        let refused = m.fence("moving", Some(ttl)).expect_err("a bad fence");
+        assert!(matches!(refused, Error::InvalidArgument(_)), "{refused}");
+    }
 }
 
 /// What a cluster node's exporter reads: a session's change count grows

@@ -214,13 +214,6 @@ pub async fn fence(
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<FenceQuery>,
 ) -> ApiResult<StatusCode> {
-    if !(1..=600).contains(&q.ttl_secs) {
-        return Err(blink_sdk::Error::InvalidArgument(format!(
-            "ttl_secs must be 1-600, not {}",
-            q.ttl_secs
-        ))
-        .into());
-    }
     state
         .manager
         .fence(&name, Some(std::time::Duration::from_secs(q.ttl_secs)))?;

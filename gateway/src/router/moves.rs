@@ -501,17 +501,14 @@ pub async fn move_session(
     let renewing = AbortOnDrop(keep_fenced(state, &source, name));
     // The shared store keeps the move's export (a restore's source if the
     // target dies); without one, a private directory carries it.
-    let private = match &state.exports {
-        Some(_) => None,
-        None => Some(
-            PrivateStore::new()
-                .map_err(|e| refusal(StatusCode::INTERNAL_SERVER_ERROR, "io_error", e))?,
-        ),
-    };
-    let via = match (&state.exports, &private) {
-        (Some(shared), _) => shared,
-        (None, Some(p)) => &p.store,
-        (None, None) => unreachable!("a private store is made when none is shared"),
+    let private;
+    let via = match &state.exports {
+        Some(shared) => shared,
+        None => {
+            private = PrivateStore::new()
+                .map_err(|e| refusal(StatusCode::INTERNAL_SERVER_ERROR, "io_error", e))?;
+            &private.store
+        }
     };
     let copied = async {
         export_to(state, &source, name, via).await?;
@@ -520,7 +517,6 @@ pub async fn move_session(
         import_from(state, &target, name, via).await
     }
     .await;
-    drop(private);
     if let Err(e) = copied {
         // The session stays where it was (stopped; it starts on its next
         // use, once the fence is lifted).

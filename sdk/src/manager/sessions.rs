@@ -57,6 +57,9 @@ pub(crate) struct Slot {
     pub(super) egress_stats: Arc<crate::network::EgressStats>,
 }
 
+/// The longest a fence holds unless renewed (`Manager::fence`).
+pub const MAX_FENCE_SECS: u64 = 600;
+
 /// Keeps a session from idling out while it lives: one per execution,
 /// SSH channel or anything else that uses the session.
 #[derive(Debug)]
@@ -317,6 +320,14 @@ impl Manager {
     /// export (docs/SCALE.md). A router that dies mid-move leaves a fence
     /// that ends by itself. Kept in memory: a node that restarts has none.
     pub fn fence(&self, name: &str, ttl: Option<std::time::Duration>) -> Result<()> {
+        if let Some(t) = ttl
+            && (t.is_zero() || t > std::time::Duration::from_secs(MAX_FENCE_SECS))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "ttl_secs must be 1-{MAX_FENCE_SECS}, not {}",
+                t.as_secs()
+            )));
+        }
         let until = ttl.map_or(0, |t| super::now_ms().saturating_add(t.as_millis() as u64));
         self.slot(name)?.fenced_until.store(until, Ordering::SeqCst);
         Ok(())
