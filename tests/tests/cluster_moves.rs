@@ -530,6 +530,10 @@ fn a_cold_session_is_exported_when_it_stops_and_comes_back_with_it_after_its_nod
     );
     let a = c.router(0).get("/api/sessions/warm2");
     assert_eq!((a.status, a.code()), (503, "session_lost"), "{:?}", a.body);
+    // Removed, its export goes too: its disk is kept nowhere.
+    let a = c.router(1).delete("/api/sessions/auto1?force=true");
+    assert_eq!(a.status, 204, "{:?}", a.body);
+    assert!(!export.exists(), "a removed session's export was kept");
 }
 
 /// Exports kept in an S3-compatible bucket (`[cluster.export_s3]`, a real

@@ -254,7 +254,8 @@ async fn session_scoped_rest(
     relay_session(&state, &name, req).await
 }
 
-/// Relay to the owning node; a session removed there loses its route.
+/// Relay to the owning node; a session removed there loses its route and
+/// its export (a removed session's disk is not kept anywhere).
 async fn relay_session(state: &RouterState, name: &str, req: Request) -> Response {
     let read = match route_of(state, name).await {
         Ok(r) => r,
@@ -269,7 +270,13 @@ async fn relay_session(state: &RouterState, name: &str, req: Request) -> Respons
     let resp = forward(&node.name, &node.rest, req).await;
     if removal && resp.status().is_success() {
         match routing::remove_if(&state.store, name, &read).await {
-            Ok(true) => {}
+            Ok(true) => {
+                if let Some(exports) = &state.exports
+                    && let Err(e) = exports.remove(name).await
+                {
+                    tracing::warn!(session = %name, error = %e, "router: removing the export of a removed session");
+                }
+            }
             Ok(false) => tracing::info!(session = %name, "router: route changed meanwhile; kept"),
             Err(e) => tracing::warn!(session = %name, error = %e, "router: removing the route"),
         }
