@@ -42,13 +42,25 @@ pub fn guest() -> Guest {
 /// wrapper's stdout: like BoxLite's channel, the adapter reads eagerly
 /// and cuts chunks at odd sizes.
 pub async fn run(guest: &Guest, spec: ExecSpec, pulled: Arc<AtomicU64>) -> Execution {
-    let mut child = Command::new(&guest.path)
-        .args(wire::wire_args(&spec))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    // A test writing its own copy of the binary while another test forks
+    // leaves a writable descriptor in that child until it execs: the exec
+    // here may then fail with ETXTBSY for a moment (as cargo retries it).
+    let mut tries = 0;
+    let mut child = loop {
+        let spawned = Command::new(&guest.path)
+            .args(wire::wire_args(&spec))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        match spawned {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            spawned => break spawned.unwrap(),
+        }
+    };
     let stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
