@@ -27,6 +27,12 @@ if ((skipped)); then
   echo "skipped (could not run here):"
   sort -u "$BLINK_SKIP_LOG" | sed 's/^/  /'
 fi
+# Why each failing test failed, next to the closing line where a long log's
+# tail shows it: its name, and the place and message of each panic it printed.
+awk '/^---- .* stdout ----$/ { name = $0; shown = 0; next }
+  /^failures:$/ { name = "" }
+  name != "" && /panicked at/ { if (!shown) print name; shown = 1; print "  " $0; getline; print "    " $0 }' \
+  "$log" | cut -c1-400 | head -80
 # One closing line over every test binary.
 awk -v skipped="$skipped" '/^test result:/ { p += $4; f += $6; s += $8 }
   END { printf "all tests: %d passed, %d failed, %d skipped\n", p - skipped, f, s + skipped }' \
