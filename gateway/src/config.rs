@@ -105,6 +105,9 @@ pub struct SandboxConfig {
     /// Relay each box's V-Hub endpoint over an execution (boxlite only;
     /// off by default, docs/VHUB.md says why).
     pub boxlite_vhub_relay: bool,
+    /// How long a micro-VM may take to boot before it is taken as hung,
+    /// stopped and booted once more (boxlite only; docs/BOXLITE.md).
+    pub boxlite_boot_timeout_ms: u64,
     /// First host id of the per-sandbox id ranges (65536 ids each) when
     /// running as root. Give each Blink on one host its own base.
     pub id_base: u32,
@@ -140,6 +143,8 @@ impl Default for SandboxConfig {
             runtime: None,
             seccomp: blink_sdk::runtime::local::SeccompProfile::Default,
             boxlite_vhub_relay: false,
+            boxlite_boot_timeout_ms: blink_sdk::runtime::boxlite::boot::DEFAULT_BOOT_TIMEOUT
+                .as_millis() as u64,
             id_base: blink_sdk::runtime::local::DEFAULT_ID_BASE,
             disk_size_mib: blink_sdk::runtime::local::DEFAULT_DISK_MIB,
             ephemeral_pool: 2,
@@ -502,6 +507,12 @@ impl FileConfig {
                 "sandbox.ephemeral_pool must be at most 64".into(),
             ));
         }
+        if !(1..=3_600_000).contains(&self.sandbox.boxlite_boot_timeout_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "sandbox.boxlite_boot_timeout_ms must be between 1 and 3600000 (an hour), not {}",
+                self.sandbox.boxlite_boot_timeout_ms
+            )));
+        }
         let disk = self.sandbox.disk_size_mib;
         if !(MIN_DISK_MIB..=MAX_DISK_MIB).contains(&disk) {
             return Err(ConfigError::Invalid(format!(
@@ -718,6 +729,36 @@ mod tests {
         assert!(values.contains("pull_timeout_secs"), "{values}");
         let parsed: blink_sdk::image::PullConfig = toml::from_str(&values).unwrap();
         assert_eq!(parsed, blink_sdk::image::PullConfig::default());
+    }
+
+    /// The boot timeout the example shows is the default; 0 and more than
+    /// an hour are refused, naming the key.
+    #[test]
+    fn boxlite_boot_timeout_setting() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/blink.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let shown = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# boxlite_boot_timeout_ms = "))
+            .unwrap();
+        assert_eq!(
+            shown.parse::<u64>().unwrap(),
+            SandboxConfig::default().boxlite_boot_timeout_ms
+        );
+        for bad in [0, 3_600_001] {
+            let err = toml::from_str::<FileConfig>(&format!(
+                "[sandbox]\nboxlite_boot_timeout_ms = {bad}\n"
+            ))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("sandbox.boxlite_boot_timeout_ms"), "{err}");
+        }
+        let ok =
+            toml::from_str::<FileConfig>("[sandbox]\nboxlite_boot_timeout_ms = 250\n").unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.sandbox.boxlite_boot_timeout_ms, 250);
     }
 
     /// The `[vhub.limits]` the example shows are the defaults; a limit of

@@ -256,6 +256,8 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
     manager_config.runtime = file.runtime()?;
     manager_config.seccomp = file.sandbox.seccomp;
     manager_config.boxlite_vhub_relay = file.sandbox.boxlite_vhub_relay;
+    manager_config.boxlite_boot_timeout =
+        std::time::Duration::from_millis(file.sandbox.boxlite_boot_timeout_ms);
     manager_config.id_base = Some(file.sandbox.id_base);
     manager_config.limits = blink_sdk::runtime::Limits {
         cpus: file.sandbox.cpus,

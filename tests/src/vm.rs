@@ -43,7 +43,7 @@ pub fn missing() -> Option<String> {
 
 /// Whether the server runs nested in L1 (no usable KVM here) rather than
 /// directly.
-fn nested() -> bool {
+pub fn nested() -> bool {
     match std::env::var("BLINK_VM").as_deref() {
         Ok("direct") => false,
         Ok("nested") => true,

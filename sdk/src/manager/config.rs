@@ -30,6 +30,9 @@ pub struct ManagerConfig {
     /// Relay each box's V-Hub endpoint over an execution (boxlite only;
     /// off by default: docs/VHUB.md, Endpoints).
     pub boxlite_vhub_relay: bool,
+    /// How long a box may take to boot before it is taken as hung, stopped
+    /// and booted once more (boxlite only; `runtime/boxlite/boot.rs`).
+    pub boxlite_boot_timeout: Duration,
     pub default_image: String,
     /// A non-warm session with nothing running stops after this long.
     pub idle_timeout: Duration,
@@ -74,6 +77,7 @@ impl ManagerConfig {
             id_base: Some(crate::runtime::local::DEFAULT_ID_BASE),
             seccomp: crate::runtime::local::SeccompProfile::Default,
             boxlite_vhub_relay: false,
+            boxlite_boot_timeout: crate::runtime::boxlite::boot::DEFAULT_BOOT_TIMEOUT,
             default_image: DEFAULT_IMAGE.into(),
             idle_timeout: Duration::from_secs(300),
             run_timeout: Duration::from_secs(600),

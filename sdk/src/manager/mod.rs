@@ -143,6 +143,7 @@ impl Manager {
                     &data.join("boxlite"),
                     images.clone(),
                     config.boxlite_vhub_relay,
+                    config.boxlite_boot_timeout,
                 )
                 .await?,
             ),

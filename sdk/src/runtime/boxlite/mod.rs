@@ -4,8 +4,10 @@
 //! BoxLite boots from; with the `boxlite` feature, `options.rs` a
 //! sandbox's spec as box options, `exec.rs` BoxLite executions as exec-wire
 //! processes, `vhub.rs` a box's V-Hub endpoint (relayed over an execution),
-//! `vm.rs` the `Runtime` itself and the preflight's test boot.
+//! `vm.rs` the `Runtime` itself and the preflight's test boot; `boot.rs`
+//! bounds a box's boot in time.
 
+pub mod boot;
 pub mod layout;
 
 #[cfg(feature = "boxlite")]

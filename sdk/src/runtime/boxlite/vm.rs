@@ -37,6 +37,8 @@ pub struct BoxliteRuntime {
     /// Whether boxes get a relayed V-Hub endpoint (`[sandbox]
     /// boxlite_vhub_relay`).
     relay: bool,
+    /// How long a boot may take (`boot.rs`).
+    boot_timeout: Duration,
 }
 
 impl std::fmt::Debug for BoxliteRuntime {
@@ -49,6 +51,9 @@ impl std::fmt::Debug for BoxliteRuntime {
 
 /// How long after a box is ready its V-Hub relay starts.
 const RELAY_DELAY: Duration = Duration::from_secs(3);
+/// How long stopping a box that did not boot may take before its handle
+/// is let go anyway (which ends its VM).
+const ABANDON_WITHIN: Duration = Duration::from_secs(30);
 
 fn vmm_error(what: &str, e: ::boxlite::BoxliteError) -> Error {
     Error::Runtime(format!("{what}: {e}"))
@@ -69,8 +74,14 @@ fn place_guest(dir: &Path) -> Result<()> {
 
 impl BoxliteRuntime {
     /// Open the runtime on `root` (made if missing), with the boxes left
-    /// there by an earlier process.
-    pub async fn open(root: &Path, images: Arc<ImageStore>, relay: bool) -> Result<Self> {
+    /// there by an earlier process. `relay`: relayed V-Hub endpoints;
+    /// `boot_timeout`: how long a boot may take (`boot.rs`).
+    pub async fn open(
+        root: &Path,
+        images: Arc<ImageStore>,
+        relay: bool,
+        boot_timeout: Duration,
+    ) -> Result<Self> {
         std::fs::create_dir_all(root)
             .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
         place_guest(&root.join("guest"))?;
@@ -98,6 +109,7 @@ impl BoxliteRuntime {
             handles: Mutex::default(),
             endpoints: Arc::new(super::vhub::Endpoints::new(root.join("vhub"))),
             relay,
+            boot_timeout,
         })
     }
 
@@ -141,6 +153,33 @@ impl BoxliteRuntime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+    }
+
+    /// Let go of a box whose boot hung (`boot.rs`): stop it, within
+    /// [`ABANDON_WITHIN`], and drop its handle either way, which ends its
+    /// VM; the next start takes a fresh handle.
+    async fn abandon(&self, id: &str) {
+        self.mark(&self.running, id, false);
+        self.endpoints.detach(id);
+        let handle = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        if let Some(b) = handle {
+            match tokio::time::timeout(ABANDON_WITHIN, b.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(sandbox = id, error = %e, "stopping a box that did not boot")
+                }
+                Err(_) => tracing::warn!(
+                    sandbox = id,
+                    "stopping a box that did not boot took too long: its handle is let go"
+                ),
+            }
+        }
+        self.release(id);
     }
 
     fn mark(&self, set: &Mutex<HashSet<String>>, id: &str, on: bool) {
@@ -286,15 +325,26 @@ impl Runtime for BoxliteRuntime {
     async fn start(&self, spec: &SandboxSpec) -> Result<()> {
         // BoxLite's start is a no-op on a running box, and asking it (not
         // our own mark) notices a box that died meanwhile.
-        let b = self.get(&spec.id).await?;
-        let was_running = self.is_running(&spec.id);
-        b.start()
-            .await
-            .map_err(|e| vmm_error(&format!("starting box {}", spec.id), e))?;
-        if !was_running {
-            ready(&b, &spec.id).await?;
-        }
-        self.mark(&self.running, &spec.id, true);
+        let id = spec.id.as_str();
+        super::boot::bounded(
+            id,
+            self.boot_timeout,
+            || async {
+                let b = self.get(id).await?;
+                let was_running = self.is_running(id);
+                b.start()
+                    .await
+                    .map_err(|e| vmm_error(&format!("starting box {id}"), e))?;
+                if !was_running {
+                    ready(&b, id).await?;
+                }
+                Ok(())
+            },
+            || self.abandon(id),
+        )
+        .await?;
+        let b = self.get(id).await?;
+        self.mark(&self.running, id, true);
         if self.relay && !self.endpoints.live(&spec.id) {
             let (endpoints, id) = (self.endpoints.clone(), spec.id.clone());
             tokio::spawn(async move {
