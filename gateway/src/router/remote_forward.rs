@@ -9,7 +9,10 @@
 //! accepts the node's once the client accepted, and relays the two as any
 //! other channel (`relay.rs`). A client that refuses, or does not answer
 //! in time, gets the node's open refused: the node closes the program's
-//! connection.
+//! connection. An open for no forward of this connection (by the port
+//! bound and the address asked) is refused too: the router trusts the
+//! node it verified, but does not let it reach the client with channels
+//! the client never asked for.
 //!
 //! Bounds: forwards per connection (the node has its own, lower one),
 //! opens queued from the link, and opens waiting for the client.
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use blink_sdk::escape::Escaped;
 use russh::ChannelOpenFailure;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::link::{Link, NodeCredit};
@@ -41,6 +44,10 @@ const CLIENT_OPEN_WAIT: Duration = Duration::from_secs(20);
 /// Time the node has to answer a forwarding request (it may start a
 /// stopped session for it).
 const NODE_REPLY_WAIT: Duration = Duration::from_secs(60);
+/// How long an open for a port not (yet) among the connection's forwards
+/// waits for it: the node's answer to a request and its first open come
+/// in order on the link, but are handled by different tasks here.
+const FORWARD_KNOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// A `forwarded-tcpip` channel the node opened on the link, not yet
 /// answered.
@@ -53,14 +60,27 @@ pub(super) struct ForwardedOpen {
     pub reply: russh::client::ChannelOpenHandle,
 }
 
+/// The address each forward of a connection was asked on, by the port
+/// bound.
+type Listening = HashMap<u32, String>;
+
 /// One client connection's remote forwards.
-#[derive(Default)]
 pub(super) struct RemoteForwards {
-    /// The address each forward was asked on, by the port bound.
-    listening: HashMap<u32, String>,
+    /// The connection's forwards; the opener checks the node's opens
+    /// against them.
+    listening: watch::Sender<Listening>,
     /// Opens the node's forwarded connections on the client, from the
     /// first forward until the connection ends.
     opener: Option<AbortOnDropHandle<()>>,
+}
+
+impl Default for RemoteForwards {
+    fn default() -> Self {
+        Self {
+            listening: watch::Sender::new(Listening::new()),
+            opener: None,
+        }
+    }
 }
 
 impl RemoteForwards {
@@ -73,7 +93,7 @@ impl RemoteForwards {
         port: &mut u32,
         client: russh::server::Handle,
     ) -> bool {
-        if self.listening.len() >= MAX_FORWARDS {
+        if self.listening.borrow().len() >= MAX_FORWARDS {
             tracing::info!(host = %Escaped::limit(address, 256), port = *port, "router ssh: remote forward refused: too many on this connection");
             return false;
         }
@@ -84,6 +104,7 @@ impl RemoteForwards {
                 opens,
                 client,
                 link.credit(),
+                self.listening.subscribe(),
             ))));
         }
         let bound = match tokio::time::timeout(NODE_REPLY_WAIT, link.tcpip_forward(address, *port))
@@ -102,14 +123,19 @@ impl RemoteForwards {
         if *port == 0 {
             *port = bound;
         }
-        self.listening.insert(*port, address.to_owned());
+        self.listening.send_modify(|listening| {
+            listening.insert(*port, address.to_owned());
+        });
         true
     }
 
     /// A `cancel-tcpip-forward` request for a forward of this connection
     /// (by the port bound, as the node matches it): the node's answer.
     pub(super) async fn cancel(&mut self, link: &Link, address: &str, port: u32) -> bool {
-        if self.listening.remove(&port).is_none() {
+        if !self
+            .listening
+            .send_if_modified(|listening| listening.remove(&port).is_some())
+        {
             return false;
         }
         matches!(
@@ -119,6 +145,18 @@ impl RemoteForwards {
     }
 }
 
+/// Whether a forward of this connection listens on `port` at `address`,
+/// waiting up to `within` for one to appear.
+async fn is_forwarded(
+    listening: &mut watch::Receiver<Listening>,
+    address: &str,
+    port: u32,
+    within: Duration,
+) -> bool {
+    let known = listening.wait_for(|l| l.get(&port).is_some_and(|a| a == address));
+    matches!(tokio::time::timeout(within, known).await, Ok(Ok(_)))
+}
+
 /// Take the node's `forwarded-tcpip` opens off the link's queue, each
 /// answered on its own (at most [`PENDING_OPENS`] at once, more are
 /// refused), until the link ends.
@@ -126,12 +164,26 @@ async fn open_on_client(
     mut opens: mpsc::Receiver<ForwardedOpen>,
     client: russh::server::Handle,
     credit: NodeCredit,
+    listening: watch::Receiver<Listening>,
 ) {
     let pending = Arc::new(Semaphore::new(PENDING_OPENS));
     while let Some(open) = opens.recv().await {
         match pending.clone().try_acquire_owned() {
             Ok(slot) => {
-                tokio::spawn(forward_one(open, client.clone(), credit.clone(), slot));
+                let (client, credit, mut listening) =
+                    (client.clone(), credit.clone(), listening.clone());
+                tokio::spawn(async move {
+                    let (address, port) = (&open.connected_address, open.connected_port);
+                    if is_forwarded(&mut listening, address, port, FORWARD_KNOWN_WAIT).await {
+                        forward_one(open, client, credit, slot).await;
+                    } else {
+                        tracing::warn!(host = %Escaped::limit(address, 256), port, "router ssh: the node opened a forwarded connection for no forward of this connection: refused");
+                        drop(slot);
+                        open.reply
+                            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                            .await;
+                    }
+                });
             }
             Err(_) => {
                 tracing::info!(
@@ -180,5 +232,53 @@ async fn forward_one(
             );
             open.reply.reject(ChannelOpenFailure::ConnectFailed).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHORT: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn only_a_forward_of_the_connection_lets_an_open_through() {
+        let forwards = RemoteForwards::default();
+        let mut seen = forwards.listening.subscribe();
+        forwards.listening.send_modify(|l| {
+            l.insert(4000, "localhost".into());
+        });
+        assert!(is_forwarded(&mut seen, "localhost", 4000, SHORT).await);
+        // Another port, or the same port asked on another address.
+        assert!(!is_forwarded(&mut seen, "localhost", 4001, SHORT).await);
+        assert!(!is_forwarded(&mut seen, "0.0.0.0", 4000, SHORT).await);
+        // Cancelled: no longer.
+        forwards
+            .listening
+            .send_if_modified(|l| l.remove(&4000).is_some());
+        assert!(!is_forwarded(&mut seen, "localhost", 4000, SHORT).await);
+    }
+
+    #[tokio::test]
+    async fn an_open_just_ahead_of_its_forward_waits_for_it() {
+        let forwards = RemoteForwards::default();
+        let mut seen = forwards.listening.subscribe();
+        let sender = forwards.listening.clone();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            sender.send_modify(|l| {
+                l.insert(4000, "localhost".into());
+            });
+        });
+        assert!(is_forwarded(&mut seen, "localhost", 4000, Duration::from_secs(10)).await);
+        late.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_gone_lets_nothing_through() {
+        let forwards = RemoteForwards::default();
+        let mut seen = forwards.listening.subscribe();
+        drop(forwards);
+        assert!(!is_forwarded(&mut seen, "localhost", 4000, Duration::from_secs(10)).await);
     }
 }

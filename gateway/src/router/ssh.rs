@@ -272,6 +272,7 @@ impl RouterConn {
             return Auth::reject();
         }
         let store = &self.shared.store;
+        let started = std::time::Instant::now();
         // Both reads at once: they are on every login's path.
         let node = match tokio::try_join!(routing::get(store, user), nodes::live(store)) {
             // Unavailable while it moves (or a crashed move is undone by
@@ -288,6 +289,7 @@ impl RouterConn {
             tracing::info!(peer = %self.peer, login = %Escaped(user), "router ssh login refused: no live node holds the session");
             return Auth::reject();
         };
+        let routed = started.elapsed();
         match link::open(
             &node,
             user,
@@ -298,7 +300,15 @@ impl RouterConn {
         .await
         {
             Ok(Some(link)) => {
-                tracing::info!(peer = %self.peer, login = %Escaped(user), node = %node.name, "router ssh login relayed");
+                // What the hop costs a login: the route, then the link.
+                tracing::info!(
+                    peer = %self.peer,
+                    login = %Escaped(user),
+                    node = %node.name,
+                    route_us = routed.as_micros() as u64,
+                    link_us = (started.elapsed() - routed).as_micros() as u64,
+                    "router ssh login relayed"
+                );
                 self.link = Some(link);
                 Auth::Accept
             }
