@@ -15,6 +15,7 @@ Writes bench/router.json and its section of bench/RESULTS.md.
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -195,6 +196,26 @@ def measure_hop(via: Target, direct: Target, meter: "CpuMeter", runs: int, size:
     return hop
 
 
+def login_costs(log: Path, since: int) -> dict:
+    """Medians of what the router's logins spent on the route and on the
+    link to the node (its log's `route_us`, `link_us`), from byte `since`."""
+    route, link = [], []
+    with open(log, "rb") as f:
+        f.seek(since)
+        for line in f.read().decode(errors="replace").splitlines():
+            if "router ssh login relayed" not in line:
+                continue
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            r, k = re.search(r"route_us=(\d+)", line), re.search(r"link_us=(\d+)", line)
+            if r and k:
+                route.append(int(r.group(1)) / 1000)
+                link.append(int(k.group(1)) / 1000)
+    if not route:
+        return {}
+    return {"logins": len(route), "route_median_ms": statistics.median(route),
+            "link_median_ms": statistics.median(link), "link_p95_ms": percentile(link, 95)}
+
+
 def own_core_rows(results: dict) -> list[str]:
     """The table rows of the router on a core of its own, if measured."""
     own = results.get("hop_router_own_core")
@@ -262,7 +283,10 @@ def main() -> int:
         for t in (via, direct):
             subprocess.run(t.ssh("true"), check=True)
         meter = CpuMeter(router.pid, nodes[int(node_name.split("-")[1])][0].pid)
+        router_log = work / "router.log"
+        since = router_log.stat().st_size
         hop = measure_hop(via, direct, meter, runs, size, rounds)
+        results["hop_login"] = login_costs(router_log, since)
         results["cores"] = os.cpu_count()
         results["hop"] = hop
         # As deployed, a router has a host of its own: here a core of its
@@ -355,6 +379,10 @@ def main() -> int:
           for way in ("stdout", "stdin")],
         *own_core_rows(results),
         "",
+        *([f"Of a login through the router (median of {results['hop_login']['logins']}): reading the route "
+           f"and the live nodes from etcd {results['hop_login']['route_median_ms']:.1f} ms; the link to the node "
+           f"(TCP, key exchange, login) {results['hop_login']['link_median_ms']:.1f} ms "
+           f"(p95 {results['hop_login']['link_p95_ms']:.1f} ms).", ""] if results.get("hop_login") else []),
         "Rows \"router on a core of its own\": the router pinned to one core and everything else (the client, "
         "the nodes and their sandboxes, etcd) to the other, the shape of a deployment where routers have hosts "
         "of their own; straight to the node, that same one core does all the work.",
