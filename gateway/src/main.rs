@@ -340,24 +340,37 @@ async fn serve(args: Args, file: FileConfig, data_dir: PathBuf) -> anyhow::Resul
         None => None,
     };
     let exporter = match &file.cluster {
-        Some(cluster) if cluster.export_on_stop => {
-            Some(start_exporter(cluster, manager.clone(), &data_dir).await?)
-        }
+        Some(cluster) if cluster.export_on_stop => Some((
+            start_exporter(cluster, manager.clone(), &data_dir).await?,
+            std::time::Duration::from_secs(cluster.shutdown_export_secs),
+        )),
         _ => None,
     };
     signalled.await;
     tracing::info!("shutting down");
-    if let Some(exporter) = exporter {
-        exporter.shutdown().await;
-    }
-    // Out of the cluster first: routers stop sending new work here.
-    if let Some(registration) = registration {
-        registration.leave().await;
+    // Draining first: routers place no new session here, while the lease
+    // still holds this node's sessions, so none is restored elsewhere
+    // before its last export below.
+    if let Some(registration) = &registration {
+        registration.drain().await;
     }
     // Connections and runs drain together; the sandboxes stop after them;
     // then the recordings of what ran (REST spawns end with their
     // sandboxes) are finished.
     tokio::join!(ssh.shutdown(ssh_grace), http.shutdown());
+    if let Some((exporter, within)) = exporter {
+        let finished = exporter.finish(within).await;
+        tracing::info!(
+            stopped = finished.stopped,
+            written = finished.written,
+            not_written = finished.not_written,
+            "automatic exports at shutdown done"
+        );
+    }
+    // Out of the cluster: the routers may restore its sessions elsewhere.
+    if let Some(registration) = registration {
+        registration.leave().await;
+    }
     drop(vhub);
     manager.shutdown().await;
     recordings.shutdown(RECORDINGS_GRACE).await;

@@ -270,6 +270,8 @@ pub struct Setup {
     pub router_tables: String,
     /// Routers' `RUST_LOG` (default `warn`).
     pub router_log: Option<String>,
+    /// Nodes' `RUST_LOG` (default `warn`).
+    pub node_log: Option<String>,
 }
 
 impl Cluster {
@@ -340,6 +342,9 @@ impl Cluster {
         let mut builder = blink.server().config(&self.table(&extra, ttl)).token(TOKEN);
         for (k, v) in &self.setup.env {
             builder = builder.env(k, v);
+        }
+        if let Some(filter) = &self.setup.node_log {
+            builder = builder.log_filter(filter);
         }
         (blink, builder.start())
     }

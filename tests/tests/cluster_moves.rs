@@ -536,6 +536,62 @@ fn a_cold_session_is_exported_when_it_stops_and_comes_back_with_it_after_its_nod
     assert!(!export.exists(), "a removed session's export was kept");
 }
 
+/// A node shut down (SIGTERM) with `export_on_stop` first marks itself
+/// draining, then, once its connections have drained and while its lease
+/// still holds its sessions, stops its running cold sessions and exports
+/// those changed, and only then leaves the cluster: the routers bring a
+/// session that was running at the shutdown back elsewhere with what it
+/// had, its last write included.
+#[test]
+fn a_node_shut_down_exports_its_running_cold_sessions_before_it_leaves() {
+    let Some(mut c) = Cluster::start_with(&[8, 8, 8], 2, 2, |dir| Setup {
+        node_extra: format!("export_dir = {dir:?}\nexport_on_stop = true\n"),
+        node_log: Some("info".into()),
+        ..Setup::default()
+    }) else {
+        return;
+    };
+    let a = c.router(0).post("/api/sessions", json!({"name": "sd1"}));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    // Written, and left running (its idle timeout is minutes away).
+    c.router(0)
+        .sh("sd1", "echo at-shutdown > /var/blink/memory/mark");
+    let home = c.route("sd1").expect("route");
+    let export = c.export_dir().join("sd1.boxlite");
+    assert!(!export.exists(), "a running session was exported");
+
+    let i: usize = home.trim_start_matches("node-").parse().expect("index");
+    c.nodes[i].1.signal("TERM");
+    let status = c.nodes[i]
+        .1
+        .wait_exit(Duration::from_secs(120))
+        .expect("the node ends within 120 s");
+    assert!(status.success(), "{status:?}");
+    let log = c.nodes[i].1.log();
+    let at = |needle: &str| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in the node's log:\n{log}"))
+    };
+    let draining = at("cluster node draining");
+    let exported = at("automatic export at shutdown written");
+    let left = at("cluster node left");
+    assert!(
+        draining < exported && exported < left,
+        "draining, exported, left: in that order"
+    );
+    assert!(export.is_file(), "no export at {}", export.display());
+
+    // The routers bring it back on a live node, with its last write.
+    eventually("sd1 answers again", Duration::from_secs(60), || {
+        c.router(1).get("/api/sessions/sd1").status == 200
+    });
+    assert_ne!(c.route("sd1").as_deref(), Some(home.as_str()));
+    assert_eq!(
+        c.router(0).sh("sd1", "cat /var/blink/memory/mark").trim(),
+        "at-shutdown"
+    );
+}
+
 /// Exports kept in an S3-compatible bucket (`[cluster.export_s3]`, a real
 /// `s3s-fs` on 127.0.0.1) instead of a shared directory: a move carries
 /// the session through the bucket, a node's automatic export on stop

@@ -330,3 +330,68 @@ fn the_systemd_layout_verifies_and_its_configs_check_out() {
         );
     }
 }
+
+/// The seconds a node's shutdown may take by its config: the SSH drain,
+/// then (with `export_on_stop`) its last exports, plus 30 s to stop its
+/// sandboxes and leave.
+fn shutdown_budget(config: &str) -> u64 {
+    let t: toml::Table = toml::from_str(config).expect("a node config");
+    let int = |table: &str, key: &str, default: i64| {
+        t.get(table)
+            .and_then(|v| v.get(key))
+            .and_then(toml::Value::as_integer)
+            .unwrap_or(default)
+    };
+    let exports = t
+        .get("cluster")
+        .and_then(|c| c.get("export_on_stop"))
+        .and_then(toml::Value::as_bool)
+        .unwrap_or(false);
+    let grace = int("ssh", "shutdown_grace_secs", 10);
+    let export = if exports {
+        int("cluster", "shutdown_export_secs", 60)
+    } else {
+        0
+    };
+    u64::try_from(grace + export + 30).expect("positive")
+}
+
+/// A node's process manager waits long enough for its shutdown (its last
+/// exports included, docs/SCALE.md) before it kills it: Kubernetes'
+/// grace period, systemd's stop timeout (the drop-in's, which comes last).
+#[test]
+fn nodes_are_given_the_time_their_shutdown_exports_need() {
+    let docs = documents();
+    let config = named(&docs, "ConfigMap", "blink-config").expect("the ConfigMap");
+    let node = config["data"]["node.toml"].as_str().expect("node.toml");
+    let budget = shutdown_budget(node);
+    assert!(budget >= 100, "export_on_stop is on: {budget}");
+    let pod =
+        &named(&docs, "DaemonSet", "blink-node").expect("DaemonSet")["spec"]["template"]["spec"];
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("a grace period");
+    assert!(
+        grace >= budget,
+        "terminationGracePeriodSeconds {grace} < {budget}"
+    );
+
+    let node = std::fs::read_to_string(deploy("systemd/node.toml")).expect("node.toml");
+    let budget = shutdown_budget(&node);
+    let timeout = [
+        deploy("../blink-server.service"),
+        deploy("systemd/blink-server.service.d/exports.conf"),
+    ]
+    .iter()
+    .flat_map(|p| {
+        std::fs::read_to_string(p)
+            .expect("unit")
+            .lines()
+            .filter_map(|l| l.strip_prefix("TimeoutStopSec="))
+            .map(|v| v.trim().parse::<u64>().expect("seconds"))
+            .collect::<Vec<_>>()
+    })
+    .last()
+    .expect("a TimeoutStopSec");
+    assert!(timeout >= budget, "TimeoutStopSec {timeout} < {budget}");
+}

@@ -46,6 +46,16 @@ pub struct ClusterConfig {
     /// restores what its last stop left.
     #[serde(default)]
     pub export_on_stop: bool,
+    /// On a node with `export_on_stop`: how long its shutdown may spend
+    /// stopping its running cold sessions and exporting those changed
+    /// (`exports.rs`, `Exporter::finish`), while its lease still holds
+    /// them. Leave the process manager's stop timeout room for it.
+    #[serde(default = "default_shutdown_export")]
+    pub shutdown_export_secs: u64,
+}
+
+fn default_shutdown_export() -> u64 {
+    60
 }
 
 fn default_prefix() -> String {
@@ -72,6 +82,9 @@ impl ClusterConfig {
         }
         if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
             return Err("[cluster] prefix must start with / and not end with one".into());
+        }
+        if !(1..=3600).contains(&self.shutdown_export_secs) {
+            return Err("[cluster] shutdown_export_secs must be 1..=3600".into());
         }
         if self.export_dir.is_some() && self.export_s3.is_some() {
             return Err("[cluster] export_dir and [cluster.export_s3]: choose one".into());

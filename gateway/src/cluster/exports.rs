@@ -30,10 +30,26 @@ use super::{ClusterError, Store, routing};
 /// A pass over the sessions also runs this often without a stop.
 const TICK: Duration = Duration::from_secs(60);
 
-/// The node's exporter; [`Exporter::shutdown`] ends it.
+/// The node's exporter; [`Exporter::finish`] (at the node's shutdown) or
+/// [`Exporter::shutdown`] ends it.
 pub struct Exporter {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<HashMap<String, Disk>>,
+    manager: Arc<Manager>,
+    store: Store,
+    node: String,
+    target: Arc<Target>,
+}
+
+/// What a node's last exports at its shutdown did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// Running cold sessions stopped for them.
+    pub stopped: usize,
+    pub written: usize,
+    /// Not this node's to write, failed, or not reached in time (each
+    /// keeps its previous export).
+    pub not_written: usize,
 }
 
 /// How one session's export went.
@@ -74,8 +90,22 @@ impl Target {
 pub fn start(manager: Arc<Manager>, store: Store, node: String, target: Target) -> Exporter {
     let (stop, stopped) = watch::channel(false);
     remove_own_partials(target.scratch(), &node);
-    let task = tokio::spawn(run(manager, store, node, target, stopped));
-    Exporter { stop, task }
+    let target = Arc::new(target);
+    let task = tokio::spawn(run(
+        manager.clone(),
+        store.clone(),
+        node.clone(),
+        target.clone(),
+        stopped,
+    ));
+    Exporter {
+        stop,
+        task,
+        manager,
+        store,
+        node,
+        target,
+    }
 }
 
 impl Exporter {
@@ -85,15 +115,64 @@ impl Exporter {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
+
+    /// The node's last exports, at its shutdown: once its connections
+    /// have drained, and while its registration (draining) still holds its
+    /// sessions' routes, so no router restores one elsewhere meanwhile.
+    /// Every running cold session is stopped, then each changed since its
+    /// last export is exported, all within `within`; one not reached by
+    /// then keeps its previous export (its partial file removed).
+    pub async fn finish(self, within: Duration) -> Finished {
+        let Self {
+            stop,
+            task,
+            manager,
+            store,
+            node,
+            target,
+        } = self;
+        let _ = stop.send(true);
+        let done = task.await.unwrap_or_default();
+        let mut finished = Finished::default();
+        let last = async {
+            for s in manager.list_sessions() {
+                if !s.warm && s.state != SessionState::Stopped {
+                    match manager.stop_session(&s.name, true).await {
+                        Ok(_) => finished.stopped += 1,
+                        Err(e) => {
+                            tracing::warn!(session = %s.name, error = %e, "stopping a session to export it at shutdown")
+                        }
+                    }
+                }
+            }
+            for (name, _) in due(&manager, &done) {
+                let outcome = export_one(&manager, &store, &node, &target, &name).await;
+                metrics::counter!(crate::metrics::CLUSTER_EXPORTS_TOTAL, "result" => outcome.label())
+                    .increment(1);
+                if outcome == Outcome::Written {
+                    finished.written += 1;
+                    tracing::info!(session = %name, "automatic export at shutdown written");
+                }
+            }
+        };
+        if tokio::time::timeout(within, last).await.is_err() {
+            tracing::warn!(
+                within_secs = within.as_secs(),
+                "automatic exports at shutdown: out of time; the rest keep their previous export"
+            );
+        }
+        finished.not_written = due(&manager, &done).len().saturating_sub(finished.written);
+        finished
+    }
 }
 
 async fn run(
     manager: Arc<Manager>,
     store: Store,
     node: String,
-    target: Target,
+    target: Arc<Target>,
     mut stopped: watch::Receiver<bool>,
-) {
+) -> HashMap<String, Disk> {
     let wake = manager.stopped_signal();
     // Per session, its disk (a name made again is a new disk) and change
     // count when last exported or found not ours.
@@ -101,10 +180,10 @@ async fn run(
     loop {
         for (name, disk) in due(&manager, &done) {
             if *stopped.borrow() {
-                return;
+                return done;
             }
             let outcome = tokio::select! {
-                _ = stopped.changed() => return,
+                _ = stopped.changed() => return done,
                 outcome = export_one(&manager, &store, &node, &target, &name) => outcome,
             };
             metrics::counter!(crate::metrics::CLUSTER_EXPORTS_TOTAL, "result" => outcome.label())
@@ -115,7 +194,7 @@ async fn run(
         }
         done.retain(|name, _| manager.changes(name).is_ok());
         tokio::select! {
-            _ = stopped.changed() => return,
+            _ = stopped.changed() => return done,
             () = wake.notified() => {}
             () = tokio::time::sleep(TICK) => {}
         }
@@ -124,7 +203,7 @@ async fn run(
 
 /// A session's disk as of a moment: which one, and its change count.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Disk {
+pub struct Disk {
     box_id: String,
     changes: u64,
 }

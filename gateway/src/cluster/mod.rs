@@ -46,6 +46,7 @@ pub async fn join(
         runtime: runtime.to_owned(),
         isolation: NodeRecord::isolation_of(runtime).to_owned(),
         capacity: config.capacity,
+        draining: false,
     };
     nodes::register(
         store,

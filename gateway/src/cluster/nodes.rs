@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use etcd_client::{GetOptions, PutOptions};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot};
 
 use super::store::{ClusterError, Store};
 
@@ -49,6 +49,10 @@ pub struct NodeRecord {
     /// `vm` (a micro-VM per session) or `namespace` (bubblewrap).
     pub isolation: String,
     pub capacity: Capacity,
+    /// Shutting down: no new sessions are placed here, while its lease
+    /// still holds its sessions until it has exported them and left.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl NodeRecord {
@@ -87,8 +91,15 @@ pub async fn live(store: &Store) -> Result<Vec<NodeRecord>, ClusterError> {
 
 /// A node's registration: its record renewed until [`Registration::leave`].
 pub struct Registration {
-    stop: watch::Sender<bool>,
+    commands: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the registration's task is asked to do.
+enum Command {
+    /// Mark the record draining; answered once it is written (or failed).
+    Drain(oneshot::Sender<()>),
+    Leave,
 }
 
 /// Register `record` under a lease of `ttl` and keep it alive. When the
@@ -100,20 +111,33 @@ pub async fn register(
     ttl: Duration,
 ) -> Result<Registration, ClusterError> {
     let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(10);
-    let value = serde_json::to_vec(&record).map_err(|e| ClusterError::Corrupt {
-        key: record.name.clone(),
-        reason: e.to_string(),
-    })?;
+    let mut record = record;
+    let mut value = encode(&record)?;
     let key = store.node_key(&record.name);
     let lease = put_under_new_lease(&store, &key, &value, ttl_secs).await?;
     tracing::info!(node = %record.name, lease, ttl_secs, "cluster node registered");
-    let (stop, mut stopped) = watch::channel(false);
+    let (commands, mut asked) = mpsc::channel(4);
     let task = tokio::spawn(async move {
         let mut lease = lease;
         let period = Duration::from_millis((ttl_secs as u64 * 1000 / 3).max(200));
         loop {
             tokio::select! {
-                _ = stopped.changed() => break,
+                command = asked.recv() => match command {
+                    Some(Command::Drain(done)) => {
+                        record.draining = true;
+                        match encode(&record) {
+                            Ok(v) => value = v,
+                            Err(e) => tracing::warn!(error = %e, "cluster: draining record"),
+                        }
+                        match put(&store, &key, &value, lease).await {
+                            Ok(()) => tracing::info!(node = %record.name, "cluster node draining: no new sessions placed here"),
+                            Err(e) => tracing::warn!(error = %e, "cluster: marking the node draining failed"),
+                        }
+                        let _ = done.send(());
+                        continue;
+                    }
+                    Some(Command::Leave) | None => break,
+                },
                 _ = tokio::time::sleep(period) => {}
             }
             match renew(&store, lease).await {
@@ -134,15 +158,46 @@ pub async fn register(
             .await;
         tracing::info!(node = %record.name, "cluster node left");
     });
-    Ok(Registration { stop, task })
+    Ok(Registration { commands, task })
 }
 
 impl Registration {
+    /// Mark the node draining (placement passes it over) while its lease,
+    /// and so its sessions' routes, still hold: the node can then stop and
+    /// export its sessions before anyone restores them elsewhere.
+    pub async fn drain(&self) {
+        let (done, written) = oneshot::channel();
+        if self.commands.send(Command::Drain(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+
     /// Stop renewing and remove the record.
     pub async fn leave(self) {
-        let _ = self.stop.send(true);
+        let _ = self.commands.send(Command::Leave).await;
         let _ = self.task.await;
     }
+}
+
+fn encode(record: &NodeRecord) -> Result<Vec<u8>, ClusterError> {
+    serde_json::to_vec(record).map_err(|e| ClusterError::Corrupt {
+        key: record.name.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Write `value` at `key` under `lease`.
+async fn put(store: &Store, key: &str, value: &[u8], lease: i64) -> Result<(), ClusterError> {
+    store
+        .call(|mut c| {
+            let (key, value) = (key.to_owned(), value.to_vec());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await?;
+    Ok(())
 }
 
 async fn put_under_new_lease(
@@ -155,15 +210,7 @@ async fn put_under_new_lease(
         .call(|mut c| async move { c.lease_grant(ttl_secs, None).await })
         .await?;
     let lease = grant.id();
-    store
-        .call(|mut c| {
-            let (key, value) = (key.to_owned(), value.to_vec());
-            async move {
-                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                    .await
-            }
-        })
-        .await?;
+    put(store, key, value, lease).await?;
     Ok(lease)
 }
 

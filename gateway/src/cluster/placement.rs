@@ -64,8 +64,14 @@ pub fn choose<'a>(
             None => "no live node in the cluster".into(),
         }));
     }
-    of_class
-        .into_iter()
+    // A node shutting down takes no new session.
+    let open: Vec<&NodeRecord> = of_class.into_iter().filter(|n| !n.draining).collect();
+    if open.is_empty() {
+        return Err(ClusterError::NoCapacity(
+            "every live node that could hold the session is shutting down".into(),
+        ));
+    }
+    open.into_iter()
         .filter(|n| fits(n))
         .min_by(|a, b| {
             let share = |n: &NodeRecord| {
@@ -104,6 +110,7 @@ mod tests {
                 memory_mib,
                 disk_mib: 0,
             },
+            draining: false,
         }
     }
 
@@ -167,5 +174,18 @@ mod tests {
         };
         let err = choose(&nodes[..1], &[], &none).unwrap_err();
         assert!(err.to_string().contains("isolation \"vm\""), "{err}");
+    }
+
+    #[test]
+    fn a_draining_node_takes_no_new_session() {
+        let mut nodes = [node("a", "namespace", 10, 0), node("b", "namespace", 10, 0)];
+        let req = PlacementRequest::default();
+        // a is the least loaded, but shutting down: b.
+        nodes[0].draining = true;
+        let routes = [route("b", 0), route("b", 0)];
+        assert_eq!(choose(&nodes, &routes, &req).unwrap().name, "b");
+        nodes[1].draining = true;
+        let err = choose(&nodes, &routes, &req).unwrap_err();
+        assert!(err.to_string().contains("shutting down"), "{err}");
     }
 }
