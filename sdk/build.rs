@@ -9,6 +9,7 @@ fn main() {
     let src = "guest/blink_guest.rs";
     println!("cargo:rerun-if-changed={src}");
     println!("cargo:rerun-if-changed=guest/sftp.rs");
+    println!("cargo:rerun-if-changed=src/sftp_wire.rs");
     println!("cargo:rerun-if-changed=guest/sftp/upload.rs");
     println!("cargo:rerun-if-changed=guest/wire.rs");
     println!("cargo:rerun-if-changed=guest/vhub.rs");

@@ -109,58 +109,11 @@ const EOPNOTSUPP: i32 = 95;
 const PATH_MAX: usize = 4096;
 const SYMLOOP_MAX: u32 = 32;
 
-// Packet types.
-const FXP_INIT: u8 = 1;
-const FXP_VERSION: u8 = 2;
-const FXP_OPEN: u8 = 3;
-const FXP_CLOSE: u8 = 4;
-const FXP_READ: u8 = 5;
-const FXP_WRITE: u8 = 6;
-const FXP_LSTAT: u8 = 7;
-const FXP_FSTAT: u8 = 8;
-const FXP_SETSTAT: u8 = 9;
-const FXP_FSETSTAT: u8 = 10;
-const FXP_OPENDIR: u8 = 11;
-const FXP_READDIR: u8 = 12;
-const FXP_REMOVE: u8 = 13;
-const FXP_MKDIR: u8 = 14;
-const FXP_RMDIR: u8 = 15;
-const FXP_REALPATH: u8 = 16;
-const FXP_STAT: u8 = 17;
-const FXP_RENAME: u8 = 18;
-const FXP_READLINK: u8 = 19;
-const FXP_SYMLINK: u8 = 20;
-const FXP_STATUS: u8 = 101;
-const FXP_HANDLE: u8 = 102;
-const FXP_DATA: u8 = 103;
-const FXP_NAME: u8 = 104;
-const FXP_ATTRS: u8 = 105;
-const FXP_EXTENDED: u8 = 200;
-const FXP_EXTENDED_REPLY: u8 = 201;
-
-// Attribute flags.
-const ATTR_SIZE: u32 = 0x1;
-const ATTR_UIDGID: u32 = 0x2;
-const ATTR_PERMISSIONS: u32 = 0x4;
-const ATTR_ACMODTIME: u32 = 0x8;
-const ATTR_EXTENDED: u32 = 0x8000_0000;
-
-// OPEN flags.
-const FXF_READ: u32 = 0x1;
-const FXF_WRITE: u32 = 0x2;
-const FXF_APPEND: u32 = 0x4;
-const FXF_CREAT: u32 = 0x8;
-const FXF_TRUNC: u32 = 0x10;
-const FXF_EXCL: u32 = 0x20;
-
-// Status codes.
-const FX_OK: u32 = 0;
-const FX_EOF: u32 = 1;
-const FX_NO_SUCH_FILE: u32 = 2;
-const FX_PERMISSION_DENIED: u32 = 3;
-const FX_FAILURE: u32 = 4;
-const FX_BAD_MESSAGE: u32 = 5;
-const FX_OP_UNSUPPORTED: u32 = 8;
+// The protocol's numbers: packet types, status codes, open and attribute
+// flags, shared with the gateway's SFTP audit.
+#[path = "../src/sftp_wire.rs"]
+mod sftp_wire;
+use sftp_wire::*;
 
 /// Largest payload of a READ reply or a WRITE request.
 const MAX_DATA: usize = 256 * 1024;

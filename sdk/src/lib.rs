@@ -20,6 +20,7 @@ pub mod manager;
 pub mod metrics;
 pub mod network;
 pub mod runtime;
+pub mod sftp_wire;
 pub mod testing;
 pub mod vhub;
 

@@ -36,9 +36,20 @@ impl Fixture {
         configure(&mut config);
         let images =
             Arc::new(ImageStore::open(&self.dir.path().join("images")).expect("image store"));
-        Manager::with_runtime(config, self.runtime.clone(), images)
-            .await
-            .expect("manager")
+        // Reopened in the same process ("after a restart"): the last
+        // manager's background tasks (idle reaper, pool) may still hold it
+        // across an await for a moment after the test dropped its handle,
+        // and with it the data dir's lock. Give them that moment.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Manager::with_runtime(config.clone(), self.runtime.clone(), images.clone()).await
+            {
+                Err(Error::DataDirLocked { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other.expect("manager"),
+            }
+        }
     }
 }
 

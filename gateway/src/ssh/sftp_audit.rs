@@ -30,6 +30,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use blink_sdk::escape::Escaped;
+use blink_sdk::sftp_wire::*;
 use russh::ChannelId;
 
 use self::frames::{Fields, Framer, Packet};
@@ -49,51 +50,6 @@ pub const MAX_HANDLES: usize = 256;
 const MAX_HANDLE_LEN: usize = 256;
 /// Bytes of a path kept, and logged.
 pub const PATH_LOGGED: usize = 1024;
-
-// Packet types (filexfer-02 §3).
-const FXP_INIT: u8 = 1;
-const FXP_VERSION: u8 = 2;
-const FXP_OPEN: u8 = 3;
-const FXP_CLOSE: u8 = 4;
-const FXP_READ: u8 = 5;
-const FXP_WRITE: u8 = 6;
-const FXP_LSTAT: u8 = 7;
-const FXP_FSTAT: u8 = 8;
-const FXP_SETSTAT: u8 = 9;
-const FXP_FSETSTAT: u8 = 10;
-const FXP_OPENDIR: u8 = 11;
-const FXP_READDIR: u8 = 12;
-const FXP_REMOVE: u8 = 13;
-const FXP_MKDIR: u8 = 14;
-const FXP_RMDIR: u8 = 15;
-const FXP_REALPATH: u8 = 16;
-const FXP_STAT: u8 = 17;
-const FXP_RENAME: u8 = 18;
-const FXP_READLINK: u8 = 19;
-const FXP_SYMLINK: u8 = 20;
-const FXP_STATUS: u8 = 101;
-const FXP_HANDLE: u8 = 102;
-const FXP_DATA: u8 = 103;
-const FXP_NAME: u8 = 104;
-const FXP_EXTENDED: u8 = 200;
-
-const FX_OK: u32 = 0;
-const FX_EOF: u32 = 1;
-
-/// Open flags (pflags).
-const FXF_READ: u32 = 0x1;
-const FXF_WRITE: u32 = 0x2;
-const FXF_APPEND: u32 = 0x4;
-const FXF_CREAT: u32 = 0x8;
-const FXF_TRUNC: u32 = 0x10;
-const FXF_EXCL: u32 = 0x20;
-
-/// Attribute flags.
-const ATTR_SIZE: u32 = 0x1;
-const ATTR_UIDGID: u32 = 0x2;
-const ATTR_PERMISSIONS: u32 = 0x4;
-const ATTR_ACMODTIME: u32 = 0x8;
-const ATTR_EXTENDED: u32 = 0x8000_0000;
 
 /// How much of a client packet to keep: requests on a handle need the
 /// handle (and WRITE its data's length), not the data; the rest need
