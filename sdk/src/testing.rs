@@ -458,3 +458,24 @@ pub fn require(available: bool, what: &str) -> bool {
     }
     available
 }
+
+/// Open a manager again on a data dir in the same process (a test's
+/// "after a restart"). The last manager's background tasks (idle reaper,
+/// pool) may still hold it across an await for a moment after the test
+/// dropped its handle, and with it the data dir's lock: `open` is asked
+/// again while it answers `DataDirLocked`, for up to 10 s.
+pub async fn reopen<F, Fut>(mut open: F) -> Result<std::sync::Arc<crate::Manager>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<std::sync::Arc<crate::Manager>>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open().await {
+            Err(crate::Error::DataDirLocked { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}

@@ -20,7 +20,10 @@ fn runtime_available() -> bool {
 async fn manager(dir: &std::path::Path, idle: Duration) -> Arc<Manager> {
     let mut config = ManagerConfig::new(dir);
     config.idle_timeout = idle;
-    Manager::open(config).await.expect("open manager")
+    // Opened again in the same process in some tests ("after a restart").
+    blink_sdk::testing::reopen(|| Manager::open(config.clone()))
+        .await
+        .expect("open manager")
 }
 
 async fn wait_state(m: &Manager, name: &str, want: SessionState, within: Duration) -> bool {

@@ -36,20 +36,12 @@ impl Fixture {
         configure(&mut config);
         let images =
             Arc::new(ImageStore::open(&self.dir.path().join("images")).expect("image store"));
-        // Reopened in the same process ("after a restart"): the last
-        // manager's background tasks (idle reaper, pool) may still hold it
-        // across an await for a moment after the test dropped its handle,
-        // and with it the data dir's lock. Give them that moment.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match Manager::with_runtime(config.clone(), self.runtime.clone(), images.clone()).await
-            {
-                Err(Error::DataDirLocked { .. }) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                other => return other.expect("manager"),
-            }
-        }
+        // Opened again in the same process ("after a restart").
+        blink_sdk::testing::reopen(|| {
+            Manager::with_runtime(config.clone(), self.runtime.clone(), images.clone())
+        })
+        .await
+        .expect("manager")
     }
 }
 
@@ -851,4 +843,36 @@ async fn changes_count_starts_and_stops_wake_the_exporter() {
         0,
         "nothing known changed since this process opened it"
     );
+}
+
+/// A manager held a moment longer by a task (as its idle reaper or pool
+/// may, across an await) keeps the data dir's lock until it goes; a reopen
+/// in the same process waits for that rather than failing.
+#[tokio::test]
+async fn a_reopen_waits_for_the_last_managers_tasks_to_let_go() {
+    let fx = Fixture::new();
+    let m = fx.manager(|_| {}).await;
+    let held = m.clone();
+    let holder = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(held);
+    });
+    drop(m);
+    // Still held: a plain open is refused.
+    let images = Arc::new(ImageStore::open(&fx.dir.path().join("images")).expect("images"));
+    let now = Manager::with_runtime(
+        ManagerConfig::new(fx.dir.path()),
+        fx.runtime.clone(),
+        images,
+    )
+    .await;
+    assert!(
+        matches!(now, Err(Error::DataDirLocked { .. })),
+        "{:?}",
+        now.err()
+    );
+    // The reopen waits for the holder.
+    let again = fx.manager(|_| {}).await;
+    assert!(again.list_sessions().is_empty());
+    holder.await.expect("holder");
 }
