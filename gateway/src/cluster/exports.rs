@@ -12,7 +12,9 @@
 //! of its new node. A directory's file is written beside its final name
 //! and renamed; for a bucket it is written in the node's data dir, then
 //! uploaded and committed. A reader sees a whole export or the previous
-//! one.
+//! one. At the node's shutdown, [`Exporter::finish`] stops its running
+//! cold sessions and exports those changed before the node leaves
+//! (docs/SCALE.md, "A node's shutdown").
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,8 +32,8 @@ use super::{ClusterError, Store, routing};
 /// A pass over the sessions also runs this often without a stop.
 const TICK: Duration = Duration::from_secs(60);
 
-/// The node's exporter; [`Exporter::finish`] (at the node's shutdown) or
-/// [`Exporter::shutdown`] ends it.
+/// The node's exporter; [`Exporter::finish`], at the node's shutdown,
+/// ends it.
 pub struct Exporter {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<HashMap<String, Disk>>,
@@ -109,19 +111,14 @@ pub fn start(manager: Arc<Manager>, store: Store, node: String, target: Target) 
 }
 
 impl Exporter {
-    /// Stop between exports; an export under way is dropped with its
-    /// partial file (the previous export stays in place).
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-
     /// The node's last exports, at its shutdown: once its connections
     /// have drained, and while its registration (draining) still holds its
     /// sessions' routes, so no router restores one elsewhere meanwhile.
     /// Every running cold session is stopped, then each changed since its
     /// last export is exported, all within `within`; one not reached by
-    /// then keeps its previous export (its partial file removed).
+    /// then keeps its previous export (its partial file removed). The
+    /// loop is stopped first, between exports: one under way is dropped
+    /// with its partial file and done again here.
     pub async fn finish(self, within: Duration) -> Finished {
         let Self {
             stop,
