@@ -46,6 +46,9 @@ pub struct FakeSandbox {
     pub disk_mib: u64,
     /// What `usage` reports while it runs (set by a test).
     pub usage: ResourceUsage,
+    /// Dead, though `is_running` still says it runs (as a micro-VM whose
+    /// init ended on its own, until its runtime is asked).
+    pub died_unnoticed: bool,
 }
 
 /// An in-memory runtime (a test double; see the module docs).
@@ -98,6 +101,15 @@ impl FakeRuntime {
         self.kill_all(id);
         if let Some(b) = lock(&self.sandboxes).get_mut(id) {
             b.running = false;
+        }
+    }
+
+    /// The sandbox dies without `is_running` noticing: only `is_alive`
+    /// (and an exec) find out.
+    pub fn die_unnoticed(&self, id: &str) {
+        self.kill_all(id);
+        if let Some(b) = lock(&self.sandboxes).get_mut(id) {
+            b.died_unnoticed = true;
         }
     }
 
@@ -215,9 +227,10 @@ impl Runtime for FakeRuntime {
 
     async fn start(&self, spec: &SandboxSpec) -> Result<()> {
         self.with(&spec.id, |b| {
-            if !b.running {
+            if !b.running || b.died_unnoticed {
                 b.running = true;
                 b.starts += 1;
+                b.died_unnoticed = false;
                 b.limits = spec.limits.clone();
                 b.disk_mib = b.disk_mib.max(spec.limits.disk_mib.unwrap_or(0));
             }
@@ -226,6 +239,12 @@ impl Runtime for FakeRuntime {
 
     fn is_running(&self, id: &str) -> bool {
         lock(&self.sandboxes).get(id).is_some_and(|b| b.running)
+    }
+
+    async fn is_alive(&self, id: &str) -> bool {
+        lock(&self.sandboxes)
+            .get(id)
+            .is_some_and(|b| b.running && !b.died_unnoticed)
     }
 
     async fn connect_loopback(&self, id: &str, port: u16) -> Result<tokio::net::TcpStream> {
@@ -295,7 +314,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<Execution> {
-        if !self.is_running(id) {
+        if !self.is_alive(id).await {
             return Err(Error::SandboxDead {
                 id: id.into(),
                 reason: "it is not running".into(),

@@ -876,3 +876,73 @@ async fn a_reopen_waits_for_the_last_managers_tasks_to_let_go() {
     assert!(again.list_sessions().is_empty());
     holder.await.expect("holder");
 }
+
+/// A pooled sandbox that died while it waited, unnoticed by the runtime's
+/// own mark (as a micro-VM whose init ended on its own: the boxlite VM
+/// suite met one), is dropped when a run takes from the pool, and the run
+/// gets a live one instead of the dead one's `sandbox_dead`.
+#[tokio::test]
+async fn a_pooled_sandbox_that_died_unnoticed_is_not_handed_out() {
+    let fx = Fixture::new();
+    let m = fx.manager(|c| c.ephemeral_pool = 1).await;
+    let pooled = async {
+        loop {
+            if let Some(id) = fx
+                .runtime
+                .ids()
+                .into_iter()
+                .find(|id| fx.runtime.is_running_now(id))
+            {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let dead = tokio::time::timeout(Duration::from_secs(10), pooled)
+        .await
+        .expect("the pool fills");
+    fx.runtime.die_unnoticed(&dead);
+    let r = m
+        .run(
+            Target::Ephemeral,
+            &command(&["echo", "alive"]),
+            RunOptions::default(),
+        )
+        .await
+        .expect("a run on a live sandbox");
+    assert_eq!((r.exit_code, r.stdout.data.as_str()), (0, "alive\n"));
+    // The dead one is removed, not put back.
+    for _ in 0..200 {
+        if fx.runtime.sandbox(&dead).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        fx.runtime.sandbox(&dead).is_none(),
+        "the dead sandbox is removed"
+    );
+}
+
+/// A session whose sandbox died unnoticed by the runtime's own mark is
+/// started again by the next request, which then runs, instead of every
+/// request meeting `sandbox_dead` until someone stops and starts it.
+#[tokio::test]
+async fn a_session_whose_sandbox_died_unnoticed_is_started_again() {
+    let fx = Fixture::new();
+    let m = fx.manager(|_| {}).await;
+    let id = open(&m, "s", false).await;
+    m.ensure_running("s").await.expect("start");
+    assert_eq!(fx.runtime.sandbox(&id).expect("sandbox").starts, 1);
+    fx.runtime.die_unnoticed(&id);
+    let r = m
+        .run(
+            Target::Session("s"),
+            &command(&["echo", "again"]),
+            RunOptions::default(),
+        )
+        .await
+        .expect("a run after the restart");
+    assert_eq!((r.exit_code, r.stdout.data.as_str()), (0, "again\n"));
+    assert_eq!(fx.runtime.sandbox(&id).expect("sandbox").starts, 2);
+}

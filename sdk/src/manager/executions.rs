@@ -111,7 +111,7 @@ impl Manager {
             }
             Target::Ephemeral => {
                 let image = self.resolve_image(image).await?;
-                let ephemeral = match self.take_pooled(&image) {
+                let ephemeral = match self.take_pooled(&image).await {
                     Some(ready) => ready,
                     None => self.new_ephemeral(&image).await?,
                 };

@@ -28,7 +28,7 @@ impl std::fmt::Debug for Pool {
 impl Manager {
     /// A started, never-used sandbox of `image` from the pool, if the pool
     /// keeps that image and has one; the pool is topped up either way.
-    pub(super) fn take_pooled(&self, image: &str) -> Option<EphemeralBox> {
+    pub(super) async fn take_pooled(&self, image: &str) -> Option<EphemeralBox> {
         if self.config.ephemeral_pool == 0 || lock(&self.pool.image).as_deref() != Some(image) {
             return None;
         }
@@ -36,10 +36,12 @@ impl Manager {
             let Some(b) = lock(&self.pool.ready).pop_front() else {
                 break None;
             };
-            // One that died meanwhile is dropped (and so removed).
-            if self.runtime.is_running(b.id()) {
+            // One that died meanwhile (asked of the runtime: a micro-VM's
+            // init may end on its own) is dropped, and so removed.
+            if self.runtime.is_alive(b.id()).await {
                 break Some(b);
             }
+            tracing::info!(sandbox = %b.id(), "a pooled sandbox died while it waited: dropped");
         };
         self.pool.wake.notify_one();
         taken

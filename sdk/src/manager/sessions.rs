@@ -377,7 +377,9 @@ impl Manager {
             return Err(Error::SessionMoving(name.into()));
         }
         let record = lock(&slot.record).clone();
-        if !self.runtime.is_running(&record.box_id) {
+        // Asked of the runtime: a sandbox that ended on its own is started
+        // again rather than handed out dead.
+        if !self.runtime.is_alive(&record.box_id).await {
             let started = std::time::Instant::now();
             // Counted before: a start that fails half-way may still have
             // touched the disk.

@@ -122,8 +122,17 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Boot the sandbox. Starting a running sandbox is a no-op.
     async fn start(&self, spec: &SandboxSpec) -> Result<()>;
 
-    /// Whether the sandbox is running right now.
+    /// Whether the sandbox is running right now, as far as this runtime
+    /// knows without asking anyone (cheap).
     fn is_running(&self, id: &str) -> bool;
+
+    /// Whether the sandbox is running, asked of what runs it where
+    /// [`Runtime::is_running`] may be stale: a micro-VM whose init ended
+    /// on its own is noticed by BoxLite, not by Blink's own mark. Checked
+    /// before a pooled sandbox is handed out.
+    async fn is_alive(&self, id: &str) -> bool {
+        self.is_running(id)
+    }
 
     /// The listening socket of this sandbox's V-Hub endpoint
     /// (docs/VHUB.md) while it runs, with the number of the boot that

@@ -378,6 +378,30 @@ impl Runtime for BoxliteRuntime {
             .contains(id)
     }
 
+    async fn is_alive(&self, id: &str) -> bool {
+        if !self.is_running(id) {
+            return false;
+        }
+        // BoxLite's watcher marks a box whose init ended Stopped; our mark
+        // learns it here.
+        let alive = match self.get(id).await {
+            Ok(b) => matches!(
+                b.info().await.map(|i| i.status),
+                Ok(::boxlite::BoxStatus::Running)
+            ),
+            Err(_) => false,
+        };
+        if !alive {
+            tracing::info!(sandbox = id, "the box stopped on its own");
+            self.mark(&self.running, id, false);
+            self.endpoints.detach(id);
+            // BoxLite let go of the spent handle: the next start takes a
+            // fresh one.
+            self.release(id);
+        }
+        alive
+    }
+
     async fn stop(&self, id: &str) -> Result<()> {
         let b = self.get(id).await?;
         self.endpoints.detach(id);
