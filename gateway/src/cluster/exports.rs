@@ -120,16 +120,9 @@ impl Exporter {
     /// loop is stopped first, between exports: one under way is dropped
     /// with its partial file and done again here.
     pub async fn finish(self, within: Duration) -> Finished {
-        let Self {
-            stop,
-            task,
-            manager,
-            store,
-            node,
-            target,
-        } = self;
-        let _ = stop.send(true);
-        let done = task.await.unwrap_or_default();
+        let _ = self.stop.send(true);
+        let done = self.task.await.unwrap_or_default();
+        let (manager, store, node, target) = (self.manager, self.store, self.node, self.target);
         let mut finished = Finished::default();
         let last = async {
             for s in manager.list_sessions() {
